@@ -1,0 +1,1 @@
+"""The runtime: build directory -> trained adapter, merged model, evaluation."""
