@@ -1,0 +1,312 @@
+"""Prompt templates: Jinja2 in a sandbox, with the prompt/completion boundary explicit.
+
+A *fields template* defines two blocks, ``prompt`` (not trained) and ``completion`` (trained), and an
+optional ``stop`` block: the end marker generation stops at (e.g. ``### End``). It renders a record's
+named fields. Besides a format's own fields (``dialogue``, ``summary``, ...), every fields record offers
+the generic view ``instruction`` / ``input`` / ``output``, so generic templates (alpaca, llama2_inst,
+...) fit every fields format.
+
+A *chat template* defines one block per role: ``system``, ``user``, ``tool``, ``assistant_start``
+(before an assistant turn, not trained), ``assistant`` (the turn itself, trained) and ``assistant_end``
+(after it, not trained); each sees ``content``. A fields record rendered with a chat template becomes a
+user turn (instruction and input) and an assistant turn (output).
+
+``tokenizer`` is the model's own chat template (``tokenizer.apply_chat_template``): assistant turns are
+found by rendering growing prefixes of the conversation.
+
+Files are read with ``trim_blocks`` and ``lstrip_blocks``: the newline right after a block tag is not
+part of the text, so a block's text is exactly the lines between its tags. Data values are inserted as
+data: a value containing ``{{ name }}`` is kept literally, never rendered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+from jinja2 import meta, nodes
+from jinja2.sandbox import SandboxedEnvironment
+
+from ..errors import Problem, TemplateError
+from .records import Record
+
+TOKENIZER = "tokenizer"
+FIELD_BLOCKS = ("prompt", "completion")
+CHAT_BLOCKS = ("system", "user", "tool", "assistant_start", "assistant", "assistant_end")
+KNOWN_BLOCKS = set(FIELD_BLOCKS) | set(CHAT_BLOCKS) | {"stop"}
+ALWAYS_AVAILABLE = {"system", "tools", "loop", "range", "namespace", "raise_exception"}
+
+# The generic instruction/input/output view of each fields format.
+SUMMARIZE_INSTRUCTION = "Summarize the following conversation."
+
+
+def generic_view(fmt: str, fields: dict[str, str]) -> dict[str, str]:
+    """instruction / input / output for a fields record of format `fmt`."""
+    get = fields.get
+    if fmt == "summarization":
+        return {"instruction": SUMMARIZE_INSTRUCTION, "input": get("dialogue", ""), "output": get("summary", "")}
+    if fmt == "qa":
+        return {"instruction": get("question", ""), "input": get("context", ""), "output": get("answer", "")}
+    if fmt == "prompt_completion":
+        return {"instruction": get("prompt", ""), "input": "", "output": get("completion", "")}
+    if fmt == "input_output":
+        return {"instruction": "", "input": get("input", ""), "output": get("output", "")}
+    if fmt == "text":
+        return {"instruction": "", "input": "", "output": get("text", "")}
+    return {"instruction": get("instruction", ""), "input": get("input", ""), "output": get("output", "")}
+
+
+def library_dir() -> Path:
+    """The template library: `templates/` inside the installed wheel, or beside the package in a checkout."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if candidate.is_dir():
+            return candidate
+    raise TemplateError("the template library is missing from this installation", hint="reinstall tunespec")
+
+
+def library_names() -> list[str]:
+    return sorted([p.stem for p in library_dir().glob("*.jinja")] + [TOKENIZER])
+
+
+def _env() -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    trained: bool
+
+
+@dataclass
+class Template:
+    """A loaded template. `kind` is 'fields', 'chat' or 'tokenizer'."""
+
+    name: str  # library name, file path, or "inline"
+    kind: str
+    source: str  # the Jinja source (empty for `tokenizer`)
+    stop: str | None
+    _compiled: jinja2.Template | None = None
+    system: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source.encode("utf-8")).hexdigest()
+
+    # ---------------------------------------------------------------- rendering
+
+    def _block(self, block: str, ctx: dict) -> str:
+        assert self._compiled is not None
+        fn = self._compiled.blocks.get(block)
+        if fn is None:
+            return ""
+        try:
+            return "".join(fn(self._compiled.new_context(ctx)))
+        except jinja2.exceptions.SecurityError as e:
+            raise TemplateError(Problem(f"unsafe template operation: {e}", file=self.name,
+                                        hint="templates may only read the record's fields")) from None
+        except jinja2.exceptions.UndefinedError as e:
+            raise TemplateError(Problem(f"{e.message}", file=self.name,
+                                        hint="use only fields the data format provides")) from None
+
+    def render(self, record: Record, fmt: str, tokenizer=None) -> list[Segment]:
+        """The record as text segments, each marked trained or not."""
+        if self.kind == "fields":
+            if record.is_chat:
+                raise TemplateError(Problem(f"template {self.name} renders prompt/completion fields, but the data is chat",
+                                            hint="use a chat template: chatml or tokenizer"))
+            ctx = self.fields_context(record, fmt)
+            return [Segment(self._block("prompt", ctx), False), Segment(self._block("completion", ctx), True)]
+        messages = self.messages_of(record, fmt)
+        if self.kind == "chat":
+            return self._render_chat(messages)
+        return _render_with_tokenizer(messages, tokenizer, record.tools)
+
+    def render_prompt(self, record: Record, fmt: str, tokenizer=None) -> str:
+        """The prompt part alone, as generation sees it (for a chat: up to the last assistant turn)."""
+        if self.kind == "fields":
+            return self._block("prompt", self.fields_context(record, fmt))
+        messages = self.messages_of(record, fmt)
+        last = max(i for i, m in enumerate(messages) if m["role"] in ("assistant", "tool_call"))
+        history = messages[:last]
+        if self.kind == "chat":
+            return "".join(s.text for s in self._render_chat(history)) + self._block("assistant_start", {})
+        return _apply_template(tokenizer, _to_hf(history), add_generation_prompt=True, tools=record.tools)
+
+    def fields_context(self, record: Record, fmt: str) -> dict:
+        fields = record.fields or {}
+        ctx = generic_view(fmt, fields)
+        ctx.update(fields)
+        ctx.setdefault("system", self.system or "")
+        ctx.setdefault("tools", record.tools or "")
+        return ctx
+
+    def messages_of(self, record: Record, fmt: str) -> list[dict[str, str]]:
+        if record.messages is not None:
+            messages = list(record.messages)
+        else:
+            view = generic_view(fmt, record.fields or {})
+            user = "\n\n".join(x for x in (view["instruction"], view["input"]) if x)
+            messages = [{"role": "user", "content": user}, {"role": "assistant", "content": view["output"]}]
+        if self.system and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": self.system}] + messages
+        return messages
+
+    def _render_chat(self, messages: list[dict[str, str]]) -> list[Segment]:
+        out: list[Segment] = []
+        for m in messages:
+            role = m["role"]
+            ctx = {"content": m["content"], "role": role}
+            if role in ("assistant", "tool_call"):
+                out.append(Segment(self._block("assistant_start", ctx), False))
+                out.append(Segment(self._block("assistant", ctx), True))
+                out.append(Segment(self._block("assistant_end", ctx), False))
+            else:
+                out.append(Segment(self._block(role if role in CHAT_BLOCKS else "user", ctx), False))
+        return [s for s in out if s.text]
+
+
+# --------------------------------------------------------------------------- the model's own chat template
+
+
+def _to_hf(messages: list[dict[str, str]]) -> list[dict]:
+    """Canonical messages in the shape HF chat templates expect."""
+    out = []
+    for m in messages:
+        if m["role"] == "tool_call":
+            out.append({"role": "assistant", "content": m["content"]})
+        else:
+            out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _apply_template(tokenizer, messages: list[dict], *, add_generation_prompt: bool, tools: str | None) -> str:
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise TemplateError("template `tokenizer` needs a tokenizer with a chat template",
+                            hint="choose a library template such as chatml, or a model that ships a chat template")
+    kwargs = {}
+    if tools:
+        import json
+
+        try:
+            kwargs["tools"] = json.loads(tools)
+        except ValueError:
+            pass
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             **kwargs)
+    except jinja2.TemplateError as e:
+        raise TemplateError(f"the model's chat template failed: {e}", hint="check the conversation's roles") from None
+
+
+def _render_with_tokenizer(messages: list[dict[str, str]], tokenizer, tools: str | None) -> list[Segment]:
+    """Split the model's rendering of a conversation into trained assistant turns and the rest."""
+    hf = _to_hf(messages)
+    segments: list[Segment] = []
+    done = ""
+    for i, m in enumerate(messages):
+        if m["role"] not in ("assistant", "tool_call"):
+            continue
+        before = _apply_template(tokenizer, hf[:i], add_generation_prompt=True, tools=tools) if i else ""
+        through = _apply_template(tokenizer, hf[: i + 1], add_generation_prompt=False, tools=tools)
+        if not before.startswith(done) or not through.startswith(before):
+            raise TemplateError("the model's chat template does not render conversations as growing prefixes",
+                                hint="use a library chat template such as chatml")
+        segments.append(Segment(before[len(done):], False))
+        segments.append(Segment(through[len(before):], True))
+        done = through
+    full = _apply_template(tokenizer, hf, add_generation_prompt=False, tools=tools)
+    if full.startswith(done) and len(full) > len(done):
+        segments.append(Segment(full[len(done):], False))
+    return [s for s in segments if s.text]
+
+
+# --------------------------------------------------------------------------- loading and static checks
+
+
+def _undeclared_with_lines(ast: nodes.Template) -> dict[str, int]:
+    """Variables a template reads but never sets, with the first line each is read on."""
+    undeclared = meta.find_undeclared_variables(ast)
+    lines: dict[str, int] = {}
+    for node in ast.find_all(nodes.Name):
+        if node.ctx == "load" and node.name in undeclared and node.name not in lines:
+            lines[node.name] = node.lineno
+    return lines
+
+
+def load_template(
+    *, name: str | None = None, file: str | None = None, prompt: str | None = None, completion: str | None = None,
+    stop: str | None = None, system: str | None = None, fields: set[str] | None = None, shown: str | None = None,
+) -> Template:
+    """Load a template from the library, a file, or inline parts, and check it against `fields`.
+
+    `fields` is the set of field names the data format provides (None for chat data); a template reading
+    any other name fails here, with its line, rather than at render time.
+    """
+    if name == TOKENIZER:
+        return Template(name=TOKENIZER, kind="tokenizer", source="", stop=stop, system=system)
+    if name is not None:
+        path = library_dir() / f"{name}.jinja"
+        if not path.is_file():
+            import difflib
+
+            close = difflib.get_close_matches(name, library_names(), n=1)
+            raise TemplateError(Problem(f"no template named `{name}` in the library", path="data.template",
+                                        hint=(f"did you mean `{close[0]}`? " if close else "")
+                                        + "available: " + ", ".join(library_names())))
+        source, label = path.read_text(encoding="utf-8"), name
+    elif file is not None:
+        try:
+            source, label = Path(file).read_text(encoding="utf-8"), shown or file
+        except FileNotFoundError:
+            raise TemplateError(Problem("template file not found", file=shown or file, hint="check data.template.file")) from None
+        except UnicodeDecodeError:
+            raise TemplateError(Problem("template file is not UTF-8", file=shown or file, hint="save it as UTF-8")) from None
+    else:
+        if prompt is None or completion is None:
+            raise TemplateError(Problem("an inline template needs both prompt and completion", path="data.template"))
+        source = "{% block prompt %}" + prompt + "{% endblock %}{% block completion %}" + completion + "{% endblock %}"
+        if stop is not None:
+            source += "{% block stop %}" + stop + "{% endblock %}"
+        label = "data.template (inline)"
+    env = _env()
+    try:
+        ast = env.parse(source, name=label)
+        compiled = env.from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(Problem(f"template syntax error: {e.message}", file=label, line=e.lineno,
+                                    hint="check the {{ }} / {% %} pairs")) from None
+    blocks = set(compiled.blocks)
+    unknown = blocks - KNOWN_BLOCKS
+    if unknown:
+        raise TemplateError(Problem(f"unknown block(s): {', '.join(sorted(unknown))}", file=label,
+                                    hint="blocks are prompt, completion, stop (fields) or " + ", ".join(CHAT_BLOCKS)))
+    if {"prompt", "completion"} <= blocks:
+        kind = "fields"
+    elif "assistant" in blocks:
+        kind = "chat"
+    else:
+        raise TemplateError(Problem("a template needs `prompt` and `completion` blocks (or chat role blocks)",
+                                    file=label, hint="see templates/alpaca.jinja for the shape"))
+    template = Template(name=label, kind=kind, source=source, stop=None, _compiled=compiled, system=system)
+    if kind == "fields" and fields is not None:
+        allowed = fields | {"instruction", "input", "output"} | ALWAYS_AVAILABLE
+        for var, line in sorted(_undeclared_with_lines(ast).items(), key=lambda kv: kv[1]):
+            if var not in allowed:
+                raise TemplateError(Problem(
+                    f"uses `{var}`, which the data format does not provide", file=label, line=line,
+                    hint="available fields: " + ", ".join(sorted(fields | {"instruction", "input", "output"}))))
+    if kind == "chat":
+        for var, line in _undeclared_with_lines(ast).items():
+            if var not in {"content", "role"} | ALWAYS_AVAILABLE:
+                raise TemplateError(Problem(f"uses `{var}`; chat blocks see `content` and `role`", file=label, line=line,
+                                            hint="use {{ content }}"))
+    stop_text = stop if stop is not None else (template._block("stop", {"content": "", "role": ""}) or None)
+    template.stop = stop_text.strip() if stop_text else None
+    return template

@@ -1,0 +1,82 @@
+"""``data``: where rows come from, how they are converted, templated and tokenized."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import Section
+
+FormatName = Literal[
+    "alpaca", "summarization", "qa", "input_output", "text", "prompt_completion", "sharegpt", "messages"
+]
+SplitName = Literal["train", "validation", "test"]
+
+
+class SourceSpec(Section):
+    """One dataset source. Exactly one of ``hub`` or ``path``."""
+
+    hub: str | None = Field(None, description="Hugging Face hub dataset name, e.g. knkarthick/dialogsum.")
+    path: str | None = Field(
+        None, description="Local JSON (array), JSONL, CSV or Parquet file, or a glob; relative to the spec file."
+    )
+    name: str | None = Field(None, description="Label used in row ids and reports; defaults to the file or hub name.")
+    config: str | None = Field(None, description="Hub dataset configuration name.")
+    revision: str | None = Field(None, description="Hub dataset revision to pin.")
+    data_files: list[str] | None = Field(None, description="Hub: only these data files of the repo.")
+    split: SplitName = Field("train", description="Which build split this source's rows go to.")
+    hub_split: str | None = Field(None, description="Hub: the dataset's own split to read; defaults to `split`.")
+    format: FormatName | None = Field(None, description="Overrides data.format for this source.")
+    column_map: dict[str, str] | None = Field(
+        None, description="Canonical field -> this source's column (overrides data.column_map)."
+    )
+    id_column: str | None = Field(None, description="Column holding a stable row id (default: `id` or `fname` if present).")
+    limit: int | None = Field(None, description="Keep at most this many rows (after shuffling, if on).")
+    fraction: float | None = Field(None, description="Keep this fraction (0, 1] of the rows.")
+    shuffle: bool = Field(False, description="Shuffle (seeded by data.seed) before limit/fraction.")
+
+
+class TemplateSpec(Section):
+    """A prompt template: a library name, a file, or inline prompt/completion parts."""
+
+    name: str | None = Field(None, description="Template from the library (see `tunespec templates`).")
+    file: str | None = Field(None, description="A .jinja template file with `prompt` and `completion` blocks.")
+    prompt: str | None = Field(None, description="Inline Jinja for the prompt part (not trained).")
+    completion: str | None = Field(None, description="Inline Jinja for the completion part (trained).")
+    stop: str | None = Field(None, description="End marker generation stops at and strips (e.g. '### End').")
+    system: str | None = Field(None, description="System prompt for chat templates.")
+
+
+class HoldoutSpec(Section):
+    """Splits carved out of the train rows with a seeded shuffle (when no source feeds them)."""
+
+    test: float | int = Field(0, description="Fraction (0..1) or row count of train rows moved to test.")
+    validation: float | int = Field(0, description="Fraction (0..1) or row count of train rows moved to validation.")
+
+
+class TokenizationSpec(Section):
+    max_length: int | None = Field(
+        None, description="Longest tokenized row; default: the model's context length."
+    )
+    overlong: Literal["drop", "truncate_prompt"] = Field(
+        "drop", description="Rows over max_length: drop them (counted), or cut the prompt from the left."
+    )
+    train_on: Literal["auto", "completion", "all", "assistant_turns", "last_turn"] = Field(
+        "auto",
+        description="Which tokens carry loss. auto = the completion for field formats, every assistant turn for chat.",
+    )
+    add_eos: bool = Field(True, description="Append EOS to every completion / assistant turn, and train it.")
+
+
+class DataSpec(Section):
+    sources: list[SourceSpec] = Field(min_length=1, description="One or more dataset sources.")
+    format: FormatName = Field(description="How rows are read: " + ", ".join(FormatName.__args__) + ".")
+    column_map: dict[str, str] = Field(default_factory=dict, description="Canonical field -> source column.")
+    template: str | TemplateSpec | None = Field(
+        None, description="Template library name or a template object; default: the format's default template."
+    )
+    tokenization: TokenizationSpec = Field(default_factory=TokenizationSpec)
+    holdout: HoldoutSpec = Field(default_factory=HoldoutSpec)
+    seed: int = Field(42, description="Seed for shuffling and holdout splits.")
+    strict: bool = Field(False, description="Make any dropped row an error instead of a counted warning.")

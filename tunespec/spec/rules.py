@@ -1,0 +1,228 @@
+"""Cross-field rules: checks that look at more than one field.
+
+They run after the schema accepted the spec, never change it, and report every broken rule at once
+as a ``Problem`` whose ``path`` names the field to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from ..errors import Problem
+from .adapter import FullSpec, LoraSpec
+from .launch import DeepSpeedLaunch, FsdpLaunch
+from .root import Spec
+
+Rule = Callable[[Spec], Iterator[Problem]]
+RULES: list[Rule] = []
+
+# Formats whose rows have no reference answer (nothing for ROUGE to compare against).
+FORMATS_WITHOUT_REFERENCE = {"text"}
+CHAT_FORMATS = {"sharegpt", "messages"}
+HUB_BUILDERS = {"json", "csv", "parquet", "text", "arrow"}  # datasets' packaged builders: data_files are local
+
+
+def rule(fn: Rule) -> Rule:
+    RULES.append(fn)
+    return fn
+
+
+def check_rules(spec: Spec) -> list[Problem]:
+    """Every cross-field problem in the spec (empty when it is consistent)."""
+    return [problem for check in RULES for problem in check(spec)]
+
+
+def _p(path: str, message: str, hint: str) -> Problem:
+    return Problem(message, path=path, hint=hint)
+
+
+@rule
+def model_named_once(spec: Spec) -> Iterator[Problem]:
+    m = spec.model
+    named = [k for k in ("hub", "path", "packaged") if getattr(m, k) is not None]
+    if len(named) != 1:
+        yield _p(
+            "model",
+            "names no model" if not named else f"names the model {len(named)} times ({', '.join(named)})",
+            "set exactly one of model.hub (hub id), model.path (local directory) or model.packaged",
+        )
+    if m.packaged and m.gguf_file:
+        yield _p("model.gguf_file", "a packaged model brings its own weights file", "remove model.gguf_file")
+
+
+@rule
+def sources_well_formed(spec: Spec) -> Iterator[Problem]:
+    for i, s in enumerate(spec.data.sources):
+        at = f"data.sources.{i}"
+        if (s.hub is None) == (s.path is None):
+            yield _p(at, "a source needs exactly one of `hub` or `path`", "give a hub dataset name or a local file path")
+        if s.limit is not None and s.fraction is not None:
+            yield _p(f"{at}.fraction", "limit and fraction are both set", "keep one of them")
+        if s.limit is not None and s.limit < 1:
+            yield _p(f"{at}.limit", f"limit must be at least 1, got {s.limit}", "use a positive row count")
+        if s.fraction is not None and not 0 < s.fraction <= 1:
+            yield _p(f"{at}.fraction", f"fraction must be in (0, 1], got {s.fraction}", "e.g. fraction: 0.25")
+        if s.path is not None:
+            for key in ("config", "revision", "data_files", "hub_split"):
+                if getattr(s, key) is not None:
+                    yield _p(f"{at}.{key}", f"`{key}` applies to hub sources only", f"remove {key} or use `hub:`")
+        if s.hub in HUB_BUILDERS and not s.data_files:
+            yield _p(f"{at}.data_files", f"the `{s.hub}` builder needs data_files", "list the local files to read")
+
+
+@rule
+def template_well_formed(spec: Spec) -> Iterator[Problem]:
+    t = spec.data.template
+    if t is None or isinstance(t, str):
+        return
+    kinds = [k for k, v in (("name", t.name), ("file", t.file), ("prompt", t.prompt)) if v is not None]
+    if len(kinds) != 1:
+        yield _p(
+            "data.template",
+            "needs exactly one of name, file or prompt (+completion)" if not kinds else f"sets {' and '.join(kinds)}",
+            "use a library name, a file, or inline prompt/completion",
+        )
+    if t.completion is not None and t.prompt is None:
+        yield _p("data.template.completion", "an inline completion needs an inline prompt", "add data.template.prompt")
+
+
+@rule
+def holdout_in_range(spec: Spec) -> Iterator[Problem]:
+    for split in ("test", "validation"):
+        v = getattr(spec.data.holdout, split)
+        if isinstance(v, float) and not 0 <= v < 1:
+            yield _p(f"data.holdout.{split}", f"a fraction must be in [0, 1), got {v}", "e.g. 0.1 for 10%")
+        if isinstance(v, int) and v < 0:
+            yield _p(f"data.holdout.{split}", f"a row count must be >= 0, got {v}", "e.g. 100")
+        fed = any(s.split == split for s in spec.data.sources)
+        if v and fed:
+            yield _p(
+                f"data.holdout.{split}",
+                f"the {split} split is fed by a source and also carved from train",
+                f"remove data.holdout.{split} or the source with split: {split}",
+            )
+    t = spec.data.holdout
+    if isinstance(t.test, float) and isinstance(t.validation, float) and t.test + t.validation >= 1:
+        yield _p("data.holdout", "test and validation fractions leave no train rows", "make them sum to < 1")
+
+
+@rule
+def tokenization_fits(spec: Spec) -> Iterator[Problem]:
+    tok = spec.data.tokenization
+    if tok.max_length is not None and tok.max_length < 16:
+        yield _p("data.tokenization.max_length", f"{tok.max_length} is too short to train on", "use at least 16")
+    if tok.train_on in ("assistant_turns", "last_turn") and spec.data.format not in CHAT_FORMATS:
+        yield _p(
+            "data.tokenization.train_on",
+            f"`{tok.train_on}` needs a chat format, but data.format is `{spec.data.format}`",
+            "use completion or all, or a chat format (sharegpt, messages)",
+        )
+
+
+@rule
+def quantization_consistent(spec: Spec) -> Iterator[Problem]:
+    q = spec.quantization
+    if q.load_in_4bit and q.load_in_8bit:
+        yield _p("quantization", "load_in_4bit and load_in_8bit are both true", "choose one")
+    if not q.enabled:
+        for key in ("quant_type", "double_quant", "compute_dtype", "quant_storage"):
+            if q.explicitly_set(key):
+                yield _p(
+                    f"quantization.{key}",
+                    "is set but no quantization is enabled",
+                    "set quantization.load_in_4bit: true, or remove the option",
+                )
+    elif q.load_in_8bit:
+        for key in ("quant_type", "double_quant", "quant_storage"):
+            if q.explicitly_set(key):
+                yield _p(f"quantization.{key}", "applies to 4-bit only", "remove it, or use load_in_4bit")
+    if q.enabled and isinstance(spec.adapter, FullSpec):
+        yield _p(
+            "adapter.method",
+            "a quantized base cannot be fully fine-tuned (its weights are frozen integers)",
+            "use adapter.method: lora (QLoRA), or turn quantization off",
+        )
+    if q.load_in_4bit and isinstance(spec.launch, (FsdpLaunch, DeepSpeedLaunch)):
+        sharded = isinstance(spec.launch, FsdpLaunch) or spec.launch.zero_stage == 3
+        if sharded and q.quant_storage is None:
+            yield _p(
+                "quantization.quant_storage",
+                f"4-bit with {spec.launch.topology} sharding needs a quant storage dtype",
+                f"set quantization.quant_storage: {q.compute_dtype} (the compute dtype)",
+            )
+
+
+@rule
+def lora_in_range(spec: Spec) -> Iterator[Problem]:
+    a = spec.adapter
+    if not isinstance(a, LoraSpec):
+        return
+    if not 1 <= a.r <= 1024:
+        yield _p("adapter.r", f"rank must be in 1..1024, got {a.r}", "typical values: 8, 16, 64")
+    if a.alpha <= 0:
+        yield _p("adapter.alpha", f"alpha must be > 0, got {a.alpha}", "typically 2 x r")
+    if not 0 <= a.dropout < 1:
+        yield _p("adapter.dropout", f"dropout must be in [0, 1), got {a.dropout}", "typically 0.05")
+    if isinstance(a.target_modules, list) and not a.target_modules:
+        yield _p("adapter.target_modules", "is an empty list", "use all-linear or name modules, e.g. [q_proj, v_proj]")
+
+
+@rule
+def precision_consistent(spec: Spec) -> Iterator[Problem]:
+    t = spec.training
+    if t.fp16 and t.bf16 is True:
+        yield _p("training.fp16", "fp16 and bf16 are both on", "choose one (bf16 where the GPU supports it)")
+
+
+@rule
+def length_given(spec: Spec) -> Iterator[Problem]:
+    t = spec.training
+    if t.epochs is None and t.max_steps is None:
+        yield _p("training", "neither epochs nor max_steps is set", "set training.epochs (e.g. 3) or training.max_steps")
+
+
+@rule
+def best_model_consistent(spec: Spec) -> Iterator[Problem]:
+    t = spec.training
+    if not t.load_best_model_at_end:
+        return
+    if t.eval_strategy == "no":
+        yield _p("training.eval_strategy", "load_best_model_at_end needs evaluation during training", "set eval_strategy: steps")
+    elif t.save_strategy != t.eval_strategy:
+        yield _p(
+            "training.save_strategy",
+            f"is `{t.save_strategy}` but eval_strategy is `{t.eval_strategy}`; the best checkpoint must be saved when evaluated",
+            f"set save_strategy: {t.eval_strategy}",
+        )
+    elif t.eval_strategy == "steps":
+        eval_steps = t.eval_steps or t.save_steps
+        if t.save_steps % eval_steps:
+            yield _p(
+                "training.save_steps",
+                f"{t.save_steps} is not a multiple of eval_steps {eval_steps}",
+                f"set save_steps to a multiple of {eval_steps}",
+            )
+
+
+@rule
+def evaluation_has_references(spec: Spec) -> Iterator[Problem]:
+    e = spec.evaluation
+    if "rouge" in e.metrics and spec.data.format in FORMATS_WITHOUT_REFERENCE and not e.reference_fields:
+        yield _p(
+            "evaluation.metrics",
+            f"ROUGE needs reference answers, and format `{spec.data.format}` has none",
+            "remove rouge from evaluation.metrics, or set evaluation.reference_fields",
+        )
+
+
+@rule
+def launch_consistent(spec: Spec) -> Iterator[Problem]:
+    ln = spec.launch
+    if ln.machine_rank >= ln.num_machines:
+        yield _p("launch.machine_rank", f"{ln.machine_rank} is not below num_machines {ln.num_machines}", "ranks count from 0")
+    if ln.num_machines > 1 and not ln.main_process_ip:
+        yield _p("launch.main_process_ip", "several machines need the address of machine 0", "set main_process_ip")
+    if isinstance(ln, DeepSpeedLaunch) and ln.offload_params and ln.zero_stage != 3:
+        yield _p("launch.offload_params", "parameter offload needs ZeRO stage 3", "set launch.zero_stage: 3")
+    if ln.topology == "single" and ln.num_processes * ln.num_machines > 1:
+        yield _p("launch.topology", "single runs one process", "use topology: multi_gpu, fsdp or deepspeed")
