@@ -110,5 +110,161 @@ def schema(output: Path | None) -> None:
         click.echo(text, nl=False)
 
 
+# --------------------------------------------------------------------------- compiler commands
+
+
+def _command_line() -> str:
+    return "tunespec " + " ".join(sys.argv[1:])
+
+
+@main.command(name="compile")
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Build directory (default: output.dir or runs/NAME beside the spec).")
+@set_option
+@click.option("--strict", is_flag=True, help="Make any dropped row an error.")
+@click.option("--force", is_flag=True, help="Replace an existing build of a different spec, with its runtime outputs.")
+@user_errors
+def compile_cmd(spec: Path, output: Path | None, overrides: tuple[str, ...], strict: bool, force: bool) -> None:
+    """Compile SPEC into a build directory (data, tokens, launch configs, lock file)."""
+    from .compiler.build import compile_build
+    from .spec.loader import load_spec
+
+    if strict:
+        overrides = overrides + ("data.strict=true",)
+    loaded = load_spec(spec, overrides)
+    result = compile_build(loaded, output or loaded.build_dir, force=force, command=_command_line())
+    for line in result.messages:
+        click.echo(line, err=True)
+    click.echo(str(result.path))
+
+
+@main.command()
+@click.argument("lock", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="New build directory.")
+@user_errors
+def rerun(lock: Path, output: Path) -> None:
+    """Rebuild from a lock file and verify every hash; report exactly which input changed."""
+    from .compiler.rerun import rerun_lock
+
+    ok = rerun_lock(lock, output, log=lambda s: click.echo(s, err=True))
+    click.echo(str(output))
+    if not ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--split", default="train", show_default=True)
+@click.option("--index", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print input_ids, labels, tokens, prompt and completion as JSON.")
+@set_option
+@user_errors
+def preview(target: Path, split: str, index: int, as_json: bool, overrides: tuple[str, ...]) -> None:
+    """Show one rendered row of a build (or of a spec, compiled first) with its trained tokens highlighted."""
+    from .compiler.preview import preview_row
+
+    click.echo(preview_row(target, split=split, index=index, as_json=as_json, overrides=overrides,
+                           color=sys.stdout.isatty()))
+
+
+@main.command()
+@click.argument("input_path", metavar="IN", type=click.Path(path_type=Path))
+@click.option("--from", "from_fmt", required=True, help="alpaca, sharegpt, messages or prompt_completion.")
+@click.option("--to", "to_fmt", required=True, help="alpaca, sharegpt, messages or prompt_completion.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="OUT.jsonl, or OUT.json for an array.")
+@click.option("--strict", is_flag=True, help="Fail instead of dropping rows that cannot be converted.")
+@user_errors
+def convert(input_path: Path, from_fmt: str, to_fmt: str, output: Path, strict: bool) -> None:
+    """Convert a dataset file between formats (no model needed)."""
+    from .compiler.convert import convert_file
+
+    report = convert_file(input_path, from_fmt, to_fmt, output, strict=strict)
+    click.echo(report.summary(), err=True)
+
+
+@main.command()
+@click.option("--predictions", required=True, type=click.Path(path_type=Path), help='JSONL of {"id", "prediction"}.')
+@click.option("--references", required=True, type=click.Path(path_type=Path),
+              help='JSONL of {"id", "references": [...]} or {"id", "reference"}.')
+@click.option("--reference-field", "fields", multiple=True, help="Read references from these fields instead.")
+@click.option("--multi-ref", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
+@user_errors
+def score(predictions: Path, references: Path, fields: tuple[str, ...], multi_ref: str) -> None:
+    """ROUGE-1/2/L/Lsum of any predictions file against references, matched by id."""
+    from .runtime.scorefiles import score_files
+
+    click.echo(json.dumps(score_files(predictions, references, list(fields) or None, multi_ref), indent=2))
+
+
+# --------------------------------------------------------------------------- runtime commands
+
+
+@main.command()
+@click.argument("build", type=click.Path(path_type=Path))
+@click.option("--restart", is_flag=True, help="Start over instead of resuming from the newest checkpoint.")
+@user_errors
+def train(build: Path, restart: bool) -> None:
+    """Train from BUILD; reruns resume from the newest complete checkpoint."""
+    from .runtime.train import train as run_training
+
+    run_training(build, restart=restart)
+
+
+@main.command()
+@click.argument("build", type=click.Path(path_type=Path))
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Merged weights' dtype.")
+@user_errors
+def merge(build: Path, dtype: str | None) -> None:
+    """Merge the trained LoRA adapter into the base model (BUILD/merged)."""
+    from .runtime.build import Build
+    from .runtime.merge import merge as run_merge
+
+    run_merge(Build(build), dtype=dtype, log=lambda s: click.echo(s, err=True))
+
+
+@main.command()
+@click.argument("build", type=click.Path(path_type=Path))
+@click.option("--model", "which", help="base, adapter, merged or a model directory (default: base and tuned).")
+@click.option("--split", help="Split to evaluate (default: evaluation.split).")
+@click.option("--limit", type=int, help="Evaluate at most N rows.")
+@click.option("--multi-ref", type=click.Choice(["mean", "max"]), help="Combine several references by mean or max.")
+@user_errors
+def evaluate(build: Path, which: str | None, split: str | None, limit: int | None, multi_ref: str | None) -> None:
+    """Generate on a split and score ROUGE (and eval loss); base vs fine-tuned side by side."""
+    from .runtime.build import Build
+    from .runtime.evaluate import evaluate as run_eval
+
+    b = Build(build)
+    summary = run_eval(b, model=which, split=split, limit=limit, multi_ref=multi_ref,
+                       log=lambda s: click.echo(s, err=True))
+    click.echo((b.eval_dir / "report.md").read_text(encoding="utf-8").split("## Best")[0].rstrip())
+
+
+@main.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Build directory.")
+@set_option
+@click.option("--force", is_flag=True, help="Replace an existing build of a different spec.")
+@user_errors
+def run(spec: Path, output: Path | None, overrides: tuple[str, ...], force: bool) -> None:
+    """Compile, train, merge and evaluate SPEC in one go; stages whose outputs are valid are skipped."""
+    from .pipeline import run_all
+
+    run_all(spec, output, overrides, force=force, log=lambda s: click.echo(s, err=True))
+
+
+@main.command()
+def templates() -> None:
+    """List the template library."""
+    from .compiler.templates import TOKENIZER, library_dir, library_names
+
+    for name in library_names():
+        if name == TOKENIZER:
+            click.echo(f"{name:22s} the model's own chat template")
+            continue
+        first = (library_dir() / f"{name}.jinja").read_text(encoding="utf-8").splitlines()[0]
+        click.echo(f"{name:22s} {first.strip('{#-} ').strip()}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

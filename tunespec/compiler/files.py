@@ -102,7 +102,9 @@ def file_type(path: Path, fmt: str | None = None) -> str:
         hint = "name it .json, .jsonl, .ndjson, .csv or .parquet, or set the format explicitly"
         if suffix in (".gz", ".bz2", ".xz", ".zst", ".zip"):
             hint = "compressed files are not read: decompress it first"
-        raise DataError(Problem(f"cannot tell the file type from the suffix {suffix or '(none)'!r}", file=str(path), hint=hint))
+        raise DataError(
+            Problem(f"cannot tell the file type from the suffix {suffix or '(none)'!r}", file=str(path), hint=hint)
+        )
     return kind
 
 
@@ -113,7 +115,11 @@ def _check_readable(path: Path) -> None:
     if not path.exists():
         raise DataError(_missing_file_problem(path))
     if path.is_dir():
-        raise DataError(Problem("is a directory, not a data file", file=str(path), hint="name a file, or use a glob such as dir/*.jsonl"))
+        raise DataError(
+            Problem(
+                "is a directory, not a data file", file=str(path), hint="name a file, or use a glob such as dir/*.jsonl"
+            )
+        )
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -174,6 +180,12 @@ def _json_error(path: Path, exc: json.JSONDecodeError, hint: str | None = None) 
     )
 
 
+def _unparsable(path: Path, exc: Exception, line: int) -> DataError:
+    """Valid JSON syntax that Python cannot load: nesting too deep, or an integer too long."""
+    message = "JSON nested too deeply" if isinstance(exc, RecursionError) else f"cannot load this JSON value: {exc}"
+    return DataError(Problem(message, file=str(path), line=line))
+
+
 def _type_name(value: object) -> str:
     """The JSON name of a parsed value's type, for messages."""
     if value is None:
@@ -213,8 +225,8 @@ def _parse_json_array(path: Path, text: str) -> tuple[list[dict], list[int]]:
                 value, pos = decoder.raw_decode(text, pos)
             except json.JSONDecodeError as exc:
                 raise _json_error(path, exc) from None
-            except RecursionError:
-                raise DataError(Problem("JSON nested too deeply", file=str(path), line=text.count("\n", 0, start) + 1)) from None
+            except (ValueError, RecursionError) as exc:
+                raise _unparsable(path, exc, text.count("\n", 0, start) + 1) from None
             line += text.count("\n", counted_to, start)
             counted_to = start
             if not isinstance(value, dict):
@@ -240,7 +252,11 @@ def _parse_json_array(path: Path, text: str) -> tuple[list[dict], list[int]]:
             raise _json_error(path, json.JSONDecodeError(message, text, pos))
     pos = _JSON_WS.match(text, pos).end()
     if pos < len(text):
-        raise _json_error(path, json.JSONDecodeError("Extra data after the array", text, pos), hint="a JSON file holds one array; remove what follows its closing ']'")
+        raise _json_error(
+            path,
+            json.JSONDecodeError("Extra data after the array", text, pos),
+            hint="a JSON file holds one array; remove what follows its closing ']'",
+        )
     return rows, lines
 
 
@@ -250,8 +266,8 @@ def _raise_not_array(path: Path, text: str, pos: int, decoder: json.JSONDecoder)
         value, end = decoder.raw_decode(text, pos)
     except json.JSONDecodeError as exc:
         raise _json_error(path, exc) from None
-    except RecursionError:
-        raise DataError(Problem("JSON nested too deeply", file=str(path))) from None
+    except (ValueError, RecursionError) as exc:
+        raise _unparsable(path, exc, text.count("\n", 0, pos) + 1) from None
     rest = _JSON_WS.match(text, end).end()
     if rest < len(text):
         hint = "a JSON file holds one value"
@@ -293,10 +309,10 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], list[int]]:
             raise DataError(
                 Problem(f"invalid JSON: {exc.msg}", file=str(path), line=number, column=exc.colno, hint=hint)
             ) from None
-        except RecursionError:
-            raise DataError(Problem("JSON nested too deeply", file=str(path), line=number)) from None
+        except (ValueError, RecursionError) as exc:
+            raise _unparsable(path, exc, number) from None
         if not isinstance(value, dict):
-            hint = "each line must be one JSON object such as {\"text\": \"...\"}"
+            hint = 'each line must be one JSON object such as {"text": "..."}'
             if isinstance(value, list) and not rows:
                 hint = "this looks like a JSON array: name the file .json or set the format to json"
             raise DataError(
@@ -333,7 +349,13 @@ def _parse_csv(path: Path, text: str) -> tuple[list[dict], list[int]]:
             break
         except csv.Error as exc:
             raise DataError(
-                Problem(f"invalid CSV: {exc}", file=str(path), line=start, hint="check the quoting of this row: a value with a comma, quote or newline must be in double quotes, with inner quotes doubled")
+                Problem(
+                    f"invalid CSV: {exc}",
+                    file=str(path),
+                    line=start,
+                    hint="check the quoting of this row: a value with a comma, quote or newline must be "
+                    "in double quotes, with inner quotes doubled",
+                )
             ) from None
         next_line = reader.line_num + 1
         if not values:
@@ -349,7 +371,7 @@ def _parse_csv(path: Path, text: str) -> tuple[list[dict], list[int]]:
                     file=str(path),
                     line=start,
                     path=f"row {len(rows)}",
-                    hint="quote values that contain commas (\"a, b\"), or add/remove values to match the header",
+                    hint='quote values that contain commas ("a, b"), or add/remove values to match the header',
                 )
             )
         rows.append(dict(zip(header, values)))
@@ -362,10 +384,22 @@ def _check_header(path: Path, header: list[str], line: int) -> None:
     for column, name in enumerate(header, start=1):
         if not name.strip():
             raise DataError(
-                Problem(f"header column {column} has no name", file=str(path), line=line, hint="name every column (pandas: write with index=False)")
+                Problem(
+                    f"header column {column} has no name",
+                    file=str(path),
+                    line=line,
+                    hint="name every column (pandas: write with index=False)",
+                )
             )
         if name in seen:
-            raise DataError(Problem(f"duplicate column name {name!r} in the header", file=str(path), line=line, hint="give every column a distinct name"))
+            raise DataError(
+                Problem(
+                    f"duplicate column name {name!r} in the header",
+                    file=str(path),
+                    line=line,
+                    hint="give every column a distinct name",
+                )
+            )
         seen.add(name)
 
 
@@ -380,7 +414,11 @@ def _read_parquet(path: Path) -> list[dict]:
         return pq.read_table(path).to_pylist()
     except (pyarrow.ArrowException, OSError, ValueError) as exc:
         raise DataError(
-            Problem(f"not a readable Parquet file ({exc})", file=str(path), hint="check that the file is complete and really Parquet")
+            Problem(
+                f"not a readable Parquet file ({exc})",
+                file=str(path),
+                hint="check that the file is complete and really Parquet",
+            )
         ) from None
 
 
@@ -400,7 +438,13 @@ def expand_glob(pattern: str, base_dir: Path) -> list[Path]:
         if target.is_file():
             return [target]
         if target.is_dir():
-            raise DataError(Problem("is a directory, not a data file", file=str(target), hint=f"use a glob such as '{pattern.rstrip('/')}/*.jsonl'"))
+            raise DataError(
+                Problem(
+                    "is a directory, not a data file",
+                    file=str(target),
+                    hint=f"use a glob such as '{pattern.rstrip('/')}/*.jsonl'",
+                )
+            )
         raise DataError(_missing_file_problem(target))
     matches = sorted(Path(p) for p in glob.glob(str(target), recursive=True) if Path(p).is_file())
     if matches:
@@ -423,4 +467,3 @@ def _glob_hint(target: Path) -> str:
         return f"{str(fixed)!r} is empty"
     shown = ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
     return f"{str(fixed)!r} holds: {shown}"
-

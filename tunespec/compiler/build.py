@@ -1,0 +1,328 @@
+"""`tunespec compile`: spec -> build directory.
+
+Layout of a build (everything the runtime needs, nothing outside it)::
+
+    BUILD/lock.yaml            resolved spec, input hashes, versions, how to reproduce
+    BUILD/manifest.json        sha256 of every file, rows, drops by reason, token statistics
+    BUILD/data/<split>.jsonl   one rendered record per row (TRL prompt/completion or messages)
+    BUILD/tokens/<split>.{ids,trained,offsets}.npy   the tokenized rows
+    BUILD/tokenizer/           the tokenizer the rows were tokenized with
+    BUILD/accelerate.yaml, launch.sh, launch.slurm (+ deepspeed.json)
+
+The build is written to a temporary sibling directory and renamed into place, so a failed or killed
+compile leaves no build (and never a half one). The same spec and inputs give byte-identical files
+wherever the build goes; only lock.yaml records when it was made. An unchanged recompile notices the
+same input key in the manifest and returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from ..errors import BuildError, DataError, Problem
+from ..models import ModelRef, load_tokenizer, resolve, sha256_file
+from ..spec.loader import LoadedSpec
+from ..spec.render import resolved_dict, to_yaml
+from .formats import FORMATS
+from .records import Record
+from .sources import SPLITS, drop_problems, form_splits, load_source, source_inputs, source_names
+from .templates import Template, load_template
+from .tokenize import context_length, special_prefix, tokenize_examples
+
+FORMAT_VERSION = 1
+RUNTIME_DIRS = ("train", "adapter", "merged", "eval")
+Log = Callable[[str], None]
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    reused: bool
+    manifest: dict
+    messages: list[str] = field(default_factory=list)
+
+
+def _sha_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def template_of(loaded: LoadedSpec) -> Template:
+    """The spec's template, checked against the fields every source's format provides."""
+    data = loaded.spec.data
+    t = data.template
+    formats = {s.format or data.format for s in data.sources}
+    field_formats = [f for f in formats if FORMATS[f].kind == "fields"]
+    fields: set[str] | None = None
+    if field_formats:
+        fields = set.intersection(*[set(FORMATS[f].text_fields) for f in field_formats])
+    if t is None:
+        defaults = {FORMATS[f].template for f in formats}
+        if len(defaults) > 1:
+            raise DataError(Problem(f"the sources' formats have different default templates ({', '.join(sorted(defaults))})",
+                                    path="data.template", hint="name one template, e.g. chatml or tokenizer"))
+        return load_template(name=defaults.pop(), fields=fields)
+    if isinstance(t, str):
+        return load_template(name=t, fields=fields)
+    shown = os.path.relpath(t.file) if t.file else None
+    return load_template(name=t.name, file=t.file, prompt=t.prompt, completion=t.completion, stop=t.stop,
+                         system=t.system, fields=fields, shown=shown)
+
+
+def input_key(loaded: LoadedSpec, template: Template, sources: list[list[dict]]) -> str:
+    """A hash of everything the build depends on (spec, data files, template, model reference, version)."""
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "tunespec": __version__,
+        "spec": resolved_dict(loaded),
+        "sources": sources,
+        "template": template.sha256,
+    }
+    return _sha_bytes(json.dumps(payload, sort_keys=True).encode("utf-8"))
+
+
+def _runtime_outputs(path: Path) -> list[str]:
+    return [d for d in RUNTIME_DIRS if (path / d).exists()]
+
+
+def _check_target(path: Path, key: str, force: bool) -> dict | None:
+    """The existing build's manifest when it is up to date; otherwise check it may be replaced."""
+    if not path.exists():
+        return None
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        if path.is_dir() and not any(path.iterdir()):
+            return None
+        raise BuildError(Problem(f"{path} exists and is not a tunespec build", hint="choose another output directory with -o"))
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except ValueError:
+        manifest = {}
+    if manifest.get("input_key") == key and all((path / f).is_file() for f in manifest.get("files", {})):
+        return manifest
+    outputs = _runtime_outputs(path)
+    if outputs and not force:
+        raise BuildError(Problem(
+            f"{path} holds a build of a different spec or data, with runtime outputs ({', '.join(outputs)}/)",
+            hint="compile to a new directory with -o, or pass --force to replace it and its outputs"))
+    return None
+
+
+def _record_row(rec: Record, template: Template, fmt: str, segments, tokenizer, ref_fields: list[str]) -> dict:
+    row: dict = {"id": rec.id, "source": rec.source}
+    if template.kind == "fields":
+        row["prompt"] = segments[0].text
+        row["completion"] = segments[1].text
+        refs = [rec.fields.get(f, "") for f in ref_fields] if rec.fields else []
+    else:
+        messages = template.messages_of(rec, fmt)
+        row["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if rec.tools:
+            row["tools"] = rec.tools
+        row["eval_prompt"] = template.render_prompt(rec, fmt, tokenizer)
+        last = [m["content"] for m in messages if m["role"] in ("assistant", "tool_call")]
+        refs = [rec.fields.get(f, "") for f in ref_fields] if (rec.fields and ref_fields) else last[-1:]
+    row["references"] = [r for r in refs if r]
+    return row
+
+
+def _length_stats(lengths: np.ndarray) -> dict:
+    if len(lengths) == 0:
+        return {"min": 0, "median": 0, "p95": 0, "max": 0, "mean": 0}
+    return {
+        "min": int(lengths.min()),
+        "median": float(np.median(lengths)),
+        "p95": float(np.percentile(lengths, 95)),
+        "max": int(lengths.max()),
+        "mean": round(float(lengths.mean()), 2),
+    }
+
+
+def _versions() -> dict:
+    out = {"tunespec": __version__, "python": platform.python_version()}
+    for name in ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "bitsandbytes"):
+        try:
+            from importlib.metadata import version
+
+            out[name] = version(name)
+        except Exception:
+            out[name] = None
+    return out
+
+
+def compile_build(
+    loaded: LoadedSpec, out: Path, *, force: bool = False, log: Log = lambda s: print(s, file=sys.stderr),
+    command: str | None = None,
+) -> BuildResult:
+    spec = loaded.spec
+    data = spec.data
+    template = template_of(loaded)
+    inputs = [source_inputs(s) for s in data.sources]
+    key = input_key(loaded, template, inputs)
+    out = Path(out)
+    existing = _check_target(out, key, force)
+    if existing is not None:
+        return BuildResult(out, True, existing, [f"{out}: up to date (input key {key[:12]})"])
+
+    t0 = time.perf_counter()
+    ref = ModelRef.from_spec(spec.model)
+    model_dir = resolve(ref)
+    tokenizer = load_tokenizer(ref, model_dir if model_dir != ref.hub else None)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir, revision=None if model_dir != ref.hub else ref.revision,
+                                        trust_remote_code=ref.trust_remote_code)
+    ctx = context_length(config)
+    max_length = data.tokenization.max_length or ctx or 2048
+    if ctx and max_length > ctx:
+        raise DataError(Problem(f"max_length {max_length} exceeds the model's context length {ctx}",
+                                path="data.tokenization.max_length", hint=f"use at most {ctx}"))
+
+    names = source_names(data.sources)
+    results = [load_source(s, i, data, names[i]) for i, s in enumerate(data.sources)]
+    splits, dup_drops = form_splits(results, data)
+    all_drops: dict[str, dict[str, int]] = {}
+    problems: list[Problem] = []
+    for i, res in enumerate(results):
+        if res.dropped:
+            all_drops[f"source:{res.name}"] = dict(sorted(res.dropped.items()))
+            problems += drop_problems(res.dropped, f"data.sources.{i} ({res.name})")
+    if dup_drops:
+        all_drops["duplicates"] = dict(sorted(dup_drops.items()))
+        problems += drop_problems(dup_drops, "data")
+
+    fmt_of = {res.name: res.format for res in results}
+    ref_fields_of = {
+        f: (spec.evaluation.reference_fields or ([FORMATS[f].reference] if FORMATS[f].reference else []))
+        for f in set(fmt_of.values())
+    }
+    train_on = data.tokenization.train_on
+    if train_on == "auto":
+        train_on = "completion"
+    if train_on == "assistant_turns":
+        train_on = "completion"
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / "data").mkdir()
+        (tmp / "tokens").mkdir()
+        split_stats: dict[str, dict] = {}
+        for split in SPLITS:
+            records = splits[split]
+            if not records:
+                continue
+            fmts = [fmt_of[r.source.rsplit("#", 1)[0]] for r in records]
+            rendered = [template.render(r, f, tokenizer) for r, f in zip(records, fmts)]
+            tok = tokenize_examples(rendered, tokenizer, max_length=max_length, overlong=data.tokenization.overlong,
+                                    train_on=train_on, add_eos=data.tokenization.add_eos)
+            if tok.dropped:
+                all_drops[f"split:{split}"] = dict(sorted(tok.dropped.items()))
+                problems += drop_problems(tok.dropped, f"data.tokenization ({split})")
+            with open(tmp / "data" / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
+                for i in tok.kept:
+                    row = _record_row(records[i], template, fmts[i], rendered[i], tokenizer, ref_fields_of[fmts[i]])
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            np.save(tmp / "tokens" / f"{split}.ids.npy", tok.ids)
+            np.save(tmp / "tokens" / f"{split}.trained.npy", tok.trained)
+            np.save(tmp / "tokens" / f"{split}.offsets.npy", tok.offsets)
+            lengths = tok.lengths()
+            trained = int(tok.trained.sum())
+            split_stats[split] = {
+                "rows": len(tok),
+                "tokens": int(len(tok.ids)),
+                "trained_tokens": trained,
+                "trained_fraction": round(trained / max(1, len(tok.ids)), 4),
+                "truncated": tok.truncated,
+                "length": _length_stats(lengths),
+            }
+        if "train" not in split_stats:
+            raise DataError(Problem("no training rows are left", path="data.sources",
+                                    hint="check the sources, their split names and the drop counts above"))
+        if data.strict and problems:
+            raise DataError(problems)
+
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        from .launch import write_launch_files
+
+        write_launch_files(spec, tmp)
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        file_hashes = {f: sha256_file(tmp / f) for f in files}
+        tokenizer_sha = _sha_bytes(b"".join(bytes.fromhex(file_hashes[f]) for f in files if f.startswith("tokenizer/")))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "input_key": key,
+            "name": spec.name,
+            "max_length": max_length,
+            "eos_token_id": int(tokenizer.eos_token_id),
+            "prefix_ids": special_prefix(tokenizer),
+            "pad_token_id": int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else None,
+            "template": {"name": template.name, "kind": template.kind, "sha256": template.sha256, "stop": template.stop},
+            "splits": split_stats,
+            "dropped": all_drops,
+            "files": file_hashes,
+        }
+        (tmp / "manifest.json").write_bytes(_json_bytes(manifest))
+        lock = {
+            "tunespec_lock": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "reproduce": "tunespec rerun BUILD/lock.yaml -o NEW_BUILD",
+            "command": command,
+            "spec_file": str(loaded.file),
+            "extends": [str(p) for p in loaded.extends],
+            "overrides": loaded.overrides,
+            "input_key": key,
+            "spec": resolved_dict(loaded),
+            "inputs": {
+                "sources": [{"name": r.name, "split": r.split, "format": r.format, "rows_read": r.read, "entries": e}
+                            for r, e in zip(results, inputs)],
+                "template": {"name": template.name, "sha256": template.sha256, "stop": template.stop},
+                "tokenizer": {"sha256": tokenizer_sha},
+                "model": {"reference": ref.label, "resolved": model_dir, "revision": ref.revision,
+                          "trust_remote_code": ref.trust_remote_code},
+            },
+            "versions": _versions(),
+            "manifest_sha256": _sha_bytes((tmp / "manifest.json").read_bytes()),
+        }
+        (tmp / "lock.yaml").write_text("# tunespec lock file: the fully resolved spec and the hashes of its inputs.\n"
+                                       + to_yaml(lock), encoding="utf-8")
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    messages = [f"{out}: compiled in {time.perf_counter() - t0:.1f}s"]
+    for split, st in split_stats.items():
+        messages.append(f"  {split}: {st['rows']} rows, {st['tokens']} tokens ({st['trained_fraction']:.0%} trained), "
+                        f"length median {st['length']['median']:.0f} max {st['length']['max']}")
+    for p in problems:
+        messages.append("  warning: " + p.render())
+    return BuildResult(out, False, manifest, messages)
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Move the finished build into place; an old build there is replaced only after the new one is complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(trash)
+        tmp.rename(out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(out)

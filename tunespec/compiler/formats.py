@@ -1,0 +1,595 @@
+"""Dataset formats, and the conversion of their rows into canonical ``Record``s.
+
+Formats (``FORMATS``):
+
+====================  ======  ==============================================  ===================
+name                  kind    columns (required; *optional*)                  reference answer
+====================  ======  ==============================================  ===================
+``alpaca``            fields  instruction, *input*, output, *history*         output
+``summarization``     fields  dialogue, summary, *topic*                      summary
+``qa``                fields  question, answer                                answer
+``input_output``      fields  input, output                                   output
+``text``              fields  text                                            (none)
+``prompt_completion`` fields  prompt, completion                              completion
+``sharegpt``          chat    conversations, *system*, *tools*                last assistant turn
+``messages``          chat    messages, *tools*                               last assistant turn
+====================  ======  ==============================================  ===================
+
+Rows and records
+----------------
+``convert_rows(fmt, rows, source=..., column_map=..., id_column=...)`` turns each row (a dict) into a
+``Record`` or *drops* it, counting the reason (``"missing field 'output'"``, ``"unknown role 'xyz'"``,
+...). Nothing is silently lost: ``len(records) + sum(drops.values()) == len(rows)``.
+
+* Text values are kept exactly as written (nothing is stripped); a value that is empty or only
+  whitespace counts as empty. Integers and floats in text fields become their ``str`` (CSV-free QA
+  data often has numeric answers); ``null``/NaN, booleans, lists and objects are not text: the row
+  is dropped (``"field 'answer' is not text (got list)"``). An optional field that is missing or
+  ``null`` becomes ``""``.
+* ``Record.fields`` holds the format's text fields under their canonical names, optional ones
+  included (``""`` when absent).
+* ``Record.id`` is ``str(row[id_column])``; without ``id_column`` a row's own ``id`` or ``fname``
+  column is used when it holds a non-empty string or number; otherwise ``"<source>:<index>"``.
+  ``Record.source`` is ``"<source>#<index>"`` (0-based).
+* Columns the format does not use are kept in ``Record.meta`` when they hold a string or a number
+  (stringified); they are kept for reference, not trained. Other unused columns are ignored.
+
+Column maps
+-----------
+``column_map`` maps a canonical name to the data's column name, e.g. ChatGLM-style data:
+``{"instruction": "prompt", "output": "response", "history": "history"}``. For chat formats it may
+also rename the conversation column (``conversations`` / ``messages``), ``system`` and ``tools``, the
+keys inside a turn (``role_tag``, ``content_tag``; ShareGPT defaults ``from``/``value``) and the role
+names (``user_tag``, ``assistant_tag``, ``system_tag``, ``tool_call_tag``, ``tool_tag``; ShareGPT
+defaults ``human``, ``gpt``, ``system``, ``function_call``, ``observation``). A role tag map replaces
+the default tag for that role. A key that is not one of these, or a mapped (or required) column that
+no row has, is a spec mistake and raises ``DataError`` with a did-you-mean hint.
+
+Alpaca history
+--------------
+An alpaca row with a non-empty ``history`` column (a list of ``[user, assistant]`` pairs) becomes a
+*chat* record: the history turns, then ``instruction`` (joined with ``input`` by ``join_instruction``)
+as the user turn and ``output`` as the assistant turn. Its ``meta["input"]`` keeps a non-empty
+``input`` so that the instruction/input split stays recoverable (see ``convert.py``).
+
+Chat records
+------------
+ShareGPT roles ``human``/``gpt``/``system``/``function_call``/``observation`` become ``user``,
+``assistant``, ``system``, ``tool_call``, ``tool``. A non-empty top-level ``system`` column becomes a
+leading system message. ``tools`` (JSON text or a list) is kept as JSON text in ``Record.tools``:
+JSON text exactly as written, a list serialised with ``json.dumps(..., ensure_ascii=False)``;
+OpenAI-style ``{"type": "function", "function": F}`` entries are unwrapped to ``F``.
+
+OpenAI ``messages``: ``content`` is a string or a list of parts; text parts are joined with no
+separator, any other part drops the row. An assistant message with ``tool_calls`` becomes (after an
+assistant message for its text, when it has any) one ``tool_call`` message whose content is the
+JSON of the call ``{"name": ..., "arguments": ...}`` (``arguments`` decoded from its JSON string when
+it is valid JSON), or a JSON list of such calls when there are several. Call ids, ``tool_call_id``,
+``name`` and other per-message keys are not kept.
+
+A conversation is valid (``chat_problem`` returns ``None``) when:
+
+1. a system message, if any, comes first, and no message is empty (tool results may be empty);
+2. then it starts with a user turn, and every turn follows one it may follow:
+   user -> assistant | tool_call; assistant -> user | tool_call; tool_call -> tool;
+   tool -> tool | assistant | tool_call (several results may answer a multi-call);
+3. it has an assistant (or tool_call) turn and ends with one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from tunespec.compiler.records import Record
+from tunespec.errors import DataError, Problem
+
+TAG_KEYS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag", "tool_call_tag", "tool_tag")
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """What a format's rows look like, and how a spec uses it by default."""
+
+    name: str
+    kind: str  # "fields" (named text fields) or "chat" (a conversation)
+    required: tuple[str, ...]  # required columns
+    optional: tuple[str, ...]  # optional columns
+    reference: str | None  # field holding the reference answer (ROUGE); None: text, or chat (last assistant turn)
+    template: str  # default prompt template name
+    tags: tuple[tuple[str, str | None], ...] = ()  # chat: default role/content keys and role names
+
+    @property
+    def text_fields(self) -> tuple[str, ...]:
+        """The keys of ``Record.fields`` for this format (empty for chat formats)."""
+        if self.kind != "fields":
+            return ()
+        return tuple(c for c in self.required + self.optional if c != "history")
+
+    @property
+    def map_keys(self) -> tuple[str, ...]:
+        """The keys a ``column_map`` may use for this format."""
+        return self.required + self.optional + (TAG_KEYS if self.kind == "chat" else ())
+
+
+_SHAREGPT_TAGS = (
+    ("role_tag", "from"),
+    ("content_tag", "value"),
+    ("user_tag", "human"),
+    ("assistant_tag", "gpt"),
+    ("system_tag", "system"),
+    ("tool_call_tag", "function_call"),
+    ("tool_tag", "observation"),
+)
+_MESSAGES_TAGS = (
+    ("role_tag", "role"),
+    ("content_tag", "content"),
+    ("user_tag", "user"),
+    ("assistant_tag", "assistant"),
+    ("system_tag", "system"),
+    ("tool_call_tag", None),  # OpenAI tool calls come from an assistant message's ``tool_calls``
+    ("tool_tag", "tool"),
+)
+
+FORMATS: dict[str, FormatInfo] = {
+    f.name: f
+    for f in (
+        FormatInfo("alpaca", "fields", ("instruction", "output"), ("input", "history"), "output", "alpaca"),
+        FormatInfo("summarization", "fields", ("dialogue", "summary"), ("topic",), "summary", "instruct_output_end"),
+        FormatInfo("qa", "fields", ("question", "answer"), (), "answer", "question_answer"),
+        FormatInfo("input_output", "fields", ("input", "output"), (), "output", "input_output"),
+        FormatInfo("text", "fields", ("text",), (), None, "text"),
+        FormatInfo("prompt_completion", "fields", ("prompt", "completion"), (), "completion", "prompt_completion"),
+        FormatInfo("sharegpt", "chat", ("conversations",), ("system", "tools"), None, "tokenizer", _SHAREGPT_TAGS),
+        FormatInfo("messages", "chat", ("messages",), ("tools",), None, "tokenizer", _MESSAGES_TAGS),
+    )
+}
+
+
+def get_format(name: str) -> FormatInfo:
+    """The ``FormatInfo`` of a format name; an unknown name is a ``DataError`` with a did-you-mean."""
+    info = FORMATS.get(name)
+    if info is None:
+        raise DataError(Problem(f"unknown data format {name!r}", path="format", hint=_did_you_mean(name, FORMATS)))
+    return info
+
+
+def join_instruction(instruction: str, input_text: str) -> str:
+    """Alpaca's instruction and input as one user turn: ``instruction + "\\n\\n" + input``, or just
+    the instruction when the input is empty or only whitespace."""
+    return instruction + "\n\n" + input_text if input_text.strip() else instruction
+
+
+def drop_summary(counter: Counter) -> str:
+    """One line: ``"3 rows dropped: 2 × missing field 'output'; 1 × empty field 'input'"``."""
+    total = sum(counter.values())
+    if not total:
+        return "no rows dropped"
+    parts = [f"{n} × {reason}" for reason, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return f"{total} row{'s' if total != 1 else ''} dropped: " + "; ".join(parts)
+
+
+def convert_rows(
+    fmt: str,
+    rows: list[dict],
+    *,
+    source: str,
+    column_map: dict[str, str] | None = None,
+    id_column: str | None = None,
+) -> tuple[list[Record], Counter]:
+    """Convert rows of format ``fmt`` into records; rows that cannot be converted are counted by reason.
+
+    Raises ``DataError`` only for spec mistakes (unknown format, bad ``column_map``, a required or
+    mapped column that no row has), never for a single bad row.
+    """
+    converter = RowConverter(fmt, source=source, column_map=column_map, id_column=id_column)
+    converter.check_columns(rows)
+    records: list[Record] = []
+    drops: Counter = Counter()
+    for index, row in enumerate(rows):
+        try:
+            records.append(converter.convert(row, index))
+        except Dropped as drop:
+            drops[drop.reason] += 1
+    return records, drops
+
+
+class Dropped(Exception):
+    """A row cannot be converted; ``reason`` is short and stable enough to be counted."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def chat_problem(messages: list[dict[str, str]]) -> str | None:
+    """Why a canonical conversation is not valid (see the module docstring), or None when it is."""
+    start = 1 if messages and messages[0]["role"] == "system" else 0
+    for position, message in enumerate(messages):
+        if message["role"] == "system" and position > 0:
+            return "system message not at the start"
+        if message["role"] != "tool" and not message["content"].strip():
+            return f"empty {message['role']} turn"
+    turns = messages[start:]
+    if not any(m["role"] in ("assistant", "tool_call") for m in turns):
+        return "no assistant turn"
+    if turns[0]["role"] != "user":
+        return "conversation does not start with a user turn"
+    for before, after in zip(turns, turns[1:]):
+        if after["role"] not in _MAY_FOLLOW.get(before["role"], ()):
+            if after["role"] == "tool":
+                return "tool result without a preceding tool call"
+            if before["role"] == "tool_call":
+                return "tool call not followed by a tool result"
+            return "conversation does not alternate user/assistant"
+    if turns[-1]["role"] not in ("assistant", "tool_call"):
+        return "conversation does not end with an assistant turn"
+    return None
+
+
+_MAY_FOLLOW = {
+    "user": ("assistant", "tool_call"),
+    "assistant": ("user", "tool_call"),
+    "tool_call": ("tool",),
+    "tool": ("tool", "assistant", "tool_call"),
+}
+
+
+class RowConverter:
+    """Converts the rows of one format, one at a time (``convert_rows`` is the usual entry point).
+
+    ``convert_with_columns`` also says which columns a row's record was built from, so that a
+    format converter can carry the *other* columns along unchanged.
+    """
+
+    def __init__(
+        self, fmt: str, *, source: str, column_map: dict[str, str] | None = None, id_column: str | None = None
+    ):
+        self.info = get_format(fmt)
+        self.source = source
+        self.id_column = id_column
+        self.mapped = dict(column_map or {})
+        _check_column_map(self.info, self.mapped)
+        # canonical column name -> the data's column name
+        self.columns = {c: self.mapped.get(c, c) for c in self.info.required + self.info.optional}
+        tags = dict(self.info.tags)
+        tags.update({k: v for k, v in self.mapped.items() if k in TAG_KEYS})
+        self.role_key = tags.get("role_tag")
+        self.content_key = tags.get("content_tag")
+        # the data's role name -> canonical role
+        self.roles = {
+            tags[f"{role}_tag"]: role
+            for role in ("user", "assistant", "system", "tool_call", "tool")
+            if tags.get(f"{role}_tag")
+        }
+
+    # ------------------------------------------------------------------ whole-table checks
+
+    def check_columns(self, rows: list[dict]) -> None:
+        """``DataError`` when a required or mapped column (or ``id_column``) is in no row at all."""
+        present: dict[str, None] = {}
+        for row in rows:
+            if isinstance(row, dict):
+                present.update(dict.fromkeys(k for k in row if isinstance(k, str)))
+        if not present:
+            return
+        problems = []
+        for name, column in self.columns.items():
+            if column in present or (name not in self.info.required and name not in self.mapped):
+                continue
+            problems.append(self._absent_column_problem(name, column, list(present)))
+        if self.id_column is not None and self.id_column not in present:
+            problems.append(
+                Problem(
+                    f"id column {self.id_column!r} is in no row",
+                    path="id_column",
+                    hint=_did_you_mean(self.id_column, present, what="the rows have columns"),
+                )
+            )
+        if problems:
+            raise DataError(problems)
+
+    def _absent_column_problem(self, name: str, column: str, present: list[str]) -> Problem:
+        hint = _did_you_mean(column, present, what="the rows have columns")
+        fits = [f for f, info in FORMATS.items() if f != self.info.name and all(c in present for c in info.required)]
+        if fits and name not in self.mapped:
+            hint += f"; the columns fit format {' or '.join(repr(f) for f in fits)}"
+        if name in self.mapped:
+            return Problem(
+                f"column {column!r} (mapped from {name!r}) is in no row", path=f"column_map.{name}", hint=hint
+            )
+        hint += f"; or name the column with column_map: {{{name}: <column>}}"
+        return Problem(f"format {self.info.name!r} needs a column {column!r}, which no row has", hint=hint)
+
+    # ------------------------------------------------------------------ one row
+
+    def convert(self, row: dict, index: int) -> Record:
+        """The record of one row; raises ``Dropped`` when the row cannot be converted."""
+        return self.convert_with_columns(row, index)[0]
+
+    def convert_with_columns(self, row: dict, index: int) -> tuple[Record, frozenset[str]]:
+        """The record of one row, and the columns it was built from (``Dropped`` when it cannot be)."""
+        if not isinstance(row, dict):
+            raise Dropped(f"row is not an object (got {_kind(row)})")
+        record_id, id_column = self._row_id(row, index)
+        if self.info.kind == "fields":
+            fields, messages, used, meta = self._fields(row)
+            tools = None
+        else:
+            messages, tools, used = self._chat(row)
+            fields, meta = None, {}
+        for key, value in row.items():
+            if key in used or key == id_column or not isinstance(key, str) or key in meta:
+                continue
+            text = _scalar_text(value)
+            if text is not None:
+                meta[key] = text
+        record = Record(
+            id=record_id, source=f"{self.source}#{index}", fields=fields, messages=messages, tools=tools, meta=meta
+        )
+        return record, frozenset(used)
+
+    def _row_id(self, row: dict, index: int) -> tuple[str, str | None]:
+        """The record id, and the column it came from (None for the default id)."""
+        if self.id_column is not None:
+            if self.id_column not in row:
+                raise Dropped(f"missing id column {self.id_column!r}")
+            text = _scalar_text(row[self.id_column])
+            if text is None or not text.strip():
+                raise Dropped(f"id column {self.id_column!r} is empty or not a string/number")
+            return text, self.id_column
+        for column in ("id", "fname"):
+            text = _scalar_text(row.get(column))
+            if text is not None and text.strip():
+                return text, column
+        return f"{self.source}:{index}", None
+
+    def _label(self, name: str) -> str:
+        column = self.columns[name]
+        return f"field {name!r}" if column == name else f"field {name!r} (column {column!r})"
+
+    def _fields(self, row: dict) -> tuple[dict | None, list | None, set[str], dict[str, str]]:
+        """Field formats: (fields, None, used, meta), or (None, messages, used, meta) for alpaca history."""
+        fields: dict[str, str] = {}
+        used: set[str] = set()
+        for name in self.info.text_fields:
+            column = self.columns[name]
+            label = self._label(name)
+            required = name in self.info.required
+            if column not in row:
+                if required:
+                    raise Dropped(f"missing {label}")
+                fields[name] = ""
+                continue
+            used.add(column)
+            value = row[column]
+            if _is_null(value) and not required:
+                fields[name] = ""
+                continue
+            text = _text(value, label)
+            if required and not text.strip():
+                raise Dropped(f"empty {label}")
+            fields[name] = text
+        history = self._history(row) if "history" in self.columns else []
+        if not history:
+            return fields, None, used, {}
+        used.add(self.columns["history"])
+        messages = [
+            {"role": role, "content": text} for pair in history for role, text in zip(("user", "assistant"), pair)
+        ]
+        messages.append({"role": "user", "content": join_instruction(fields["instruction"], fields["input"])})
+        messages.append({"role": "assistant", "content": fields["output"]})
+        reason = chat_problem(messages)
+        if reason:
+            raise Dropped(reason)
+        meta = {"input": fields["input"]} if fields["input"] else {}
+        return None, messages, used, meta
+
+    def _history(self, row: dict) -> list[tuple[str, str]]:
+        """Alpaca ``history``: a list of [user, assistant] pairs ([] when absent, null or empty)."""
+        value = row.get(self.columns["history"])
+        if _is_null(value):
+            return []
+        if not isinstance(value, list):
+            raise Dropped(f"history is not a list (got {_kind(value)})")
+        pairs = []
+        for pair in value:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise Dropped("history item is not a [user, assistant] pair")
+            pairs.append((_text(pair[0], "history turn"), _text(pair[1], "history turn")))
+        return pairs
+
+    def _chat(self, row: dict) -> tuple[list[dict[str, str]], str | None, set[str]]:
+        """Chat formats: (messages, tools JSON text, used columns)."""
+        container = self.columns[self.info.required[0]]
+        if container not in row:
+            raise Dropped(f"missing field {container!r}")
+        turns = row[container]
+        if not isinstance(turns, list):
+            raise Dropped(f"field {container!r} is not a list (got {_kind(turns)})")
+        if not turns:
+            raise Dropped("empty conversation")
+        used = {container}
+        messages: list[dict[str, str]] = []
+        system_column = self.columns.get("system")
+        if system_column is not None and not _is_null(row.get(system_column)):
+            system = _text(row[system_column], "field 'system'")
+            if system.strip():
+                messages.append({"role": "system", "content": system})
+                used.add(system_column)
+                if (
+                    turns
+                    and isinstance(turns[0], dict)
+                    and self.roles.get(_hashable(turns[0].get(self.role_key))) == "system"
+                ):
+                    raise Dropped("system prompt given twice (column and turn)")
+        for turn in turns:
+            messages.extend(self._turn(turn))
+        reason = chat_problem(messages)
+        if reason:
+            raise Dropped(reason)
+        tools = None
+        tools_column = self.columns.get("tools")
+        if tools_column in row:
+            tools = _tools_text(row[tools_column])
+            if tools is not None:
+                used.add(tools_column)
+        return messages, tools, used
+
+    def _turn(self, turn: object) -> list[dict[str, str]]:
+        """The canonical message(s) of one turn (an OpenAI assistant turn with tool calls may give two)."""
+        if not isinstance(turn, dict):
+            raise Dropped(f"turn is not an object (got {_kind(turn)})")
+        if self.role_key not in turn:
+            raise Dropped(f"turn without {self.role_key!r}")
+        tag = turn[self.role_key]
+        if not isinstance(tag, str):
+            raise Dropped(f"turn {self.role_key!r} is not text (got {_kind(tag)})")
+        role = self.roles.get(tag)
+        if role is None:
+            raise Dropped(f"unknown role {_short(tag)!r}")
+        calls = turn.get("tool_calls") if self.info.name == "messages" and role == "assistant" else None
+        if calls:  # OpenAI: text (optional) then the calls
+            content = turn.get(self.content_key)
+            text = "" if _is_null(content) else _content_text(content, parts=True)
+            messages = [{"role": "assistant", "content": text}] if text.strip() else []
+            return messages + [{"role": "tool_call", "content": _calls_json(calls)}]
+        if self.content_key not in turn:
+            raise Dropped(f"turn without {self.content_key!r}")
+        parts = self.info.name == "messages"
+        return [{"role": role, "content": _content_text(turn[self.content_key], parts=parts)}]
+
+
+# ---------------------------------------------------------------------------- values
+
+
+def _kind(value: object) -> str:
+    """A short type name for drop reasons: null, bool, list, dict, ..."""
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _hashable(value: object) -> object:
+    return value if isinstance(value, (str, int, float, type(None))) else None
+
+
+def _is_null(value: object) -> bool:
+    """None, or a float NaN (how pandas and Parquet mark a missing value)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _text(value: object, what: str) -> str:
+    """A text value: strings as they are, numbers as ``str``; anything else drops the row."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not _is_null(value):
+        try:
+            return str(value)
+        except ValueError:  # an integer with more digits than Python will print
+            raise Dropped(f"{what} is a number too large to print") from None
+    raise Dropped(f"{what} is not text (got {'null' if _is_null(value) else _kind(value)})")
+
+
+def _scalar_text(value: object) -> str | None:
+    """A string or a number as text (for ids and meta); None for anything else."""
+    try:
+        return _text(value, "value")
+    except Dropped:
+        return None
+
+
+def _content_text(content: object, *, parts: bool) -> str:
+    """A turn's content: text, a number, or (``parts``: OpenAI) a list of parts whose text parts are joined."""
+    if parts and isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise Dropped("non-text content part")
+            texts.append(part["text"])
+        return "".join(texts)
+    return _text(content, "turn content")
+
+
+def _calls_json(calls: object) -> str:
+    """OpenAI ``tool_calls`` as canonical tool_call content: ``{"name", "arguments"}`` JSON, or a list of them."""
+    if not isinstance(calls, list):
+        raise Dropped(f"tool_calls is not a list (got {_kind(calls)})")
+    out = []
+    for call in calls:
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise Dropped("tool call without a function name")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except (ValueError, RecursionError):
+                pass  # not JSON: keep the text as it is
+        out.append({"name": function["name"], "arguments": arguments})
+    return json.dumps(out[0] if len(out) == 1 else out, ensure_ascii=False)
+
+
+def _tools_text(value: object) -> str | None:
+    """Tool definitions as JSON text (``"[]"`` included); None when absent, null or an empty string.
+
+    Raises ``Dropped`` when the value is not JSON."""
+    if _is_null(value) or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):
+            raise Dropped("field 'tools' is not valid JSON") from None
+        unwrapped = _unwrap_tools(parsed)
+        return value if unwrapped is parsed else json.dumps(unwrapped, ensure_ascii=False)
+    if isinstance(value, (list, dict)):
+        try:
+            return json.dumps(_unwrap_tools(value), ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):
+            raise Dropped("field 'tools' cannot be written as JSON") from None
+    raise Dropped(f"field 'tools' is not JSON text or a list (got {_kind(value)})")
+
+
+def _unwrap_tools(tools: object) -> object:
+    """OpenAI ``[{"type": "function", "function": F}]`` -> ``[F]``; returns ``tools`` itself when nothing changes."""
+    if not isinstance(tools, list) or not any(_is_wrapped_tool(t) for t in tools):
+        return tools
+    return [t["function"] if _is_wrapped_tool(t) else t for t in tools]
+
+
+def _is_wrapped_tool(tool: object) -> bool:
+    return isinstance(tool, dict) and set(tool) == {"type", "function"} and tool["type"] == "function"
+
+
+# ---------------------------------------------------------------------------- spec checks
+
+
+def _check_column_map(info: FormatInfo, column_map: dict) -> None:
+    problems = []
+    for key, value in column_map.items():
+        if key not in info.map_keys:
+            hint = _did_you_mean(str(key), info.map_keys, what=f"format {info.name!r} has")
+            hint += "; column_map maps a field of the format to a column of the data: {field: column}"
+            problems.append(
+                Problem(f"{key!r} is not a field of format {info.name!r}", path=f"column_map.{key}", hint=hint)
+            )
+        elif not isinstance(value, str) or not value:
+            problems.append(Problem(f"must be a column name (got {value!r})", path=f"column_map.{key}"))
+    if problems:
+        raise DataError(problems)
+
+
+def _did_you_mean(word: str, choices, *, what: str = "choose from") -> str:
+    """``"did you mean 'x'? choose from: a, b, c"`` (the did-you-mean part only when something is close)."""
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    listed = ", ".join(choices[:20]) + (", …" if len(choices) > 20 else "")
+    return (f"did you mean {close[0]!r}? " if close else "") + f"{what}: {listed}"

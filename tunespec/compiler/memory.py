@@ -1,0 +1,727 @@
+"""The compile-time memory estimate: how many bytes one GPU needs to train the spec.
+
+``estimate_memory(spec, config, seq_len=...)`` reads the model's shape from its transformers
+config (no weights are loaded) and returns a ``MemoryEstimate``; ``check_budget(estimate,
+launch.gpu_memory_gib)`` turns an estimate over the budget into a ``SpecError`` that says what
+to change. It is an estimate, for catching "this cannot fit" before a run starts, not a promise:
+allocator fragmentation, NCCL buffers and library workspaces come on top, and kernels differ.
+
+Formulas (per GPU, in bytes; ``w`` = bytes per weight of the model dtype: 4 for float32, 2 for
+bfloat16/float16 and for ``auto``, which is bfloat16 on the GPUs this estimate is for):
+
+weights
+    Full precision: every parameter x ``w``. Quantized (bitsandbytes), the decoder layers' linear
+    weight matrices take 4-bit: 0.5 B/param + the quantization constants (block size 64 with an
+    fp32 absmax: 32/64 = 0.5 bit/param; double quantization stores the absmax in 8 bits with an
+    fp32 constant per 256 blocks: 8/64 + 32/(64*256) ~ 0.127 bit/param); 8-bit: 1 B/param + one
+    fp32 scale per output row. Embeddings, the LM head, norms and biases stay at ``w``. LoRA
+    adapters are fp32 (4 B/param); ``modules_to_save`` add a trainable copy of those modules.
+    FSDP (full/hybrid shard) and ZeRO-3 divide the weights by the shard group size (all
+    processes; a machine's processes for hybrid_shard) and add what is gathered at once: two
+    decoder layers (the one computing and the one prefetched) plus the root module (embeddings,
+    final norm, LM head). FSDP's shard_grad_op keeps every layer gathered from forward to backward:
+    full weights at the peak. Parameter offload (FSDP ``cpu_offload``, ZeRO ``offload_params``)
+    moves the shards to CPU memory.
+gradients
+    One per trainable parameter in the trainable weight's dtype: fp32 for LoRA adapters, ``w`` for
+    full fine-tuning. DDP (multi_gpu) adds its gradient buckets (another copy). ZeRO-2/3 and FSDP
+    divide by the shard group size; FSDP ``cpu_offload`` moves them to CPU.
+optimizer
+    Per trainable parameter: AdamW 8 B (two fp32 moments; paged_adamw_32bit the same), 8-bit AdamW
+    2 B, Adafactor ~0.5 B (its factored second moment is rows+cols per matrix, approximated as
+    0.5 B/param), SGD 0 (no momentum). Full fine-tuning of 16-bit weights under mixed precision adds
+    a 4 B fp32 master copy per parameter (DeepSpeed and FSDP mixed precision keep one; plain torch
+    AdamW on bf16 weights keeps bf16 moments instead, so this is the upper bound). ZeRO (any stage)
+    and FSDP divide by the shard group size; ``offload_optimizer`` (ZeRO) and ``cpu_offload``
+    (FSDP) move them to CPU.
+activations
+    After Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
+    Models" (34·h + 5·a·s bytes per token per layer for GPT with 16-bit activations), adapted to
+    decoders without dropout and to SDPA/flash attention, which materialise no s x s matrix.
+    Elements kept for backward per token per layer, times ``a`` bytes (2 under bf16/fp16, else 4):
+    the two norm inputs 2h; attention: q/k/v input h, Q H·d, K and V 2·KV·d, attention output
+    (o_proj input) H·d; gated MLP (Llama): input h, gate, up, act(gate), act(gate)·up 4·I;
+    plain MLP (GPT-NeoX, Phi): input h, pre- and post-activation 2·I. Eager attention adds the
+    softmax output, fp32 and 16-bit: heads x s x (4 + a) bytes per token. LoRA with dropout
+    adds, per adapted linear, its dropped-out input (in x a bytes) and mask (in x 1 byte), and the
+    rank-r intermediate (r x 4 bytes). Times micro_batch x seq_len x layers. With gradient
+    checkpointing (training.gradient_checkpointing, or FSDP activation_checkpointing) only each
+    layer's input is kept (h x a bytes per token per layer) plus one layer's full activations
+    while it is recomputed.
+logits
+    micro_batch x seq_len x vocab x (a + 4 + 4): the logits (a bytes), their fp32 upcast for the
+    loss (4 B) and its gradient (4 B).
+overhead
+    A fixed 0.5 GiB for the CUDA context and the caching allocator.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import Problem, SpecError
+from ..spec import Spec
+from ..spec.adapter import FullSpec, LoraSpec
+from ..spec.launch import DeepSpeedLaunch, FsdpLaunch, MultiGpuLaunch
+
+GIB = 1 << 30
+CUDA_OVERHEAD_BYTES = GIB // 2
+COMPONENTS = ("weights", "gradients", "optimizer", "activations", "logits", "overhead")
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
+# Optimizer state bytes per trainable parameter.
+_OPTIMIZER_BYTES = {
+    "adamw_torch": 8.0,
+    "adamw_torch_fused": 8.0,
+    "paged_adamw_32bit": 8.0,
+    "adamw_8bit": 2.0,
+    "paged_adamw_8bit": 2.0,
+    "adafactor": 0.5,
+    "sgd": 0.0,
+}
+_BNB_BLOCK = 64  # bitsandbytes 4-bit block size
+_BNB_NESTED_BLOCK = 256  # double quantization: absmax values per second-level fp32 constant
+
+
+# --------------------------------------------------------------------------- model shape
+
+
+@dataclass(frozen=True)
+class Linear:
+    """A linear layer of one decoder layer, named relative to the layer (e.g. ``self_attn.q_proj``)."""
+
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool = False
+
+    @property
+    def params(self) -> int:
+        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the estimate needs to know about a decoder-only model, read from its config."""
+
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    gated_mlp: bool
+    linears: tuple[Linear, ...]  # in one decoder layer
+    layer_other_params: int  # norms (and other small parameters) of one decoder layer
+    final_norm_params: int
+    lm_head_bias: bool = False
+    layer_prefix: str = "model.layers"  # module path of the decoder layers
+    embedding_name: str = "model.embed_tokens"
+    known_layout: bool = True  # False: an unknown model type, read as Llama-like
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def lm_head_params(self) -> int:
+        """Parameters of the LM head that are not shared with the embeddings."""
+        weight = 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+        return weight + (self.vocab_size if self.lm_head_bias else 0)
+
+    @property
+    def layer_params(self) -> int:
+        return sum(lin.params for lin in self.linears) + self.layer_other_params
+
+    @property
+    def total_params(self) -> int:
+        return (
+            self.embedding_params
+            + self.num_layers * self.layer_params
+            + self.final_norm_params
+            + self.lm_head_params
+        )
+
+    def module_names(self) -> list[tuple[str, Linear]]:
+        """Every decoder-layer linear with its full module name (``model.layers.3.self_attn.q_proj``)."""
+        return [
+            (f"{self.layer_prefix}.{i}.{lin.name}", lin) for i in range(self.num_layers) for lin in self.linears
+        ]
+
+
+def _get(config: Any, data: dict, *names: str) -> Any:
+    """The first of ``names`` the config sets (attribute or ``to_dict()`` key), else None."""
+    for name in names:
+        value = getattr(config, name, None)
+        if value is None:
+            value = data.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def architecture_of(config: Any) -> Architecture:
+    """Read a transformers ``PretrainedConfig`` (or a plain dict) into an ``Architecture``.
+
+    Llama-like models (llama, mistral, qwen2/3, gemma, smollm, ...) are the default layout;
+    GPT-NeoX and Phi have their own. Other model types are read as Llama-like (``known_layout``
+    is then False).
+    """
+    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    if isinstance(config, dict):
+        config = None
+    model_type = str(_get(config, data, "model_type") or "")
+    h = _get(config, data, "hidden_size", "n_embd", "d_model")
+    layers = _get(config, data, "num_hidden_layers", "n_layer", "num_layers")
+    heads = _get(config, data, "num_attention_heads", "n_head")
+    vocab = _get(config, data, "vocab_size")
+    if None in (h, layers, heads, vocab):
+        raise ValueError(f"the model config ({model_type or 'unknown type'}) lacks hidden size, layers, heads or vocab size")
+    inter = _get(config, data, "intermediate_size", "n_inner", "ffn_dim") or 4 * h
+    kv_heads = _get(config, data, "num_key_value_heads", "num_kv_heads")
+    if kv_heads is None or model_type == "gpt_neox":  # GPT-NeoX has no grouped-query attention
+        kv_heads = 1 if data.get("multi_query") else heads
+    head_dim = _get(config, data, "head_dim") or h // heads
+    tied = bool(_get(config, data, "tie_word_embeddings") or False)
+    q_out, kv_out = heads * head_dim, kv_heads * head_dim
+    shape = dict(
+        model_type=model_type,
+        hidden_size=h,
+        intermediate_size=inter,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        vocab_size=vocab,
+        tie_word_embeddings=tied,
+    )
+    if model_type == "gpt_neox":
+        bias = data.get("attention_bias")
+        bias = True if bias is None else bool(bias)  # GPT-NeoX's attention has biases unless told otherwise
+        linears = (
+            Linear("attention.query_key_value", h, q_out + 2 * kv_out, bias),
+            Linear("attention.dense", q_out, h, bias),
+            Linear("mlp.dense_h_to_4h", h, inter, True),
+            Linear("mlp.dense_4h_to_h", inter, h, True),
+        )
+        return Architecture(
+            **shape,
+            gated_mlp=False,
+            linears=linears,
+            layer_other_params=2 * 2 * h,  # two LayerNorms, weight and bias
+            final_norm_params=2 * h,
+            layer_prefix="gpt_neox.layers",
+            embedding_name="gpt_neox.embed_in",
+        )
+    if model_type == "phi":
+        qk_norm = 2 * 2 * head_dim if data.get("qk_layernorm") else 0
+        linears = (
+            Linear("self_attn.q_proj", h, q_out, True),
+            Linear("self_attn.k_proj", h, kv_out, True),
+            Linear("self_attn.v_proj", h, kv_out, True),
+            Linear("self_attn.dense", q_out, h, True),
+            Linear("mlp.fc1", h, inter, True),
+            Linear("mlp.fc2", inter, h, True),
+        )
+        return Architecture(
+            **shape,
+            gated_mlp=False,
+            linears=linears,
+            layer_other_params=2 * h + qk_norm,  # one LayerNorm (parallel attention and MLP)
+            final_norm_params=2 * h,
+            lm_head_bias=True,
+        )
+    attn_bias = bool(data.get("attention_bias") or False)
+    qkv_bias = attn_bias or model_type == "qwen2"
+    mlp_bias = bool(data.get("mlp_bias") or False)
+    linears = (
+        Linear("self_attn.q_proj", h, q_out, qkv_bias),
+        Linear("self_attn.k_proj", h, kv_out, qkv_bias),
+        Linear("self_attn.v_proj", h, kv_out, qkv_bias),
+        Linear("self_attn.o_proj", q_out, h, attn_bias),
+        Linear("mlp.gate_proj", h, inter, mlp_bias),
+        Linear("mlp.up_proj", h, inter, mlp_bias),
+        Linear("mlp.down_proj", inter, h, mlp_bias),
+    )
+    qk_norm = 2 * head_dim if model_type == "qwen3" else 0
+    known = model_type in {"llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo2", "smollm3"}
+    return Architecture(
+        **shape,
+        gated_mlp=True,
+        linears=linears,
+        layer_other_params=2 * h + qk_norm,  # two RMSNorms (weight only)
+        final_norm_params=h,
+        known_layout=known,
+    )
+
+
+def count_parameters(config: Any) -> int:
+    """The model's parameter count, from its config (shared embedding/LM-head weights count once)."""
+    return architecture_of(config).total_params
+
+
+# --------------------------------------------------------------------------- trainable parameters
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """Trainable parameters, by the dtype they train in."""
+
+    adapter: int = 0  # LoRA/DoRA matrices: fp32
+    full: int = 0  # trained in the model dtype: full fine-tune, modules_to_save copies, trained biases
+    copies: int = 0  # extra weights: the trainable copies modules_to_save adds
+
+    @property
+    def total(self) -> int:
+        return self.adapter + self.full
+
+
+def _matches(name: str, targets: list[str]) -> bool:
+    """peft's rule for a list of target names: the full name, or a dotted suffix of it."""
+    return name in targets or any(name.endswith("." + t) for t in targets)
+
+
+def _saved(name: str, modules_to_save: list[str]) -> bool:
+    """peft's rule for modules_to_save (they are never LoRA targets)."""
+    return any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in modules_to_save)
+
+
+def lora_trainable(lora: LoraSpec, arch: Architecture) -> Trainable:
+    """What peft trains for ``lora`` on this architecture (what ``get_nb_trainable_parameters`` counts).
+
+    ``target_modules: all-linear`` is every linear layer of the decoder layers (not the LM head);
+    a list matches module names by dotted suffix, as peft does, and may also name the LM head
+    (``lm_head``) or the input embedding. Raises ``SpecError`` when a list matches nothing.
+    """
+    r = lora.r
+    embed_short = arch.embedding_name.rsplit(".", 1)[-1]
+    candidates: list[tuple[str, str, int, int, bool]] = [
+        (name, "linear", lin.in_features, lin.out_features, lin.bias) for name, lin in arch.module_names()
+    ]
+    heads = [("lm_head", "linear", arch.hidden_size, arch.vocab_size, arch.lm_head_bias)]
+    embedding = [(arch.embedding_name, "embedding", arch.vocab_size, arch.hidden_size, False)]
+    save = lora.modules_to_save
+    if lora.target_modules == "all-linear":
+        targets = [c for c in candidates if not _saved(c[0], save)]
+    else:
+        targets = [c for c in candidates + heads + embedding if _matches(c[0], lora.target_modules) and not _saved(c[0], save)]
+        if not targets:
+            names = sorted({lin.name.rsplit(".", 1)[-1] for lin in arch.linears}) + ["lm_head", embed_short]
+            raise SpecError(
+                Problem(
+                    f"{lora.target_modules} matches no layer of the model ({arch.model_type or 'unknown type'})",
+                    path="adapter.target_modules",
+                    hint=f"use all-linear or names among: {', '.join(names)}",
+                )
+            )
+    adapter = 0
+    for _, kind, n_in, n_out, _ in targets:
+        adapter += r * (n_in + n_out)
+        if lora.use_dora:
+            adapter += n_out  # the magnitude vector
+    full = 0
+    if lora.bias == "all":
+        full += _bias_params(arch)
+    elif lora.bias == "lora_only":
+        full += sum(n_out for _, _, _, n_out, has_bias in targets if has_bias)
+    copies = 0
+    for name, _, n_in, n_out, has_bias in candidates + heads + embedding:
+        if save and _saved(name, save):
+            copies += n_in * n_out + (n_out if has_bias else 0)
+    return Trainable(adapter=adapter, full=full + copies, copies=copies)
+
+
+def _bias_params(arch: Architecture) -> int:
+    """Every bias parameter of the model (linear biases; LayerNorm biases where the norms have them)."""
+    linear = arch.num_layers * sum(lin.out_features for lin in arch.linears if lin.bias)
+    head = arch.vocab_size if arch.lm_head_bias else 0
+    norms = 0
+    if arch.model_type == "gpt_neox":
+        norms = arch.num_layers * 2 * arch.hidden_size + arch.hidden_size
+    elif arch.model_type == "phi":
+        norms = arch.num_layers * arch.hidden_size + arch.hidden_size
+    return linear + head + norms
+
+
+def count_lora_parameters(lora: LoraSpec, config: Any) -> int:
+    """The trainable parameter count of a LoRA adapter on the model of ``config`` (as peft counts it)."""
+    return lora_trainable(lora, architecture_of(config)).total
+
+
+def trainable_of(spec: Spec, arch: Architecture) -> Trainable:
+    if isinstance(spec.adapter, FullSpec):
+        return Trainable(full=arch.total_params)
+    return lora_trainable(spec.adapter, arch)
+
+
+# --------------------------------------------------------------------------- the estimate
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes one GPU needs, by component; ``per_gpu`` is their sum, ``total`` over all GPUs."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    overhead: int
+    cpu_offload: int  # bytes per process kept in CPU memory by offloading (not in per_gpu)
+    world_size: int
+    total_params: int
+    trainable_params: int
+    seq_len: int
+    micro_batch_size: int
+    notes: tuple[str, ...] = ()
+    advice: dict[str, tuple[str, ...]] = field(default_factory=dict)  # component -> how to shrink it
+
+    @property
+    def per_gpu(self) -> int:
+        return sum(getattr(self, c) for c in COMPONENTS)
+
+    @property
+    def total(self) -> int:
+        """All GPUs together."""
+        return self.per_gpu * self.world_size
+
+    def components(self) -> dict[str, int]:
+        return {c: getattr(self, c) for c in COMPONENTS}
+
+    def largest(self, n: int = 2) -> list[tuple[str, int]]:
+        """The ``n`` biggest components, biggest first (the overhead is not one you can change)."""
+        parts = [(c, b) for c, b in self.components().items() if c != "overhead" and b > 0]
+        return sorted(parts, key=lambda item: (-item[1], COMPONENTS.index(item[0])))[:n]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["notes"] = list(self.notes)
+        data["advice"] = {k: list(v) for k, v in self.advice.items()}
+        data["per_gpu"] = self.per_gpu
+        data["total"] = self.total
+        return data
+
+    def render(self) -> str:
+        """A small table in GiB."""
+        rows = [(c, b) for c, b in self.components().items()]
+        rows.append(("total per GPU", self.per_gpu))
+        if self.world_size > 1:
+            rows.append((f"all {self.world_size} GPUs", self.total))
+        if self.cpu_offload:
+            rows.append(("CPU (offloaded)", self.cpu_offload))
+        width = max(len(name) for name, _ in rows)
+        lines = [f"{'memory estimate':<{width}}  {'GiB':>8}"]
+        for name, size in rows:
+            if name == "total per GPU":
+                lines.append("-" * (width + 10))
+            lines.append(f"{name:<{width}}  {size / GIB:>8.2f}")
+        lines.append(
+            f"parameters: {_millions(self.total_params)} total, {_millions(self.trainable_params)} trainable; "
+            f"micro batch {self.micro_batch_size} x {self.seq_len} tokens"
+        )
+        return "\n".join(lines)
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def _mixed_precision(spec: Spec) -> bool:
+    """Whether training runs under 16-bit autocast (bf16 auto counts: it is on where GPUs support it)."""
+    return spec.training.fp16 or spec.training.bf16 is not False
+
+
+@dataclass(frozen=True)
+class _Sharding:
+    """How the launch topology divides and offloads each kind of state."""
+
+    weights: int = 1  # divisor of the resident weights
+    gradients: int = 1
+    optimizer: int = 1
+    gathered_peak: bool = False  # sharded weights are gathered layer by layer (add the gathered part)
+    offload_weights: bool = False
+    offload_gradients: bool = False
+    offload_optimizer: bool = False
+    ddp_buckets: bool = False
+
+
+def _sharding(spec: Spec) -> _Sharding:
+    ln = spec.launch
+    world = ln.num_processes * ln.num_machines
+    if isinstance(ln, FsdpLaunch):
+        group = ln.num_processes if ln.sharding == "hybrid_shard" else world
+        full = ln.sharding != "shard_grad_op"
+        return _Sharding(
+            weights=group if full else 1,
+            gradients=group,
+            optimizer=group,
+            gathered_peak=full and group > 1,
+            offload_weights=ln.cpu_offload,
+            offload_gradients=ln.cpu_offload,
+            offload_optimizer=ln.cpu_offload,
+        )
+    if isinstance(ln, DeepSpeedLaunch):
+        return _Sharding(
+            weights=world if ln.zero_stage == 3 else 1,
+            gradients=world if ln.zero_stage >= 2 else 1,
+            optimizer=world,
+            gathered_peak=ln.zero_stage == 3 and world > 1,
+            offload_weights=ln.offload_params,
+            offload_optimizer=ln.offload_optimizer,
+        )
+    return _Sharding(ddp_buckets=isinstance(ln, MultiGpuLaunch) and world > 1)
+
+
+def _quant_bytes_per_param(spec: Spec) -> float | None:
+    """Bytes per quantized weight (4-bit with its constants), or None when 4-bit is off."""
+    q = spec.quantization
+    if not q.load_in_4bit:
+        return None
+    if q.double_quant:
+        const_bits = 8 / _BNB_BLOCK + 32 / (_BNB_BLOCK * _BNB_NESTED_BLOCK)
+    else:
+        const_bits = 32 / _BNB_BLOCK
+    return 0.5 + const_bits / 8
+
+
+def _layer_weight_bytes(spec: Spec, arch: Architecture, w: int) -> float:
+    """Bytes of one decoder layer's weights as loaded (quantized linears where quantization is on)."""
+    q4 = _quant_bytes_per_param(spec)
+    total = 0.0
+    for lin in arch.linears:
+        matrix = lin.in_features * lin.out_features
+        if q4 is not None:
+            total += matrix * q4
+        elif spec.quantization.load_in_8bit:
+            total += matrix + 4 * lin.out_features  # int8 + an fp32 scale per row
+        else:
+            total += matrix * w
+        if lin.bias:
+            total += lin.out_features * w
+    return total + arch.layer_other_params * w
+
+
+def _activation_elements(spec: Spec, arch: Architecture) -> tuple[int, float]:
+    """Per token per decoder layer: (activation elements kept, extra bytes of other dtypes)."""
+    h, inter = arch.hidden_size, arch.intermediate_size
+    q, kv = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
+    norms = 2 * h
+    attention = h + q + 2 * kv + q
+    mlp = h + (4 * inter if arch.gated_mlp else 2 * inter)
+    elements = norms + attention + mlp
+    extra = 0.0
+    lora = spec.adapter
+    if isinstance(lora, LoraSpec):
+        adapted = [lin for lin in arch.linears if _is_layer_target(lin, lora)]
+        for lin in adapted:
+            extra += lora.r * 4
+            if lora.dropout > 0:
+                elements += lin.in_features
+                extra += lin.in_features  # the dropout mask, one byte per element
+    return elements, extra
+
+
+def _is_layer_target(lin: Linear, lora: LoraSpec) -> bool:
+    name = f"x.0.{lin.name}"
+    if _saved(name, lora.modules_to_save):
+        return False
+    return lora.target_modules == "all-linear" or _matches(name, lora.target_modules)
+
+
+def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: int | None = None) -> MemoryEstimate:
+    """Estimate the GPU memory of training ``spec`` on the model described by ``config``.
+
+    ``seq_len`` is the padded length of a micro batch (the longest tokenized row, or
+    ``data.tokenization.max_length``). ``trainable_params`` replaces the computed trainable count
+    (e.g. the exact count from peft); they are taken to be adapter (fp32) parameters under LoRA and
+    model-dtype parameters under full fine-tuning. See the module docstring for every formula.
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be at least 1, got {seq_len}")
+    arch = architecture_of(config)
+    t = spec.training
+    ln = spec.launch
+    world = ln.num_processes * ln.num_machines
+    shard = _sharding(spec)
+    w = _DTYPE_BYTES[spec.model.dtype]
+    mixed = _mixed_precision(spec)
+    a = 2 if (mixed or w == 2) else 4
+    notes: list[str] = []
+    if not arch.known_layout:
+        notes.append(f"model type {arch.model_type or '(none)'!r} is read as a Llama-like decoder")
+    if spec.model.dtype == "auto":
+        notes.append("model.dtype auto is taken as bfloat16 (what a bf16-capable GPU loads)")
+
+    trainable = trainable_of(spec, arch)
+    if trainable_params is not None:
+        if isinstance(spec.adapter, FullSpec):
+            trainable = Trainable(full=trainable_params)
+        else:
+            trainable = Trainable(adapter=trainable_params)
+
+    # weights
+    layer_bytes = _layer_weight_bytes(spec, arch, w)
+    root_bytes = (arch.embedding_params + arch.final_norm_params + arch.lm_head_params) * w
+    base_bytes = arch.num_layers * layer_bytes + root_bytes
+    weights = base_bytes + trainable.adapter * 4 + trainable.copies * w
+    cpu = 0.0
+    resident = weights / shard.weights
+    gathered = 2 * layer_bytes + root_bytes if shard.gathered_peak else 0.0
+    if shard.offload_weights:
+        cpu += resident
+        gpu_weights = gathered if shard.weights > 1 else weights
+    else:
+        gpu_weights = resident + gathered
+
+    # gradients
+    grads = trainable.adapter * 4 + trainable.full * w
+    if shard.ddp_buckets:
+        grads *= 2
+        notes.append("multi_gpu: DDP's gradient buckets double the gradient memory")
+    grads /= shard.gradients
+    if shard.offload_gradients:
+        cpu += grads
+        grads = 0.0
+
+    # optimizer
+    per_param = _OPTIMIZER_BYTES[t.optimizer]
+    master = 4 * trainable.full if (w == 2 and mixed and isinstance(spec.adapter, FullSpec)) else 0
+    optimizer = (per_param * trainable.total + master) / shard.optimizer
+    if t.optimizer == "adafactor":
+        notes.append("adafactor's factored state is approximated as 0.5 B/param")
+    if shard.offload_optimizer:
+        cpu += optimizer
+        optimizer = 0.0
+
+    # activations and logits
+    tokens = t.micro_batch_size * seq_len
+    elements, extra = _activation_elements(spec, arch)
+    per_layer = elements * a + extra
+    if spec.model.attn_implementation == "eager":
+        per_layer += arch.num_heads * seq_len * (4 + a)
+    checkpointing = t.gradient_checkpointing or (isinstance(ln, FsdpLaunch) and ln.activation_checkpointing)
+    if checkpointing:
+        activations = tokens * (arch.num_layers * arch.hidden_size * a + per_layer)
+    else:
+        activations = tokens * arch.num_layers * per_layer
+    logits = tokens * arch.vocab_size * (a + 4 + 4)
+
+    estimate = MemoryEstimate(
+        weights=round(gpu_weights),
+        gradients=round(grads),
+        optimizer=round(optimizer),
+        activations=round(activations),
+        logits=round(logits),
+        overhead=CUDA_OVERHEAD_BYTES,
+        cpu_offload=round(cpu),
+        world_size=world,
+        total_params=arch.total_params,
+        trainable_params=trainable.total,
+        seq_len=seq_len,
+        micro_batch_size=t.micro_batch_size,
+        notes=tuple(notes),
+        advice=_advice(spec, checkpointing, world),
+    )
+    return estimate
+
+
+# --------------------------------------------------------------------------- the budget
+
+
+def _advice(spec: Spec, checkpointing: bool, world: int) -> dict[str, tuple[str, ...]]:
+    """For each component, the spec changes that shrink it (only those not already made)."""
+    t, ln, q = spec.training, spec.launch, spec.quantization
+    lora = isinstance(spec.adapter, LoraSpec)
+    fsdp = isinstance(ln, FsdpLaunch)
+    ds = isinstance(ln, DeepSpeedLaunch)
+    smaller_batch = (
+        f"lower training.micro_batch_size (now {t.micro_batch_size}) and raise gradient_accumulation_steps to keep the batch"
+        if t.micro_batch_size > 1
+        else None
+    )
+    shorter = "lower data.tokenization.max_length"
+    activations = [smaller_batch, None if checkpointing else "set training.gradient_checkpointing: true", shorter]
+    logits = [smaller_batch, shorter]
+    weights = [
+        "set quantization.load_in_4bit: true (QLoRA)" if lora and not q.load_in_4bit else None,
+        "use adapter.method: lora (with quantization.load_in_4bit: true)" if not lora else None,
+    ]
+    if not (fsdp or (ds and ln.zero_stage == 3)):
+        weights.append("shard the weights over several GPUs: launch.topology: fsdp, or deepspeed with zero_stage: 3")
+    elif ds and not ln.offload_params:
+        weights.append("set launch.offload_params: true")
+    elif fsdp and not ln.cpu_offload:
+        weights.append("set launch.cpu_offload: true")
+    optimizer = [
+        "use adapter.method: lora" if not lora else None,
+        "set training.optimizer: adamw_8bit" if t.optimizer in ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit") else None,
+    ]
+    if ds and not ln.offload_optimizer:
+        optimizer.append("set launch.offload_optimizer: true")
+    elif fsdp and not ln.cpu_offload:
+        optimizer.append("set launch.cpu_offload: true")
+    elif not (ds or fsdp):
+        optimizer.append("shard optimizer states: launch.topology: deepspeed (any zero_stage) or fsdp")
+    gradients = ["use adapter.method: lora" if not lora else None]
+    if ds and ln.zero_stage == 1:
+        gradients.append("set launch.zero_stage: 2")
+    elif not (ds or fsdp):
+        gradients.append("shard gradients: launch.topology: deepspeed with zero_stage: 2, or fsdp")
+    advice = {
+        "activations": activations,
+        "logits": logits,
+        "weights": weights,
+        "optimizer": optimizer,
+        "gradients": gradients,
+    }
+    return {k: tuple(x for x in v if x) for k, v in advice.items()}
+
+
+def check_budget(estimate: MemoryEstimate, gpu_memory_gib: float | None) -> None:
+    """Raise ``SpecError`` (at ``launch.gpu_memory_gib``) when the estimate exceeds the per-GPU budget.
+
+    The message names the biggest components; the hint lists what to change for them.
+    ``None`` (no budget given) checks nothing.
+    """
+    if gpu_memory_gib is None:
+        return
+    budget = gpu_memory_gib * GIB
+    if estimate.per_gpu <= budget:
+        return
+    largest = estimate.largest(2)
+    parts = ", ".join(f"{name} {size / GIB:.2f} GiB" for name, size in largest)
+    hints: list[str] = []
+    for name, _ in largest:
+        for item in estimate.advice.get(name, ()):
+            if item not in hints:
+                hints.append(item)
+    hints.append("or raise launch.gpu_memory_gib if the GPU has more memory")
+    raise SpecError(
+        Problem(
+            f"the memory estimate is {estimate.per_gpu / GIB:.2f} GiB per GPU, over the budget of "
+            f"{gpu_memory_gib:g} GiB (largest: {parts})",
+            path="launch.gpu_memory_gib",
+            hint="; ".join(hints),
+        )
+    )
+
+
+__all__ = [
+    "Architecture",
+    "Linear",
+    "MemoryEstimate",
+    "Trainable",
+    "architecture_of",
+    "check_budget",
+    "count_lora_parameters",
+    "count_parameters",
+    "estimate_memory",
+    "lora_trainable",
+    "CUDA_OVERHEAD_BYTES",
+    "GIB",
+]

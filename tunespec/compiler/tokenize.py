@@ -1,0 +1,158 @@
+"""Masked tokenization: rendered segments -> token ids and the mask of trained positions.
+
+Each segment is tokenized on its own and the ids are concatenated, so the prompt's tokens are exactly
+the tokens generation sees when it is given the prompt alone (no merge across the boundary). Labels are
+the ids where trained and -100 elsewhere; EOS is appended after every trained segment that does not
+already end in it, and is trained. Padding happens later, in the runtime's collator, by position and
+never by token id, so a real EOS label is never masked even where pad and EOS share an id.
+
+A split is stored as three flat numpy arrays: ``ids`` (int32), ``trained`` (uint8) and ``offsets``
+(int64, n+1): row i is ``ids[offsets[i]:offsets[i+1]]``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ModelError, Problem
+from .templates import Segment
+
+
+@dataclass
+class Tokenized:
+    ids: np.ndarray
+    trained: np.ndarray
+    offsets: np.ndarray
+    kept: list[int]  # indices (into the input list) of the rows kept, in order
+    dropped: Counter = field(default_factory=Counter)
+    truncated: int = 0
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.ids[a:b], self.trained[a:b]
+
+    def labels(self, i: int) -> np.ndarray:
+        ids, trained = self.row(i)
+        return np.where(trained.astype(bool), ids, -100)
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """The ids the tokenizer puts before text (BOS for Llama-likes, nothing for GPT-2/SmolLM)."""
+    with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
+    without = tokenizer("x", add_special_tokens=False)["input_ids"]
+    for i in range(len(with_special) - len(without) + 1):
+        if with_special[i : i + len(without)] == without:
+            return list(with_special[:i])
+    return []
+
+
+def eos_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise ModelError("the tokenizer has no EOS token, so the model could never learn to stop",
+                         hint="use a model whose tokenizer defines eos_token")
+    return int(tokenizer.eos_token_id)
+
+
+def _ends_with_eos(ids: list[int], eos: int, blank: set[int]) -> bool:
+    for t in reversed(ids):
+        if t == eos:
+            return True
+        if t not in blank:
+            return False
+    return False
+
+
+def tokenize_examples(
+    examples: list[list[Segment]],
+    tokenizer,
+    *,
+    max_length: int,
+    overlong: str = "drop",
+    train_on: str = "completion",
+    add_eos: bool = True,
+) -> Tokenized:
+    """Tokenize rendered examples. `train_on`: completion (trained segments), all, last_turn."""
+    eos = eos_id(tokenizer)
+    prefix = special_prefix(tokenizer)
+    texts = [s.text for ex in examples for s in ex]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    blank = {t for t, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), 4096)))))
+             if tok is not None and tokenizer.convert_tokens_to_string([tok]).strip() == ""}
+
+    all_ids: list[np.ndarray] = []
+    all_mask: list[np.ndarray] = []
+    kept: list[int] = []
+    dropped: Counter = Counter()
+    truncated = 0
+    pos = 0
+    for row, segments in enumerate(examples):
+        seg_ids = encoded[pos : pos + len(segments)]
+        pos += len(segments)
+        trained_idx = [i for i, s in enumerate(segments) if s.trained]
+        if train_on == "last_turn" and trained_idx:
+            trained_idx = trained_idx[-1:]
+        ids: list[int] = list(prefix)
+        mask: list[int] = [0] * len(prefix)
+        prompt_end = len(ids)  # the part truncate_prompt may cut: everything before the first trained token
+        first_trained = True
+        for i, (seg, toks) in enumerate(zip(segments, seg_ids)):
+            toks = list(toks)
+            is_trained = i in trained_idx
+            if seg.trained and add_eos and not _ends_with_eos(toks, eos, blank):
+                toks.append(eos)
+            if is_trained and first_trained:
+                prompt_end = len(ids)
+                first_trained = False
+            seg_mask = [1 if (is_trained or train_on == "all") else 0] * len(toks)
+            if is_trained and train_on != "all":
+                # whitespace a chat template puts after the EOS is not the model's to produce
+                j = len(toks)
+                while j > 0 and toks[j - 1] in blank:
+                    j -= 1
+                if 0 < j < len(toks) and toks[j - 1] == eos:
+                    seg_mask[j:] = [0] * (len(toks) - j)
+            ids += toks
+            mask += seg_mask
+        if not any(mask):
+            dropped["no trained tokens (empty completion)"] += 1
+            continue
+        if len(ids) > max_length:
+            if overlong == "truncate_prompt":
+                cut = len(ids) - max_length
+                keep_from = len(prefix) + cut
+                if keep_from > prompt_end:
+                    dropped[f"completion alone longer than max_length {max_length}"] += 1
+                    continue
+                ids = ids[: len(prefix)] + ids[keep_from:]
+                mask = mask[: len(prefix)] + mask[keep_from:]
+                truncated += 1
+            else:
+                dropped[f"longer than max_length {max_length}"] += 1
+                continue
+        all_ids.append(np.asarray(ids, dtype=np.int32))
+        all_mask.append(np.asarray(mask, dtype=np.uint8))
+        kept.append(row)
+    lengths = np.fromiter((len(a) for a in all_ids), dtype=np.int64, count=len(all_ids))
+    offsets = np.zeros(len(all_ids) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids_flat = np.concatenate(all_ids) if all_ids else np.zeros(0, dtype=np.int32)
+    mask_flat = np.concatenate(all_mask) if all_mask else np.zeros(0, dtype=np.uint8)
+    return Tokenized(ids_flat, mask_flat, offsets, kept, dropped, truncated)
+
+
+def context_length(config) -> int | None:
+    """The model's context length from its config (the field names differ between architectures)."""
+    for name in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

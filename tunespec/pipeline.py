@@ -1,0 +1,109 @@
+"""`tunespec run SPEC`: compile -> train -> merge -> evaluate, skipping stages whose outputs are valid.
+
+A stage's output is valid when it records the build's input key (and, for later stages, is newer than
+what it was made from). Interrupt it at any point and run it again: it picks up where it stopped
+(training resumes from its newest checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import BuildError, Problem
+from .spec.adapter import LoraSpec
+
+
+def _stamp(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _fresh(stamp_file: Path, key: str, after: Path | None = None) -> bool:
+    stamp = _stamp(stamp_file)
+    if not stamp or stamp.get("input_key") != key:
+        return False
+    return after is None or not after.exists() or stamp_file.stat().st_mtime >= after.stat().st_mtime
+
+
+def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *, force: bool = False, log=print) -> dict:
+    from .compiler.build import compile_build
+    from .spec.loader import load_spec
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    loaded = load_spec(spec_path, overrides)
+    out = Path(output) if output else loaded.build_dir
+    cmd = "tunespec run " + " ".join([str(spec_path)] + [f"--set {o}" for o in overrides] + (["-o", str(output)] if output else []))
+
+    log("[1/4] compile")
+    t = time.perf_counter()
+    result = compile_build(loaded, out, force=force, command=cmd)
+    for line in result.messages:
+        log("  " + line)
+    timings["compile"] = time.perf_counter() - t
+
+    from .runtime.build import Build
+
+    build = Build(out)
+    lora = isinstance(build.spec.adapter, LoraSpec)
+    final = build.adapter_dir if lora else build.merged_dir
+    log("[2/4] train")
+    t = time.perf_counter()
+    if _fresh(final / "tunespec.json", build.input_key):
+        log(f"  {final.name}/ is up to date: skipped")
+    elif build.spec.launch.topology == "single":
+        from .runtime.train import train
+
+        train(out)
+    else:
+        rc = subprocess.call(["bash", str(out / "launch.sh")])
+        if rc:
+            raise BuildError(Problem(f"training under accelerate exited with code {rc}", file=str(out / "launch.sh"),
+                                     hint="see the log above; rerun to resume from the newest checkpoint"))
+    timings["train"] = time.perf_counter() - t
+
+    log("[3/4] merge")
+    t = time.perf_counter()
+    if not lora:
+        log("  full fine-tune: the model is already complete in merged/")
+    elif _fresh(build.merged_dir / "tunespec.json", build.input_key, after=build.adapter_dir / "tunespec.json"):
+        log("  merged/ is up to date: skipped")
+    else:
+        from .runtime.merge import merge
+
+        merge(build, log=lambda s: log("  " + s))
+    timings["merge"] = time.perf_counter() - t
+
+    log("[4/4] evaluate")
+    t = time.perf_counter()
+    rouge_file = build.eval_dir / "rouge.json"
+    stamp = _stamp(rouge_file)
+    if stamp and stamp.get("settings", {}).get("input_key") == build.input_key and \
+            rouge_file.stat().st_mtime >= (final / "tunespec.json").stat().st_mtime:
+        log("  eval/ is up to date: skipped")
+        summary = stamp
+    else:
+        from .runtime.evaluate import evaluate
+
+        summary = evaluate(build, log=lambda s: log("  " + s))
+    timings["evaluate"] = time.perf_counter() - t
+
+    report = (build.eval_dir / "report.md").read_text(encoding="utf-8").split("## Best")[0].rstrip()
+    total = time.perf_counter() - t_start
+    log("")
+    log(report)
+    log("")
+    log(f"done in {total:.0f}s (" + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + ")")
+    log(f"  build:     {out}")
+    log(f"  adapter:   {build.adapter_dir if lora else '(full fine-tune)'}")
+    log(f"  merged:    {build.merged_dir}")
+    log(f"  report:    {build.eval_dir / 'report.md'}")
+    log(f"  loss plot: {build.train_dir / 'loss.png'}")
+    log(f"  rerun:     {cmd}   (finished stages are skipped)")
+    return summary

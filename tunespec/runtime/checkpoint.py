@@ -1,0 +1,114 @@
+"""Checkpoints: written atomically, found safely, pruned to the newest N plus the best.
+
+A checkpoint is written into ``train/.checkpoint-<step>.tmp-<pid>/`` and renamed to
+``train/checkpoint-<step>/`` only when every file is on disk, so a directory with the final name is
+always complete; anything else (a killed write) is ignored and cleaned up. Each holds:
+
+* ``trainable.safetensors``: the trained weights only (the adapter, or every weight in a full fine-tune)
+* ``optimizer.pt``, ``scheduler.pt``: their state dicts
+* ``rng.pt``: the Python, NumPy and torch (CPU and CUDA) random states
+* ``state.json``: step, epoch position, metrics, and the build's input key and spec (for the resume check)
+
+Under FSDP and DeepSpeed the sharded state is written by accelerate's ``save_state`` instead (into
+``accelerate/`` inside the checkpoint), with the same atomic rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def list_checkpoints(train_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first."""
+    if not train_dir.is_dir():
+        return []
+    found = []
+    for p in train_dir.iterdir():
+        m = CHECKPOINT.match(p.name)
+        if m and p.is_dir() and (p / "state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(train_dir: Path) -> Path | None:
+    found = list_checkpoints(train_dir)
+    return found[-1][1] if found else None
+
+
+def clean_partial(train_dir: Path) -> None:
+    """Remove leftovers of interrupted writes."""
+    if train_dir.is_dir():
+        for p in train_dir.iterdir():
+            if p.name.startswith(".checkpoint-"):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def rng_state() -> dict:
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_checkpoint(train_dir: Path, step: int, write_files, state: dict) -> Path:
+    """Atomically create train/checkpoint-<step>: `write_files(tmp_dir)` writes the payload."""
+    train_dir.mkdir(parents=True, exist_ok=True)
+    final = train_dir / f"checkpoint-{step}"
+    tmp = train_dir / f".checkpoint-{step}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write_files(tmp)
+        with open(tmp / "state.json", "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def adopt(src: Path, dst: Path) -> None:
+    """Move everything from `src` (written by several processes) into `dst`, then remove `src`."""
+    for item in src.iterdir():
+        os.rename(item, dst / item.name)
+    src.rmdir()
+
+
+def read_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+
+
+def prune(train_dir: Path, keep: int | None, best: Path | None) -> None:
+    """Keep the newest `keep` checkpoints, plus `best` wherever it is."""
+    if keep is None:
+        return
+    found = list_checkpoints(train_dir)
+    for _, path in found[:-keep] if keep else found:
+        if best is None or path.resolve() != best.resolve():
+            shutil.rmtree(path, ignore_errors=True)

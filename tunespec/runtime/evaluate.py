@@ -1,0 +1,238 @@
+"""`tunespec evaluate BUILD`: generate on a split, score ROUGE, compare base and fine-tuned.
+
+Prompts are the build's rendered prompts (the training template's prompt part, tokenized exactly as in
+training). Generation is batched: prompts sorted by length, left-padded, KV cache on, greedy unless the
+spec asks for beams or sampling; it stops at EOS and at the template's end marker, and both are cut
+from the prediction. ROUGE comes from ``rouge.score_pairs``; eval loss and perplexity from the split's
+tokenized rows.
+
+Outputs, in ``BUILD/eval/``: ``predictions.jsonl``, ``rouge.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BuildError, Problem
+from ..spec.adapter import LoraSpec
+from . import rouge
+from .build import Build
+
+
+@dataclass
+class Generated:
+    predictions: list[str]
+    seconds: float
+    new_tokens: int
+
+
+def _load_variant(build: Build, which: str, base=None):
+    """('base' | 'adapter' | 'merged' | a path) -> (model, label)."""
+    from .modeling import load_base_model
+
+    if which == "base":
+        return load_base_model(build.spec), "base"
+    if which == "adapter":
+        if not (build.adapter_dir / "adapter_config.json").is_file():
+            raise BuildError(Problem("the build has no trained adapter", file=str(build.adapter_dir),
+                                     hint=f"train first: tunespec train {build.path}"))
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base if base is not None else load_base_model(build.spec),
+                                         str(build.adapter_dir)), "tuned"
+    path = build.merged_dir if which == "merged" else Path(which)
+    if not (path / "config.json").is_file():
+        raise BuildError(Problem(f"no model at {path}", hint="merge first (tunespec merge BUILD) or pass a model directory"))
+    from transformers import AutoModelForCausalLM
+
+    from .modeling import pick_dtype
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(build.spec)), "tuned"
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def _cut(text: str, stop: str | None) -> str:
+    if stop and stop in text:
+        text = text[: text.index(stop)]
+    return text.strip()
+
+
+def generate(model, tokenizer, build: Build, prompts: list[str], *, log=print) -> Generated:
+    """Batched generation for `prompts`, in their order."""
+    import torch
+
+    from .modeling import use_bf16
+
+    ev = build.spec.evaluation
+    prefix = build.prefix_ids
+    encoded = [prefix + ids for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    out: list[str] = [""] * len(prompts)
+    pad = tokenizer.pad_token_id
+    eos = [build.manifest["eos_token_id"]]
+    device = _device(model)
+    model.eval()
+    kwargs = dict(max_new_tokens=ev.max_new_tokens, do_sample=ev.do_sample, num_beams=ev.num_beams,
+                  eos_token_id=eos, pad_token_id=pad, use_cache=True)
+    if ev.do_sample:
+        kwargs.update(temperature=ev.temperature, top_p=ev.top_p)
+        torch.manual_seed(ev.seed)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if build.stop:
+        kwargs.update(stop_strings=[build.stop], tokenizer=tokenizer)
+    t0 = time.perf_counter()
+    new_tokens = 0
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(build.spec))
+    for start in range(0, len(order), ev.batch_size):
+        idx = order[start : start + ev.batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            n = len(encoded[i])
+            ids[r, width - n :] = torch.tensor(encoded[i])
+            mask[r, width - n :] = 1
+        with torch.no_grad(), autocast:
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        for r, i in enumerate(idx):
+            new = gen[r, width:]
+            keep = []
+            for t in new.tolist():
+                if t in eos:
+                    break
+                keep.append(t)
+            new_tokens += len(keep)
+            out[i] = _cut(tokenizer.decode(keep, skip_special_tokens=True), build.stop)
+        log(f"  generated {min(start + ev.batch_size, len(order))}/{len(order)}")
+    return Generated(out, time.perf_counter() - t0, new_tokens)
+
+
+def eval_loss(model, build: Build, split: str, limit: int | None) -> float | None:
+    """Mean loss per trained token on the split (the same masking as training)."""
+    import torch
+
+    from .batching import collate_padded
+    from .modeling import use_bf16
+
+    tokens = build.tokens(split)
+    n = min(len(tokens), limit or len(tokens))
+    if n == 0:
+        return None
+    device = _device(model)
+    bs = build.spec.training.eval_batch_size or build.spec.training.micro_batch_size
+    total, count = 0.0, 0
+    model.eval()
+    pad = build.manifest.get("pad_token_id")
+    pad = pad if pad is not None else build.manifest["eos_token_id"]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(build.spec))
+    with torch.no_grad(), autocast:
+        for start in range(0, n, bs):
+            batch = collate_padded(tokens, list(range(start, min(n, start + bs))), pad)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            k = int((batch["labels"][:, 1:] != -100).sum())
+            out = model(**batch, num_items_in_batch=torch.tensor(max(k, 1), device=device))
+            total += float(out.loss) * k
+            count += k
+    return total / count if count else None
+
+
+def evaluate(build: Build, *, model: str | None = None, split: str | None = None, limit: int | None = None,
+             multi_ref: str | None = None, log=print) -> dict:
+    ev = build.spec.evaluation
+    split = split or ev.split
+    limit = limit or ev.limit
+    multi_ref = multi_ref or ev.multi_ref
+    rows = build.rows(split)[:limit] if limit else build.rows(split)
+    if not rows:
+        raise BuildError(Problem(f"the {split} split is empty", hint="add rows to it and recompile"))
+    prompts = [r.get("prompt", r.get("eval_prompt")) for r in rows]
+    refs = [r.get("references") or [] for r in rows]
+    want_rouge = "rouge" in ev.metrics
+    if want_rouge and not all(refs):
+        missing = sum(1 for r in refs if not r)
+        raise BuildError(Problem(f"{missing} of {len(rows)} {split} rows have no reference text",
+                                 hint="set evaluation.reference_fields, or drop rouge from evaluation.metrics"))
+    tokenizer = build.load_tokenizer()
+    tokenizer.padding_side = "left"
+
+    if model is None:
+        tuned = "adapter" if isinstance(build.spec.adapter, LoraSpec) else "merged"
+        variants = ["base", tuned]
+    else:
+        variants = [model]
+    results: dict[str, dict] = {}
+    preds: dict[str, list[str]] = {}
+    scores: dict[str, rouge.RougeResult] = {}
+    base_model = None
+    for which in variants:
+        log(f"evaluating {which} on {len(rows)} {split} rows")
+        m, label = _load_variant(build, which, base=base_model)
+        if which == "base":
+            base_model = m
+        info: dict = {"model": which}
+        if want_rouge:
+            g = generate(m, tokenizer, build, prompts, log=log)
+            preds[label] = g.predictions
+            scores[label] = rouge.score_pairs(g.predictions, refs, multi_ref=multi_ref)
+            info.update(rouge=scores[label].to_dict(include_per_sample=False), generation_seconds=round(g.seconds, 2),
+                        new_tokens=g.new_tokens, tokens_per_second=round(g.new_tokens / max(g.seconds, 1e-9), 1))
+        if "loss" in ev.metrics:
+            loss = eval_loss(m, build, split, limit)
+            info.update(eval_loss=None if loss is None else round(loss, 6),
+                        perplexity=None if loss is None else round(math.exp(loss), 4))
+        results[label] = info
+    out_dir = build.eval_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {label: info for label, info in results.items()}
+    if "base" in scores and "tuned" in scores:
+        summary["delta"] = {m: round(v, 6) for m, v in rouge.delta(scores["base"], scores["tuned"]).items()}
+    summary["settings"] = {"input_key": build.input_key, "split": split, "rows": len(rows), "multi_ref": multi_ref,
+                           "generation": ev.model_dump(include={"max_new_tokens", "num_beams", "do_sample",
+                                                                "temperature", "top_p", "seed", "batch_size"}),
+                           "stop": build.stop}
+    (out_dir / "rouge.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
+        for i, r in enumerate(rows):
+            line = {"id": r["id"], "prompt": prompts[i], "references": refs[i]}
+            for label in preds:
+                line[f"prediction_{label}" if len(preds) > 1 else "prediction"] = preds[label][i]
+                line[f"scores_{label}" if len(preds) > 1 else "scores"] = {
+                    m: round(v["fmeasure"], 6) for m, v in scores[label].per_sample[i].items()}
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    (out_dir / "report.md").write_text(_report(build, summary, scores, preds, rows, refs), encoding="utf-8")
+    log(f"wrote {out_dir}/rouge.json, predictions.jsonl, report.md")
+    return summary
+
+
+def _report(build: Build, summary: dict, scores: dict, preds: dict, rows: list[dict], refs: list) -> str:
+    s = summary["settings"]
+    lines = [f"# Evaluation of {build.spec.name}", "",
+             f"Split `{s['split']}`, {s['rows']} rows; references combined by **{s['multi_ref']}** per sample; "
+             f"ROUGE F1 ×100 with a 95% bootstrap confidence interval (plain mean over samples, Porter stemmer).", ""]
+    if scores:
+        lines += [rouge.markdown_table(scores, baseline="base" if "base" in scores and len(scores) > 1 else None), ""]
+    for label, info in summary.items():
+        if isinstance(info, dict) and "eval_loss" in info and info["eval_loss"] is not None:
+            lines.append(f"- {label}: eval loss {info['eval_loss']:.4f}, perplexity {info['perplexity']:.2f}")
+        if isinstance(info, dict) and "generation_seconds" in info:
+            lines.append(f"- {label}: generated {info['new_tokens']} tokens in {info['generation_seconds']} s")
+    g = s["generation"]
+    lines += ["", "Generation: " + ", ".join(f"{k}={v}" for k, v in sorted(g.items())) + f", stop={s['stop']!r}", ""]
+    label = "tuned" if "tuned" in scores else next(iter(scores), None)
+    if label:
+        per = [x["rougeL"]["fmeasure"] for x in scores[label].per_sample]
+        ranked = sorted(range(len(per)), key=lambda i: per[i])
+        for title, picks in (("Best examples", ranked[::-1][:3]), ("Worst examples", ranked[:3])):
+            lines += [f"## {title} ({label}, by ROUGE-L)", ""]
+            for i in picks:
+                lines += [f"**{rows[i]['id']}** (ROUGE-L {per[i] * 100:.1f})", "",
+                          f"- reference: {refs[i][0]}", f"- prediction: {preds[label][i] or '(empty)'}", ""]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,135 @@
+"""Load the base model (dtype, attention, 4/8-bit) and wrap it for training (LoRA or full)."""
+
+from __future__ import annotations
+
+from ..errors import ModelError, Problem
+from ..models import ModelRef, resolve
+from ..spec.adapter import LoraSpec
+from ..spec.root import Spec
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def pick_dtype(spec: Spec):
+    """The weight dtype: the spec's, or for `auto` bfloat16 on a GPU that supports it, else float32."""
+    import torch
+
+    name = spec.model.dtype
+    if name == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def bf16_supported() -> bool:
+    """bfloat16 runs fast here: a GPU that supports it, or a CPU with native bf16 (AVX512-BF16 / AMX)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def use_bf16(spec: Spec) -> bool:
+    """bf16 autocast: as the spec says; `auto` = on wherever bfloat16 is fast (8-10x over fp32 on such CPUs)."""
+    t = spec.training
+    if t.bf16 == "auto":
+        return not t.fp16 and bf16_supported()
+    return bool(t.bf16)
+
+
+def quantization_config(spec: Spec):
+    q = spec.quantization
+    if not q.enabled:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if q.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    kwargs = dict(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
+    )
+    if q.quant_storage:
+        kwargs["bnb_4bit_quant_storage"] = getattr(torch, q.quant_storage)
+    return BitsAndBytesConfig(**kwargs)
+
+
+def load_base_model(spec: Spec, *, quantized: bool = True, dtype=None, device_map=None):
+    """The pretrained model, quantized as the spec says (unless `quantized=False`, as merge needs)."""
+    from transformers import AutoModelForCausalLM
+
+    ref = ModelRef.from_spec(spec.model)
+    source = resolve(ref)
+    qconfig = quantization_config(spec) if quantized else None
+    kwargs = dict(
+        dtype=dtype or pick_dtype(spec),
+        attn_implementation=spec.model.attn_implementation,
+        trust_remote_code=spec.model.trust_remote_code,
+    )
+    if source == ref.hub and ref.revision:
+        kwargs["revision"] = ref.revision
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["dtype"] = qconfig.bnb_4bit_compute_dtype if spec.quantization.load_in_4bit else kwargs["dtype"]
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, ImportError) as e:
+        raise ModelError(Problem(f"cannot load model {ref.label}: {e}".split("\n")[0], path="model",
+                                 hint="check the model reference and, for flash_attention_2 or 4-bit, the installed kernels")) from None
+
+
+def lora_config(adapter: LoraSpec):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        bias=adapter.bias,
+        target_modules=adapter.target_modules,
+        use_rslora=adapter.use_rslora,
+        use_dora=adapter.use_dora,
+        modules_to_save=adapter.modules_to_save or None,
+        task_type="CAUSAL_LM",
+    )
+
+
+def prepare_for_training(model, spec: Spec):
+    """Gradient checkpointing, k-bit preparation and the adapter; returns the model to train."""
+    t = spec.training
+    if spec.quantization.enabled:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=t.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if isinstance(spec.adapter, LoraSpec):
+            model.enable_input_require_grads()
+    model.config.use_cache = False
+    if isinstance(spec.adapter, LoraSpec):
+        from peft import get_peft_model
+
+        try:
+            model = get_peft_model(model, lora_config(spec.adapter))
+        except ValueError as e:
+            raise ModelError(Problem(f"LoRA does not fit this model: {e}".split("\n")[0], path="adapter.target_modules",
+                                     hint="use all-linear, or module names this architecture has "
+                                     "(tunespec validate --deep lists them)")) from None
+    return model
+
+
+def trainable_parameters(model) -> list:
+    return [p for p in model.parameters() if p.requires_grad]
