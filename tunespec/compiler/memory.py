@@ -2,57 +2,80 @@
 
 ``estimate_memory(spec, config, seq_len=...)`` reads the model's shape from its transformers
 config (no weights are loaded) and returns a ``MemoryEstimate``; ``check_budget(estimate,
-launch.gpu_memory_gib)`` turns an estimate over the budget into a ``SpecError`` that says what
-to change. It is an estimate, for catching "this cannot fit" before a run starts, not a promise:
-allocator fragmentation, NCCL buffers and library workspaces come on top, and kernels differ.
+launch.gpu_memory_gib)`` turns an estimate over the budget into a ``SpecError`` that says what to
+change. It is an estimate, for catching "this cannot fit" before a run starts, not a promise.
 
-Formulas (per GPU, in bytes; ``w`` = bytes per weight of the model dtype: 4 for float32, 2 for
-bfloat16/float16 and for ``auto``, which is bfloat16 on the GPUs this estimate is for):
+The formulas follow what tunespec's runtime does (accelerate with its own loop; peft; the model
+loaded in ``model.dtype``, ``auto`` taken as bfloat16, what a bf16-capable GPU loads) and were
+checked against PyTorch on an H100 (torch 2.11, transformers 5.17, peft 0.21): the tensors autograd
+saves per token and layer, counted exactly, and the peak allocated memory of real steps. Per GPU,
+in bytes, with ``w`` the model dtype's bytes (4 float32, 2 bfloat16/float16), ``a`` the activation
+bytes (2 under bf16/fp16 autocast or with 16-bit weights, else 4), h hidden size, I MLP size,
+q = heads x head_dim, kv = kv_heads x head_dim, V vocabulary, L layers, r LoRA rank:
 
 weights
-    Full precision: every parameter x ``w``. Quantized (bitsandbytes), the decoder layers' linear
-    weight matrices take 4-bit: 0.5 B/param + the quantization constants (block size 64 with an
-    fp32 absmax: 32/64 = 0.5 bit/param; double quantization stores the absmax in 8 bits with an
-    fp32 constant per 256 blocks: 8/64 + 32/(64*256) ~ 0.127 bit/param); 8-bit: 1 B/param + one
-    fp32 scale per output row. Embeddings, the LM head, norms and biases stay at ``w``. LoRA
-    adapters are fp32 (4 B/param); ``modules_to_save`` add a trainable copy of those modules.
-    FSDP (full/hybrid shard) and ZeRO-3 divide the weights by the shard group size (all
-    processes; a machine's processes for hybrid_shard) and add what is gathered at once: two
-    decoder layers (the one computing and the one prefetched) plus the root module (embeddings,
-    final norm, LM head). FSDP's shard_grad_op keeps every layer gathered from forward to backward:
-    full weights at the peak. Parameter offload (FSDP ``cpu_offload``, ZeRO ``offload_params``)
-    moves the shards to CPU memory.
+    Full precision: every parameter x ``w``. 4-bit (bitsandbytes) decoder-layer linear weights:
+    0.5 B/param plus the quantization constants (block size 64 with an fp32 absmax, 32/64 =
+    0.5 bit/param; double quantization stores the absmax in 8 bits with an fp32 constant per 256
+    blocks, 8/64 + 32/(64*256) ~ 0.127 bit/param); 8-bit: 1 B/param plus an fp32 scale per output
+    row. Under quantization the other parameters (embeddings, LM head, norms, biases) are fp32:
+    peft's ``prepare_model_for_kbit_training`` upcasts them. LoRA adapters are fp32 (peft's
+    default); ``modules_to_save`` add a trainable copy of those modules. fp32 weights used under
+    16-bit autocast add their 16-bit copies (2 B per linear weight), which the backward keeps.
+    FSDP (full/hybrid shard) and ZeRO-3 divide the resident weights by the shard group (all
+    processes; one machine's for hybrid_shard) and add what is gathered at once, in 16 bits: two
+    decoder layers (computing and prefetched) and the root module (embeddings, final norm, LM
+    head). shard_grad_op keeps every layer gathered from forward to backward: full weights at the
+    peak. Parameter offload (FSDP ``cpu_offload``, ZeRO ``offload_params``) moves the shards to CPU.
+trainable storage, by topology
+    single / multi_gpu: trainable parameters stay in their dtype (LoRA fp32, full fine-tune ``w``);
+    the optimizer keeps its state in that dtype and there is no master copy (torch AdamW on bf16
+    weights keeps bf16 moments). FSDP2 under mixed precision upcasts trainable parameters to fp32
+    (accelerate does), so weights, gradients and states are fp32 shards. DeepSpeed under mixed
+    precision casts the model to 16 bits and keeps an fp32 master copy (4 B) and fp32 states.
 gradients
-    One per trainable parameter in the trainable weight's dtype: fp32 for LoRA adapters, ``w`` for
-    full fine-tuning. DDP (multi_gpu) adds its gradient buckets (another copy). ZeRO-2/3 and FSDP
-    divide by the shard group size; FSDP ``cpu_offload`` moves them to CPU.
+    One per trainable parameter, in its storage dtype. DDP (multi_gpu) adds its gradient buckets
+    (another copy). ZeRO-2/3 and FSDP divide by the shard group; FSDP ``cpu_offload`` moves them
+    to CPU.
 optimizer
-    Per trainable parameter: AdamW 8 B (two fp32 moments; paged_adamw_32bit the same), 8-bit AdamW
-    2 B, Adafactor ~0.5 B (its factored second moment is rows+cols per matrix, approximated as
-    0.5 B/param), SGD 0 (no momentum). Full fine-tuning of 16-bit weights under mixed precision adds
-    a 4 B fp32 master copy per parameter (DeepSpeed and FSDP mixed precision keep one; plain torch
-    AdamW on bf16 weights keeps bf16 moments instead, so this is the upper bound). ZeRO (any stage)
-    and FSDP divide by the shard group size; ``offload_optimizer`` (ZeRO) and ``cpu_offload``
-    (FSDP) move them to CPU.
+    Per trainable parameter, with ``s`` the storage bytes above (4 for DeepSpeed's fp32 states):
+    AdamW 2·s (two moments), paged_adamw_32bit 8, 8-bit AdamW 2, Adafactor ~0.5 (its factored
+    second moment, rows+cols per matrix, approximated per parameter), SGD s (the runtime's
+    momentum buffer); plus DeepSpeed's 4 B master copy. ZeRO (any stage) and FSDP divide by the
+    shard group; ``offload_optimizer`` (ZeRO) and ``cpu_offload`` (FSDP) move them to CPU.
 activations
     After Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
-    Models" (34·h + 5·a·s bytes per token per layer for GPT with 16-bit activations), adapted to
-    decoders without dropout and to SDPA/flash attention, which materialise no s x s matrix.
-    Elements kept for backward per token per layer, times ``a`` bytes (2 under bf16/fp16, else 4):
-    the two norm inputs 2h; attention: q/k/v input h, Q H·d, K and V 2·KV·d, attention output
-    (o_proj input) H·d; gated MLP (Llama): input h, gate, up, act(gate), act(gate)·up 4·I;
-    plain MLP (GPT-NeoX, Phi): input h, pre- and post-activation 2·I. Eager attention adds the
-    softmax output, fp32 and 16-bit: heads x s x (4 + a) bytes per token. LoRA with dropout
-    adds, per adapted linear, its dropped-out input (in x a bytes) and mask (in x 1 byte), and the
-    rank-r intermediate (r x 4 bytes). Times micro_batch x seq_len x layers. With gradient
-    checkpointing (training.gradient_checkpointing, or FSDP activation_checkpointing) only each
-    layer's input is kept (h x a bytes per token per layer) plus one layer's full activations
-    while it is recomputed.
+    Models" (34·h + 5·heads·s bytes per token per layer for GPT-3 with 16-bit activations),
+    redone for today's decoders: no dropout, SDPA/flash attention (no s x s matrix; the output and
+    a log-sum-exp are kept), RMSNorm in fp32, frozen layers keeping no inputs. Bytes per token per
+    layer:
+    norms: each RMSNorm keeps its input upcast to fp32 (4h; a LayerNorm keeps its input, h x the
+    residual stream's bytes) and, when the layers are trained in full, its normalised value
+    (h x ``w``, for the norm weight's gradient) and output (a·h, the next linear's input);
+    attention: Q, K, V and the output, a·(2q + 2kv), plus 4 B x heads; a fused qkv projection
+    (GPT-NeoX) keeps its whole output alive through V: a·(q + kv) more; eager attention adds the
+    softmax output in fp32 and 16 bits, heads x s x (4 + a), and the K/V expanded to q heads;
+    MLP: a gated MLP keeps gate, up, act(gate) and their product, 4·a·I (3·a·I when the down
+    projection is frozen); a plain MLP keeps the activation's input and output, 2·a·I (a·I when
+    frozen); the tanh-formula GELU (gelu_new) keeps three more I-sized tensors;
+    LoRA: each adapted linear keeps its input cast for the adapter (in x a; in x 4 without
+    autocast), its dropout mask (in x 1 byte, when dropout > 0) and the rank-r intermediate
+    (r x a). An 8-bit base keeps its linears' inputs too.
+    Times micro_batch x seq_len x layers. With gradient checkpointing (training.
+    gradient_checkpointing, or FSDP activation_checkpointing) each layer keeps only its input
+    (h x the residual stream's bytes) and one layer's activations exist while it is recomputed.
 logits
-    micro_batch x seq_len x vocab x (a + 4 + 4): the logits (a bytes), their fp32 upcast for the
-    loss (4 B) and its gradient (4 B).
+    micro_batch x seq_len x V x (a + 12): the logits (a bytes; the runtime's output object holds
+    them through the backward), the fp32 log-softmax the loss keeps (4 B), and during its backward
+    the incoming and outgoing fp32 gradients (4 + 4 B); measured at 14.0 B per logit element with
+    bf16 autocast.
 overhead
-    A fixed 0.5 GiB for the CUDA context and the caching allocator.
+    A fixed 1 GiB: the CUDA context (about 0.75 GiB measured on an H100 with torch 2.11) and some
+    slack of the caching allocator, which can hold 1-2 GiB more than the peak it serves
+    (``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` reduces that).
+
+Not counted: NCCL and DeepSpeed communication buckets, library workspaces (cuBLAS, flash
+attention), the embedding output and final norm, the evaluation pass.
 """
 
 from __future__ import annotations
@@ -67,22 +90,13 @@ from ..spec.adapter import FullSpec, LoraSpec
 from ..spec.launch import DeepSpeedLaunch, FsdpLaunch, MultiGpuLaunch
 
 GIB = 1 << 30
-CUDA_OVERHEAD_BYTES = GIB // 2
+CUDA_OVERHEAD_BYTES = GIB
 COMPONENTS = ("weights", "gradients", "optimizer", "activations", "logits", "overhead")
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
-# Optimizer state bytes per trainable parameter.
-_OPTIMIZER_BYTES = {
-    "adamw_torch": 8.0,
-    "adamw_torch_fused": 8.0,
-    "paged_adamw_32bit": 8.0,
-    "adamw_8bit": 2.0,
-    "paged_adamw_8bit": 2.0,
-    "adafactor": 0.5,
-    "sgd": 0.0,
-}
 _BNB_BLOCK = 64  # bitsandbytes 4-bit block size
 _BNB_NESTED_BLOCK = 256  # double quantization: absmax values per second-level fp32 constant
+_TANH_GELUS = {"gelu_new", "gelu_fast", "gelu_python_tanh"}  # activations written as Python formulas
 
 
 # --------------------------------------------------------------------------- model shape
@@ -122,6 +136,11 @@ class Architecture:
     lm_head_bias: bool = False
     layer_prefix: str = "model.layers"  # module path of the decoder layers
     embedding_name: str = "model.embed_tokens"
+    norm: str = "rms"  # "rms" (RMSNorm, computed in fp32) or "layer" (LayerNorm)
+    norms_per_layer: int = 2
+    norm_inputs_shared: bool = False  # the norms read the same tensor (parallel attention and MLP)
+    fused_qkv: bool = False
+    hidden_act: str = "silu"
     known_layout: bool = True  # False: an unknown model type, read as Llama-like
 
     @property
@@ -137,6 +156,11 @@ class Architecture:
     @property
     def layer_params(self) -> int:
         return sum(lin.params for lin in self.linears) + self.layer_other_params
+
+    @property
+    def layer_linear_weights(self) -> int:
+        """Weight-matrix parameters of one decoder layer's linears (what quantization packs)."""
+        return sum(lin.in_features * lin.out_features for lin in self.linears)
 
     @property
     def total_params(self) -> int:
@@ -157,7 +181,7 @@ class Architecture:
 def _get(config: Any, data: dict, *names: str) -> Any:
     """The first of ``names`` the config sets (attribute or ``to_dict()`` key), else None."""
     for name in names:
-        value = getattr(config, name, None)
+        value = getattr(config, name, None) if config is not None else None
         if value is None:
             value = data.get(name)
         if value is not None:
@@ -168,13 +192,14 @@ def _get(config: Any, data: dict, *names: str) -> Any:
 def architecture_of(config: Any) -> Architecture:
     """Read a transformers ``PretrainedConfig`` (or a plain dict) into an ``Architecture``.
 
-    Llama-like models (llama, mistral, qwen2/3, gemma, smollm, ...) are the default layout;
+    Llama-like models (llama, mistral, qwen2/3, gemma, granite, smollm3) are the default layout;
     GPT-NeoX and Phi have their own. Other model types are read as Llama-like (``known_layout``
     is then False).
     """
-    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     if isinstance(config, dict):
-        config = None
+        data, config = dict(config), None
+    else:
+        data = config.to_dict()
     model_type = str(_get(config, data, "model_type") or "")
     h = _get(config, data, "hidden_size", "n_embd", "d_model")
     layers = _get(config, data, "num_hidden_layers", "n_layer", "num_layers")
@@ -188,6 +213,7 @@ def architecture_of(config: Any) -> Architecture:
         kv_heads = 1 if data.get("multi_query") else heads
     head_dim = _get(config, data, "head_dim") or h // heads
     tied = bool(_get(config, data, "tie_word_embeddings") or False)
+    act = str(_get(config, data, "hidden_act", "hidden_activation", "activation_function") or "silu")
     q_out, kv_out = heads * head_dim, kv_heads * head_dim
     shape = dict(
         model_type=model_type,
@@ -199,6 +225,7 @@ def architecture_of(config: Any) -> Architecture:
         head_dim=head_dim,
         vocab_size=vocab,
         tie_word_embeddings=tied,
+        hidden_act=act,
     )
     if model_type == "gpt_neox":
         bias = data.get("attention_bias")
@@ -217,6 +244,9 @@ def architecture_of(config: Any) -> Architecture:
             final_norm_params=2 * h,
             layer_prefix="gpt_neox.layers",
             embedding_name="gpt_neox.embed_in",
+            norm="layer",
+            norm_inputs_shared=bool(data.get("use_parallel_residual", True)),
+            fused_qkv=True,
         )
     if model_type == "phi":
         qk_norm = 2 * 2 * head_dim if data.get("qk_layernorm") else 0
@@ -235,6 +265,8 @@ def architecture_of(config: Any) -> Architecture:
             layer_other_params=2 * h + qk_norm,  # one LayerNorm (parallel attention and MLP)
             final_norm_params=2 * h,
             lm_head_bias=True,
+            norm="layer",
+            norms_per_layer=1,
         )
     attn_bias = bool(data.get("attention_bias") or False)
     qkv_bias = attn_bias or model_type == "qwen2"
@@ -249,7 +281,7 @@ def architecture_of(config: Any) -> Architecture:
         Linear("mlp.down_proj", inter, h, mlp_bias),
     )
     qk_norm = 2 * head_dim if model_type == "qwen3" else 0
-    known = model_type in {"llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo2", "smollm3"}
+    known = model_type in {"llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "smollm3"}
     return Architecture(
         **shape,
         gated_mlp=True,
@@ -431,14 +463,35 @@ def _millions(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
-def _mixed_precision(spec: Spec) -> bool:
-    """Whether training runs under 16-bit autocast (bf16 auto counts: it is on where GPUs support it)."""
-    return spec.training.fp16 or spec.training.bf16 is not False
+# --------------------------------------------------------------------------- precision and topology
 
 
 @dataclass(frozen=True)
-class _Sharding:
-    """How the launch topology divides and offloads each kind of state."""
+class _Precision:
+    """Bytes per element of each kind of tensor, from the model dtype, autocast and quantization."""
+
+    w: int  # frozen base weights as loaded (the model dtype)
+    other: int  # parameters quantization leaves alone (fp32 after peft's k-bit preparation), else w
+    a: int  # 16-bit activations under autocast or with 16-bit weights, else 4
+    residual: int  # the residual stream: 4 with fp32 weights or a k-bit-prepared model, else 2
+    mixed: bool  # 16-bit autocast on
+
+
+def _precision(spec: Spec) -> _Precision:
+    t, q = spec.training, spec.quantization
+    mixed = bool(t.fp16) or t.bf16 is not False  # bf16: auto is on wherever GPUs support it
+    w = _DTYPE_BYTES[spec.model.dtype]
+    if q.enabled:
+        compute = 4 if q.compute_dtype == "float32" else 2
+        a = 2 if (mixed or compute == 2) else 4
+        return _Precision(w=compute, other=4, a=a, residual=4, mixed=mixed)
+    a = 2 if (mixed or w == 2) else 4
+    return _Precision(w=w, other=w, a=a, residual=4 if w == 4 else 2, mixed=mixed)
+
+
+@dataclass(frozen=True)
+class _Topology:
+    """How the launch topology stores, divides and offloads each kind of state."""
 
     weights: int = 1  # divisor of the resident weights
     gradients: int = 1
@@ -448,15 +501,18 @@ class _Sharding:
     offload_gradients: bool = False
     offload_optimizer: bool = False
     ddp_buckets: bool = False
+    trainable_bytes: int | None = None  # storage of every trainable parameter (None: its own dtype)
+    state_bytes: int | None = None  # element size of optimizer states (None: the storage's)
+    master_bytes: int = 0  # fp32 master copy per trainable parameter
 
 
-def _sharding(spec: Spec) -> _Sharding:
+def _topology(spec: Spec, prec: _Precision) -> _Topology:
     ln = spec.launch
     world = ln.num_processes * ln.num_machines
     if isinstance(ln, FsdpLaunch):
         group = ln.num_processes if ln.sharding == "hybrid_shard" else world
         full = ln.sharding != "shard_grad_op"
-        return _Sharding(
+        return _Topology(
             weights=group if full else 1,
             gradients=group,
             optimizer=group,
@@ -464,21 +520,41 @@ def _sharding(spec: Spec) -> _Sharding:
             offload_weights=ln.cpu_offload,
             offload_gradients=ln.cpu_offload,
             offload_optimizer=ln.cpu_offload,
+            trainable_bytes=4 if prec.mixed else None,  # accelerate upcasts trainable FSDP2 params
         )
     if isinstance(ln, DeepSpeedLaunch):
-        return _Sharding(
+        return _Topology(
             weights=world if ln.zero_stage == 3 else 1,
             gradients=world if ln.zero_stage >= 2 else 1,
             optimizer=world,
             gathered_peak=ln.zero_stage == 3 and world > 1,
             offload_weights=ln.offload_params,
             offload_optimizer=ln.offload_optimizer,
+            trainable_bytes=2 if prec.mixed else None,  # the engine casts the model to 16 bits
+            state_bytes=4,
+            master_bytes=4 if prec.mixed else 0,
         )
-    return _Sharding(ddp_buckets=isinstance(ln, MultiGpuLaunch) and world > 1)
+    return _Topology(ddp_buckets=isinstance(ln, MultiGpuLaunch) and world > 1)
+
+
+def _optimizer_bytes(name: str, storage: int) -> float:
+    """Optimizer state bytes per trainable parameter whose states are kept in ``storage``-byte elements."""
+    if name in ("adamw_torch", "adamw_torch_fused"):
+        return 2.0 * storage
+    if name == "paged_adamw_32bit":
+        return 8.0
+    if name in ("adamw_8bit", "paged_adamw_8bit"):
+        return 2.0
+    if name == "adafactor":
+        return 0.5
+    return float(storage)  # sgd: the runtime's momentum buffer
+
+
+# --------------------------------------------------------------------------- weights
 
 
 def _quant_bytes_per_param(spec: Spec) -> float | None:
-    """Bytes per quantized weight (4-bit with its constants), or None when 4-bit is off."""
+    """Bytes per 4-bit weight with its quantization constants, or None when 4-bit is off."""
     q = spec.quantization
     if not q.load_in_4bit:
         return None
@@ -489,8 +565,8 @@ def _quant_bytes_per_param(spec: Spec) -> float | None:
     return 0.5 + const_bits / 8
 
 
-def _layer_weight_bytes(spec: Spec, arch: Architecture, w: int) -> float:
-    """Bytes of one decoder layer's weights as loaded (quantized linears where quantization is on)."""
+def _layer_weight_bytes(spec: Spec, arch: Architecture, prec: _Precision) -> float:
+    """Bytes of one decoder layer's base weights as loaded (packed linears under quantization)."""
     q4 = _quant_bytes_per_param(spec)
     total = 0.0
     for lin in arch.linears:
@@ -498,39 +574,74 @@ def _layer_weight_bytes(spec: Spec, arch: Architecture, w: int) -> float:
         if q4 is not None:
             total += matrix * q4
         elif spec.quantization.load_in_8bit:
-            total += matrix + 4 * lin.out_features  # int8 + an fp32 scale per row
+            total += matrix + 4 * lin.out_features  # int8 and an fp32 scale per row
         else:
-            total += matrix * w
+            total += matrix * prec.w
         if lin.bias:
-            total += lin.out_features * w
-    return total + arch.layer_other_params * w
+            total += lin.out_features * prec.other
+    return total + arch.layer_other_params * prec.other
 
 
-def _activation_elements(spec: Spec, arch: Architecture) -> tuple[int, float]:
-    """Per token per decoder layer: (activation elements kept, extra bytes of other dtypes)."""
-    h, inter = arch.hidden_size, arch.intermediate_size
+def _root_params(arch: Architecture) -> int:
+    """Parameters outside the decoder layers: embeddings, final norm, LM head."""
+    return arch.embedding_params + arch.final_norm_params + arch.lm_head_params
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def _adapted_linears(spec: Spec, arch: Architecture) -> list[Linear]:
+    """The linears of one decoder layer that carry a LoRA adapter (approximated from layer 0)."""
+    lora = spec.adapter
+    if not isinstance(lora, LoraSpec):
+        return []
+    adapted = []
+    for lin in arch.linears:
+        name = f"{arch.layer_prefix}.0.{lin.name}"
+        if _saved(name, lora.modules_to_save):
+            continue
+        if lora.target_modules == "all-linear" or _matches(name, lora.target_modules):
+            adapted.append(lin)
+    return adapted
+
+
+def layer_activation_bytes(spec: Spec, arch: Architecture, seq_len: int) -> float:
+    """Bytes one decoder layer keeps for the backward, per token (the module docstring's formula)."""
+    prec = _precision(spec)
+    a, h, inter = prec.a, arch.hidden_size, arch.intermediate_size
     q, kv = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
-    norms = 2 * h
-    attention = h + q + 2 * kv + q
-    mlp = h + (4 * inter if arch.gated_mlp else 2 * inter)
-    elements = norms + attention + mlp
-    extra = 0.0
+    full = isinstance(spec.adapter, FullSpec)
+    # norms
+    norm_input = 4 * h if arch.norm == "rms" else prec.residual * h
+    inputs = 1 if arch.norm_inputs_shared else arch.norms_per_layer
+    total = inputs * norm_input
+    if full:
+        normalised = prec.other * h if arch.norm == "rms" else 0
+        total += arch.norms_per_layer * (normalised + a * h)
+    # attention
+    total += a * (2 * q + 2 * kv) + 4 * arch.num_heads
+    if arch.fused_qkv:
+        total += a * (q + kv)
+    if spec.model.attn_implementation == "eager":
+        total += arch.num_heads * seq_len * (4 + a) + a * 2 * (q - kv)
+    # MLP
+    kept = (4 if arch.gated_mlp else 2) if full else (3 if arch.gated_mlp else 1)
+    if arch.hidden_act in _TANH_GELUS:
+        kept += 3
+    total += a * inter * kept
+    # the base's own saved inputs (8-bit) and the adapters
+    if spec.quantization.load_in_8bit:
+        total += a * (arch.norms_per_layer * h + inter)
     lora = spec.adapter
     if isinstance(lora, LoraSpec):
-        adapted = [lin for lin in arch.linears if _is_layer_target(lin, lora)]
-        for lin in adapted:
-            extra += lora.r * 4
-            if lora.dropout > 0:
-                elements += lin.in_features
-                extra += lin.in_features  # the dropout mask, one byte per element
-    return elements, extra
+        cast = a if prec.mixed else 4
+        mask = 1 if lora.dropout > 0 else 0
+        for lin in _adapted_linears(spec, arch):
+            total += lin.in_features * (cast + mask) + lora.r * cast
+    return total
 
 
-def _is_layer_target(lin: Linear, lora: LoraSpec) -> bool:
-    name = f"x.0.{lin.name}"
-    if _saved(name, lora.modules_to_save):
-        return False
-    return lora.target_modules == "all-linear" or _matches(name, lora.target_modules)
+# --------------------------------------------------------------------------- the estimate
 
 
 def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: int | None = None) -> MemoryEstimate:
@@ -544,74 +655,78 @@ def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: 
     if seq_len < 1:
         raise ValueError(f"seq_len must be at least 1, got {seq_len}")
     arch = architecture_of(config)
-    t = spec.training
-    ln = spec.launch
+    t, ln = spec.training, spec.launch
     world = ln.num_processes * ln.num_machines
-    shard = _sharding(spec)
-    w = _DTYPE_BYTES[spec.model.dtype]
-    mixed = _mixed_precision(spec)
-    a = 2 if (mixed or w == 2) else 4
+    prec = _precision(spec)
+    topo = _topology(spec, prec)
+    full = isinstance(spec.adapter, FullSpec)
     notes: list[str] = []
     if not arch.known_layout:
         notes.append(f"model type {arch.model_type or '(none)'!r} is read as a Llama-like decoder")
-    if spec.model.dtype == "auto":
+    if spec.model.dtype == "auto" and not spec.quantization.enabled:
         notes.append("model.dtype auto is taken as bfloat16 (what a bf16-capable GPU loads)")
+    if prec.a == 4:
+        notes.append("fp32 activations are estimated less closely than 16-bit ones")
 
     trainable = trainable_of(spec, arch)
     if trainable_params is not None:
-        if isinstance(spec.adapter, FullSpec):
-            trainable = Trainable(full=trainable_params)
-        else:
-            trainable = Trainable(adapter=trainable_params)
+        trainable = Trainable(full=trainable_params) if full else Trainable(adapter=trainable_params)
+    adapter_bytes = topo.trainable_bytes or 4
+    full_bytes = topo.trainable_bytes or (prec.w if full else prec.other)
 
     # weights
-    layer_bytes = _layer_weight_bytes(spec, arch, w)
-    root_bytes = (arch.embedding_params + arch.final_norm_params + arch.lm_head_params) * w
-    base_bytes = arch.num_layers * layer_bytes + root_bytes
-    weights = base_bytes + trainable.adapter * 4 + trainable.copies * w
+    layer_bytes = _layer_weight_bytes(spec, arch, prec)
+    root_bytes = _root_params(arch) * prec.other
+    if full:
+        weights = trainable.full * full_bytes
+    else:
+        weights = arch.num_layers * layer_bytes + root_bytes + trainable.adapter * adapter_bytes
+        weights += trainable.copies * full_bytes
+    compute = 2 if prec.mixed or prec.w == 2 else 4  # gathered shards are cast to the compute dtype
+    gathered = (2 * layer_bytes + root_bytes) * compute / max(prec.w, 1) if topo.gathered_peak else 0.0
+    if prec.mixed and prec.w == 4 and not spec.quantization.enabled and topo.trainable_bytes is None:
+        weights += 2 * arch.num_layers * arch.layer_linear_weights  # autocast's 16-bit copies
+        notes.append("fp32 weights under autocast: their 16-bit copies are counted with the weights")
     cpu = 0.0
-    resident = weights / shard.weights
-    gathered = 2 * layer_bytes + root_bytes if shard.gathered_peak else 0.0
-    if shard.offload_weights:
+    resident = weights / topo.weights
+    if topo.offload_weights:
         cpu += resident
-        gpu_weights = gathered if shard.weights > 1 else weights
+        gpu_weights = gathered if topo.weights > 1 else weights
     else:
         gpu_weights = resident + gathered
 
     # gradients
-    grads = trainable.adapter * 4 + trainable.full * w
-    if shard.ddp_buckets:
+    grads = trainable.adapter * adapter_bytes + trainable.full * full_bytes
+    if topo.ddp_buckets:
         grads *= 2
         notes.append("multi_gpu: DDP's gradient buckets double the gradient memory")
-    grads /= shard.gradients
-    if shard.offload_gradients:
+    grads /= topo.gradients
+    if topo.offload_gradients:
         cpu += grads
         grads = 0.0
 
     # optimizer
-    per_param = _OPTIMIZER_BYTES[t.optimizer]
-    master = 4 * trainable.full if (w == 2 and mixed and isinstance(spec.adapter, FullSpec)) else 0
-    optimizer = (per_param * trainable.total + master) / shard.optimizer
+    optimizer = trainable.adapter * _optimizer_bytes(t.optimizer, topo.state_bytes or adapter_bytes)
+    optimizer += trainable.full * _optimizer_bytes(t.optimizer, topo.state_bytes or full_bytes)
+    optimizer += trainable.total * topo.master_bytes
+    optimizer /= topo.optimizer
     if t.optimizer == "adafactor":
         notes.append("adafactor's factored state is approximated as 0.5 B/param")
-    if shard.offload_optimizer:
+    if topo.offload_optimizer:
         cpu += optimizer
         optimizer = 0.0
 
     # activations and logits
     tokens = t.micro_batch_size * seq_len
-    elements, extra = _activation_elements(spec, arch)
-    per_layer = elements * a + extra
-    if spec.model.attn_implementation == "eager":
-        per_layer += arch.num_heads * seq_len * (4 + a)
+    per_layer = layer_activation_bytes(spec, arch, seq_len)
     checkpointing = t.gradient_checkpointing or (isinstance(ln, FsdpLaunch) and ln.activation_checkpointing)
     if checkpointing:
-        activations = tokens * (arch.num_layers * arch.hidden_size * a + per_layer)
+        activations = tokens * (arch.num_layers * arch.hidden_size * prec.residual + per_layer)
     else:
         activations = tokens * arch.num_layers * per_layer
-    logits = tokens * arch.vocab_size * (a + 4 + 4)
+    logits = tokens * arch.vocab_size * (prec.a + 12)
 
-    estimate = MemoryEstimate(
+    return MemoryEstimate(
         weights=round(gpu_weights),
         gradients=round(grads),
         optimizer=round(optimizer),
@@ -625,15 +740,14 @@ def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: 
         seq_len=seq_len,
         micro_batch_size=t.micro_batch_size,
         notes=tuple(notes),
-        advice=_advice(spec, checkpointing, world),
+        advice=_advice(spec, checkpointing),
     )
-    return estimate
 
 
 # --------------------------------------------------------------------------- the budget
 
 
-def _advice(spec: Spec, checkpointing: bool, world: int) -> dict[str, tuple[str, ...]]:
+def _advice(spec: Spec, checkpointing: bool) -> dict[str, tuple[str, ...]]:
     """For each component, the spec changes that shrink it (only those not already made)."""
     t, ln, q = spec.training, spec.launch, spec.quantization
     lora = isinstance(spec.adapter, LoraSpec)
@@ -721,6 +835,7 @@ __all__ = [
     "count_lora_parameters",
     "count_parameters",
     "estimate_memory",
+    "layer_activation_bytes",
     "lora_trainable",
     "CUDA_OVERHEAD_BYTES",
     "GIB",
