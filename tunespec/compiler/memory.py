@@ -49,9 +49,11 @@ activations
     redone for today's decoders: no dropout, SDPA/flash attention (no s x s matrix; the output and
     a log-sum-exp are kept), RMSNorm in fp32, frozen layers keeping no inputs. Bytes per token per
     layer:
-    norms: each RMSNorm keeps its input upcast to fp32 (4h; a LayerNorm keeps its input, h x the
-    residual stream's bytes) and, when the layers are trained in full, its normalised value
-    (h x ``w``, for the norm weight's gradient) and output (a·h, the next linear's input);
+    norms: each RMSNorm keeps its input upcast to fp32, 4h (so does a LayerNorm under autocast,
+    which runs it in fp32; without autocast a LayerNorm keeps its input, h x the residual
+    stream's bytes, once where the norms share it) and, when the layers are trained in full, its
+    normalised value (h x ``w``, for the norm weight's gradient) and output (a·h, the next
+    linear's input);
     attention: Q, K, V and the output, a·(2q + 2kv), plus 4 B x heads; a fused qkv projection
     (GPT-NeoX) keeps its whole output alive through V: a·(q + kv) more; eager attention adds the
     softmax output in fp32 and 16 bits, heads x s x (4 + a), and the K/V expanded to q heads;
@@ -587,6 +589,17 @@ def _root_params(arch: Architecture) -> int:
     return arch.embedding_params + arch.final_norm_params + arch.lm_head_params
 
 
+def _gathered_bytes(spec: Spec, arch: Architecture, prec: _Precision, layer_bytes: float, root_bytes: float) -> float:
+    """What sharded weights need gathered at once: two decoder layers and the root module.
+
+    Quantized layers gather as packed; others in the compute dtype (16 bits under mixed precision).
+    """
+    if spec.quantization.enabled:
+        return 2 * layer_bytes + root_bytes
+    compute = 2 if prec.mixed or prec.w == 2 else 4
+    return (2 * arch.layer_params + _root_params(arch)) * compute
+
+
 # --------------------------------------------------------------------------- activations
 
 
@@ -612,8 +625,10 @@ def layer_activation_bytes(spec: Spec, arch: Architecture, seq_len: int) -> floa
     q, kv = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
     full = isinstance(spec.adapter, FullSpec)
     # norms
-    norm_input = 4 * h if arch.norm == "rms" else prec.residual * h
-    inputs = 1 if arch.norm_inputs_shared else arch.norms_per_layer
+    if arch.norm == "rms" or prec.mixed:  # RMSNorm upcasts its input; autocast runs LayerNorm in fp32
+        norm_input, inputs = 4 * h, arch.norms_per_layer
+    else:
+        norm_input, inputs = prec.residual * h, 1 if arch.norm_inputs_shared else arch.norms_per_layer
     total = inputs * norm_input
     if full:
         normalised = prec.other * h if arch.norm == "rms" else 0
@@ -682,8 +697,7 @@ def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: 
     else:
         weights = arch.num_layers * layer_bytes + root_bytes + trainable.adapter * adapter_bytes
         weights += trainable.copies * full_bytes
-    compute = 2 if prec.mixed or prec.w == 2 else 4  # gathered shards are cast to the compute dtype
-    gathered = (2 * layer_bytes + root_bytes) * compute / max(prec.w, 1) if topo.gathered_peak else 0.0
+    gathered = _gathered_bytes(spec, arch, prec, layer_bytes, root_bytes) if topo.gathered_peak else 0.0
     if prec.mixed and prec.w == 4 and not spec.quantization.enabled and topo.trainable_bytes is None:
         weights += 2 * arch.num_layers * arch.layer_linear_weights  # autocast's 16-bit copies
         notes.append("fp32 weights under autocast: their 16-bit copies are counted with the weights")

@@ -349,6 +349,8 @@ class Trainer:
                         "step_time_s": round(elapsed / window["steps"], 4),
                         "padding_fraction": round(1 - window["real"] / max(1, window["padded"]), 4),
                     }
+                    if torch.cuda.is_available():
+                        record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
                     self._log_metrics(record, metrics_path, writer)
                     window = {"loss": 0.0, "tokens": 0, "real": 0, "padded": 0, "t0": time.perf_counter(), "steps": 0}
                 do_eval = (t.eval_strategy == "steps" and step % (t.eval_steps or t.save_steps) == 0) or (
