@@ -258,6 +258,12 @@ def compile_build(
                                     hint="check the sources, their split names and the drop counts above"))
         if data.strict and problems:
             raise DataError(problems)
+        from .memory import check_budget, estimate_memory
+
+        longest = split_stats["train"]["length"]["max"]
+        seq_len = max_length if spec.training.packing else -(-longest // 8) * 8
+        memory = estimate_memory(spec, config, seq_len=seq_len)
+        check_budget(memory, spec.launch.gpu_memory_gib)
 
         tokenizer.save_pretrained(tmp / "tokenizer")
         from .launch import write_launch_files
@@ -276,6 +282,7 @@ def compile_build(
             "pad_token_id": int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else None,
             "template": {"name": template.name, "kind": template.kind, "sha256": template.sha256, "stop": template.stop},
             "splits": split_stats,
+            "memory_estimate": memory.to_dict(),
             "dropped": all_drops,
             "files": file_hashes,
         }
@@ -311,6 +318,7 @@ def compile_build(
     for split, st in split_stats.items():
         messages.append(f"  {split}: {st['rows']} rows, {st['tokens']} tokens ({st['trained_fraction']:.0%} trained), "
                         f"length median {st['length']['median']:.0f} max {st['length']['max']}")
+    messages += ["  " + line for line in memory.render().splitlines()]
     for p in problems:
         messages.append("  warning: " + p.render())
     return BuildResult(out, False, manifest, messages)

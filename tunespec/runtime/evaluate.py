@@ -51,7 +51,10 @@ def _load_variant(build: Build, which: str, base=None):
 
     from .modeling import pick_dtype
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(build.spec)), "tuned"
+    import torch
+
+    device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else None
+    return AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(build.spec), device_map=device_map), "tuned"
 
 
 def _device(model):

@@ -51,6 +51,8 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
     tokenizer = build.load_tokenizer()
     tokens = build.tokens("train")
     rows = [torch.as_tensor(tokens.row(i)[0][:256].astype("int64"))[None] for i in range(min(check_rows, len(tokens)))]
+    device = next(model.parameters()).device
+    rows = [r.to(device) for r in rows]
     with torch.no_grad():
         before = [model(r).logits.float() for r in rows]
     merged = model.merge_and_unload()

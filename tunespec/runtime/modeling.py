@@ -62,9 +62,17 @@ def quantization_config(spec: Spec):
     return BitsAndBytesConfig(**kwargs)
 
 
-def load_base_model(spec: Spec, *, quantized: bool = True, dtype=None, device_map=None):
-    """The pretrained model, quantized as the spec says (unless `quantized=False`, as merge needs)."""
+def load_base_model(spec: Spec, *, quantized: bool = True, dtype=None, device_map="default"):
+    """The pretrained model, quantized as the spec says (unless `quantized=False`, as merge needs).
+
+    `device_map="default"` puts the whole model on this process's GPU when there is one (4-bit and 8-bit
+    models must be placed at load time); pass None to load on the CPU (FSDP and DeepSpeed place it).
+    """
+    import torch
     from transformers import AutoModelForCausalLM
+
+    if device_map == "default":
+        device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else None
 
     ref = ModelRef.from_spec(spec.model)
     source = resolve(ref)

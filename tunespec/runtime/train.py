@@ -141,7 +141,8 @@ class Trainer:
         n_batches = len(self._batches(0))
         self.plan = Plan(micro_per_epoch=n_batches // world, accum=t.gradient_accumulation_steps,
                          total_steps=t.max_steps or max(1, math.ceil(t.epochs * n_batches / world / t.gradient_accumulation_steps)))
-        model = load_base_model(self.spec)
+        sharded = self.spec.launch.topology in ("fsdp", "deepspeed")
+        model = load_base_model(self.spec, device_map=None if sharded else "default")
         model = prepare_for_training(model, self.spec)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
