@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, Tag
 
-from .base import Section
+from .base import Section, tag_with_default
 
 
 class LoraSpec(Section):
-    method: Literal["lora"] = "lora"
+    """A LoRA adapter: small low-rank matrices beside the frozen base weights are trained."""
+
+    method: Literal["lora"] = Field("lora", description="LoRA (the default when `method` is left out).")
     r: int = Field(16, description="LoRA rank (1..1024).")
     alpha: float = Field(32, description="LoRA scaling numerator; the update is scaled by alpha/r (alpha/sqrt(r) with rslora).")
     dropout: float = Field(0.05, description="Dropout on the LoRA input, in [0, 1).")
@@ -26,7 +28,13 @@ class LoraSpec(Section):
 
 
 class FullSpec(Section):
-    method: Literal["none"] = Field("none", description="Full fine-tune: every weight is trained.")
+    """No adapter: every weight of the model is trained (full fine-tune)."""
+
+    # Required: with the tag left out the adapter is LoRA, so `method: none` must be written.
+    method: Literal["none"] = Field(description="Full fine-tune: every weight is trained.")
 
 
-AdapterSpec = Annotated[Union[LoraSpec, FullSpec], Field(discriminator="method")]
+# Tagged by `method`; a mapping without `method` is a LoRA adapter.
+AdapterSpec = Annotated[
+    Union[Annotated[LoraSpec, Tag("lora")], Annotated[FullSpec, Tag("none")]], tag_with_default("method", "lora")
+]

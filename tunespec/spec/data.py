@@ -56,6 +56,8 @@ class HoldoutSpec(Section):
 
 
 class TokenizationSpec(Section):
+    """How templated rows become token ids and loss masks."""
+
     max_length: int | None = Field(
         None, description="Longest tokenized row; default: the model's context length."
     )
@@ -70,13 +72,15 @@ class TokenizationSpec(Section):
 
 
 class DataSpec(Section):
+    """Where rows come from, how they are read, templated, tokenized and split."""
+
     sources: list[SourceSpec] = Field(min_length=1, description="One or more dataset sources.")
     format: FormatName = Field(description="How rows are read: " + ", ".join(FormatName.__args__) + ".")
     column_map: dict[str, str] = Field(default_factory=dict, description="Canonical field -> source column.")
     template: str | TemplateSpec | None = Field(
         None, description="Template library name or a template object; default: the format's default template."
     )
-    tokenization: TokenizationSpec = Field(default_factory=TokenizationSpec)
-    holdout: HoldoutSpec = Field(default_factory=HoldoutSpec)
+    tokenization: TokenizationSpec = Field(default_factory=TokenizationSpec, description="Token limits and loss masking.")
+    holdout: HoldoutSpec = Field(default_factory=HoldoutSpec, description="Test/validation rows carved out of train.")
     seed: int = Field(42, description="Seed for shuffling and holdout splits.")
     strict: bool = Field(False, description="Make any dropped row an error instead of a counted warning.")

@@ -10,16 +10,21 @@ from .base import Section
 
 
 class EvaluationSpec(Section):
-    split: Literal["train", "validation", "test"] = "test"
-    metrics: list[Literal["rouge", "loss"]] = Field(default_factory=lambda: ["rouge", "loss"])
+    """What `tunespec evaluate` measures: ROUGE of generated answers and loss, on one split."""
+
+    split: Literal["train", "validation", "test"] = Field("test", description="Split evaluated (`--split` overrides it).")
+    metrics: list[Literal["rouge", "loss"]] = Field(
+        default_factory=lambda: ["rouge", "loss"],
+        description="rouge: generate answers and score them against references; loss: loss and perplexity.",
+    )
     limit: int | None = Field(None, ge=1, description="Evaluate at most this many rows.")
-    max_new_tokens: int = Field(128, ge=1)
-    batch_size: int = Field(16, ge=1)
-    num_beams: int = Field(1, ge=1)
-    do_sample: bool = False
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int = 0
+    max_new_tokens: int = Field(128, ge=1, description="Longest generated answer, in tokens.")
+    batch_size: int = Field(16, ge=1, description="Prompts generated together.")
+    num_beams: int = Field(1, ge=1, description="Beam search width; 1 = greedy (or sampling).")
+    do_sample: bool = Field(False, description="Sample instead of decoding greedily; uses temperature, top_p and seed.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (do_sample only).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (do_sample only).")
+    seed: int = Field(0, description="Sampling seed (do_sample only).")
     reference_fields: list[str] | None = Field(
         None, description="Fields holding references (several for multi-reference); default: the format's answer field."
     )

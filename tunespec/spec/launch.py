@@ -4,42 +4,63 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, Tag
 
-from .base import Section
+from .base import Section, tag_with_default
 
 
 class _Launch(Section):
     num_processes: int = Field(1, ge=1, description="Processes (GPUs) per machine.")
-    num_machines: int = Field(1, ge=1)
-    machine_rank: int = Field(0, ge=0)
+    num_machines: int = Field(1, ge=1, description="Machines taking part; more than 1 needs main_process_ip.")
+    machine_rank: int = Field(0, ge=0, description="This machine's index, 0 .. num_machines - 1 (0 runs the main process).")
     main_process_ip: str | None = Field(None, description="Address of machine 0 (several machines).")
-    main_process_port: int = Field(29500, ge=1, le=65535)
+    main_process_port: int = Field(29500, ge=1, le=65535, description="Port machine 0 listens on for the others.")
     gpu_memory_gib: float | None = Field(None, gt=0, description="Per-GPU memory; compile fails if the estimate exceeds it.")
 
 
 class SingleLaunch(_Launch):
-    topology: Literal["single"] = "single"
+    """One process on one device (the default when `topology` is left out)."""
+
+    topology: Literal["single"] = Field("single", description="One process (the default when left out).")
 
 
 class MultiGpuLaunch(_Launch):
-    topology: Literal["multi_gpu"]
+    """Data parallel (DDP): one process per GPU, each holding a full copy of the model."""
+
+    topology: Literal["multi_gpu"] = Field(description="Data parallel across processes (DDP).")
 
 
 class FsdpLaunch(_Launch):
-    topology: Literal["fsdp"]
-    sharding: Literal["full_shard", "shard_grad_op", "hybrid_shard"] = "full_shard"
-    cpu_offload: bool = False
-    activation_checkpointing: bool = False
+    """PyTorch FSDP: parameters, gradients and optimizer states sharded across processes."""
+
+    topology: Literal["fsdp"] = Field(description="Fully Sharded Data Parallel.")
+    sharding: Literal["full_shard", "shard_grad_op", "hybrid_shard"] = Field(
+        "full_shard",
+        description="full_shard: shard everything; shard_grad_op: only gradients and optimizer states; "
+        "hybrid_shard: full shard within a machine, replicate across machines.",
+    )
+    cpu_offload: bool = Field(False, description="Keep parameters and gradients in CPU memory between uses.")
+    activation_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
 
 
 class DeepSpeedLaunch(_Launch):
-    topology: Literal["deepspeed"]
-    zero_stage: Literal[1, 2, 3] = 2
+    """DeepSpeed ZeRO: optimizer states (stage 1), + gradients (2), + parameters (3) sharded."""
+
+    topology: Literal["deepspeed"] = Field(description="DeepSpeed ZeRO.")
+    zero_stage: Literal[1, 2, 3] = Field(
+        2, description="1: shard optimizer states; 2: also gradients; 3: also parameters."
+    )
     offload_optimizer: bool = Field(False, description="ZeRO: keep optimizer states in CPU memory.")
     offload_params: bool = Field(False, description="ZeRO-3: keep parameters in CPU memory.")
 
 
+# Tagged by `topology`; a mapping without `topology` is a single-process launch.
 LaunchSpec = Annotated[
-    Union[SingleLaunch, MultiGpuLaunch, FsdpLaunch, DeepSpeedLaunch], Field(discriminator="topology")
+    Union[
+        Annotated[SingleLaunch, Tag("single")],
+        Annotated[MultiGpuLaunch, Tag("multi_gpu")],
+        Annotated[FsdpLaunch, Tag("fsdp")],
+        Annotated[DeepSpeedLaunch, Tag("deepspeed")],
+    ],
+    tag_with_default("topology", "single"),
 ]

@@ -8,4 +8,6 @@ from .base import Section
 
 
 class OutputSpec(Section):
+    """Where the build directory (and the run inside it) goes."""
+
     dir: str | None = Field(None, description="Build directory; default runs/<spec name> beside the spec.")

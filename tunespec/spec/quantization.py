@@ -10,6 +10,8 @@ from .base import Section
 
 
 class QuantizationSpec(Section):
+    """Load the frozen base model quantized (bitsandbytes); off unless load_in_4bit or load_in_8bit."""
+
     load_in_4bit: bool = Field(False, description="Load the base model in 4 bits (QLoRA).")
     load_in_8bit: bool = Field(False, description="Load the base model in 8 bits.")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")

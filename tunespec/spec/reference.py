@@ -194,7 +194,10 @@ def reference_markdown() -> str:
     ]
     if schema.get("description"):
         out += [_cell(schema["description"]), ""]
-    out += table(schema["properties"], set(schema.get("required", [])), Spec)
+    # The published schema leaves the top level's `required` out (for specs that `extends` a base): take it
+    # from the model, which still requires those keys of the composed spec.
+    top_required = {k for k, f in Spec.model_fields.items() if f.is_required()}
+    out += table(schema["properties"], top_required, Spec)
     for title, def_name in tables:
         d = defs[def_name]
         out += ["", f"### {title}", ""]

@@ -124,9 +124,10 @@ def quantization_consistent(spec: Spec) -> Iterator[Problem]:
     q = spec.quantization
     if q.load_in_4bit and q.load_in_8bit:
         yield _p("quantization", "load_in_4bit and load_in_8bit are both true", "choose one")
+    # `set_to_non_default`, not `explicitly_set`: a resolved spec (`tunespec show`) writes every default out.
     if not q.enabled:
         for key in ("quant_type", "double_quant", "compute_dtype", "quant_storage"):
-            if q.explicitly_set(key):
+            if q.set_to_non_default(key):
                 yield _p(
                     f"quantization.{key}",
                     "is set but no quantization is enabled",
@@ -134,7 +135,7 @@ def quantization_consistent(spec: Spec) -> Iterator[Problem]:
                 )
     elif q.load_in_8bit:
         for key in ("quant_type", "double_quant", "quant_storage"):
-            if q.explicitly_set(key):
+            if q.set_to_non_default(key):
                 yield _p(f"quantization.{key}", "applies to 4-bit only", "remove it, or use load_in_4bit")
     if q.enabled and isinstance(spec.adapter, FullSpec):
         yield _p(

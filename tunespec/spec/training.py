@@ -14,33 +14,45 @@ Optimizer = Literal[
 
 
 class TrainingSpec(Section):
+    """Optimisation: batch sizes, length, learning rate and schedule, precision, checkpoints, evaluation."""
+
     micro_batch_size: int = Field(8, ge=1, description="Sequences per device per forward pass.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     epochs: float | None = Field(3, gt=0, description="Passes over the train split (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate curve after warm-up (decay to 0 for cosine and linear)."
+    )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up.")
     warmup_steps: int = Field(0, ge=0, description="Warm-up steps; overrides warmup_ratio when > 0.")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on weight matrices (not biases or norms).")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null = off.")
-    optimizer: Optimizer = "adamw_torch"
+    optimizer: Optimizer = Field(
+        "adamw_torch", description="8bit and paged variants use bitsandbytes (CUDA); adafactor saves optimizer memory."
+    )
     bf16: bool | Literal["auto"] = Field("auto", description="bfloat16 autocast; auto = on where the GPU supports it.")
     fp16: bool = Field(False, description="float16 autocast with loss scaling.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     packing: bool = Field(False, description="Pack rows into one sequence without cross-row attention.")
     group_by_length: bool = Field(True, description="Batch rows of similar length to waste less padding.")
-    logging_steps: int = Field(10, ge=1)
-    save_strategy: Literal["steps", "epoch", "no"] = "steps"
-    save_steps: int = Field(100, ge=1)
+    logging_steps: int = Field(10, ge=1, description="Log loss and learning rate every N optimizer steps.")
+    save_strategy: Literal["steps", "epoch", "no"] = Field(
+        "steps", description="When checkpoints are saved: every save_steps, every epoch, or never."
+    )
+    save_steps: int = Field(100, ge=1, description="Save a checkpoint every N optimizer steps (save_strategy: steps).")
     save_total_limit: int | None = Field(2, ge=1, description="Keep the newest N checkpoints (plus the best).")
-    eval_strategy: Literal["no", "steps", "epoch"] = "no"
+    eval_strategy: Literal["no", "steps", "epoch"] = Field(
+        "no", description="When the validation loss is computed during training: never, every eval_steps, every epoch."
+    )
     eval_steps: int | None = Field(None, ge=1, description="Default: save_steps.")
     eval_batch_size: int | None = Field(None, ge=1, description="Default: micro_batch_size.")
-    load_best_model_at_end: bool = False
-    metric_for_best_model: str = "eval_loss"
-    greater_is_better: bool = False
-    seed: int = 42
+    load_best_model_at_end: bool = Field(
+        False, description="Finish with the checkpoint best by metric_for_best_model (needs evaluation)."
+    )
+    metric_for_best_model: str = Field("eval_loss", description="Metric that picks the best checkpoint.")
+    greater_is_better: bool = Field(False, description="Whether a higher metric_for_best_model is better.")
+    seed: int = Field(42, description="Seed for initialisation, dropout and batch order.")
     report_to: list[Literal["tensorboard", "wandb", "none"]] = Field(
         default_factory=lambda: ["tensorboard"], description="Where metrics go besides metrics.jsonl."
     )
