@@ -125,7 +125,20 @@ def _check_target(path: Path, key: str, force: bool) -> dict | None:
     return None
 
 
-def _record_row(rec: Record, template: Template, fmt: str, segments, tokenizer, ref_fields: list[str]) -> dict:
+def _chat_prompt(segments, eos_text: str | None, add_eos: bool) -> str:
+    """What generation is given for a chat row: the rendered row up to its last trained turn, with the EOS
+    that tokenization appends after each earlier trained turn (so it tokenizes to exactly the trained-on ids)."""
+    last = max(i for i, s in enumerate(segments) if s.trained)
+    parts: list[str] = []
+    for s in segments[:last]:
+        parts.append(s.text)
+        if s.trained and add_eos and eos_text and not s.text.rstrip().endswith(eos_text):
+            parts.append(eos_text)
+    return "".join(parts)
+
+
+def _record_row(rec: Record, template: Template, fmt: str, segments, tokenizer, ref_fields: list[str],
+                add_eos: bool = True) -> dict:
     row: dict = {"id": rec.id, "source": rec.source}
     if template.kind == "fields":
         row["prompt"] = segments[0].text
@@ -136,7 +149,7 @@ def _record_row(rec: Record, template: Template, fmt: str, segments, tokenizer, 
         row["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
         if rec.tools:
             row["tools"] = rec.tools
-        row["eval_prompt"] = template.render_prompt(rec, fmt, tokenizer)
+        row["eval_prompt"] = _chat_prompt(segments, tokenizer.eos_token, add_eos)
         last = [m["content"] for m in messages if m["role"] in ("assistant", "tool_call")]
         refs = [rec.fields.get(f, "") for f in ref_fields] if (rec.fields and ref_fields) else last[-1:]
     row["references"] = [r for r in refs if r]
@@ -238,7 +251,8 @@ def compile_build(
                 problems += drop_problems(tok.dropped, f"data.tokenization ({split})")
             with open(tmp / "data" / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
                 for i in tok.kept:
-                    row = _record_row(records[i], template, fmts[i], rendered[i], tokenizer, ref_fields_of[fmts[i]])
+                    row = _record_row(records[i], template, fmts[i], rendered[i], tokenizer, ref_fields_of[fmts[i]],
+                                      add_eos=data.tokenization.add_eos)
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
             np.save(tmp / "tokens" / f"{split}.ids.npy", tok.ids)
             np.save(tmp / "tokens" / f"{split}.trained.npy", tok.trained)
@@ -253,7 +267,7 @@ def compile_build(
                 "truncated": tok.truncated,
                 "length": _length_stats(lengths),
             }
-        if "train" not in split_stats:
+        if "train" not in split_stats or split_stats["train"]["rows"] == 0:
             raise DataError(Problem("no training rows are left", path="data.sources",
                                     hint="check the sources, their split names and the drop counts above"))
         if data.strict and problems:

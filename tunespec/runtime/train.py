@@ -141,6 +141,11 @@ class Trainer:
         n_batches = len(self._batches(0))
         self.plan = Plan(micro_per_epoch=n_batches // world, accum=t.gradient_accumulation_steps,
                          total_steps=t.max_steps or max(1, math.ceil(t.epochs * n_batches / world / t.gradient_accumulation_steps)))
+        if self.plan.micro_per_epoch == 0:
+            raise BuildError(Problem(
+                f"the train split has {len(self.train_set)} rows: not one micro-batch for each of {world} process(es)",
+                file=str(self.build.path / "manifest.json"),
+                hint="check the compile report's drop counts (rows longer than max_length are dropped) and recompile"))
         sharded = self.spec.launch.topology in ("fsdp", "deepspeed")
         model = load_base_model(self.spec, device_map=None if sharded else "default")
         model = prepare_for_training(model, self.spec)
@@ -178,6 +183,7 @@ class Trainer:
             "step": step,
             "total_steps": self.plan.total_steps,
             "input_key": self.build.input_key,
+            "world_size": self.acc.num_processes,
             "spec": self.build.lock["spec"],
             "metrics": metrics,
             "best": self.best,
@@ -232,6 +238,13 @@ class Trainer:
                 raise BuildError(Problem(
                     f"{latest.name} was trained from a different build; changed: {', '.join(diffs[:12]) or 'the data'}",
                     file=str(latest), hint=f"restore the old spec/data, or start over: tunespec train {self.build.path} --restart"))
+        saved_world = state.get("world_size", self.acc.num_processes)
+        if saved_world != self.acc.num_processes:
+            raise BuildError(Problem(
+                f"{latest.name} was written by {saved_world} process(es), this run has {self.acc.num_processes}; "
+                "the data order depends on the number of processes", file=str(latest),
+                hint=f"resume with the same launch ({'bash BUILD/launch.sh' if saved_world > 1 else 'tunespec train BUILD'}), "
+                "or start over with --restart"))
         self.log(f"resuming from {latest.name}")
         if (latest / "accelerate").is_dir():
             self.acc.load_state(str(latest / "accelerate"))
@@ -246,6 +259,7 @@ class Trainer:
             self.scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=False))
             ckpt.set_rng_state(torch.load(latest / "rng.pt", weights_only=False))
         self.best = state.get("best")
+        self.resumed_metrics = dict(state.get("metrics") or {})
         return int(state["step"])
 
     # ------------------------------------------------------------------ evaluation
@@ -280,6 +294,7 @@ class Trainer:
 
         self.setup()
         self.best = None
+        self.resumed_metrics: dict = {}
         start = self.resume()
         t = self.spec.training
         plan = self.plan
@@ -291,10 +306,12 @@ class Trainer:
             self.build.train_dir.mkdir(parents=True, exist_ok=True)
             if start == 0 and metrics_path.exists():
                 metrics_path.unlink()
+            elif metrics_path.exists():
+                _truncate_metrics(metrics_path, start)
         self.log(f"training {plan.total_steps} steps × {plan.accum} micro-batches of {t.micro_batch_size} "
                  f"on {self.acc.num_processes} process(es), {self.acc.device}; {len(self.train_set)} train rows")
         self.model.train()
-        last: dict = {}
+        last: dict = dict(self.resumed_metrics)  # a resume at the last step only finishes
         window = {"loss": 0.0, "tokens": 0, "real": 0, "padded": 0, "t0": time.perf_counter(), "steps": 0}
         epoch_cache: dict[int, list[list[int]]] = {}
         step = start
@@ -367,7 +384,10 @@ class Trainer:
                 if stop.signal is not None:
                     path = self.save(step, last)
                     name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
-                    self.log(f"{name}: saved {path.name}; resume with: tunespec train {self.build.path}")
+                    # several processes must be started again by accelerate, not by `tunespec train` (one process)
+                    again = (f"tunespec train {self.build.path}" if self.spec.launch.topology == "single"
+                             else f"bash {self.build.path / 'launch.sh'}")
+                    self.log(f"{name}: saved {path.name}; resume with: {again}")
                     raise SystemExit(130 if stop.signal == signal.SIGINT else 143)
                 if do_save and step < plan.total_steps:
                     self.save(step, last)
@@ -453,6 +473,19 @@ class Trainer:
             for n, w in weights.items():
                 named[n].copy_(w.to(named[n].device))
         self.log(f"loaded the best checkpoint, {checkpoint.name}")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the records of steps after `step`: a killed run logged them, and the resumed run trains them again."""
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by the kill
+            continue
+        if record.get("step", 0) <= step:
+            keep.append(line + "\n")
+    path.write_text("".join(keep), encoding="utf-8")
 
 
 class _null:
