@@ -130,6 +130,7 @@ def prepare_for_training(model, spec: Spec):
     if isinstance(spec.adapter, LoraSpec):
         from peft import get_peft_model
 
+        check_targets(model, spec.adapter)
         try:
             model = get_peft_model(model, lora_config(spec.adapter))
         except ValueError as e:
@@ -137,6 +138,21 @@ def prepare_for_training(model, spec: Spec):
                                      hint="use all-linear, or module names this architecture has "
                                      "(tunespec validate --deep lists them)")) from None
     return model
+
+
+def check_targets(model, adapter: LoraSpec) -> None:
+    """Every named LoRA target must exist: peft silently skips names that match nothing when others match."""
+    if not isinstance(adapter.target_modules, list):
+        return
+    names = [n for n, _ in model.named_modules() if n]
+    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                     if type(m).__name__ in ("Linear", "Linear4bit", "Linear8bitLt", "Conv1D")})
+    missing = [t for t in adapter.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ModelError(Problem(
+            f"target module(s) {', '.join(missing)} not found in {type(model).__name__}",
+            path="adapter.target_modules",
+            hint=f"this model's linear layers are: {', '.join(leaves)} (or use all-linear)"))
 
 
 def trainable_parameters(model) -> list:
