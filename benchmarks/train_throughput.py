@@ -1,0 +1,319 @@
+"""Training throughput side by side on one GPU: the seed recipe, TRL's SFTTrainer, and tunespec.
+
+    python benchmarks/train_throughput.py --data DEV.jsonl --model-dir DIR [--shape smollm2|1b] \
+        [--random-weights] [--steps 30] [--systems seed_qlora,seed_lora,trl,trl_packing,tunespec,tunespec_packing] \
+        --out results.json
+
+Workload (the performance issue's): DialogSum dev (first 400 rows), the `### Instruct / ### Output /
+### End` summarization prompt, LoRA r=16 alpha=32 on every linear layer, bf16, max length 1024, a fixed
+number of optimizer steps per system. Each system runs in its own process (clean peak memory).
+
+* seed_qlora / seed_lora: HF `Trainer` with `DataCollatorForLanguageModeling(mlm=False)`, pad = EOS,
+  batch 2 x accumulation 5, gradient checkpointing, `paged_adamw_8bit`, prompt+completion tokenized as
+  one text (the loss covers the prompt; EOS is never a label). qlora: 4-bit NF4 double-quant base.
+* trl / trl_packing: TRL `SFTTrainer` on prompt/completion rows (completion-only loss), LoRA, batch 16,
+  TRL's own defaults otherwise (gradient checkpointing on), with and without `packing=True`.
+* tunespec / tunespec_packing: compiled from `benchmarks/specs/dialogsum-dev-lora.yaml` with the same
+  template and its defaults (no gradient checkpointing, length-grouped batches, micro batch 16), and
+  with `training.packing: true`.
+
+Reported per system: real (non-pad) tokens/s and padded positions/s over the timed steps (after 3
+warm-up steps), peak GPU memory (`max_memory_allocated`), the train loss averaged over the last 5
+steps, and MFU = 6 * N * real tokens/s / measured bf16 matmul peak (PaLM's convention with N the model's
+parameters; it counts the weight-gradient matmuls a LoRA run skips, so LoRA's hardware utilisation is
+about 2/3 of that figure, plus attention FLOPs it leaves out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WARMUP = 3
+PROMPT = "### Instruct: Summarize the below conversation.\n\n{dialogue}\n\n### Output:\n"
+COMPLETION = "{summary}\n### End"
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {
+    # Llama-3.2-1B-like shape with SmolLM2's vocabulary (the tokenizer is SmolLM2's)
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, tie_word_embeddings=True),
+}
+
+
+def rows(path: Path, n: int = 400) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f][:n]
+
+
+def model_dir(args) -> str:
+    """A directory with config.json and the tokenizer: `--model-dir` as given, or its GGUF de-quantized."""
+    from tunespec.models import ModelRef, resolve
+
+    ggufs = sorted(Path(args.model_dir).glob("*.gguf"))
+    if ggufs:
+        return resolve(ModelRef(path=str(args.model_dir), gguf_file=ggufs[0].name))
+    return str(args.model_dir)
+
+
+def load_model(args, quantized: bool):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+
+    src = model_dir(args)
+    qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                            bnb_4bit_compute_dtype=torch.bfloat16) if quantized else None
+    if args.random_weights or args.shape != "smollm2":
+        config = AutoConfig.from_pretrained(src)
+        for k, v in SHAPES.get(args.shape, {}).items():
+            setattr(config, k, v)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        if quantized:
+            tmp = Path("/tmp/bench-random-model")
+            model.save_pretrained(tmp)
+            return AutoModelForCausalLM.from_pretrained(tmp, quantization_config=qc, dtype=torch.bfloat16,
+                                                        device_map={"": 0})
+        return model.to("cuda")
+    return AutoModelForCausalLM.from_pretrained(src, quantization_config=qc, dtype=torch.bfloat16,
+                                                device_map={"": 0})
+
+
+def lora():
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+class Meter:
+    """Counts real and padded positions of every batch and times optimizer steps after the warm-up."""
+
+    def __init__(self):
+        self.real = self.padded = 0
+        self.step = 0
+        self.t0 = None
+        self.losses: list[float] = []
+
+    def batch(self, batch: dict) -> None:
+        if self.step >= WARMUP:
+            ids = batch["input_ids"]
+            mask = batch.get("attention_mask")
+            self.padded += ids.numel()
+            self.real += int(mask.sum()) if mask is not None else ids.numel()
+
+    def step_end(self) -> None:
+        import torch
+
+        self.step += 1
+        if self.step == WARMUP:
+            torch.cuda.synchronize()
+            self.t0 = time.perf_counter()
+
+    def result(self, model) -> dict:
+        import torch
+
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - self.t0
+        n = sum(p.numel() for p in model.parameters())
+        return {"timed_steps": self.step - WARMUP, "seconds": round(elapsed, 3),
+                "real_tokens_per_s": round(self.real / elapsed, 1), "positions_per_s": round(self.padded / elapsed, 1),
+                "padding_fraction": round(1 - self.real / max(1, self.padded), 4),
+                "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+                "final_loss": round(sum(self.losses[-5:]) / max(1, len(self.losses[-5:])), 4), "params": n}
+
+
+def hf_callback(meter: Meter):
+    from transformers import TrainerCallback
+
+    class CB(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            meter.step_end()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                meter.losses.append(float(logs["loss"]))
+
+    return CB()
+
+
+def counting(collator, meter: Meter):
+    def wrapped(features):
+        batch = collator(features)
+        meter.batch(batch)
+        return batch
+
+    return wrapped
+
+
+def run_seed(args, quantized: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    tok = AutoTokenizer.from_pretrained(model_dir(args))
+    tok.pad_token = tok.eos_token
+    data = Dataset.from_list([{"text": PROMPT.format(**r) + COMPLETION.format(**r)} for r in rows(args.data)])
+    data = data.map(lambda b: tok(b["text"], truncation=True, max_length=1024), batched=True, remove_columns=["text"])
+    model = load_model(args, quantized)
+    model.gradient_checkpointing_enable()
+    model = prepare_model_for_kbit_training(model) if quantized else model
+    model.enable_input_require_grads()
+    model = get_peft_model(model, lora())
+    meter = Meter()
+    targs = TrainingArguments(output_dir="/tmp/bench-seed", per_device_train_batch_size=2, gradient_accumulation_steps=5,
+                              max_steps=args.steps, learning_rate=2e-4, optim="paged_adamw_8bit", logging_steps=1,
+                              gradient_checkpointing=True, bf16=True, report_to=[], save_strategy="no", warmup_steps=1)
+    collator = counting(DataCollatorForLanguageModeling(tok, mlm=False), meter)
+    torch.cuda.reset_peak_memory_stats()
+    Trainer(model=model, args=targs, train_dataset=data, data_collator=collator, callbacks=[hf_callback(meter)]).train()
+    return meter.result(model)
+
+
+def run_trl(args, packing: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(model_dir(args))
+    data = Dataset.from_list([{"prompt": PROMPT.format(**r), "completion": COMPLETION.format(**r)} for r in rows(args.data)])
+    model = load_model(args, False)
+    meter = Meter()
+    cfg = SFTConfig(output_dir="/tmp/bench-trl", per_device_train_batch_size=16, max_steps=args.steps, learning_rate=2e-4,
+                    logging_steps=1, bf16=True, report_to=[], save_strategy="no", packing=packing, max_length=1024,
+                    warmup_steps=1)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, peft_config=lora(),
+                         callbacks=[hf_callback(meter)])
+    trainer.data_collator = counting(trainer.data_collator, meter)
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    return meter.result(trainer.model)
+
+
+def run_tunespec(args, packing: bool) -> dict:
+    import torch
+
+    from tunespec.compiler.build import compile_build
+    from tunespec.runtime.build import Build
+    from tunespec.runtime.train import Trainer
+    from tunespec.spec.loader import load_spec
+
+    sets = ["model.packaged=null", f"model.path={model_dir(args)}",
+            f"data.sources.0.path={args.data}", "data.template=instruct_output_end", f"training.max_steps={args.steps}",
+            "training.logging_steps=1", "training.save_strategy=no", "training.learning_rate=2.0e-4",
+            "training.warmup_steps=1", f"training.packing={'true' if packing else 'false'}", "evaluation.metrics=[loss]"]
+    out = Path(f"/tmp/bench-tunespec-{'packing' if packing else 'padded'}")
+    compile_build(load_spec(ROOT / "benchmarks/specs/dialogsum-dev-lora.yaml", sets), out, force=True)
+    meter = Meter()
+    trainer = Trainer(Build(out), restart=True, log=lambda s: None)
+    original = trainer._collate
+
+    def collate(tokens, rows_):
+        batch = original(tokens, rows_)
+        meter.batch(batch)
+        return batch
+
+    trainer._collate = collate
+    original_log = trainer._log_metrics
+
+    def log_metrics(record, path, writer):
+        if "loss" in record:
+            meter.losses.append(record["loss"])
+            meter.step_end()
+        original_log(record, path, writer)
+
+    trainer._log_metrics = log_metrics
+    if args.random_weights or args.shape != "smollm2":
+        import tunespec.runtime.modeling as modeling
+
+        modeling_load = modeling.load_base_model
+        modeling.load_base_model = lambda spec, **kw: load_model(args, False)
+        try:
+            torch.cuda.reset_peak_memory_stats()
+            trainer.run()
+        finally:
+            modeling.load_base_model = modeling_load
+    else:
+        torch.cuda.reset_peak_memory_stats()
+        trainer.run()
+    return meter.result(trainer.model)
+
+
+def matmul_peak() -> float:
+    import torch
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * 10 / (time.perf_counter() - t)
+
+
+SYSTEMS = {
+    "seed_qlora": lambda a: run_seed(a, True),
+    "seed_lora": lambda a: run_seed(a, False),
+    "trl": lambda a: run_trl(a, False),
+    "trl_packing": lambda a: run_trl(a, True),
+    "tunespec": lambda a: run_tunespec(a, False),
+    "tunespec_packing": lambda a: run_tunespec(a, True),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--model-dir", type=Path, required=True,
+                    help="SmolLM2's GGUF directory, or a directory with its config.json and tokenizer (--random-weights)")
+    ap.add_argument("--shape", default="smollm2", choices=["smollm2", *SHAPES])
+    ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--system", help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--timeout", type=int, default=150, help="Seconds per system.")
+    args = ap.parse_args()
+    if args.system:  # child process: one system
+        result = SYSTEMS[args.system](args)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    import torch
+
+    peak = matmul_peak()
+    results = {"device": torch.cuda.get_device_name(), "bf16_matmul_peak_tflops": round(peak / 1e12, 1),
+               "shape": args.shape, "weights": "random" if args.random_weights or args.shape != "smollm2" else "real",
+               "steps": args.steps, "systems": {}}
+    for name in args.systems.split(","):
+        cmd = [sys.executable, __file__, "--system", name, "--data", str(args.data), "--model-dir", str(args.model_dir),
+               "--shape", args.shape, "--steps", str(args.steps)] + (["--random-weights"] if args.random_weights else [])
+        t = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                  timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            results["systems"][name] = {"error": f"timed out after {args.timeout} s"}
+            continue
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not line:
+            results["systems"][name] = {"error": (proc.stderr or proc.stdout)[-1500:]}
+        else:
+            r = json.loads(line[-1][7:])
+            r["mfu_6N"] = round(6 * r["params"] * r["real_tokens_per_s"] / peak, 4)
+            r["wall_s"] = round(time.perf_counter() - t, 1)
+            results["systems"][name] = r
+        print(name, json.dumps(results["systems"][name])[:600], flush=True)
+        if args.out:  # after every system, so a cut-off run keeps what it measured
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
