@@ -64,10 +64,10 @@ class LoadedSpec:
 
     @property
     def build_dir(self) -> Path:
-        """The default build directory: output.dir, else runs/<name> beside the spec file."""
+        """The default build directory: output.dir, else runs/<name> in the current directory."""
         if self.spec.output.dir:
             return Path(self.spec.output.dir)
-        return self.file.parent / "runs" / self.spec.name
+        return Path("runs") / self.spec.name
 
 
 def dotted(loc: Loc) -> str:

@@ -10,4 +10,4 @@ from .base import Section
 class OutputSpec(Section):
     """Where the build directory (and the run inside it) goes."""
 
-    dir: str | None = Field(None, description="Build directory; default runs/<spec name> beside the spec.")
+    dir: str | None = Field(None, description="Build directory (relative to this file); default runs/<spec name> in the current directory.")
