@@ -105,7 +105,13 @@ def schema(output: Path | None) -> None:
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if output:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as e:
+            from .errors import Problem
+
+            raise TunespecError(Problem(f"cannot write: {e.strerror}", file=str(output),
+                                        hint="check that the directory exists and is writable")) from None
     else:
         click.echo(text, nl=False)
 
@@ -226,7 +232,7 @@ def merge(build: Path, dtype: str | None) -> None:
 @click.argument("build", type=click.Path(path_type=Path))
 @click.option("--model", "which", help="base, adapter, merged or a model directory (default: base and tuned).")
 @click.option("--split", help="Split to evaluate (default: evaluation.split).")
-@click.option("--limit", type=int, help="Evaluate at most N rows.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate at most N rows.")
 @click.option("--multi-ref", type=click.Choice(["mean", "max"]), help="Combine several references by mean or max.")
 @user_errors
 def evaluate(build: Path, which: str | None, split: str | None, limit: int | None, multi_ref: str | None) -> None:
@@ -235,6 +241,11 @@ def evaluate(build: Path, which: str | None, split: str | None, limit: int | Non
     from .runtime.evaluate import evaluate as run_eval
 
     b = Build(build)
+    if split and not b.has_split(split):
+        from .errors import BuildError, Problem
+
+        raise BuildError(Problem(f"the build has no `{split}` split (it has {', '.join(b.manifest['splits'])})",
+                                 path="--split", file=str(build), hint="choose one of the build's splits"))
     summary = run_eval(b, model=which, split=split, limit=limit, multi_ref=multi_ref,
                        log=lambda s: click.echo(s, err=True))
     click.echo((b.eval_dir / "report.md").read_text(encoding="utf-8").split("## Best")[0].rstrip())

@@ -124,6 +124,7 @@ class _Source:
     origins: dict[Loc, Origin] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     _merge_keys: dict[tuple[int, int], tuple[int, int]] | None = None
+    nodes: int = 0  # values converted so far (bounded: an alias bomb must not hang the loader)
 
     def merge_key_at(self, node: CommentedMap) -> tuple[int, int]:
         """The (0-based) position of the `<<` key in this mapping (ruamel keeps no position for it)."""
@@ -179,6 +180,16 @@ def _plain(node: Any, loc: Loc, src: _Source, active: frozenset[int] = frozenset
     kept (at the position of their ``<<``) so that they cause no further errors, keys that are not text
     are dropped.
     """
+    src.nodes += 1
+    if src.nodes > MAX_NODES:
+        raise SpecError(Problem(f"the spec expands to more than {MAX_NODES:,} values (YAML aliases?)", file=src.file,
+                                path=dotted(loc) or None, hint="write the spec out without repeated `*alias` expansion"))
+    tag = getattr(getattr(node, "tag", None), "value", None)
+    if tag is not None and tag not in PLAIN_TAGS:
+        pos = getattr(getattr(node, "lc", None), "line", None)
+        src.problem((pos, node.lc.col) if pos is not None else None, f"YAML tag `{tag.replace('tag:yaml.org,2002:', '!!')}` is not allowed", dotted(loc),
+                    "remove the tag: a spec holds plain mappings, lists, text, numbers and booleans")
+        return None
     if isinstance(node, (CommentedMap, CommentedSeq)):
         if id(node) in active:
             src.problem(None, "a value contains itself (a recursive `*alias`)", dotted(loc), "write the value out")
@@ -337,6 +348,11 @@ def _yaml_problem(e: MarkedYAMLError, text: str, shown: str) -> Problem:
                    hint=hint)
 
 
+MAX_NODES = 200_000
+PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("map", "seq", "str", "int", "float", "bool", "null")} | {
+    "!!map", "!!seq", "!!str", "!!int", "!!float", "!!bool", "!!null"}
+
+
 def _read_yaml(path: Path, shown: str) -> tuple[dict, dict[Loc, Origin], list[Problem]]:
     """A spec file as plain data, with positions; problems that still let the rest be checked are returned."""
     try:
@@ -358,8 +374,11 @@ def _read_yaml(path: Path, shown: str) -> tuple[dict, dict[Loc, Origin], list[Pr
     empty = Problem("the spec file is empty", file=shown, hint="start from one of the specs in specs/")
     if not text.strip() or all(ln.lstrip().startswith("#") or not ln.strip() for ln in text.splitlines()):
         raise SpecError(empty)
+    too_deep = Problem("the YAML is nested too deeply", file=shown, hint="a spec needs only a few levels of nesting")
     try:
         node = _yaml().load(text)
+    except RecursionError:
+        raise SpecError(too_deep) from None
     except MarkedYAMLError as e:
         raise SpecError(_yaml_problem(e, text, shown)) from None
     except YAMLError as e:
@@ -372,7 +391,10 @@ def _read_yaml(path: Path, shown: str) -> tuple[dict, dict[Loc, Origin], list[Pr
                     hint="write `name: ...`, `model: ...`, `data: ...` at the top level")
         )
     src = _Source(text, shown)
-    doc = _plain(node, (), src)
+    try:
+        doc = _plain(node, (), src)
+    except RecursionError:
+        raise SpecError(too_deep) from None
     return doc, src.origins, src.problems
 
 
