@@ -261,6 +261,19 @@ def test_accelerate_launch_fsdp_plugin(tmp_path):
     assert plugin.state_dict_type.name == "SHARDED_STATE_DICT"
 
 
+@pytest.mark.parametrize("name", ["multi_gpu", "fsdp", "two_machines"])
+def test_accelerate_launch_starts_every_process_without_gpus(tmp_path, name):
+    """launch.sh on a machine without GPUs (CI): the config's MULTI_GPU/FSDP make accelerate start its
+    processes through torchrun (a MULTI_CPU config or use_cpu would start one process); the runtime's
+    Accelerator(cpu=True) then joins them into a gloo group (tests/test_distributed.py runs it)."""
+    build, _ = write(tmp_path, TOPOLOGIES[name])
+    args, _ = _launch_env(build)
+    assert (args.multi_gpu or args.use_fsdp) and not args.cpu  # -> multi_gpu_launcher, not simple_launcher
+    ln = TOPOLOGIES[name]
+    assert args.nproc_per_node == str(ln["num_processes"])
+    assert args.num_machines == ln.get("num_machines", 1)
+
+
 def test_accelerate_launch_hybrid_parallelism(tmp_path):
     from accelerate.parallelism_config import ParallelismConfig
 

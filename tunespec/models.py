@@ -145,7 +145,7 @@ def load_tokenizer(ref: ModelRef, where: str | None = None):
     try:
         tok = AutoTokenizer.from_pretrained(source, revision=None if where else ref.revision,
                                             trust_remote_code=ref.trust_remote_code)
-    except OSError as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:  # missing/unreadable files, no tokenizer in the directory
         raise ModelError(Problem(f"cannot load the tokenizer of {ref.label}: {e}".split("\n")[0], path="model",
                                  hint="check the model reference; offline, use a local model.path or model.packaged")) from None
     return tok

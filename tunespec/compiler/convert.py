@@ -339,7 +339,7 @@ def write_text_atomically(path: Path, text: str) -> None:
     """Write UTF-8 text to a temporary file next to ``path``, then rename it over ``path``."""
     path = Path(path)
     if path.is_dir():
-        raise DataError(Problem("is a directory; name an output file", file=str(path)))
+        raise DataError(Problem("is a directory", file=str(path), hint="name an output file, e.g. OUT.jsonl"))
     if not path.parent.is_dir():
         raise DataError(
             Problem("the output directory does not exist", file=str(path), hint=f"create {str(path.parent)!r} first")
@@ -348,7 +348,8 @@ def write_text_atomically(path: Path, text: str) -> None:
     try:  # mode 0o666 less the umask, like any new file (mkstemp would make it 0o600)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
-        raise DataError(Problem(f"cannot write here: {exc.strerror or exc}", file=str(path))) from None
+        raise DataError(Problem(f"cannot write here: {exc.strerror or exc}", file=str(path),
+                                hint="choose a writable output directory with -o")) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
@@ -357,5 +358,6 @@ def write_text_atomically(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         if isinstance(exc, OSError):
-            raise DataError(Problem(f"cannot write the file: {exc.strerror or exc}", file=str(path))) from None
+            raise DataError(Problem(f"cannot write the file: {exc.strerror or exc}", file=str(path),
+                                    hint="free some space, or write to another directory with -o")) from None
         raise

@@ -66,8 +66,8 @@ def read_rows(path: Path, *, fmt: str | None = None) -> list[dict]:
 def read_table(path: Path, *, fmt: str | None = None) -> Table:
     """Read a JSON / JSONL / CSV / Parquet file into a ``Table``; any problem is a ``DataError``."""
     path = Path(path)
+    _check_readable(path)  # a missing file or a directory is said so, whatever its suffix
     kind = file_type(path, fmt)
-    _check_readable(path)
     if kind == "parquet":
         rows = _read_parquet(path)
         lines = None
@@ -182,8 +182,11 @@ def _json_error(path: Path, exc: json.JSONDecodeError, hint: str | None = None) 
 
 def _unparsable(path: Path, exc: Exception, line: int) -> DataError:
     """Valid JSON syntax that Python cannot load: nesting too deep, or an integer too long."""
-    message = "JSON nested too deeply" if isinstance(exc, RecursionError) else f"cannot load this JSON value: {exc}"
-    return DataError(Problem(message, file=str(path), line=line))
+    if isinstance(exc, RecursionError):
+        message, hint = "JSON nested too deeply", "flatten the value: rows hold text fields, not deep structures"
+    else:
+        message, hint = f"cannot load this JSON value: {exc}", "write very long numbers as strings"
+    return DataError(Problem(message, file=str(path), line=line, hint=hint))
 
 
 def _type_name(value: object) -> str:

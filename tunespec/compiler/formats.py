@@ -179,11 +179,13 @@ def convert_rows(
     source: str,
     column_map: dict[str, str] | None = None,
     id_column: str | None = None,
+    first_dropped: dict[str, int] | None = None,
 ) -> tuple[list[Record], Counter]:
     """Convert rows of format ``fmt`` into records; rows that cannot be converted are counted by reason.
 
     Raises ``DataError`` only for spec mistakes (unknown format, bad ``column_map``, a required or
-    mapped column that no row has), never for a single bad row.
+    mapped column that no row has), never for a single bad row. ``first_dropped``, when given, is
+    filled with the index of the first row dropped for each reason (to point at it in messages).
     """
     converter = RowConverter(fmt, source=source, column_map=column_map, id_column=id_column)
     converter.check_columns(rows)
@@ -194,6 +196,8 @@ def convert_rows(
             records.append(converter.convert(row, index))
         except Dropped as drop:
             drops[drop.reason] += 1
+            if first_dropped is not None:
+                first_dropped.setdefault(drop.reason, index)
     return records, drops
 
 

@@ -61,6 +61,23 @@ Several machines.
     (``--main_process_ip`` on the command line overrides the file's). For DeepSpeed,
     ``deepspeed_multinode_launcher: standard``: one ``accelerate launch`` per machine (no
     pdsh/hostfile), which is what ``launch.slurm`` and running ``launch.sh`` on every machine do.
+    The build directory must be on a file system every machine sees: the main process writes the
+    checkpoints (under FSDP/DeepSpeed every process writes its shards into them), and a resume
+    refuses to start when the processes see different newest checkpoints.
+Machines without GPUs (CI, a laptop).
+    ``launch.sh`` is the same ``accelerate launch``, and the config stays ``MULTI_GPU``/``FSDP``:
+    for those accelerate starts ``num_processes`` workers through torchrun whether or not there
+    are GPUs, and the runtime's ``Accelerator(cpu=True)`` joins them into a gloo group (MULTI_CPU),
+    so ``bash launch.sh`` runs real data-parallel processes on a CPU, on one machine or several.
+    (``distributed_type: MULTI_CPU`` would not: accelerate then starts one process and expects
+    ``mpirun`` to start the others; ``use_cpu: true`` likewise.) accelerate applies FSDP on GPUs
+    only: on a CPU an FSDP build trains as plain data parallel with unsharded checkpoints, and the
+    runtime says so. DeepSpeed needs deepspeed and GPUs.
+Stopping several processes.
+    torchrun starts every worker in a session of its own, so a signal to ``launch.sh``'s process
+    group (``kill -- -PGID``, Ctrl-C) reaches the launcher only; it passes SIGTERM/SIGINT on to the
+    workers, which finish the step, save and exit, and SIGKILLs those left after 30 s. SIGKILL of
+    the launcher alone leaves the workers running: kill them too (Slurm kills the whole job).
 
 Running on several machines
 ---------------------------

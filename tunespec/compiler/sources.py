@@ -10,7 +10,7 @@ permutation. Every dropped row is counted by reason; ``strict`` makes any drop a
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,23 @@ from ..errors import DataError, Problem
 from ..models import sha256_file
 from ..spec.data import DataSpec, SourceSpec
 from ..spec.rules import HUB_BUILDERS
-from .files import expand_glob, read_table
+from .files import Table, expand_glob, read_table
 from .formats import convert_rows
 from .records import Record
 
 SPLITS = ("train", "validation", "test")
+
+
+class Drops(Counter):
+    """Dropped rows counted by reason, with where the first row dropped for each reason is.
+
+    ``where[reason]`` is ``(file, line, row)``: the data file (None for hub data), the row's 1-based line
+    (None where unknown) and its 0-based index in the source. ``drop_problems`` points its messages there.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.where: dict[str, tuple[str | None, int | None, int]] = {}
 
 
 @dataclass
@@ -35,6 +47,14 @@ class SourceResult:
     read: int  # rows read from the source
     dropped: Counter = field(default_factory=Counter)
     inputs: list[dict] = field(default_factory=list)  # what the lock file records: files + sha256, or hub + revision
+    tables: list[tuple[int, Table]] = field(default_factory=list)  # (index of its first row, table) per file read
+
+    def location(self, row: int) -> tuple[str | None, int | None, int]:
+        """(file, line, row) of the source's row ``row`` (0-based over all its files)."""
+        for start, table in reversed(self.tables):
+            if row >= start:
+                return str(table.path), table.line_of_row(row - start), row
+        return None, None, row
 
 
 def source_name(src: SourceSpec, index: int) -> str:
@@ -97,13 +117,25 @@ def load_source(src: SourceSpec, index: int, data: DataSpec, name: str) -> Sourc
     fmt = src.format or data.format
     column_map = {**data.column_map, **(src.column_map or {})}
     inputs = source_inputs(src)
+    tables: list[tuple[int, Table]] = []
     if src.path:
         rows: list[dict] = []
         for entry in inputs:
-            rows += read_table(Path(entry["file"])).rows
+            table = read_table(Path(entry["file"]))
+            tables.append((len(rows), table))
+            rows += table.rows
     else:
         rows = _read_hub(src)
-    records, dropped = convert_rows(fmt, rows, source=name, column_map=column_map or None, id_column=src.id_column)
+    first: dict[str, int] = {}
+    try:
+        records, counted = convert_rows(fmt, rows, source=name, column_map=column_map or None,
+                                        id_column=src.id_column, first_dropped=first)
+    except DataError as e:  # a column no row has: name the file (or the pattern) it is missing from
+        shown = str(tables[0][1].path) if len(tables) == 1 else (src.path or f"hub dataset {src.hub}")
+        raise DataError([p if p.file else replace(p, file=shown) for p in e.problems]) from None
+    result = SourceResult(name, src.split, fmt, records, len(rows), Drops(counted), inputs, tables)
+    result.dropped.where = {reason: result.location(row) for reason, row in first.items()}
+    records = result.records
     if src.shuffle:
         order = np.random.default_rng([data.seed, index]).permutation(len(records))
         records = [records[i] for i in order]
@@ -111,7 +143,8 @@ def load_source(src: SourceSpec, index: int, data: DataSpec, name: str) -> Sourc
         records = records[: max(1, round(len(records) * src.fraction))]
     if src.limit is not None:
         records = records[: src.limit]
-    return SourceResult(name, src.split, fmt, records, len(rows), dropped, inputs)
+    result.records = records
+    return result
 
 
 def _holdout_count(value: float | int, n: int) -> int:
@@ -121,14 +154,17 @@ def _holdout_count(value: float | int, n: int) -> int:
 def form_splits(results: list[SourceResult], data: DataSpec) -> tuple[dict[str, list[Record]], Counter]:
     """Records per split, duplicates dropped and counted, holdout splits carved from train."""
     splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
-    dropped: Counter = Counter()
+    dropped = Drops()
     seen: dict[str, str] = {}
     for res in results:
         for rec in res.records:
-            if rec.id in seen:
-                dropped[f"duplicate id (first seen in {seen[rec.id]})"] += 1
+            if rec.id in seen:  # counted by the source the id was first seen in (not per row: a reason)
+                reason = f"duplicate id (first seen in source {seen[rec.id]})"
+                dropped[reason] += 1
+                if reason not in dropped.where:
+                    dropped.where[reason] = res.location(int(rec.source.rsplit("#", 1)[1]))
                 continue
-            seen[rec.id] = rec.source
+            seen[rec.id] = res.name
             splits[res.split].append(rec)
     train = splits["train"]
     carve = [(s, _holdout_count(getattr(data.holdout, s), len(train))) for s in ("test", "validation")]
@@ -149,6 +185,13 @@ def form_splits(results: list[SourceResult], data: DataSpec) -> tuple[dict[str, 
 
 
 def drop_problems(dropped: Counter, where: str) -> list[Problem]:
-    return [Problem(f"{n} row(s) dropped: {reason}", path=where,
-                    hint="fix the rows, or set data.strict: false to drop them with a warning")
-            for reason, n in sorted(dropped.items())]
+    """One problem per drop reason; located at the first row dropped for it when that is known."""
+    located = getattr(dropped, "where", {})
+    out = []
+    for reason, n in sorted(dropped.items()):
+        file, line, row = located.get(reason, (None, None, None))
+        first = f" (first: row {row})" if row is not None else ""
+        out.append(Problem(f"{n} row(s) dropped: {reason}{first}", path=where, file=file, line=line,
+                           hint="fix or remove the rows; without data.strict (--strict) they are dropped with a "
+                           "warning"))
+    return out

@@ -71,11 +71,40 @@ def library_names() -> list[str]:
     return sorted([p.stem for p in library_dir().glob("*.jinja")] + [TOKENIZER])
 
 
+MAX_REPEAT = 1_000_000  # longest string or list `*` may build in a template
+MAX_EXPONENT = 10_000  # largest exponent `**` may raise a number (other than 0, 1, -1) to
+
+
+class _Sandbox(SandboxedEnvironment):
+    """Jinja's sandbox, with `*` and `**` bounded so a template cannot exhaust memory or hang on one
+    expression (`{{ 'x' * 10**10 }}`); intercepting them also stops Jinja folding them at compile time."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(left, (int, float)) and isinstance(right, (int, float)):
+            if abs(right) > MAX_EXPONENT and abs(left) not in (0, 1):
+                raise jinja2.exceptions.SecurityError(f"the exponent {right} is too large")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_REPEAT:
+                    raise jinja2.exceptions.SecurityError(f"the repetition would make {len(seq) * times} items")
+        return super().call_binop(context, operator, left, right)
+
+
 def _env() -> SandboxedEnvironment:
-    return SandboxedEnvironment(
+    return _Sandbox(
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
         autoescape=False,
     )
+
+
+def _template_line(compiled: jinja2.Template, tb) -> int | None:
+    """The template line an exception raised while rendering came from (the innermost template frame)."""
+    import traceback
+
+    frames = [f.lineno for f in traceback.extract_tb(tb) if f.filename == compiled.filename and f.lineno]
+    return compiled.get_corresponding_lineno(frames[-1]) if frames else None
 
 
 @dataclass(frozen=True)
@@ -102,27 +131,44 @@ class Template:
     # ---------------------------------------------------------------- rendering
 
     def _block(self, block: str, ctx: dict) -> str:
+        return self._blocks((block,), ctx)[0]
+
+    def _blocks(self, blocks: tuple[str, ...], ctx: dict) -> list[str]:
+        """Several blocks rendered with one context, as Jinja renders the blocks of a whole template."""
         assert self._compiled is not None
-        fn = self._compiled.blocks.get(block)
-        if fn is None:
-            return ""
+        context = None
+        out: list[str] = []
         try:
-            return "".join(fn(self._compiled.new_context(ctx)))
+            for block in blocks:
+                fn = self._compiled.blocks.get(block)
+                if fn is None:
+                    out.append("")
+                    continue
+                if context is None:
+                    context = self._compiled.new_context(ctx)
+                out.append("".join(fn(context)))
+            return out
         except jinja2.exceptions.SecurityError as e:
             raise TemplateError(Problem(f"unsafe template operation: {e}", file=self.name,
+                                        line=_template_line(self._compiled, e.__traceback__),
                                         hint="templates may only read the record's fields")) from None
         except jinja2.exceptions.UndefinedError as e:
             raise TemplateError(Problem(f"{e.message}", file=self.name,
+                                        line=_template_line(self._compiled, e.__traceback__),
                                         hint="use only fields the data format provides")) from None
+        except Exception as e:  # anything the template's own code raises: 1/0, int('x'), a bad filter argument
+            raise TemplateError(Problem(f"the template failed: {type(e).__name__}: {e}".split("\n")[0][:300],
+                                        file=self.name, line=_template_line(self._compiled, e.__traceback__),
+                                        hint="fix the expression on this line of the template")) from None
 
     def render(self, record: Record, fmt: str, tokenizer=None) -> list[Segment]:
         """The record as text segments, each marked trained or not."""
         if self.kind == "fields":
             if record.is_chat:
                 raise TemplateError(Problem(f"template {self.name} renders prompt/completion fields, but the data is chat",
-                                            hint="use a chat template: chatml or tokenizer"))
-            ctx = self.fields_context(record, fmt)
-            return [Segment(self._block("prompt", ctx), False), Segment(self._block("completion", ctx), True)]
+                                            path="data.template", hint="use a chat template: chatml or tokenizer"))
+            prompt, completion = self._blocks(FIELD_BLOCKS, self.fields_context(record, fmt))
+            return [Segment(prompt, False), Segment(completion, True)]
         messages = self.messages_of(record, fmt)
         if self.kind == "chat":
             return self._render_chat(messages)
@@ -164,9 +210,8 @@ class Template:
             role = m["role"]
             ctx = {"content": m["content"], "role": role}
             if role in ("assistant", "tool_call"):
-                out.append(Segment(self._block("assistant_start", ctx), False))
-                out.append(Segment(self._block("assistant", ctx), True))
-                out.append(Segment(self._block("assistant_end", ctx), False))
+                start, turn, end = self._blocks(("assistant_start", "assistant", "assistant_end"), ctx)
+                out += [Segment(start, False), Segment(turn, True), Segment(end, False)]
             else:
                 out.append(Segment(self._block(role if role in CHAT_BLOCKS else "user", ctx), False))
         return [s for s in out if s.text]
@@ -268,6 +313,9 @@ def load_template(
             raise TemplateError(Problem("template file not found", file=shown or file, hint="check data.template.file")) from None
         except UnicodeDecodeError:
             raise TemplateError(Problem("template file is not UTF-8", file=shown or file, hint="save it as UTF-8")) from None
+        except OSError as e:  # a directory, no permission
+            raise TemplateError(Problem(f"cannot read the template file: {e.strerror or e}", file=shown or file,
+                                        hint="point data.template.file at a .jinja file")) from None
     else:
         if prompt is None or completion is None:
             raise TemplateError(Problem("an inline template needs both prompt and completion", path="data.template"))
@@ -282,6 +330,9 @@ def load_template(
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(Problem(f"template syntax error: {e.message}", file=label, line=e.lineno,
                                     hint="check the {{ }} / {% %} pairs")) from None
+    except RecursionError:
+        raise TemplateError(Problem("template nested too deeply to compile", file=label,
+                                    hint="simplify the template's nested expressions")) from None
     blocks = set(compiled.blocks)
     unknown = blocks - KNOWN_BLOCKS
     if unknown:

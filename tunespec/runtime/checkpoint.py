@@ -6,11 +6,17 @@ always complete; anything else (a killed write) is ignored and cleaned up. Each 
 
 * ``trainable.safetensors``: the trained weights only (the adapter, or every weight in a full fine-tune)
 * ``optimizer.pt``, ``scheduler.pt``: their state dicts
-* ``rng.pt``: the Python, NumPy and torch (CPU and CUDA) random states
-* ``state.json``: step, epoch position, metrics, and the build's input key and spec (for the resume check)
+* ``rng.pt``: the Python, NumPy and torch (CPU and CUDA) random states of every process,
+  ``{"processes": [state of process 0, ...]}`` (checkpoints of older versions hold one state)
+* ``state.json``: step, metrics, the number of processes (``world_size``), and the build's input key
+  and spec (for the resume check)
 
-Under FSDP and DeepSpeed the sharded state is written by accelerate's ``save_state`` instead (into
-``accelerate/`` inside the checkpoint), with the same atomic rename.
+With several processes the main process writes these files (weights and optimizer state are the
+same on every process; it gathers the RNG states). Under FSDP and DeepSpeed every process writes its
+shards with accelerate's ``save_state`` instead, into ``train/.checkpoint-<step>.tmp-sharded/accelerate/``;
+once all are done the main process moves that directory into its own temporary checkpoint directory
+(``adopt``), adds ``state.json`` and renames it, so the same rule holds: a ``checkpoint-<step>``
+directory is complete. ``clean_partial`` removes both kinds of temporary directories.
 """
 
 from __future__ import annotations

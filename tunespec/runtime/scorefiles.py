@@ -107,6 +107,9 @@ def _parse_line(raw: bytes, name: str, number: int) -> dict | Problem | None:
             f"not valid JSON: {e.msg}", file=name, line=number, column=e.colno,
             hint="each line must hold exactly one JSON object",
         )
+    except (ValueError, RecursionError) as e:  # valid syntax Python cannot load: a huge integer, deep nesting
+        what = "JSON nested too deeply" if isinstance(e, RecursionError) else f"cannot load this JSON value: {e}"
+        return Problem(what, file=name, line=number, hint="each line must hold one plain JSON object")
     if not isinstance(obj, dict):
         return Problem(
             f"expected a JSON object, got {_json_kind(obj)}", file=name, line=number,

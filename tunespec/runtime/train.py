@@ -3,13 +3,31 @@
 Run directly (``python -m tunespec.runtime.train BUILD``) or under ``accelerate launch`` (the build's
 ``launch.sh``). The loop is small and explicit:
 
-* micro-batches come from ``batching.epoch_batches`` (deterministic per seed and epoch);
+* micro-batches come from ``batching.epoch_batches`` (deterministic per seed and epoch); the
+  epochs form one stream and an optimizer step takes the next ``processes x accumulation``
+  micro-batches of it (``Plan``), so the rows of a step depend on that product only: 2 processes
+  x accumulation 1 train the same rows per step as 1 process x accumulation 2;
 * the loss of an optimizer step is the sum of token losses over all its micro-batches (and all
   processes) divided by the number of trained tokens in them, so gradient accumulation and data
   parallelism give the same gradient as one big batch;
 * checkpoints are atomic (``checkpoint.write_checkpoint``) and hold optimizer, scheduler and RNG
-  state; a resumed run continues at the exact data position and gives the same weights;
-* SIGINT/SIGTERM finish the current step, save a checkpoint and exit with the resume command.
+  state (the RNG state of every process); a resumed run continues at the exact data position and
+  gives the same weights; it must run on as many processes as the run that wrote the checkpoint;
+* SIGINT/SIGTERM finish the current step, save a checkpoint and exit with the resume command
+  (with several processes, every process stops after the same step).
+
+Several processes (``launch.sh``: ``accelerate launch``, which starts them through torchrun):
+
+* DDP (``multi_gpu``; also what ``fsdp`` becomes on a machine without GPUs, where accelerate
+  runs CPU processes over gloo and ignores the FSDP settings): the main process writes the
+  checkpoint; the gradient is averaged over processes, so each process's loss is multiplied
+  by the number of processes;
+* FSDP and DeepSpeed: every process writes its shards with ``accelerator.save_state`` into one
+  temporary directory that the main process renames; the build directory must be on a file system
+  every machine sees;
+* DeepSpeed: the engine owns the optimizer step, clipping and zeroing the gradients: the loop
+  marks the last micro-batch of a step (``sync_gradients``), ``accelerator.backward`` then steps the
+  engine; the engine divides the loss by its ``gradient_accumulation_steps``, which the loop undoes.
 """
 
 from __future__ import annotations
@@ -60,25 +78,60 @@ def spec_differences(old: dict, new: dict) -> list[str]:
 
 
 class _Stop:
-    """Set by SIGINT/SIGTERM; the loop saves and exits at the end of the current step."""
+    """Set by SIGINT/SIGTERM; the loop saves and exits at the end of the current step.
+
+    A second signal gives up at once, unless it comes within ``REPEAT_S`` of the first: launchers
+    pass signals on, so one stop often arrives twice (Slurm signals every process of the job, and
+    torchrun, one of them, sends the workers the same signal again).
+    """
+
+    REPEAT_S = 1.0
 
     def __init__(self):
         self.signal: int | None = None
+        self.at = 0.0
 
     def __call__(self, signum, frame):
-        if self.signal is not None:  # second signal: give up at once
-            raise KeyboardInterrupt
+        if self.signal is not None:
+            if time.monotonic() - self.at < self.REPEAT_S:
+                return
+            raise KeyboardInterrupt  # a second stop: give up at once
         self.signal = signum
+        self.at = time.monotonic()
 
 
 @dataclass
 class Plan:
-    micro_per_epoch: int  # micro-batches per epoch for this process
+    """Which micro-batch each process trains on at each step.
+
+    The micro-batches of epoch 0, 1, 2, ... (``epoch_batches``, the same list on every process) form
+    one stream. Optimizer step ``s`` takes stream positions ``s * G .. (s + 1) * G - 1`` with
+    ``G = world * accum``; process ``r`` trains, as its ``k``-th micro-batch, position
+    ``s * G + k * world + r``. A step may cross an epoch boundary; no micro-batch is dropped.
+    """
+
+    batches_per_epoch: int  # micro-batches in one epoch, all processes together
+    world: int
+    rank: int
     accum: int
     total_steps: int
 
-    def position(self, micro_index: int) -> tuple[int, int]:
-        return divmod(micro_index, self.micro_per_epoch)
+    @property
+    def per_step(self) -> int:
+        """Micro-batches in one optimizer step, all processes together."""
+        return self.world * self.accum
+
+    def position(self, step: int, k: int) -> tuple[int, int]:
+        """(epoch, index in that epoch's batches) of this process's k-th micro-batch of `step` (0-based)."""
+        return divmod(step * self.per_step + k * self.world + self.rank, self.batches_per_epoch)
+
+    def epochs_done(self, step: int) -> float:
+        """Epochs completed after `step` steps."""
+        return step * self.per_step / self.batches_per_epoch
+
+    def ends_epoch(self, step: int) -> bool:
+        """Whether step number `step` (1-based) reached or crossed the end of an epoch."""
+        return (step * self.per_step) % self.batches_per_epoch < self.per_step
 
 
 def make_optimizer(spec, params):
@@ -126,44 +179,77 @@ class Trainer:
     def setup(self) -> None:
         import torch
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import DistributedType, set_seed
 
         from .modeling import load_base_model, prepare_for_training, use_bf16
 
         t = self.spec.training
         mp = "bf16" if use_bf16(self.spec) else "fp16" if t.fp16 else "no"
         self.acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+        if not self.acc.is_main_process:
+            self.log = lambda s: None  # one copy of every message; errors still reach every process's stderr
+        self.deepspeed = self.acc.distributed_type == DistributedType.DEEPSPEED
+        self._check_topology()
         set_seed(t.seed)
         self.tokenizer = self.build.load_tokenizer()
         self.train_set = self.build.tokens("train")
         self.eval_set = self.build.tokens("validation") if self.build.has_split("validation") else None
         world = self.acc.num_processes
         n_batches = len(self._batches(0))
-        self.plan = Plan(micro_per_epoch=n_batches // world, accum=t.gradient_accumulation_steps,
-                         total_steps=t.max_steps or max(1, math.ceil(t.epochs * n_batches / world / t.gradient_accumulation_steps)))
-        if self.plan.micro_per_epoch == 0:
+        if n_batches == 0:
             raise BuildError(Problem(
-                f"the train split has {len(self.train_set)} rows: not one micro-batch for each of {world} process(es)",
+                f"the train split has {len(self.train_set)} rows: not one micro-batch",
                 file=str(self.build.path / "manifest.json"),
                 hint="check the compile report's drop counts (rows longer than max_length are dropped) and recompile"))
+        accum = t.gradient_accumulation_steps
+        self.plan = Plan(batches_per_epoch=n_batches, world=world, rank=self.acc.process_index, accum=accum,
+                         total_steps=t.max_steps or max(1, math.ceil(t.epochs * n_batches / (world * accum))))
         sharded = self.spec.launch.topology in ("fsdp", "deepspeed")
         model = load_base_model(self.spec, device_map=None if sharded else "default")
         model = prepare_for_training(model, self.spec)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
+        if not any(p.requires_grad for p in model.parameters()):
             raise BuildError("nothing to train: the model has no trainable parameters", hint="check adapter settings")
-        optimizer = make_optimizer(self.spec, self.params)
+        optimizer = make_optimizer(self.spec, [p for p in model.parameters() if p.requires_grad])
         scheduler = make_scheduler(self.spec, optimizer, self.plan.total_steps)
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
-        # accelerate's prepared scheduler steps once per process unless told otherwise: we step it ourselves.
+        # After prepare: FSDP2 replaces the parameters by sharded ones (clipping must see those).
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # accelerate's prepared scheduler steps once per process unless told otherwise: we step it ourselves,
+        # once per optimizer step. Under DeepSpeed too: accelerate hands the engine only DeepSpeed's own
+        # schedulers, and wraps a torch one (LambdaLR here) in an AcceleratedScheduler like elsewhere. The
+        # scheduler sets the lr in the param groups the engine's optimizer shares (accelerate builds its CPU
+        # Adam for offload from the same param-group dicts).
         self.scheduler = scheduler if not hasattr(self.scheduler, "scheduler") else self.scheduler.scheduler
+        if self.deepspeed:
+            engine_accum = self.model.gradient_accumulation_steps()
+            if engine_accum != accum:
+                raise BuildError(Problem(
+                    f"deepspeed.json has gradient_accumulation_steps {engine_accum}, the spec {accum}",
+                    file=str(self.build.path / "deepspeed.json"), hint="recompile the build instead of editing it"))
         self.pad_id = int(self.tokenizer.pad_token_id)
+
+    def _check_topology(self) -> None:
+        """Say when this run is not what the spec's launch section describes."""
+        ln = self.spec.launch
+        want = ln.num_processes * ln.num_machines
+        world = self.acc.num_processes
+        kind = self.acc.distributed_type.value
+        if world != want:
+            self.log(f"warning: the spec launches {want} process(es), this run has {world}: each optimizer step "
+                     f"trains {world} x {self.spec.training.gradient_accumulation_steps} micro-batches"
+                     + (f"; start it with: bash {self.build.path / 'launch.sh'}" if world < want else ""))
+        if ln.topology == "fsdp" and kind != "FSDP":
+            self.log(f"warning: topology fsdp, but accelerate runs {kind} here (it applies FSDP on GPUs only): "
+                     "the model is replicated, not sharded")
+        if ln.topology == "deepspeed" and kind != "DEEPSPEED":
+            self.log(f"warning: topology deepspeed, but accelerate runs {kind} here (DeepSpeed needs a GPU and "
+                     "`accelerate launch` with the build's config, i.e. launch.sh)")
 
     def _batches(self, epoch: int) -> list[list[int]]:
         t = self.spec.training
+        # The whole epoch (world_size 1): processes share the stream position by position (see Plan).
         return epoch_batches(self.train_set, micro_batch_size=t.micro_batch_size, seed=t.seed, epoch=epoch,
-                             group_by_length=t.group_by_length, packing=t.packing, max_length=self.build.max_length,
-                             world_size=self.acc.num_processes)
+                             group_by_length=t.group_by_length, packing=t.packing, max_length=self.build.max_length)
 
     def _collate(self, tokens: TokenSet, rows: list[int]) -> dict:
         batch = collate_packed(tokens, rows) if self.spec.training.packing else collate_padded(tokens, rows, self.pad_id)
@@ -176,7 +262,9 @@ class Trainer:
         return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
     def save(self, step: int, metrics: dict) -> Path:
+        """Write train/checkpoint-<step> (every process calls this; see checkpoint.py for the layout)."""
         import torch
+        from accelerate.utils import gather_object
         from safetensors.torch import save_file
 
         state = {
@@ -188,29 +276,38 @@ class Trainer:
             "metrics": metrics,
             "best": self.best,
         }
-        sharded = self.acc.distributed_type.value in ("FSDP", "DEEPSPEED")
         train_dir = self.build.train_dir
         self.acc.wait_for_everyone()
-        if sharded:
-            # every process writes its shard into one temporary directory; the main process then renames it
+        if self._sharded():
+            # Every process writes its shards (and its RNG state) into one temporary directory; the main
+            # process then moves them into the atomically renamed checkpoint. The directory must be one
+            # that every process sees (one file system for all machines).
             tmp = train_dir / f".checkpoint-{step}.tmp-sharded"
             self.acc.save_state(str(tmp / "accelerate"))
             self.acc.wait_for_everyone()
             if self.acc.is_main_process:
                 ckpt.write_checkpoint(train_dir, step, lambda d: ckpt.adopt(tmp, d), state)
-        elif self.acc.is_main_process:
-            def write(tmp: Path) -> None:
-                save_file(self._trainable_state(), str(tmp / "trainable.safetensors"))
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-                torch.save(ckpt.rng_state(), tmp / "rng.pt")
+        else:
+            # The weights and the optimizer are the same on every process; the RNG states are not (dropout
+            # draws as many numbers as its input has elements), so the main process saves each process's.
+            rng = gather_object([ckpt.rng_state()])
+            if self.acc.is_main_process:
+                def write(tmp: Path) -> None:
+                    save_file(self._trainable_state(), str(tmp / "trainable.safetensors"))
+                    torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                    torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+                    torch.save({"processes": rng}, tmp / "rng.pt")
 
-            ckpt.write_checkpoint(train_dir, step, write, state)
+                ckpt.write_checkpoint(train_dir, step, write, state)
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             best = Path(self.best["path"]) if self.best else None
             ckpt.prune(train_dir, self.spec.training.save_total_limit, best)
         return self.build.train_dir / f"checkpoint-{step}"
+
+    def _sharded(self) -> bool:
+        """Whether checkpoints hold accelerate's per-process state (FSDP, DeepSpeed) instead of our files."""
+        return self.acc.distributed_type.value in ("FSDP", "DEEPSPEED")
 
     def resume(self) -> int:
         """Restore the newest complete checkpoint; returns the step to continue from (0 for a fresh run)."""
@@ -218,7 +315,7 @@ class Trainer:
         from safetensors.torch import load_file
 
         train_dir = self.build.train_dir
-        if self.acc.is_main_process:
+        if self.acc.is_local_main_process:  # one per machine: a machine may have its own file system
             ckpt.clean_partial(train_dir)
         self.acc.wait_for_everyone()
         if self.restart:
@@ -229,6 +326,7 @@ class Trainer:
             self.acc.wait_for_everyone()
             return 0
         latest = ckpt.latest_checkpoint(train_dir)
+        self._agree_on(latest)
         if latest is None:
             return 0
         state = ckpt.read_state(latest)
@@ -247,8 +345,16 @@ class Trainer:
                 "or start over with --restart"))
         self.log(f"resuming from {latest.name}")
         if (latest / "accelerate").is_dir():
+            if not self._sharded():
+                raise BuildError(Problem(
+                    f"{latest.name} holds sharded (FSDP/DeepSpeed) state, this run is {self.acc.distributed_type.value}",
+                    file=str(latest), hint="resume on the machines that wrote it (GPUs), or start over with --restart"))
             self.acc.load_state(str(latest / "accelerate"))
         else:
+            if self._sharded():
+                raise BuildError(Problem(
+                    f"{latest.name} holds unsharded state, this run is {self.acc.distributed_type.value}",
+                    file=str(latest), hint="resume where it was written, or start over with --restart"))
             weights = load_file(str(latest / "trainable.safetensors"))
             model = self.acc.unwrap_model(self.model)
             named = dict(model.named_parameters())
@@ -257,10 +363,26 @@ class Trainer:
                     named[n].copy_(w.to(named[n].device))
             self.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=False))
             self.scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=False))
-            ckpt.set_rng_state(torch.load(latest / "rng.pt", weights_only=False))
+            rng = torch.load(latest / "rng.pt", weights_only=False)
+            ckpt.set_rng_state(rng["processes"][self.acc.process_index] if "processes" in rng else rng)
         self.best = state.get("best")
         self.resumed_metrics = dict(state.get("metrics") or {})
         return int(state["step"])
+
+    def _agree_on(self, latest: Path | None) -> None:
+        """Every process must resume from the same step (machines without a shared file system would not)."""
+        import torch
+
+        if self.acc.num_processes == 1:
+            return
+        mine = torch.tensor([-1 if latest is None else int(ckpt.CHECKPOINT.match(latest.name).group(1))],
+                            device=self.acc.device)
+        steps = [int(x) for x in self.acc.gather(mine).tolist()]
+        if len(set(steps)) > 1:
+            seen = ", ".join(f"process {i}: {'none' if s < 0 else f'checkpoint-{s}'}" for i, s in enumerate(steps))
+            raise BuildError(Problem(
+                f"the processes see different newest checkpoints in {self.build.train_dir} ({seen})",
+                hint="put the build directory on a file system every machine sees, or start over with --restart"))
 
     # ------------------------------------------------------------------ evaluation
 
@@ -272,17 +394,24 @@ class Trainer:
         t = self.spec.training
         bs = t.eval_batch_size or t.micro_batch_size
         order = sorted(range(len(self.eval_set)), key=lambda i: -int(self.eval_set.lengths[i]))
-        mine = order[self.acc.process_index :: self.acc.num_processes]
+        world = self.acc.num_processes
+        mine = order[self.acc.process_index :: world]
+        # Every process runs the same number of forward passes (under FSDP a forward is a collective): a
+        # process out of rows repeats its first batch and does not count it.
+        n_batches = math.ceil(math.ceil(len(order) / world) / bs)
         total = torch.zeros(2, device=self.acc.device, dtype=torch.float64)
         self.model.eval()
         with torch.no_grad():
-            for i in range(0, len(mine), bs):
-                batch = collate_padded(self.eval_set, mine[i : i + bs], self.pad_id)
+            for i in range(0, n_batches * bs, bs):
+                rows = mine[i : i + bs]
+                counted = bool(rows)
+                batch = collate_padded(self.eval_set, rows or order[:1], self.pad_id)
                 batch = {k: v.to(self.acc.device) for k, v in batch.items()}
                 n = int((batch["labels"][:, 1:] != -100).sum())
                 with self.acc.autocast():
                     out = self.model(**batch, num_items_in_batch=torch.tensor(max(n, 1), device=self.acc.device))
-                total += torch.tensor([out.loss.item() * max(n, 1), n], device=self.acc.device, dtype=torch.float64)
+                if counted:
+                    total += torch.tensor([out.loss.item() * max(n, 1), n], device=self.acc.device, dtype=torch.float64)
         self.model.train()
         total = self.acc.reduce(total, reduction="sum")
         return float(total[0] / total[1]) if total[1] else None
@@ -314,56 +443,73 @@ class Trainer:
         last: dict = dict(self.resumed_metrics)  # a resume at the last step only finishes
         window = {"loss": 0.0, "tokens": 0, "real": 0, "padded": 0, "t0": time.perf_counter(), "steps": 0}
         epoch_cache: dict[int, list[list[int]]] = {}
+        world = self.acc.num_processes
+        # DDP and FSDP average the gradient over processes and the loss is already normalised by the tokens
+        # of all processes, so each process's loss is scaled by their number; DeepSpeed averages too, and
+        # its engine also divides the loss by its gradient_accumulation_steps (= plan.accum).
+        loss_scale = world * (plan.accum if self.deepspeed else 1)
         step = start
         try:
             while step < plan.total_steps:
                 micro = []
                 for k in range(plan.accum):
-                    epoch, pos = plan.position(step * plan.accum + k)
+                    epoch, pos = plan.position(step, k)
                     if epoch not in epoch_cache:
-                        epoch_cache.clear()
+                        if len(epoch_cache) > 1:
+                            epoch_cache.pop(min(epoch_cache))
                         epoch_cache[epoch] = self._batches(epoch)
-                    batches = epoch_cache[epoch]
-                    micro.append(self._collate(self.train_set, batches[pos * self.acc.num_processes + self.acc.process_index]))
+                    micro.append(self._collate(self.train_set, epoch_cache[epoch][pos]))
                 n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
                 n_global = int(self.acc.reduce(torch.tensor(n_local, device=self.acc.device), reduction="sum"))
                 n_items = torch.tensor(max(n_global, 1), device=self.acc.device)
                 step_loss = 0.0
+                positions = [0, 0]  # real tokens, padded positions
                 for k, batch in enumerate(micro):
                     sync = k == len(micro) - 1
-                    ctx = self.acc.no_sync(self.model) if not sync and self.acc.num_processes > 1 else _null()
+                    if self.deepspeed:
+                        # accelerate tells the engine whether this micro-batch ends the step; at the end,
+                        # acc.backward runs engine.step(): reduce, clip, optimizer step, zero the gradients.
+                        self.acc.gradient_state._set_sync_gradients(sync)
+                        ctx = _null()
+                    else:
+                        ctx = self.acc.no_sync(self.model) if not sync and world > 1 else _null()
                     with ctx:
                         with self.acc.autocast():
                             out = self.model(**batch, num_items_in_batch=n_items)
-                        # DDP averages gradients over processes; the loss is already normalised globally.
-                        loss = out.loss * self.acc.num_processes
-                        self.acc.backward(loss)
+                        self.acc.backward(out.loss * loss_scale)
                     step_loss += out.loss.item()
                     real, padded = count_positions(batch)
-                    window["real"] += real
-                    window["padded"] += padded
+                    positions[0] += real
+                    positions[1] += padded
                 grad_norm = None
-                if t.max_grad_norm:
-                    grad_norm = float(self.acc.clip_grad_norm_(self.params, t.max_grad_norm))
-                self.optimizer.step()
+                if self.deepspeed:
+                    # the engine clipped (deepspeed.json's gradient_clipping) and stepped; its norm may be None
+                    grad_norm = _as_float(self.acc.clip_grad_norm_(self.params, t.max_grad_norm or 0.0))
+                else:
+                    if t.max_grad_norm:
+                        grad_norm = _as_float(self.acc.clip_grad_norm_(self.params, t.max_grad_norm))
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
                 step += 1
-                step_loss = float(self.acc.reduce(torch.tensor(step_loss, device=self.acc.device), reduction="sum"))
+                stats = self.acc.reduce(torch.tensor([step_loss, *positions], device=self.acc.device,
+                                                     dtype=torch.float64), reduction="sum").tolist()
+                step_loss = float(stats[0])
+                window["real"] += int(stats[1])
+                window["padded"] += int(stats[2])
                 window["loss"] += step_loss
                 window["tokens"] += n_global
                 window["steps"] += 1
                 last = {"step": step, "loss": round(step_loss, 6)}
                 if step % t.logging_steps == 0 or step == plan.total_steps:
                     elapsed = time.perf_counter() - window["t0"]
-                    epoch = (step * plan.accum) / max(1, plan.micro_per_epoch)
                     record = {
-                        "step": step, "epoch": round(epoch, 4),
+                        "step": step, "epoch": round(plan.epochs_done(step), 4),
                         "loss": round(window["loss"] / window["steps"], 6),
                         "lr": self.scheduler.get_last_lr()[0],
                         "grad_norm": None if grad_norm is None else round(grad_norm, 6),
                         "trained_tokens": window["tokens"],
-                        "tokens_per_s": round(window["real"] * self.acc.num_processes / elapsed, 1),
+                        "tokens_per_s": round(window["real"] / elapsed, 1),
                         "step_time_s": round(elapsed / window["steps"], 4),
                         "padding_fraction": round(1 - window["real"] / max(1, window["padded"]), 4),
                     }
@@ -372,7 +518,7 @@ class Trainer:
                     self._log_metrics(record, metrics_path, writer)
                     window = {"loss": 0.0, "tokens": 0, "real": 0, "padded": 0, "t0": time.perf_counter(), "steps": 0}
                 do_eval = (t.eval_strategy == "steps" and step % (t.eval_steps or t.save_steps) == 0) or (
-                    t.eval_strategy == "epoch" and (step * plan.accum) % plan.micro_per_epoch < plan.accum)
+                    t.eval_strategy == "epoch" and plan.ends_epoch(step))
                 if do_eval:
                     eval_loss = self.evaluate_loss()
                     if eval_loss is not None:
@@ -380,15 +526,16 @@ class Trainer:
                         self._log_metrics({"step": step, "eval_loss": round(eval_loss, 6)}, metrics_path, writer)
                         self._track_best(step, last)
                 do_save = t.save_strategy == "steps" and step % t.save_steps == 0 or (
-                    t.save_strategy == "epoch" and (step * plan.accum) % plan.micro_per_epoch < plan.accum)
-                if stop.signal is not None:
+                    t.save_strategy == "epoch" and plan.ends_epoch(step))
+                stop_signal = self._agreed_stop(stop)
+                if stop_signal is not None:
                     path = self.save(step, last)
-                    name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
+                    name = "SIGINT" if stop_signal == signal.SIGINT else "SIGTERM"
                     # several processes must be started again by accelerate, not by `tunespec train` (one process)
-                    again = (f"tunespec train {self.build.path}" if self.spec.launch.topology == "single"
+                    again = (f"tunespec train {self.build.path}" if world == 1
                              else f"bash {self.build.path / 'launch.sh'}")
                     self.log(f"{name}: saved {path.name}; resume with: {again}")
-                    raise SystemExit(130 if stop.signal == signal.SIGINT else 143)
+                    raise SystemExit(130 if stop_signal == signal.SIGINT else 143)
                 if do_save and step < plan.total_steps:
                     self.save(step, last)
         finally:
@@ -399,6 +546,17 @@ class Trainer:
         self.save(step, last)
         self.finish(last)
         return last
+
+    def _agreed_stop(self, stop: _Stop) -> int | None:
+        """The signal to stop on after this step, the same on every process: a signal may reach only some
+        processes, or reach them during different steps."""
+        import torch
+
+        if self.acc.num_processes == 1:
+            return stop.signal
+        flags = self.acc.reduce(torch.tensor([float(stop.signal == signal.SIGINT), float(stop.signal == signal.SIGTERM)],
+                                             device=self.acc.device, dtype=torch.float64), reduction="sum").tolist()
+        return signal.SIGINT if flags[0] else signal.SIGTERM if flags[1] else None
 
     def _track_best(self, step: int, metrics: dict) -> None:
         t = self.spec.training
@@ -450,7 +608,11 @@ class Trainer:
         if self.acc.is_main_process:
             import shutil
 
+            _drop_checkpoint_wrappers(model)
             model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            if isinstance(self.spec.adapter, LoraSpec) and not _safetensors_keys(tmp / "adapter_model.safetensors"):
+                raise BuildError(Problem(f"the adapter saved from this {self.acc.distributed_type.value} run is empty",
+                                         file=str(tmp), hint="the last checkpoint is in train/; please report this"))
             self.tokenizer.save_pretrained(tmp)
             (tmp / "tunespec.json").write_text(json.dumps({"input_key": self.build.input_key, "final": last}, indent=2))
             shutil.rmtree(target, ignore_errors=True)
@@ -465,7 +627,12 @@ class Trainer:
         import torch
         from safetensors.torch import load_file
 
+        if (checkpoint / "accelerate").is_dir() and self._sharded():
+            self.acc.load_state(str(checkpoint / "accelerate"))  # every process loads its shards
+            self.log(f"loaded the best checkpoint, {checkpoint.name}")
+            return
         if not (checkpoint / "trainable.safetensors").is_file():
+            self.log(f"warning: {checkpoint.name} has no weights this run can load; keeping the last weights")
             return
         weights = load_file(str(checkpoint / "trainable.safetensors"))
         named = dict(self.acc.unwrap_model(self.model).named_parameters())
@@ -486,6 +653,39 @@ def _truncate_metrics(path: Path, step: int) -> None:
         if record.get("step", 0) <= step:
             keep.append(line + "\n")
     path.write_text("".join(keep), encoding="utf-8")
+
+
+def _drop_checkpoint_wrappers(model) -> None:
+    """Put back the layers accelerate wrapped for FSDP activation checkpointing (``launch.activation_checkpointing``).
+
+    The wrapper adds ``_checkpoint_wrapped_module.`` to module names, and peft finds the adapter's weights in
+    a state dict by module name; the gathered state dict has the clean names, so peft would save nothing.
+    Done once training is over, on the process that saves.
+    """
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
+
+    while True:
+        wrapped = next(((n, m) for n, m in model.named_modules() if isinstance(m, ActivationWrapper)), None)
+        if wrapped is None:
+            return
+        name, module = wrapped
+        model.set_submodule(name, module._checkpoint_wrapped_module)
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
+
+
+def _as_float(value) -> float | None:
+    """A gradient norm as a float (clip_grad_norm_ gives a tensor, a float, or None under DeepSpeed)."""
+    if value is None:
+        return None
+    return float(value.item() if hasattr(value, "item") else value)
 
 
 class _null:
