@@ -27,7 +27,8 @@ def epoch_batches(
 ) -> list[list[int]]:
     """Every micro-batch of one epoch (lists of row indices), the same on every process.
 
-    Process r takes batches r, r + world_size, ...; the list length is a multiple of world_size.
+    How optimizer steps and processes take them is `train.Plan`'s business (one continuous stream over
+    epochs). `world_size` > 1 trims the list to a multiple of it (kept for callers that split by process).
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(tokens))

@@ -115,14 +115,17 @@ def lora_config(adapter: LoraSpec):
 def prepare_for_training(model, spec: Spec):
     """Gradient checkpointing, k-bit preparation and the adapter; returns the model to train."""
     t = spec.training
+    # FSDP's own activation checkpointing replaces HF's; both would recompute every layer twice
+    fsdp_ac = spec.launch.topology == "fsdp" and spec.launch.activation_checkpointing
+    hf_gc = t.gradient_checkpointing and not fsdp_ac
     if spec.quantization.enabled:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=t.gradient_checkpointing,
+            model, use_gradient_checkpointing=hf_gc,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
-    elif t.gradient_checkpointing:
+    elif hf_gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if isinstance(spec.adapter, LoraSpec):
             model.enable_input_require_grads()

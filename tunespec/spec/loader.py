@@ -186,8 +186,8 @@ def _plain(node: Any, loc: Loc, src: _Source, active: frozenset[int] = frozenset
                                 path=dotted(loc) or None, hint="write the spec out without repeated `*alias` expansion"))
     tag = getattr(getattr(node, "tag", None), "value", None)
     if tag is not None and tag not in PLAIN_TAGS:
-        pos = getattr(getattr(node, "lc", None), "line", None)
-        src.problem((pos, node.lc.col) if pos is not None else None, f"YAML tag `{tag.replace('tag:yaml.org,2002:', '!!')}` is not allowed", dotted(loc),
+        o = src.origins.get(loc)
+        src.problem((o.line - 1, o.column - 1) if o and o.line else None, f"YAML tag `{tag.replace('tag:yaml.org,2002:', '!!')}` is not allowed", dotted(loc),
                     "remove the tag: a spec holds plain mappings, lists, text, numbers and booleans")
         return None
     if isinstance(node, (CommentedMap, CommentedSeq)):
@@ -1039,7 +1039,10 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     try:
         spec = Spec.model_validate(resolved)
     except pydantic.ValidationError as e:
-        raise SpecError(_dedupe(problems + _validation_problems(e.errors(), origins, root, resolved))) from None
+        found = _validation_problems(e.errors(), origins, root, resolved)
+        flagged = {p.path for p in problems if p.path}  # a value already reported (a YAML tag, ...) is not re-judged
+        found = [p for p in found if not any(p.path == f or (p.path or "").startswith(f + ".") for f in flagged)]
+        raise SpecError(_dedupe(problems + found)) from None
     rule_problems = [_locate(p, origins, root) for p in check_rules(spec)]
     if problems or rule_problems:
         raise SpecError(_dedupe(problems) + rule_problems)
