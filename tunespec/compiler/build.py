@@ -237,6 +237,8 @@ def compile_build(
     try:
         (tmp / "data").mkdir()
         (tmp / "tokens").mkdir()
+        # mkdtemp makes the directory private (0700); the build gets the mode any new directory gets here
+        os.chmod(tmp, (tmp / "data").stat().st_mode & 0o7777)
         split_stats: dict[str, dict] = {}
         for split in SPLITS:
             records = splits[split]

@@ -12,6 +12,7 @@ A split is stored as three flat numpy arrays: ``ids`` (int32), ``trained`` (uint
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -62,7 +63,51 @@ def eos_id(tokenizer) -> int:
     return int(tokenizer.eos_token_id)
 
 
-def _ends_with_eos(ids: list[int], eos: int, blank: set[int]) -> bool:
+class _BlankIds:
+    """The token ids whose text is only whitespace, decided per id on first use (any id, of any vocabulary)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.known: dict[int, bool] = {}
+
+    def __contains__(self, token_id: int) -> bool:
+        blank = self.known.get(token_id)
+        if blank is None:
+            tok = self.tokenizer.convert_ids_to_tokens(int(token_id))
+            blank = tok is not None and self.tokenizer.convert_tokens_to_string([tok]).strip() == ""
+            self.known[token_id] = blank
+        return blank
+
+
+def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """The ids of each text, without special tokens: exactly ``tokenizer(texts, add_special_tokens=False)``.
+
+    Identical texts (a chat template's fixed turn markers, a shared system prompt, repeated answers) are
+    tokenized once. A fast tokenizer's Rust backend is called directly after one ordinary call has put it
+    in that call's state (no truncation, no padding), skipping transformers' per-row Python conversion.
+    """
+    index: dict[str, int] = {}
+    where = [index.setdefault(t, len(index)) for t in texts]
+    unique = list(index)
+    if not unique:
+        return []
+    first = tokenizer(unique[:1], add_special_tokens=False)["input_ids"][0]
+    try:
+        from tokenizers import Tokenizer as Backend
+    except ImportError:  # pragma: no cover - tokenizers comes with transformers
+        Backend = ()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    encoded = None
+    if isinstance(backend, Backend) and backend.truncation is None and backend.padding is None:
+        encoded = [e.ids for e in backend.encode_batch(unique, add_special_tokens=False)]
+        if encoded[0] != list(first):
+            encoded = None
+    if encoded is None:
+        encoded = tokenizer(unique, add_special_tokens=False)["input_ids"]
+    return [encoded[i] for i in where]
+
+
+def _ends_with_eos(ids: list[int], eos: int, blank) -> bool:
     for t in reversed(ids):
         if t == eos:
             return True
@@ -84,16 +129,17 @@ def tokenize_examples(
     eos = eos_id(tokenizer)
     prefix = special_prefix(tokenizer)
     texts = [s.text for ex in examples for s in ex]
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    blank = {t for t, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), 4096)))))
-             if tok is not None and tokenizer.convert_tokens_to_string([tok]).strip() == ""}
+    encoded = encode_texts(tokenizer, texts)
+    blank = _BlankIds(tokenizer)
 
-    all_ids: list[np.ndarray] = []
-    all_mask: list[np.ndarray] = []
+    flat_ids = array("i")  # C int: 32 bits wherever numpy runs (checked below)
+    flat_mask = bytearray()
+    lengths: list[int] = []
     kept: list[int] = []
     dropped: Counter = Counter()
     truncated = 0
     pos = 0
+    n_prefix = len(prefix)
     for row, segments in enumerate(examples):
         seg_ids = encoded[pos : pos + len(segments)]
         pos += len(segments)
@@ -101,51 +147,54 @@ def tokenize_examples(
         if train_on == "last_turn" and trained_idx:
             trained_idx = trained_idx[-1:]
         ids: list[int] = list(prefix)
-        mask: list[int] = [0] * len(prefix)
-        prompt_end = len(ids)  # the part truncate_prompt may cut: everything before the first trained token
+        mask: list[int] = [0] * n_prefix
+        prompt_end = n_prefix  # the part truncate_prompt may cut: everything before the first trained token
         first_trained = True
         for i, (seg, toks) in enumerate(zip(segments, seg_ids)):
-            toks = list(toks)
+            # `toks` may be shared by every row with the same text: never modified
             is_trained = i in trained_idx
-            if seg.trained and add_eos and not _ends_with_eos(toks, eos, blank):
-                toks.append(eos)
             if is_trained and first_trained:
                 prompt_end = len(ids)
                 first_trained = False
-            seg_mask = [1 if (is_trained or train_on == "all") else 0] * len(toks)
+            start = len(ids)
+            ids += toks
+            if seg.trained and add_eos and not _ends_with_eos(toks, eos, blank):
+                ids.append(eos)
+            mask += [1 if (is_trained or train_on == "all") else 0] * (len(ids) - start)
             if is_trained and train_on != "all":
                 # whitespace a chat template puts after the EOS is not the model's to produce
-                j = len(toks)
-                while j > 0 and toks[j - 1] in blank:
+                j = len(ids)
+                while j > start and ids[j - 1] in blank:
                     j -= 1
-                if 0 < j < len(toks) and toks[j - 1] == eos:
-                    seg_mask[j:] = [0] * (len(toks) - j)
-            ids += toks
-            mask += seg_mask
-        if not any(mask):
+                if start < j < len(ids) and ids[j - 1] == eos:
+                    mask[j:] = [0] * (len(ids) - j)
+        if 1 not in mask:
             dropped["no trained tokens (empty completion)"] += 1
             continue
         if len(ids) > max_length:
             if overlong == "truncate_prompt":
                 cut = len(ids) - max_length
-                keep_from = len(prefix) + cut
+                keep_from = n_prefix + cut
                 if keep_from > prompt_end:
                     dropped[f"completion alone longer than max_length {max_length}"] += 1
                     continue
-                ids = ids[: len(prefix)] + ids[keep_from:]
-                mask = mask[: len(prefix)] + mask[keep_from:]
+                ids = ids[:n_prefix] + ids[keep_from:]
+                mask = mask[:n_prefix] + mask[keep_from:]
                 truncated += 1
             else:
                 dropped[f"longer than max_length {max_length}"] += 1
                 continue
-        all_ids.append(np.asarray(ids, dtype=np.int32))
-        all_mask.append(np.asarray(mask, dtype=np.uint8))
+        flat_ids.extend(ids)
+        flat_mask.extend(mask)
+        lengths.append(len(ids))
         kept.append(row)
-    lengths = np.fromiter((len(a) for a in all_ids), dtype=np.int64, count=len(all_ids))
-    offsets = np.zeros(len(all_ids) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    ids_flat = np.concatenate(all_ids) if all_ids else np.zeros(0, dtype=np.int32)
-    mask_flat = np.concatenate(all_mask) if all_mask else np.zeros(0, dtype=np.uint8)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(lengths, dtype=np.int64), out=offsets[1:])
+    if flat_ids.itemsize == 4:
+        ids_flat = np.frombuffer(flat_ids, dtype=np.int32).copy() if len(flat_ids) else np.zeros(0, dtype=np.int32)
+    else:  # pragma: no cover - a platform whose C int is not 32 bits
+        ids_flat = np.asarray(flat_ids.tolist(), dtype=np.int32)
+    mask_flat = np.frombuffer(bytes(flat_mask), dtype=np.uint8).copy() if flat_mask else np.zeros(0, dtype=np.uint8)
     return Tokenized(ids_flat, mask_flat, offsets, kept, dropped, truncated)
 
 

@@ -1,0 +1,172 @@
+"""`tunespec validate --deep`: check a spec against its model, without loading any weights.
+
+Loads the tokenizer and the model config (offline for local and packaged models; ``AutoConfig``, no
+weights) and builds the model on the meta device to learn its module names. Checks:
+
+* ``adapter.target_modules`` and ``adapter.modules_to_save`` name modules of this architecture that LoRA
+  can adapt (``all-linear`` always fits); the hint lists the real linear module names;
+* ``data.tokenization.max_length`` is at most the model's context length;
+* every special-looking marker of the template (``<|im_start|>``, ``<|im_end|>``, ... any ``<|...|>``) is
+  one token of the vocabulary, or the model would learn it as several pieces of text; the ``tokenizer``
+  template needs a chat template in the tokenizer;
+* the tokenizer has an EOS token (without one the model never learns to stop).
+
+Every problem is a ``SpecError`` located at the spec field to fix, with a hint.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import ModelError, Problem, SpecError, TunespecError
+
+SPECIAL_MARKER = re.compile(r"<\|[^|<>\s]{1,40}\|>")
+ADAPTABLE = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention")
+
+
+def _locate(loaded, problem: Problem) -> Problem:
+    """The problem with the file position of its field (or of the nearest enclosing one)."""
+    if problem.file:  # already located (a template's own line)
+        return problem
+    loc = tuple(int(p) if p.isdigit() else p for p in (problem.path or "").split(".") if p)
+    origins = getattr(loaded, "origins", None) or {}
+    for n in range(len(loc), 0, -1):
+        o = origins.get(loc[:n])
+        if o is not None:
+            return Problem(problem.message, file=o.file, line=o.line, column=o.column, path=problem.path,
+                           hint=problem.hint)
+    return Problem(problem.message, file=str(loaded.file), path=problem.path, hint=problem.hint)
+
+
+def _load(loaded):
+    from transformers import AutoConfig
+
+    from ..models import ModelRef, load_tokenizer, resolve
+
+    ref = ModelRef.from_spec(loaded.spec.model)
+    model_dir = resolve(ref)
+    local = model_dir != ref.hub
+    tokenizer = load_tokenizer(ref, model_dir if local else None)
+    try:
+        config = AutoConfig.from_pretrained(model_dir, revision=None if local else ref.revision,
+                                            trust_remote_code=ref.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(Problem(f"cannot load the model config of {ref.label}: {e}".split("\n")[0], path="model",
+                                 hint="check the model reference; offline, use model.path or model.packaged")) from None
+    return ref, tokenizer, config
+
+
+def module_types(config, trust_remote_code: bool = False) -> dict[str, str]:
+    """Every module of the architecture (dotted name -> class name), built on the meta device (no weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except ImportError:  # pragma: no cover - accelerate is a dependency
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return {name: type(m).__name__ for name, m in model.named_modules() if name}
+
+
+def _matches(name: str, target: str) -> bool:
+    """PEFT's rule for a list of target names: the full name, or its last components."""
+    return name == target or name.endswith("." + target)
+
+
+def linear_names(modules: dict[str, str]) -> list[str]:
+    """The distinct short names of the linear layers (what target_modules usually lists), LM head last."""
+    names: dict[str, None] = {}
+    for name, kind in modules.items():
+        if kind in ("Linear", "Conv1D"):
+            names.setdefault(name.rsplit(".", 1)[-1], None)
+    short = [n for n in names if n != "lm_head"]
+    return short + (["lm_head"] if "lm_head" in names else [])
+
+
+def _target_problems(spec, modules: dict[str, str]) -> list[Problem]:
+    from ..spec.adapter import LoraSpec
+
+    adapter = spec.adapter
+    if not isinstance(adapter, LoraSpec):
+        return []
+    problems = []
+    linear = linear_names(modules)
+    shown = ", ".join(linear[:12]) + (", …" if len(linear) > 12 else "")
+    if adapter.target_modules != "all-linear":
+        for i, target in enumerate(adapter.target_modules):
+            hits = {n: k for n, k in modules.items() if _matches(n, target)}
+            if not hits:
+                problems.append(Problem(f"no module named `{target}` in this model ({spec.model.hub or spec.model.packaged or spec.model.path})",
+                                        path=f"adapter.target_modules.{i}",
+                                        hint=f"its linear layers are: {shown}; or use target_modules: all-linear"))
+            elif not any(k in ADAPTABLE for k in hits.values()):
+                kinds = ", ".join(sorted(set(hits.values())))
+                problems.append(Problem(f"`{target}` is a {kinds}, which LoRA cannot adapt",
+                                        path=f"adapter.target_modules.{i}",
+                                        hint=f"name linear layers: {shown}"))
+    for i, name in enumerate(adapter.modules_to_save):
+        if not any(_matches(n, name) for n in modules):
+            tops = sorted({n.rsplit(".", 1)[-1] for n, k in modules.items() if k == "Embedding"} | {"lm_head"} & set(linear))
+            problems.append(Problem(f"no module named `{name}` in this model", path=f"adapter.modules_to_save.{i}",
+                                    hint="e.g. " + ", ".join(tops or linear[:5])))
+    return problems
+
+
+def _template_problems(loaded, tokenizer) -> list[Problem]:
+    from .build import template_of
+
+    try:
+        template = template_of(loaded)
+    except TunespecError as e:
+        return list(e.problems)
+    if template.kind == "tokenizer":
+        if not getattr(tokenizer, "chat_template", None):
+            return [Problem("template `tokenizer` uses the model's chat template, but this tokenizer has none",
+                            path="data.template", hint="choose a library template such as chatml or alpaca")]
+        return []
+    problems = []
+    markers = dict.fromkeys(SPECIAL_MARKER.findall(template.source + (template.stop or "")))
+    for marker in markers:
+        ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            problems.append(Problem(
+                f"the template's marker `{marker}` is not one token of this model's vocabulary "
+                f"(it becomes {len(ids)} pieces of text)", path="data.template",
+                hint="use the model's own chat template (template: tokenizer) or a template made for this model"))
+    return problems
+
+
+def deep_check(loaded) -> None:
+    """Raise ``SpecError`` listing every problem the tokenizer and the model config reveal."""
+    from .tokenize import context_length
+
+    spec = loaded.spec
+    ref, tokenizer, config = _load(loaded)
+    problems: list[Problem] = []
+
+    if tokenizer.eos_token_id is None:
+        problems.append(Problem("the tokenizer has no EOS token, so the model could never learn to stop",
+                                path="model", hint="use a model whose tokenizer defines eos_token"))
+    ctx = context_length(config)
+    max_length = spec.data.tokenization.max_length
+    if ctx and max_length and max_length > ctx:
+        problems.append(Problem(f"max_length {max_length} exceeds the model's context length {ctx}",
+                                path="data.tokenization.max_length", hint=f"use at most {ctx}"))
+    problems += _template_problems(loaded, tokenizer)
+    from ..spec.adapter import LoraSpec
+
+    if isinstance(spec.adapter, LoraSpec) and (spec.adapter.target_modules != "all-linear" or spec.adapter.modules_to_save):
+        try:
+            modules = module_types(config, ref.trust_remote_code)
+        except Exception as e:  # an architecture transformers cannot build: say so, do not crash
+            problems.append(Problem(f"cannot build the model on the meta device to check its modules: "
+                                    f"{type(e).__name__}: {e}".split("\n")[0], path="adapter.target_modules",
+                                    hint="check the model reference (and trust_remote_code for custom code)"))
+        else:
+            problems += _target_problems(spec, modules)
+    if problems:
+        raise SpecError([_locate(loaded, p) for p in problems])

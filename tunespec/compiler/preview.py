@@ -1,0 +1,136 @@
+"""`tunespec preview TARGET`: one rendered row of a build, with its trained tokens highlighted.
+
+TARGET is a build directory (it has lock.yaml), or a spec file, which is compiled into a temporary
+directory first (``--set`` overrides apply). The text view shows the rendered row (prompt and
+completion, or the conversation), then the row's tokens as the model sees them, with the trained ones
+(the tokens that carry loss) in bold green on a terminal, or between ``[[`` and ``]]`` otherwise, and the
+counts. ``--json`` prints ``input_ids``, ``labels`` (-100 where not trained), ``tokens``, and ``prompt``
+and ``completion`` (chat rows: ``messages``, and the ``eval_prompt`` generation is given).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BuildError, Problem
+
+GREEN_BOLD = "\x1b[1;32m"
+DIM = "\x1b[2m"
+RESET = "\x1b[0m"
+OPEN, CLOSE = "[[", "]]"
+
+
+def _load_row(build: Path, split: str, index: int):
+    manifest_path = build / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise BuildError(Problem(f"{build} is not a complete build (manifest.json is missing or unreadable)",
+                                 hint="compile it first: tunespec compile SPEC -o BUILD")) from None
+    splits = manifest.get("splits") or {}
+    if split not in splits:
+        raise BuildError(Problem(f"the build has no `{split}` split", path="--split",
+                                 hint="it has: " + (", ".join(splits) or "no splits")))
+    n = int(splits[split]["rows"])
+    if not -n <= index < n:
+        raise BuildError(Problem(f"index {index} is out of range: the {split} split has {n} row{'s' if n != 1 else ''}"
+                                 f" (0..{n - 1})", path="--index", hint=f"pick an index from 0 to {n - 1}"))
+    index %= n
+    tokens = build / "tokens"
+    offsets = np.load(tokens / f"{split}.offsets.npy", mmap_mode="r")
+    a, b = int(offsets[index]), int(offsets[index + 1])
+    ids = np.load(tokens / f"{split}.ids.npy", mmap_mode="r")[a:b].tolist()
+    trained = np.load(tokens / f"{split}.trained.npy", mmap_mode="r")[a:b].astype(bool).tolist()
+    with open(build / "data" / f"{split}.jsonl", encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i == index:
+                row = json.loads(line)
+                break
+        else:  # pragma: no cover - a build whose files disagree with its manifest
+            raise BuildError(Problem(f"data/{split}.jsonl has fewer rows than the manifest says", file=str(build)))
+    return manifest, row, ids, trained, index, n
+
+
+def _spans(ids: list[int], trained: list[bool]) -> list[tuple[bool, list[int]]]:
+    out: list[tuple[bool, list[int]]] = []
+    for t, m in zip(ids, trained):
+        if out and out[-1][0] == m:
+            out[-1][1].append(t)
+        else:
+            out.append((m, [t]))
+    return out
+
+
+def render_row(build: Path, *, split: str = "train", index: int = 0, as_json: bool = False, color: bool = False) -> str:
+    from transformers import AutoTokenizer
+
+    build = Path(build)
+    manifest, row, ids, trained, index, n = _load_row(build, split, index)
+    tokenizer = AutoTokenizer.from_pretrained(build / "tokenizer")
+    labels = [t if m else -100 for t, m in zip(ids, trained)]
+    if as_json:
+        out: dict = {"id": row.get("id"), "split": split, "index": index}
+        if "messages" in row:
+            out["messages"] = row["messages"]
+            out["eval_prompt"] = row.get("eval_prompt")
+        else:
+            out["prompt"] = row["prompt"]
+            out["completion"] = row["completion"]
+        out.update(input_ids=ids, labels=labels, tokens=tokenizer.convert_ids_to_tokens(ids))
+        return json.dumps(out, ensure_ascii=False)
+
+    def decode(part: list[int]) -> str:
+        return tokenizer.decode(part, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def head(text: str) -> str:
+        return f"{DIM}── {text}{RESET}" if color else f"── {text}"
+
+    lines = [head(f"{split} row {index} of {n}: id {row.get('id')} (from {row.get('source')})")]
+    if "messages" in row:
+        for m in row["messages"]:
+            lines.append(head(m["role"]))
+            lines.append(m["content"])
+    else:
+        lines += [head("prompt"), row["prompt"], head("completion"), row["completion"]]
+    n_trained = sum(trained)
+    lines.append(head(f"tokens: {len(ids)}, trained: {n_trained} "
+                      + ("(trained in bold green)" if color else f"(trained between {OPEN} and {CLOSE})")))
+    view = []
+    for is_trained, part in _spans(ids, trained):
+        text = decode(part)
+        if is_trained:
+            view.append(f"{GREEN_BOLD}{text}{RESET}" if color else f"{OPEN}{text}{CLOSE}")
+        else:
+            view.append(text)
+    lines.append("".join(view))
+    eos = manifest.get("eos_token_id")
+    ends = [i for i in range(len(ids)) if trained[i] and ids[i] == eos]
+    lines.append(head(f"{len(ids)} tokens, {n_trained} trained ({n_trained / max(1, len(ids)):.0%}), "
+                      f"{len(ids) - n_trained} masked (-100); EOS id {eos} trained {len(ends)}×"))
+    return "\n".join(lines)
+
+
+def preview_row(target, *, split: str = "train", index: int = 0, as_json: bool = False, overrides=(),
+                color: bool = False) -> str:
+    """The preview of one row of `target` (a build directory, or a spec file compiled first)."""
+    target = Path(target)
+    if target.is_dir():
+        if not (target / "lock.yaml").is_file():
+            raise BuildError(Problem(f"{target} is not a build (it has no lock.yaml)",
+                                     hint="pass a build directory or a spec file"))
+        if overrides:
+            raise BuildError(Problem("--set applies to a spec file, not to a compiled build", path="--set",
+                                     hint="preview the spec file instead, or recompile with --set"))
+        return render_row(target, split=split, index=index, as_json=as_json, color=color)
+    from ..spec.loader import load_spec
+    from .build import compile_build
+
+    loaded = load_spec(target, list(overrides))
+    with tempfile.TemporaryDirectory(prefix="tunespec-preview-") as tmp:
+        build = Path(tmp) / loaded.spec.name
+        compile_build(loaded, build, log=lambda s: None, command=f"tunespec preview {target}")
+        return render_row(build, split=split, index=index, as_json=as_json, color=color)

@@ -1,0 +1,327 @@
+"""`tunespec rerun BUILD/lock.yaml -o NEW_BUILD`: rebuild from a lock file and check it reproduces.
+
+1. Read the lock file. A missing or garbled lock is a ``BuildError`` located in it (file, line, field).
+2. Compare every input the lock recorded with what is there now and say exactly which changed: each
+   source file's sha256 (a file gone, a glob matching new files), hub coordinates, the template's
+   sha256, and the versions of tunespec (a change of the build's inputs) and of the libraries
+   (warnings: a new transformers or tokenizers may tokenize differently).
+3. Compile the lock's spec into the new directory. The lock holds the *resolved* spec (defaults
+   filled in, paths absolute), so it is validated as it is, with ``Spec.model_validate``: the loader's
+   rules about which fields a spec file wrote do not apply to it.
+4. Compare the new build's file hashes with those of the old build's manifest (beside the lock) and
+   print ``reproduced: N files identical``, or every file that differs. The tokenizer's sha256 and the
+   input key are compared too, and the old build's own files are checked against its manifest.
+
+``rerun_lock`` returns True iff every file of the new build is identical to the old build's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from ..errors import BuildError, Problem, TunespecError
+
+Log = Callable[[str], None]
+LIBRARIES = ("python", "torch", "transformers", "tokenizers", "datasets", "peft", "accelerate", "bitsandbytes")
+
+
+def _short(sha: str | None) -> str:
+    return (sha[:12] + "…") if sha else "none"
+
+
+# --------------------------------------------------------------------------- reading the lock
+
+
+def _plain(node):
+    """ruamel's round-trip nodes as plain Python values."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    if isinstance(node, CommentedMap):
+        return {str(k) if not isinstance(k, (str, int)) else k: _plain(v) for k, v in node.items()}
+    if isinstance(node, CommentedSeq):
+        return [_plain(v) for v in node]
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def _position(doc, loc: tuple) -> tuple[int | None, int | None]:
+    """The (line, column), 1-based, of the deepest part of `loc` found in the round-trip document."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    line = col = None
+    node = doc
+    for part in loc:
+        try:
+            if isinstance(node, CommentedMap) and part in node:
+                line, col = node.lc.key(part)
+            elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
+                line, col = node.lc.item(part)
+            else:
+                break
+            node = node[part]
+        except Exception:  # positions are a courtesy: never fail on them
+            break
+    return (line + 1 if line is not None else None), (col + 1 if col is not None else None)
+
+
+def read_lock(lock_path: Path) -> tuple[dict, object, Path]:
+    """The lock as plain data, its round-trip document (for positions), and the lock file's path."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    lock_path = Path(lock_path)
+    if lock_path.is_dir():
+        lock_path = lock_path / "lock.yaml"
+    shown = str(lock_path)
+    if not lock_path.is_file():
+        raise BuildError(Problem("no such lock file", file=shown,
+                                 hint="pass the lock.yaml of a compiled build: tunespec rerun BUILD/lock.yaml -o NEW"))
+    try:
+        text = lock_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BuildError(Problem("the lock file is not UTF-8 text", file=shown, hint="recompile the build")) from None
+    except OSError as e:
+        raise BuildError(Problem(f"cannot read the lock file: {e.strerror}", file=shown)) from None
+    try:
+        doc = YAML(typ="rt").load(text)
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        msg = " ".join(str(x) for x in (e.context, e.problem) if x).strip() or "malformed YAML"
+        raise BuildError(Problem(f"the lock file is not valid YAML: {msg}", file=shown,
+                                 line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None,
+                                 hint="the lock was edited or truncated; recompile the build")) from None
+    except YAMLError as e:
+        raise BuildError(Problem(f"the lock file is not valid YAML: {e}", file=shown, hint="recompile the build")) from None
+    lock = _plain(doc)
+    if not isinstance(lock, dict) or "tunespec_lock" not in lock:
+        raise BuildError(Problem("not a tunespec lock file (no `tunespec_lock` key)", file=shown, line=1, column=1,
+                                 hint="pass the lock.yaml that `tunespec compile` wrote into the build"))
+    for key, kind in (("spec", dict), ("inputs", dict), ("input_key", str)):
+        if not isinstance(lock.get(key), kind):
+            line, col = _position(doc, (key,))
+            raise BuildError(Problem(f"the lock file's `{key}` is missing or not a {kind.__name__ if kind is str else 'mapping'}",
+                                     file=shown, line=line or 1, column=col or 1, path=key,
+                                     hint="the lock was edited or truncated; recompile the build"))
+    return lock, doc, lock_path
+
+
+def loaded_from_lock(lock: dict, doc, lock_path: Path):
+    """A LoadedSpec of the lock's resolved spec (validated as written; no spec-file rules)."""
+    import pydantic
+
+    from ..spec.loader import LoadedSpec
+    from ..spec.root import Spec
+
+    try:
+        spec = Spec.model_validate(lock["spec"])
+    except pydantic.ValidationError as e:
+        problems = []
+        for err in e.errors()[:10]:
+            loc = ("spec",) + _doc_loc(lock["spec"], tuple(err["loc"]))
+            line, col = _position(doc, loc)
+            problems.append(Problem(f"the lock's spec does not validate with this tunespec: {err['msg']}",
+                                    file=str(lock_path), line=line, column=col,
+                                    path=".".join(str(p) for p in loc),
+                                    hint="the lock was written by another tunespec version or edited; recompile the spec"))
+        raise BuildError(problems) from None
+    spec_file = Path(lock.get("spec_file") or lock_path)
+    return LoadedSpec(spec=spec, file=spec_file, raw=lock["spec"],
+                      extends=[Path(p) for p in lock.get("extends") or []],
+                      overrides=list(lock.get("overrides") or []))
+
+
+def _doc_loc(data, loc: tuple) -> tuple:
+    """A pydantic error location as a path into the data: union member tags ('lora', 'str', ...) left out."""
+    out: list = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif i == len(loc) - 1 and isinstance(part, str) and isinstance(node, dict):
+            pass  # a missing key: name it
+        else:
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- comparing inputs
+
+
+def _compare_files(label: str, old: list[dict], new: list[dict], pattern: str | None) -> list[str]:
+    before = {e["file"]: e.get("sha256") for e in old if isinstance(e, dict) and "file" in e}
+    after = {e["file"]: e.get("sha256") for e in new}
+    out = []
+    for f, sha in before.items():
+        if f not in after:
+            out.append(f"{label}: {f} is gone")
+        elif after[f] != sha:
+            out.append(f"{label}: {f} sha256 changed (was {_short(sha)}, now {_short(after[f])})")
+    for f in after:
+        if f not in before:
+            out.append(f"{label}: {f} is new" + (f" (it matches {pattern})" if pattern else ""))
+    return out
+
+
+def input_changes(loaded, lock: dict) -> tuple[list[str], list[str]]:
+    """(changes of the build's inputs, warnings about the environment) since the lock was written."""
+    from .build import _versions, template_of
+    from .sources import source_inputs, source_names
+
+    changes: list[str] = []
+    warnings: list[str] = []
+    spec = loaded.spec
+    recorded = lock["inputs"].get("sources") or []
+    names = source_names(spec.data.sources)
+    if len(recorded) != len(spec.data.sources):
+        changes.append(f"the lock records {len(recorded)} sources but its spec has {len(spec.data.sources)}")
+    for i, src in enumerate(spec.data.sources):
+        rec = recorded[i] if i < len(recorded) and isinstance(recorded[i], dict) else {}
+        label = f"source {rec.get('name') or names[i]}"
+        old_entries = rec.get("entries") or []
+        try:
+            now = source_inputs(src)
+        except TunespecError as e:
+            p = e.problems[0]
+            changes.append(f"{label}: {(p.file + ': ') if p.file else ''}{p.message}")
+            continue
+        if src.path:
+            changes += _compare_files(label, old_entries, now, src.path)
+            continue
+        old = old_entries[0] if old_entries and isinstance(old_entries[0], dict) else {}
+        new = now[0]
+        for key in ("hub", "config", "revision", "split", "data_files"):
+            if old.get(key) != new.get(key):
+                changes.append(f"{label}: hub {key} changed (was {old.get(key)!r}, now {new.get(key)!r})")
+        if "files" in new or "files" in old:
+            changes += _compare_files(label, old.get("files") or [], new.get("files") or [], None)
+        elif not new.get("revision"):
+            warnings.append(f"{label}: hub dataset {new.get('hub')} is not pinned to a revision, so its rows may have "
+                            f"changed without the lock noticing (set data.sources.{i}.revision)")
+    old_t = lock["inputs"].get("template") or {}
+    try:
+        template = template_of(loaded)
+        if template.sha256 != old_t.get("sha256"):
+            changes.append(f"template {template.name} changed (sha256 was {_short(old_t.get('sha256'))}, "
+                           f"now {_short(template.sha256)})")
+    except TunespecError as e:
+        changes.append(f"template: {e.problems[0].render()}")
+    old_v = lock.get("versions") or {}
+    now_v = _versions()
+    if old_v.get("tunespec") != now_v.get("tunespec"):
+        changes.append(f"tunespec version {old_v.get('tunespec')} → {now_v.get('tunespec')}")
+    for lib in LIBRARIES:
+        if lib in old_v and old_v.get(lib) != now_v.get(lib):
+            warnings.append(f"{lib} {old_v.get(lib)} → {now_v.get(lib)}"
+                            + (" (tokenization may differ)" if lib in ("transformers", "tokenizers") else ""))
+    return changes, warnings
+
+
+# --------------------------------------------------------------------------- the rerun
+
+
+def _check_old_files(build: Path, files: dict) -> list[str]:
+    """Files of the old build that no longer match its manifest."""
+    from ..models import sha256_file
+
+    out = []
+    for f, sha in sorted(files.items()):
+        p = build / f
+        if not p.is_file():
+            out.append(f"{f} is missing from the old build")
+        elif sha256_file(p) != sha:
+            out.append(f"{f} was modified after the old build was compiled (sha256 no longer matches its manifest)")
+    return out
+
+
+def rerun_lock(lock_path: Path, output: Path, log: Log = print) -> bool:
+    """Rebuild `lock_path`'s spec into `output`; True iff every file is identical to the old build's."""
+    from .build import _sha_bytes, compile_build
+
+    lock, doc, lock_path = read_lock(Path(lock_path))
+    old_build = lock_path.parent
+    output = Path(output)
+    if output.exists() and output.resolve() == old_build.resolve():
+        raise BuildError(Problem(f"{output} is the build the lock belongs to", path="-o",
+                                 hint="rerun into a new directory, e.g. -o " + str(old_build) + "-rerun"))
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise BuildError(Problem(f"{output} already exists", path="-o",
+                                 hint="rerun writes a new build: choose a directory that does not exist yet"))
+    loaded = loaded_from_lock(lock, doc, lock_path)
+
+    log(f"rerun of {lock_path} (compiled {lock.get('created', '?')}, input key {lock['input_key'][:12]})")
+    changes, warnings = input_changes(loaded, lock)
+    for c in changes:
+        log(f"  changed: {c}")
+    for w in warnings:
+        log(f"  warning: {w}")
+    if not changes:
+        log("  inputs: unchanged (source files, template and tunespec version match the lock)")
+
+    command = f"tunespec rerun {lock_path} -o {output}"
+    result = compile_build(loaded, output, command=command, log=log)
+    for line in result.messages:
+        log(line)
+    new_manifest = result.manifest
+
+    old_manifest_path = old_build / "manifest.json"
+    try:
+        old_bytes = old_manifest_path.read_bytes()
+        old_manifest = json.loads(old_bytes)
+    except (OSError, ValueError):
+        log(f"not reproduced: {old_manifest_path} is missing or unreadable, so there is nothing to compare with")
+        return False
+    if lock.get("manifest_sha256") and _sha_bytes(old_bytes) != lock["manifest_sha256"]:
+        log("  warning: the manifest beside the lock is not the one the lock recorded (its sha256 differs)")
+    for problem in _check_old_files(old_build, old_manifest.get("files") or {}):
+        log(f"  warning: old build: {problem}")
+
+    new_key = new_manifest.get("input_key")
+    if new_key != lock["input_key"]:
+        log(f"  input key: was {lock['input_key'][:12]}, now {str(new_key)[:12]}")
+    new_lock = _read_new_lock(output)
+    old_tok = (lock["inputs"].get("tokenizer") or {}).get("sha256")
+    new_tok = ((new_lock.get("inputs") or {}).get("tokenizer") or {}).get("sha256")
+    if old_tok and new_tok and old_tok != new_tok:
+        log(f"  changed: tokenizer (sha256 was {_short(old_tok)}, now {_short(new_tok)})")
+
+    old_files: dict = old_manifest.get("files") or {}
+    new_files: dict = new_manifest.get("files") or {}
+    differ = []
+    for f in sorted(set(old_files) | set(new_files)):
+        if f not in new_files:
+            differ.append(f"{f}: only in the old build")
+        elif f not in old_files:
+            differ.append(f"{f}: only in the new build")
+        elif old_files[f] != new_files[f]:
+            differ.append(f"{f}: sha256 was {_short(old_files[f])}, now {_short(new_files[f])}")
+    if not differ and old_files:
+        log(f"reproduced: {len(new_files)} files identical")
+        return True
+    log(f"not reproduced: {len(differ)} of {len(set(old_files) | set(new_files))} files differ")
+    for d in differ:
+        log(f"  {d}")
+    if changes:
+        log("  (the inputs changed: see above)")
+    return False
+
+
+def _read_new_lock(build: Path) -> dict:
+    from ruamel.yaml import YAML
+
+    try:
+        data = YAML(typ="safe", pure=True).load((build / "lock.yaml").read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except Exception:
+        return {}
