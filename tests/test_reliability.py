@@ -679,8 +679,6 @@ def test_full_disk_leaves_no_build(full_disk, tmp_path, make_spec, monkeypatch, 
     assert not (parent / "b").exists() and not list(parent.glob(".b.*")), os.listdir(parent)
 
 
-@pytest.mark.xfail(strict=True, reason="compiler/build.py: an OSError while writing the build (ENOSPC, EROFS) is a "
-                   "traceback, exit 1; it should be a BuildError naming the path")
 def test_full_disk_is_a_clean_error(full_disk, tmp_path, make_spec, monkeypatch, tunespec_env):
     import errno
 
@@ -697,8 +695,6 @@ def test_read_only_output_leaves_no_build(read_only_dir, tmp_path, make_spec, mo
     assert not (parent / "b").exists() and not list(parent.glob(".b.*"))
 
 
-@pytest.mark.xfail(strict=True, reason="compiler/build.py: mkdtemp in a read-only directory raises OSError "
-                   "(a traceback, exit 1); it should be a BuildError naming the directory")
 def test_read_only_output_is_a_clean_error(read_only_dir, tmp_path, make_spec, monkeypatch, tunespec_env):
     import errno
 
@@ -732,8 +728,6 @@ def test_convert_to_a_full_or_read_only_disk_is_a_clean_error(full_disk, read_on
         monkeypatch.undo()
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/train.py: training a build on a read-only file system raises "
-                   "OSError from train_dir.mkdir (a traceback, exit 1)")
 def test_train_on_a_read_only_build_is_a_clean_error(tmp_path, tiny_build_template, tunespec_env):
     ro = tmp_path / "ro"
     shutil.copytree(tiny_build_template, ro / "build")

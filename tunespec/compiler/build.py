@@ -39,7 +39,7 @@ from ..spec.loader import LoadedSpec
 from ..spec.render import resolved_dict, to_yaml
 from .formats import FORMATS
 from .records import Record
-from .sources import SPLITS, drop_problems, form_splits, load_source, source_inputs, source_names
+from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_inputs, source_names
 from .templates import Template, load_template
 from .tokenize import context_length, special_prefix, tokenize_examples
 
@@ -222,6 +222,7 @@ def compile_build(
         problems += drop_problems(dup_drops, "data")
 
     fmt_of = {res.name: res.format for res in results}
+    by_name = {res.name: res for res in results}
     ref_fields_of = {
         f: (spec.evaluation.reference_fields or ([FORMATS[f].reference] if FORMATS[f].reference else []))
         for f in set(fmt_of.values())
@@ -232,8 +233,11 @@ def compile_build(
     if train_on == "assistant_turns":
         train_on = "completion"
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise _write_error(e, out.parent) from None
     try:
         (tmp / "data").mkdir()
         (tmp / "tokens").mkdir()
@@ -250,7 +254,11 @@ def compile_build(
                                     train_on=train_on, add_eos=data.tokenization.add_eos)
             if tok.dropped:
                 all_drops[f"split:{split}"] = dict(sorted(tok.dropped.items()))
-                problems += drop_problems(tok.dropped, f"data.tokenization ({split})")
+                located = Drops(tok.dropped)
+                for reason, i in tok.first_dropped.items():
+                    name, _, index = records[i].source.rpartition("#")
+                    located.where[reason] = by_name[name].location(int(index))
+                problems += drop_problems(located, f"data.tokenization ({split})")
             with open(tmp / "data" / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
                 for i in tok.kept:
                     row = _record_row(records[i], template, fmts[i], rendered[i], tokenizer, ref_fields_of[fmts[i]],
@@ -270,8 +278,8 @@ def compile_build(
                 "length": _length_stats(lengths),
             }
         if "train" not in split_stats or split_stats["train"]["rows"] == 0:
-            raise DataError(Problem("no training rows are left", path="data.sources",
-                                    hint="check the sources, their split names and the drop counts above"))
+            raise DataError(problems + [Problem("no training rows are left", path="data.sources",
+                                                hint="fix the dropped rows listed above, or check the sources' split names")])
         if data.strict and problems:
             raise DataError(problems)
         from .memory import check_budget, estimate_memory
@@ -327,6 +335,9 @@ def compile_build(
         (tmp / "lock.yaml").write_text("# tunespec lock file: the fully resolved spec and the hashes of its inputs.\n"
                                        + to_yaml(lock), encoding="utf-8")
         _install(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(e, out) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -338,6 +349,12 @@ def compile_build(
     for p in problems:
         messages.append("  warning: " + p.render())
     return BuildResult(out, False, manifest, messages)
+
+
+def _write_error(e: OSError, where: Path) -> BuildError:
+    """A failed write (full disk, read-only or missing directory) as a user-facing error; nothing is left behind."""
+    return BuildError(Problem(f"cannot write the build: {e.strerror or e}", file=str(e.filename or where),
+                              hint="free some space, or choose a writable output directory with -o"))
 
 
 def _install(tmp: Path, out: Path) -> None:

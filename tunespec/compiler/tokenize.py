@@ -30,6 +30,7 @@ class Tokenized:
     kept: list[int]  # indices (into the input list) of the rows kept, in order
     dropped: Counter = field(default_factory=Counter)
     truncated: int = 0
+    first_dropped: dict[str, int] = field(default_factory=dict)  # reason -> index of the first row dropped for it
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -137,6 +138,7 @@ def tokenize_examples(
     lengths: list[int] = []
     kept: list[int] = []
     dropped: Counter = Counter()
+    first_dropped: dict[str, int] = {}
     truncated = 0
     pos = 0
     n_prefix = len(prefix)
@@ -170,6 +172,7 @@ def tokenize_examples(
                     mask[j:] = [0] * (len(ids) - j)
         if 1 not in mask:
             dropped["no trained tokens (empty completion)"] += 1
+            first_dropped.setdefault("no trained tokens (empty completion)", row)
             continue
         if len(ids) > max_length:
             if overlong == "truncate_prompt":
@@ -177,12 +180,14 @@ def tokenize_examples(
                 keep_from = n_prefix + cut
                 if keep_from > prompt_end:
                     dropped[f"completion alone longer than max_length {max_length}"] += 1
+                    first_dropped.setdefault(f"completion alone longer than max_length {max_length}", row)
                     continue
                 ids = ids[:n_prefix] + ids[keep_from:]
                 mask = mask[:n_prefix] + mask[keep_from:]
                 truncated += 1
             else:
                 dropped[f"longer than max_length {max_length}"] += 1
+                first_dropped.setdefault(f"longer than max_length {max_length}", row)
                 continue
         flat_ids.extend(ids)
         flat_mask.extend(mask)
@@ -195,7 +200,7 @@ def tokenize_examples(
     else:  # pragma: no cover - a platform whose C int is not 32 bits
         ids_flat = np.asarray(flat_ids.tolist(), dtype=np.int32)
     mask_flat = np.frombuffer(bytes(flat_mask), dtype=np.uint8).copy() if flat_mask else np.zeros(0, dtype=np.uint8)
-    return Tokenized(ids_flat, mask_flat, offsets, kept, dropped, truncated)
+    return Tokenized(ids_flat, mask_flat, offsets, kept, dropped, truncated, first_dropped)
 
 
 def context_length(config) -> int | None:

@@ -43,7 +43,7 @@ from pathlib import Path
 import click
 
 from ..errors import BuildError, Problem, TunespecError
-from ..spec.adapter import LoraSpec
+from ..spec.adapter import is_peft
 from . import checkpoint as ckpt
 from .batching import collate_packed, collate_padded, count_positions, epoch_batches
 from .build import Build, TokenSet
@@ -598,7 +598,7 @@ class Trainer:
         model = self.acc.unwrap_model(self.model)
         if self.spec.training.load_best_model_at_end and self.best:
             self._load_trainable(Path(self.best["path"]))
-        target = self.build.adapter_dir if isinstance(self.spec.adapter, LoraSpec) else self.build.merged_dir
+        target = self.build.adapter_dir if is_peft(self.spec.adapter) else self.build.merged_dir
         tmp = target.with_name(f".{target.name}.tmp")
         if self.acc.is_main_process:
             import shutil
@@ -610,7 +610,7 @@ class Trainer:
 
             _drop_checkpoint_wrappers(model)
             model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-            if isinstance(self.spec.adapter, LoraSpec) and not _safetensors_keys(tmp / "adapter_model.safetensors"):
+            if is_peft(self.spec.adapter) and not _safetensors_keys(tmp / "adapter_model.safetensors"):
                 raise BuildError(Problem(f"the adapter saved from this {self.acc.distributed_type.value} run is empty",
                                          file=str(tmp), hint="the last checkpoint is in train/; please report this"))
             self.tokenizer.save_pretrained(tmp)
@@ -697,7 +697,15 @@ class _null:
 
 
 def train(build_path: str | Path, *, restart: bool = False) -> dict:
-    return Trainer(Build(build_path), restart=restart).run()
+    import errno
+
+    try:
+        return Trainer(Build(build_path), restart=restart).run()
+    except OSError as e:
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+            raise BuildError(Problem(f"cannot write to the build: {e.strerror}", file=str(e.filename or build_path),
+                                     hint="free some space, or train a writable copy of the build")) from None
+        raise
 
 
 @click.command()
