@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BuildError, Problem
-from ..spec.adapter import LoraSpec
+from ..spec.adapter import is_peft
 from . import rouge
 from .build import Build
 
@@ -167,7 +167,7 @@ def evaluate(build: Build, *, model: str | None = None, split: str | None = None
     tokenizer.padding_side = "left"
 
     if model is None:
-        tuned = "adapter" if isinstance(build.spec.adapter, LoraSpec) else "merged"
+        tuned = "adapter" if is_peft(build.spec.adapter) else "merged"
         variants = ["base", tuned]
     else:
         variants = [model]
@@ -185,8 +185,11 @@ def evaluate(build: Build, *, model: str | None = None, split: str | None = None
             g = generate(m, tokenizer, build, prompts, log=log)
             preds[label] = g.predictions
             scores[label] = rouge.score_pairs(g.predictions, refs, multi_ref=multi_ref)
-            info.update(rouge=scores[label].to_dict(include_per_sample=False), generation_seconds=round(g.seconds, 2),
-                        new_tokens=g.new_tokens, tokens_per_second=round(g.new_tokens / max(g.seconds, 1e-9), 1))
+            for metric, agg in scores[label].aggregate.items():  # rouge1..rougeLsum: F1 with P, R and the CI beside it
+                info[metric] = {"f1": _r(agg["fmeasure"]), "precision": _r(agg["precision"]),
+                                "recall": _r(agg["recall"]), "ci_low": _r(agg["ci_low"]), "ci_high": _r(agg["ci_high"])}
+            info.update(generation_seconds=round(g.seconds, 2), new_tokens=g.new_tokens,
+                        tokens_per_second=round(g.new_tokens / max(g.seconds, 1e-9), 1))
         if "loss" in ev.metrics:
             loss = eval_loss(m, build, split, limit)
             info.update(eval_loss=None if loss is None else round(loss, 6),
@@ -198,6 +201,8 @@ def evaluate(build: Build, *, model: str | None = None, split: str | None = None
     if "base" in scores and "tuned" in scores:
         summary["delta"] = {m: round(v, 6) for m, v in rouge.delta(scores["base"], scores["tuned"]).items()}
     summary["settings"] = {"input_key": build.input_key, "split": split, "rows": len(rows), "multi_ref": multi_ref,
+                           "rouge": "F1/precision/recall are plain means over samples (rouge_score, Porter stemmer); "
+                                    "ci_low/ci_high: 95% percentile bootstrap over samples, 1000 resamples",
                            "generation": ev.model_dump(include={"max_new_tokens", "num_beams", "do_sample",
                                                                 "temperature", "top_p", "seed", "batch_size"}),
                            "stop": build.stop}
@@ -213,6 +218,10 @@ def evaluate(build: Build, *, model: str | None = None, split: str | None = None
     (out_dir / "report.md").write_text(_report(build, summary, scores, preds, rows, refs), encoding="utf-8")
     log(f"wrote {out_dir}/rouge.json, predictions.jsonl, report.md")
     return summary
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 6)
 
 
 def _report(build: Build, summary: dict, scores: dict, preds: dict, rows: list[dict], refs: list) -> str:

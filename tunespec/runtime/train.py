@@ -571,14 +571,11 @@ class Trainer:
                 self.save(step, metrics)
 
     def _writer(self):
-        if "tensorboard" not in self.spec.training.report_to or not self.acc.is_main_process:
+        """Where metrics go besides metrics.jsonl: tensorboard (local files) and/or wandb, as report_to says."""
+        targets = set(self.spec.training.report_to) - {"none"}
+        if not targets or not self.acc.is_main_process:
             return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            self.log("warning: tensorboard is not installed; metrics go to metrics.jsonl only")
-            return None
-        return SummaryWriter(str(self.build.train_dir / "tensorboard"))
+        return _Writers(self, targets)
 
     def _log_metrics(self, record: dict, path: Path, writer) -> None:
         if not self.acc.is_main_process:
@@ -686,6 +683,40 @@ def _as_float(value) -> float | None:
     if value is None:
         return None
     return float(value.item() if hasattr(value, "item") else value)
+
+
+class _Writers:
+    """tensorboard's SummaryWriter and/or a wandb run behind one add_scalar/close."""
+
+    def __init__(self, trainer: "Trainer", targets: set[str]):
+        self.tb = self.wandb = None
+        if "tensorboard" in targets:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise BuildError("report_to includes tensorboard, which is not installed",
+                                 hint="pip install tensorboard, or set training.report_to: [none]") from None
+            self.tb = SummaryWriter(str(trainer.build.train_dir / "tensorboard"))
+        if "wandb" in targets:
+            try:
+                import wandb
+            except ImportError:
+                raise BuildError("report_to includes wandb, which is not installed",
+                                 hint="pip install wandb (and set WANDB_API_KEY), or remove wandb from training.report_to") from None
+            self.wandb = wandb.init(project=trainer.spec.name, id=trainer.build.input_key[:16], resume="allow",
+                                    dir=str(trainer.build.train_dir), config=trainer.build.lock["spec"])
+
+    def add_scalar(self, name: str, value: float, step: int) -> None:
+        if self.tb is not None:
+            self.tb.add_scalar(name, value, step)
+        if self.wandb is not None:
+            self.wandb.log({name: value}, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 class _null:
