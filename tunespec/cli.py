@@ -264,6 +264,45 @@ def run(spec: Path, output: Path | None, overrides: tuple[str, ...], force: bool
     run_all(spec, output, overrides, force=force, log=lambda s: click.echo(s, err=True))
 
 
+MODEL_HELP = "base, adapter, merged or a model directory (default: merged if it exists, else adapter, else base)."
+
+
+@main.command()
+@click.argument("build", type=click.Path(path_type=Path))
+@click.option("--prompt", "prompt", metavar="TEXT",
+              help="The input: the format's main field (dialogue, instruction, question, ...) or the user message.")
+@click.option("--input", "input_file", type=click.Path(path_type=Path),
+              help="One prompt per line, or JSON lines with `prompt` or the format's fields (and an optional id).")
+@click.option("--field", "fields", multiple=True, metavar="NAME=VALUE", help="Set one of the format's fields. Repeatable.")
+@click.option("--raw", is_flag=True, help="The text is the already-rendered prompt (no template).")
+@click.option("--model", "which", metavar="WHICH", help=MODEL_HELP)
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per prompt: prompt (as rendered), completion, input, model.")
+@user_errors
+def generate(build: Path, prompt: str | None, input_file: Path | None, fields: tuple[str, ...], raw: bool,
+             which: str | None, as_json: bool) -> None:
+    """Render new input with BUILD's training template and print the model's completion.
+
+    With several prompts, each completion is printed on one line (newlines as \\n); use --json for exact text.
+    """
+    from .runtime.generate import run_generate
+
+    run_generate(build, prompt=prompt, input_file=input_file, fields=fields, raw=raw, model=which, as_json=as_json,
+                 log=lambda s: click.echo(s, err=True))
+
+
+@main.command()
+@click.argument("build", type=click.Path(path_type=Path))
+@click.option("--model", "which", metavar="WHICH", help=MODEL_HELP)
+@click.option("--system", metavar="TEXT", help="System prompt (chat templates), replacing the template's.")
+@user_errors
+def chat(build: Path, which: str | None, system: str | None) -> None:
+    """Chat with BUILD's model in the terminal: /reset clears the history, /exit or end of input quits."""
+    from .runtime.generate import run_chat
+
+    run_chat(build, model=which, system=system, log=lambda s: click.echo(s, err=True))
+
+
 @main.command()
 def templates() -> None:
     """List the template library."""

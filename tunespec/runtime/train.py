@@ -361,9 +361,9 @@ class Trainer:
             with torch.no_grad():
                 for n, w in weights.items():
                     named[n].copy_(w.to(named[n].device))
-            self.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=False))
-            self.scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=False))
-            rng = torch.load(latest / "rng.pt", weights_only=False)
+            self.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
+            self.scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=True))
+            rng = torch.load(latest / "rng.pt", weights_only=True)
             ckpt.set_rng_state(rng["processes"][self.acc.process_index] if "processes" in rng else rng)
         self.best = state.get("best")
         self.resumed_metrics = dict(state.get("metrics") or {})
