@@ -598,7 +598,7 @@ def test_evaluate_writes_rouge_and_predictions(trained, tmp_path):
     assert {"base", "tuned", "delta", "settings"} <= set(rouge)
     assert set(rouge["delta"]) >= {"rouge1", "rouge2", "rougeL"}
     for label in ("base", "tuned"):
-        assert "rouge" in rouge[label] and rouge[label]["eval_loss"] > 0
+        assert {"rouge1", "rouge2", "rougeL", "rougeLsum"} <= set(rouge[label]) and "f1" in rouge[label]["rouge1"] and rouge[label]["eval_loss"] > 0
     assert summary["settings"]["rows"] == 8
     lines = (build / "eval" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == len(Build(build).rows("test")) == 8

@@ -485,7 +485,7 @@ def test_union_tag_errors(tmp_path, monkeypatch):
     head = "name: s\nmodel: {hub: a/b}\ndata: {format: alpaca, sources: [{path: x.jsonl}]}\n"
     cases = {
         "adapter: lora\n": "4:1: adapter: expected a mapping, got 'lora'",
-        "adapter: {method: null}\n": "4:11: adapter.method: null is not a known method — use one of 'lora', 'none'",
+        "adapter: {method: null}\n": "4:11: adapter.method: null is not a known method — use one of 'lora', 'prefix_tuning', 'prompt_tuning', 'ia3', 'none'",
         "launch:\n  topology: multi_gpu\n  sharding: full_shard\n":
             "6:3: launch.sharding: unknown key `sharding`: it is a FSDP option, not allowed with topology: multi_gpu"
             " — remove it, or use topology: fsdp",

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .errors import BuildError, Problem
-from .spec.adapter import LoraSpec
+from .spec.adapter import MERGEABLE_SPECS, is_peft
 
 
 def _stamp(path: Path) -> dict | None:
@@ -51,7 +51,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
     from .runtime.build import Build
 
     build = Build(out)
-    lora = isinstance(build.spec.adapter, LoraSpec)
+    lora = is_peft(build.spec.adapter)  # a peft adapter (BUILD/adapter), not a full fine-tune
     final = build.adapter_dir if lora else build.merged_dir
     log("[2/4] train")
     t = time.perf_counter()
@@ -72,6 +72,8 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
     t = time.perf_counter()
     if not lora:
         log("  full fine-tune: the model is already complete in merged/")
+    elif not isinstance(build.spec.adapter, MERGEABLE_SPECS):
+        log(f"  {build.spec.adapter.method}: adds virtual tokens, nothing to merge; serve base + adapter")
     elif _fresh(build.merged_dir / "tunespec.json", build.input_key, after=build.adapter_dir / "tunespec.json"):
         log("  merged/ is up to date: skipped")
     else:

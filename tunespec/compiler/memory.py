@@ -396,9 +396,32 @@ def count_lora_parameters(lora: LoraSpec, config: Any) -> int:
     return lora_trainable(lora, architecture_of(config)).total
 
 
+def other_adapter_trainable(adapter: Any, arch: Architecture) -> Trainable:
+    """Prefix tuning, prompt tuning and IA3: a few fp32 parameters (approximate counts)."""
+    method = adapter.method
+    h, layers = arch.hidden_size, arch.num_layers
+    if method == "prompt_tuning":
+        return Trainable(adapter=adapter.num_virtual_tokens * h)
+    if method == "prefix_tuning":
+        kv = adapter.num_virtual_tokens * layers * 2 * h
+        if not adapter.prefix_projection:
+            return Trainable(adapter=kv)
+        e = adapter.encoder_hidden_size or h
+        return Trainable(adapter=adapter.num_virtual_tokens * h + h * e + e + e * layers * 2 * h + layers * 2 * h)
+    # ia3: one vector per target (the input size of a feed-forward target, else the output size)
+    targets = adapter.target_modules or ["k_proj", "v_proj", "down_proj", "c_attn", "query_key_value", "dense_4h_to_h", "fc2"]
+    ff = adapter.feedforward_modules if adapter.feedforward_modules is not None else ["down_proj", "dense_4h_to_h", "fc2"]
+    total = sum(n_in if _matches(name, ff) else n_out
+                for name, lin in arch.module_names() for n_in, n_out in [(lin.in_features, lin.out_features)]
+                if _matches(name, targets))
+    return Trainable(adapter=total)
+
+
 def trainable_of(spec: Spec, arch: Architecture) -> Trainable:
     if isinstance(spec.adapter, FullSpec):
         return Trainable(full=arch.total_params)
+    if not isinstance(spec.adapter, LoraSpec):
+        return other_adapter_trainable(spec.adapter, arch)
     return lora_trainable(spec.adapter, arch)
 
 

@@ -1,4 +1,7 @@
-"""`tunespec merge BUILD`: fold the LoRA adapter into the base weights.
+"""`tunespec merge BUILD`: fold the adapter (LoRA, DoRA, rsLoRA or IA³) into the base weights.
+
+Prefix and prompt tuning cannot be merged: they add virtual tokens, not weight updates; `merge` refuses them
+(exit 2) and the adapter is served on top of the base.
 
 The base is reloaded *unquantized* (QLoRA trains against 4-bit weights, but merging into 4-bit
 weights would round most of the adapter's update away), the adapter applied and merged, and the
@@ -14,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import BuildError, ModelError, Problem
-from ..spec.adapter import LoraSpec
+from ..spec.adapter import MERGEABLE_SPECS, PrefixTuningSpec, PromptTuningSpec
 from .build import Build
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -26,7 +29,18 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
 
     from .modeling import load_base_model, pick_dtype
 
-    if not isinstance(build.spec.adapter, LoraSpec):
+    adapter = build.spec.adapter
+    if isinstance(adapter, PrefixTuningSpec):
+        raise BuildError(Problem(
+            "prefix tuning adds virtual key/value tokens at every layer; there are no weights to fold in",
+            path="adapter.method", file=str(build.adapter_dir),
+            hint="serve base + adapter: PeftModel.from_pretrained(base, BUILD/adapter)"))
+    if isinstance(adapter, PromptTuningSpec):
+        raise BuildError(Problem(
+            "prompt tuning prepends trained soft-prompt embeddings to the input; there are no weights to fold in",
+            path="adapter.method", file=str(build.adapter_dir),
+            hint="serve base + adapter: PeftModel.from_pretrained(base, BUILD/adapter)"))
+    if not isinstance(adapter, MERGEABLE_SPECS):
         raise BuildError(Problem("a full fine-tune has no adapter to merge; its model is already in merged/",
                                  file=str(build.merged_dir), hint="load BUILD/merged directly"))
     if not (build.adapter_dir / "adapter_config.json").is_file():

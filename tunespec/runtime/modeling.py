@@ -1,10 +1,10 @@
-"""Load the base model (dtype, attention, 4/8-bit) and wrap it for training (LoRA or full)."""
+"""Load the base model (dtype, attention, 4/8-bit) and wrap it for training (a peft adapter, or full)."""
 
 from __future__ import annotations
 
 from ..errors import ModelError, Problem
 from ..models import ModelRef, resolve
-from ..spec.adapter import LoraSpec
+from ..spec.adapter import IA3Spec, LoraSpec, PrefixTuningSpec, PromptTuningSpec, is_peft
 from ..spec.root import Spec
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -112,12 +112,57 @@ def lora_config(adapter: LoraSpec):
     )
 
 
+def prefix_tuning_config(adapter: PrefixTuningSpec):
+    from peft import PrefixTuningConfig
+
+    kwargs = {}
+    if adapter.prefix_projection and adapter.encoder_hidden_size is not None:
+        kwargs["encoder_hidden_size"] = adapter.encoder_hidden_size
+    return PrefixTuningConfig(num_virtual_tokens=adapter.num_virtual_tokens, prefix_projection=adapter.prefix_projection,
+                              task_type="CAUSAL_LM", **kwargs)
+
+
+def prompt_tuning_config(adapter: PromptTuningSpec, tokenizer_source: str | None = None):
+    from peft import PromptTuningConfig, PromptTuningInit
+
+    kwargs = {}
+    if adapter.init == "text":
+        kwargs = dict(prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=adapter.init_text,
+                      tokenizer_name_or_path=tokenizer_source)
+    return PromptTuningConfig(num_virtual_tokens=adapter.num_virtual_tokens, task_type="CAUSAL_LM", **kwargs)
+
+
+def ia3_config(adapter: IA3Spec):
+    from peft import IA3Config
+
+    return IA3Config(target_modules=adapter.target_modules, feedforward_modules=adapter.feedforward_modules,
+                     task_type="CAUSAL_LM")
+
+
+def adapter_config(spec: Spec, model=None):
+    """The peft config of the spec's adapter (None for a full fine-tune)."""
+    a = spec.adapter
+    if isinstance(a, LoraSpec):
+        return lora_config(a)
+    if isinstance(a, PrefixTuningSpec):
+        return prefix_tuning_config(a)
+    if isinstance(a, PromptTuningSpec):
+        source = None
+        if a.init == "text":
+            source = resolve(ModelRef.from_spec(spec.model))
+        return prompt_tuning_config(a, source)
+    if isinstance(a, IA3Spec):
+        return ia3_config(a)
+    return None
+
+
 def prepare_for_training(model, spec: Spec):
     """Gradient checkpointing, k-bit preparation and the adapter; returns the model to train."""
     t = spec.training
     # FSDP's own activation checkpointing replaces HF's; both would recompute every layer twice
     fsdp_ac = spec.launch.topology == "fsdp" and spec.launch.activation_checkpointing
     hf_gc = t.gradient_checkpointing and not fsdp_ac
+    peft = is_peft(spec.adapter)
     if spec.quantization.enabled:
         from peft import prepare_model_for_kbit_training
 
@@ -127,35 +172,47 @@ def prepare_for_training(model, spec: Spec):
         )
     elif hf_gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if isinstance(spec.adapter, LoraSpec):
+        if peft:
             model.enable_input_require_grads()
     model.config.use_cache = False
-    if isinstance(spec.adapter, LoraSpec):
+    if peft:
         from peft import get_peft_model
 
-        check_targets(model, spec.adapter)
+        a = spec.adapter
+        if isinstance(a, (LoraSpec, IA3Spec)):
+            check_targets(model, a)
+        name = {LoraSpec: "LoRA", PrefixTuningSpec: "prefix tuning", PromptTuningSpec: "prompt tuning",
+                IA3Spec: "IA3"}[type(a)]
         try:
-            model = get_peft_model(model, lora_config(spec.adapter))
-        except ValueError as e:
-            raise ModelError(Problem(f"LoRA does not fit this model: {e}".split("\n")[0], path="adapter.target_modules",
-                                     hint="use all-linear, or module names this architecture has "
-                                     "(tunespec validate --deep lists them)")) from None
+            model = get_peft_model(model, adapter_config(spec, model))
+        except (ValueError, TypeError, KeyError) as e:
+            path = "adapter.target_modules" if isinstance(a, (LoraSpec, IA3Spec)) else "adapter.method"
+            hint = ("use all-linear, or module names this architecture has (tunespec validate --deep lists them)"
+                    if isinstance(a, LoraSpec) else
+                    "name modules this architecture has (tunespec validate --deep lists them)"
+                    if isinstance(a, IA3Spec) else "use adapter.method: lora")
+            raise ModelError(Problem(f"{name} does not fit this model: {e}".split("\n")[0], path=path,
+                                     hint=hint)) from None
     return model
 
 
-def check_targets(model, adapter: LoraSpec) -> None:
-    """Every named LoRA target must exist: peft silently skips names that match nothing when others match."""
-    if not isinstance(adapter.target_modules, list):
-        return
+def check_targets(model, adapter: LoraSpec | IA3Spec) -> None:
+    """Every named LoRA/IA3 target must exist: peft silently skips names that match nothing when others match."""
     names = [n for n, _ in model.named_modules() if n]
     leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                      if type(m).__name__ in ("Linear", "Linear4bit", "Linear8bitLt", "Conv1D")})
-    missing = [t for t in adapter.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
-    if missing:
-        raise ModelError(Problem(
-            f"target module(s) {', '.join(missing)} not found in {type(model).__name__}",
-            path="adapter.target_modules",
-            hint=f"this model's linear layers are: {', '.join(leaves)} (or use all-linear)"))
+    keys = ["target_modules"] + (["feedforward_modules"] if isinstance(adapter, IA3Spec) else [])
+    for key in keys:
+        targets = getattr(adapter, key)
+        if not isinstance(targets, list):
+            continue
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            raise ModelError(Problem(
+                f"{key.replace('_', ' ')[:-1]}(s) {', '.join(missing)} not found in {type(model).__name__}",
+                path=f"adapter.{key}",
+                hint=f"this model's linear layers are: {', '.join(leaves)}"
+                + (" (or use all-linear)" if isinstance(adapter, LoraSpec) else " (or leave it out for peft's default)")))
 
 
 def trainable_parameters(model) -> list:

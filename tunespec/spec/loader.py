@@ -1040,7 +1040,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         spec = Spec.model_validate(resolved)
     except pydantic.ValidationError as e:
         found = _validation_problems(e.errors(), origins, root, resolved)
-        flagged = {p.path for p in problems if p.path}  # a value already reported (a YAML tag, ...) is not re-judged
+        flagged = {p.path for p in problems if p.path and p.message.startswith("YAML tag")}  # not re-judged
         found = [p for p in found if not any(p.path == f or (p.path or "").startswith(f + ".") for f in flagged)]
         raise SpecError(_dedupe(problems + found)) from None
     rule_problems = [_locate(p, origins, root) for p in check_rules(spec)]

@@ -28,7 +28,7 @@ class Spec(Section):
     data: DataSpec = Field(description="Dataset sources, format, template, tokenization and splits.")
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec, description="Quantized loading (QLoRA).")
     adapter: AdapterSpec = Field(
-        default_factory=LoraSpec, description="What is trained: a LoRA adapter (`method: lora`) or every weight (`method: none`)."
+        default_factory=LoraSpec, description="What is trained: a LoRA adapter (`method: lora`), prefix_tuning, prompt_tuning, ia3, or every weight (`method: none`)."
     )
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation hyperparameters.")
     launch: LaunchSpec = Field(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from ..errors import Problem
-from .adapter import FullSpec, LoraSpec
+from .adapter import FullSpec, IA3Spec, LoraSpec, PrefixTuningSpec, PromptTuningSpec
 from .launch import DeepSpeedLaunch, FsdpLaunch
 from .root import Spec
 
@@ -155,7 +155,23 @@ def quantization_consistent(spec: Spec) -> Iterator[Problem]:
 
 @rule
 def lora_in_range(spec: Spec) -> Iterator[Problem]:
+    """The adapter section's values (every method's; r/alpha/dropout are LoRA's only)."""
     a = spec.adapter
+    if isinstance(a, (PrefixTuningSpec, PromptTuningSpec)):
+        yield from _virtual_tokens_in_range(a)
+    if isinstance(a, PrefixTuningSpec):
+        # peft keeps the prefix in a transformers Cache, which a recomputed layer would extend twice; peft refuses it
+        if spec.training.gradient_checkpointing:
+            yield _p("training.gradient_checkpointing", "prefix tuning does not work with gradient checkpointing "
+                     "(peft passes the prefix as a key/value cache, which recomputation would extend twice)",
+                     "set training.gradient_checkpointing: false, or use adapter.method: prompt_tuning or lora")
+        ln = spec.launch
+        if isinstance(ln, FsdpLaunch) and ln.activation_checkpointing:
+            yield _p("launch.activation_checkpointing", "prefix tuning does not work with activation checkpointing "
+                     "(peft passes the prefix as a key/value cache, which recomputation would extend twice)",
+                     "set launch.activation_checkpointing: false, or use adapter.method: prompt_tuning or lora")
+    if isinstance(a, IA3Spec):
+        yield from _ia3_in_range(a)
     if not isinstance(a, LoraSpec):
         return
     if not 1 <= a.r <= 1024:
@@ -166,6 +182,39 @@ def lora_in_range(spec: Spec) -> Iterator[Problem]:
         yield _p("adapter.dropout", f"dropout must be in [0, 1), got {a.dropout}", "typically 0.05")
     if isinstance(a.target_modules, list) and not a.target_modules:
         yield _p("adapter.target_modules", "is an empty list", "use all-linear or name modules, e.g. [q_proj, v_proj]")
+
+
+def _virtual_tokens_in_range(a: PrefixTuningSpec | PromptTuningSpec) -> Iterator[Problem]:
+    if not 1 <= a.num_virtual_tokens <= 1024:
+        yield _p("adapter.num_virtual_tokens", f"must be in 1..1024, got {a.num_virtual_tokens}",
+                 "typical values: 16 to 128 (ChatGLM's pre_seq_len: 128)")
+    if isinstance(a, PrefixTuningSpec) and a.encoder_hidden_size is not None:
+        if not a.prefix_projection:
+            yield _p("adapter.encoder_hidden_size", "applies to the prefix projection only, and prefix_projection is false",
+                     "set adapter.prefix_projection: true, or remove encoder_hidden_size")
+        elif a.encoder_hidden_size < 1:
+            yield _p("adapter.encoder_hidden_size", f"must be at least 1, got {a.encoder_hidden_size}",
+                     "e.g. the model's hidden size, or leave it out")
+    if isinstance(a, PromptTuningSpec):
+        if a.init == "text" and not (a.init_text or "").strip():
+            yield _p("adapter.init_text", "init: text needs the text to initialise the prompt from",
+                     "set adapter.init_text, e.g. \"Summarize the dialogue:\", or use init: random")
+        elif a.init != "text" and a.init_text is not None:
+            yield _p("adapter.init_text", f"is set but init is `{a.init}`", "set adapter.init: text, or remove init_text")
+
+
+def _ia3_in_range(a: IA3Spec) -> Iterator[Problem]:
+    for key in ("target_modules", "feedforward_modules"):
+        if getattr(a, key) == []:
+            yield _p(f"adapter.{key}", "is an empty list", "leave it out for peft's default, or name modules, e.g. [k_proj, v_proj]")
+    if a.feedforward_modules and a.target_modules is None:
+        yield _p("adapter.feedforward_modules", "needs target_modules: the feed-forward modules are a subset of the targets",
+                 "set adapter.target_modules too (e.g. [k_proj, v_proj, down_proj]), or leave both out")
+    elif a.feedforward_modules and a.target_modules:
+        extra = [m for m in a.feedforward_modules if m not in a.target_modules]
+        if extra:
+            yield _p("adapter.feedforward_modules", f"{', '.join(extra)} not in target_modules",
+                     "every feed-forward module must also be a target")
 
 
 @rule
