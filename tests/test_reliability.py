@@ -496,7 +496,9 @@ def test_compile_killed_at_random_moments_leaves_a_whole_build_or_none(tmp_path,
     spec = helpers.write_spec(tmp_path / "spec.yaml", tiny_model_dir, {"data.sources.0.limit": 64})
     other = helpers.write_spec(tmp_path / "other.yaml", tiny_model_dir, {"data.sources.0.limit": 32})
     fresh, replaced = tmp_path / "fresh", tmp_path / "replaced"
-    ref_files = assert_whole_build(helpers.compile_spec(spec, tmp_path / "ref").path)["files"]
+    # the reference is compiled the way the kills run it: in a fresh process (this test process has run others)
+    assert run_process(["compile", spec, "-o", tmp_path / "ref"], _session_cache).exit_code == 0
+    ref_files = assert_whole_build(tmp_path / "ref")["files"]
     shutil.copytree(tmp_path / "ref", replaced)  # an existing build of `spec`, to be replaced by `other`
 
     write = lambda: f"open|/.{{}}.tmp-|{rng.randint(2, 14)}|after"  # die opening a random one of ~16 files
