@@ -40,7 +40,7 @@ from ..spec.render import resolved_dict, to_yaml
 from .formats import FORMATS
 from .records import Record
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_inputs, source_names
-from .templates import Template, load_template
+from .templates import Template, chat_generation_prompt, load_template
 from .tokenize import context_length, special_prefix, tokenize_examples
 
 FORMAT_VERSION = 1
@@ -125,18 +125,6 @@ def _check_target(path: Path, key: str, force: bool) -> dict | None:
     return None
 
 
-def _chat_prompt(segments, eos_text: str | None, add_eos: bool) -> str:
-    """What generation is given for a chat row: the rendered row up to its last trained turn, with the EOS
-    that tokenization appends after each earlier trained turn (so it tokenizes to exactly the trained-on ids)."""
-    last = max(i for i, s in enumerate(segments) if s.trained)
-    parts: list[str] = []
-    for s in segments[:last]:
-        parts.append(s.text)
-        if s.trained and add_eos and eos_text and not s.text.rstrip().endswith(eos_text):
-            parts.append(eos_text)
-    return "".join(parts)
-
-
 def _record_row(rec: Record, template: Template, fmt: str, segments, tokenizer, ref_fields: list[str],
                 add_eos: bool = True) -> dict:
     row: dict = {"id": rec.id, "source": rec.source}
@@ -149,7 +137,7 @@ def _record_row(rec: Record, template: Template, fmt: str, segments, tokenizer, 
         row["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
         if rec.tools:
             row["tools"] = rec.tools
-        row["eval_prompt"] = _chat_prompt(segments, tokenizer.eos_token, add_eos)
+        row["eval_prompt"] = chat_generation_prompt(segments, tokenizer.eos_token, add_eos)
         last = [m["content"] for m in messages if m["role"] in ("assistant", "tool_call")]
         refs = [rec.fields.get(f, "") for f in ref_fields] if (rec.fields and ref_fields) else last[-1:]
     row["references"] = [r for r in refs if r]

@@ -217,6 +217,18 @@ class Template:
         return [s for s in out if s.text]
 
 
+def chat_generation_prompt(segments, eos_text: str | None, add_eos: bool) -> str:
+    """What generation is given for a chat row: the rendered row up to its last trained turn, with the EOS
+    that tokenization appends after each earlier trained turn (so it tokenizes to exactly the trained-on ids)."""
+    last = max(i for i, s in enumerate(segments) if s.trained)
+    parts: list[str] = []
+    for s in segments[:last]:
+        parts.append(s.text)
+        if s.trained and add_eos and eos_text and not s.text.rstrip().endswith(eos_text):
+            parts.append(eos_text)
+    return "".join(parts)
+
+
 # --------------------------------------------------------------------------- the model's own chat template
 
 

@@ -174,15 +174,10 @@ class Renderer:
         messages.append({"role": "assistant", "content": "x"})  # the turn to generate; not rendered
         record = Record(id="chat", source="chat#0", messages=messages)
         segments = self.template.render(record, self.fmt, self.tokenizer)
-        last = max(i for i, s in enumerate(segments) if s.trained)
-        eos_text = getattr(self.tokenizer, "eos_token", None)
-        add_eos = self.build.spec.data.tokenization.add_eos
-        parts: list[str] = []
-        for s in segments[:last]:
-            parts.append(s.text)
-            if s.trained and add_eos and eos_text and not s.text.rstrip().endswith(eos_text):
-                parts.append(eos_text)
-        return "".join(parts)
+        from ..compiler.templates import chat_generation_prompt
+
+        return chat_generation_prompt(segments, getattr(self.tokenizer, "eos_token", None),
+                                      self.build.spec.data.tokenization.add_eos)
 
 
 # --------------------------------------------------------------------------- inputs
