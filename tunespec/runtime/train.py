@@ -437,6 +437,13 @@ class Trainer:
                 metrics_path.unlink()
             elif metrics_path.exists():
                 _truncate_metrics(metrics_path, start)
+        bar = None
+        if self.acc.is_main_process and sys.stderr.isatty():  # a redrawn bar on a terminal; log lines elsewhere
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=plan.total_steps, initial=start, unit="step", dynamic_ncols=True, leave=False)
+            plain_log = self.log
+            self.log = lambda text: bar.write(text, file=sys.stderr)
         self.log(f"training {plan.total_steps} steps × {plan.accum} micro-batches of {t.micro_batch_size} "
                  f"on {self.acc.num_processes} process(es), {self.acc.device}; {len(self.train_set)} train rows")
         self.model.train()
@@ -492,6 +499,8 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
                 step += 1
+                if bar is not None:
+                    bar.update(1)
                 stats = self.acc.reduce(torch.tensor([step_loss, *positions], device=self.acc.device,
                                                      dtype=torch.float64), reduction="sum").tolist()
                 step_loss = float(stats[0])
@@ -543,6 +552,9 @@ class Trainer:
                 signal.signal(s, h)
             if writer is not None:
                 writer.close()
+            if bar is not None:
+                bar.close()
+                self.log = plain_log
         self.save(step, last)
         self.finish(last)
         return last
