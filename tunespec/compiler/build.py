@@ -197,7 +197,7 @@ def compile_build(
                                 path="data.tokenization.max_length", hint=f"use at most {ctx}"))
 
     names = source_names(data.sources)
-    results = [load_source(s, i, data, names[i]) for i, s in enumerate(data.sources)]
+    results = [load_source(s, i, data, names[i], inputs[i]) for i, s in enumerate(data.sources)]
     splits, dup_drops = form_splits(results, data)
     all_drops: dict[str, dict[str, int]] = {}
     problems: list[Problem] = []

@@ -113,10 +113,12 @@ def _read_hub(src: SourceSpec) -> list[dict]:
     return ds.to_list()
 
 
-def load_source(src: SourceSpec, index: int, data: DataSpec, name: str) -> SourceResult:
+def load_source(src: SourceSpec, index: int, data: DataSpec, name: str, inputs: list[dict] | None = None) -> SourceResult:
+    """The source's records; `inputs` are its `source_inputs` when the caller already hashed them."""
     fmt = src.format or data.format
     column_map = {**data.column_map, **(src.column_map or {})}
-    inputs = source_inputs(src)
+    if inputs is None:
+        inputs = source_inputs(src)
     tables: list[tuple[int, Table]] = []
     if src.path:
         rows: list[dict] = []
