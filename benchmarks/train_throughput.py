@@ -94,16 +94,20 @@ class Meter:
 
     def __init__(self):
         self.real = self.padded = 0
+        self.seen = 0  # real tokens of every step, warm-up included (for the loss-per-token curve)
         self.step = 0
         self.t0 = None
         self.losses: list[float] = []
+        self.curve: list[tuple[int, float]] = []  # (real tokens seen, loss of that step)
 
     def batch(self, batch: dict) -> None:
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        real = int(mask.sum()) if mask is not None else ids.numel()
+        self.seen += real
         if self.step >= WARMUP:
-            ids = batch["input_ids"]
-            mask = batch.get("attention_mask")
             self.padded += ids.numel()
-            self.real += int(mask.sum()) if mask is not None else ids.numel()
+            self.real += real
 
     def step_end(self) -> None:
         import torch
@@ -123,7 +127,8 @@ class Meter:
                 "real_tokens_per_s": round(self.real / elapsed, 1), "positions_per_s": round(self.padded / elapsed, 1),
                 "padding_fraction": round(1 - self.real / max(1, self.padded), 4),
                 "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
-                "final_loss": round(sum(self.losses[-5:]) / max(1, len(self.losses[-5:])), 4), "params": n}
+                "final_loss": round(sum(self.losses[-5:]) / max(1, len(self.losses[-5:])), 4), "params": n,
+                "tokens_seen": self.seen, "loss_curve": self.curve}
 
 
 def hf_callback(meter: Meter):
@@ -136,6 +141,7 @@ def hf_callback(meter: Meter):
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 meter.losses.append(float(logs["loss"]))
+                meter.curve.append((meter.seen, round(float(logs["loss"]), 4)))
 
     return CB()
 
@@ -174,7 +180,7 @@ def run_seed(args, quantized: bool) -> dict:
     return meter.result(model)
 
 
-def run_trl(args, packing: bool) -> dict:
+def run_trl(args, packing: bool, quantized: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -182,7 +188,7 @@ def run_trl(args, packing: bool) -> dict:
 
     tok = AutoTokenizer.from_pretrained(model_dir(args))
     data = Dataset.from_list([{"prompt": PROMPT.format(**r), "completion": COMPLETION.format(**r)} for r in rows(args.data)])
-    model = load_model(args, False)
+    model = load_model(args, quantized)
     meter = Meter()
     cfg = SFTConfig(output_dir="/tmp/bench-trl", per_device_train_batch_size=16, max_steps=args.steps, learning_rate=2e-4,
                     logging_steps=1, bf16=True, report_to=[], save_strategy="no", packing=packing, max_length=1024,
@@ -195,7 +201,7 @@ def run_trl(args, packing: bool) -> dict:
     return meter.result(trainer.model)
 
 
-def run_tunespec(args, packing: bool) -> dict:
+def run_tunespec(args, packing: bool, quantized: bool = False) -> dict:
     import torch
 
     from tunespec.compiler.build import compile_build
@@ -206,15 +212,17 @@ def run_tunespec(args, packing: bool) -> dict:
     sets = ["model.packaged=null", f"model.path={model_dir(args)}",
             f"data.sources.0.path={args.data}", "data.template=instruct_output_end", f"training.max_steps={args.steps}",
             "training.logging_steps=1", "training.save_strategy=no", "training.learning_rate=2.0e-4",
-            "training.warmup_steps=1", f"training.packing={'true' if packing else 'false'}", "evaluation.metrics=[loss]"]
-    out = Path(f"/tmp/bench-tunespec-{'packing' if packing else 'padded'}")
-    compile_build(load_spec(ROOT / "benchmarks/specs/dialogsum-dev-lora.yaml", sets), out, force=True)
+            "training.warmup_steps=1", f"training.packing={'true' if packing else 'false'}", "evaluation.metrics=[loss]",
+            *args.set]
+    out = Path(f"/tmp/bench-tunespec-{'packing' if packing else 'padded'}-{'qlora' if quantized else 'lora'}")
+    spec = ROOT / f"benchmarks/specs/dialogsum-dev-{'qlora' if quantized else 'lora'}.yaml"
+    compile_build(load_spec(spec, sets), out, force=True)
     meter = Meter()
     trainer = Trainer(Build(out), restart=True, log=lambda s: None)
     original = trainer._collate
 
-    def collate(tokens, rows_):
-        batch = original(tokens, rows_)
+    def collate(tokens, rows_, device=True):
+        batch = original(tokens, rows_, device=device)
         meter.batch(batch)
         return batch
 
@@ -224,6 +232,7 @@ def run_tunespec(args, packing: bool) -> dict:
     def log_metrics(record, path, writer):
         if "loss" in record:
             meter.losses.append(record["loss"])
+            meter.curve.append((meter.seen, round(record["loss"], 4)))
             meter.step_end()
         original_log(record, path, writer)
 
@@ -232,7 +241,7 @@ def run_tunespec(args, packing: bool) -> dict:
         import tunespec.runtime.modeling as modeling
 
         modeling_load = modeling.load_base_model
-        modeling.load_base_model = lambda spec, **kw: load_model(args, False)
+        modeling.load_base_model = lambda spec, **kw: load_model(args, quantized)
         try:
             torch.cuda.reset_peak_memory_stats()
             trainer.run()
@@ -242,6 +251,18 @@ def run_tunespec(args, packing: bool) -> dict:
         torch.cuda.reset_peak_memory_stats()
         trainer.run()
     return meter.result(trainer.model)
+
+
+def profiled(fn, path: str):
+    """Run `fn` under torch.profiler and write the top kernels by GPU time to `path` (TS_PROFILE=path)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        result = fn()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
+    Path(path).write_text(table)
+    return result
 
 
 def matmul_peak() -> float:
@@ -266,6 +287,8 @@ SYSTEMS = {
     "trl_packing": lambda a: run_trl(a, True),
     "tunespec": lambda a: run_tunespec(a, False),
     "tunespec_packing": lambda a: run_tunespec(a, True),
+    "trl_qlora_packing": lambda a: run_trl(a, True, quantized=True),
+    "tunespec_qlora_packing": lambda a: run_tunespec(a, True, quantized=True),
 }
 
 
@@ -277,13 +300,18 @@ def main() -> None:
     ap.add_argument("--shape", default="smollm2", choices=["smollm2", *SHAPES])
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="Extra spec settings for the tunespec systems (repeatable), e.g. training.micro_batch_size=32.")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--system", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--timeout", type=int, default=150, help="Seconds per system.")
     args = ap.parse_args()
     if args.system:  # child process: one system
-        result = SYSTEMS[args.system](args)
+        if os.environ.get("TS_PROFILE"):
+            result = profiled(lambda: SYSTEMS[args.system](args), f"{os.environ['TS_PROFILE']}-{args.system}.txt")
+        else:
+            result = SYSTEMS[args.system](args)
         print("RESULT " + json.dumps(result), flush=True)
         return
     import torch
@@ -295,6 +323,7 @@ def main() -> None:
     for name in args.systems.split(","):
         cmd = [sys.executable, __file__, "--system", name, "--data", str(args.data), "--model-dir", str(args.model_dir),
                "--shape", args.shape, "--steps", str(args.steps)] + (["--random-weights"] if args.random_weights else [])
+        cmd += [f"--set={kv}" for kv in args.set]
         t = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -138,11 +138,14 @@ def test_weights_by_precision():
 
 
 def test_gradient_checkpointing_lowers_activations():
-    plain = estimate()
+    plain = estimate(training={"gradient_checkpointing": False})
     ckpt = estimate(training={"gradient_checkpointing": True})
     assert ckpt.activations < plain.activations / 4
     assert ckpt.logits == plain.logits
-    fsdp_ckpt = estimate(launch={"topology": "fsdp", "num_processes": 2, "activation_checkpointing": True})
+    assert estimate().activations == ckpt.activations, "auto: on for the GPU run the estimate describes"
+    assert estimate(adapter={"method": "prefix_tuning"}).activations > ckpt.activations, "auto: off for prefix tuning"
+    fsdp_ckpt = estimate(training={"gradient_checkpointing": False},
+                         launch={"topology": "fsdp", "num_processes": 2, "activation_checkpointing": True})
     assert fsdp_ckpt.activations == ckpt.activations
 
 
@@ -213,7 +216,7 @@ def test_render_and_to_dict():
 
 
 def test_check_budget():
-    e = estimate()
+    e = estimate(training={"gradient_checkpointing": False})
     check_budget(e, None)
     check_budget(e, e.per_gpu / GIB + 0.01)
     with pytest.raises(SpecError) as err:

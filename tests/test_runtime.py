@@ -183,7 +183,11 @@ def test_collate_packed_positions_restart_and_first_labels_masked():
     ts = token_set([6, 4, 9])
     ts.trained[:] = 1  # every position trained, so that the first-label rule is visible
     batch = collate_packed(ts, [2, 0, 1])
-    assert set(batch) == {"input_ids", "labels", "position_ids"}, "no attention mask: position_ids carry the rows"
+    assert set(batch) == {"input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
+                          "max_length_k"}, "no attention mask: position_ids and the row bounds carry the rows"
+    assert batch["cu_seq_lens_q"].tolist() == batch["cu_seq_lens_k"].tolist() == [0, 9, 15, 19]
+    assert batch["cu_seq_lens_q"].dtype.is_floating_point is False and batch["cu_seq_lens_q"].element_size() == 4
+    assert batch["max_length_q"] == batch["max_length_k"] == 9
     pos, labels, ids = batch["position_ids"][0].tolist(), batch["labels"][0].tolist(), batch["input_ids"][0].tolist()
     assert pos == list(range(9)) + list(range(6)) + list(range(4))
     starts = [0, 9, 15]
@@ -196,7 +200,7 @@ def test_collate_packed_positions_restart_and_first_labels_masked():
 # =========================================================================== 2. packing isolation
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa", "tunespec_varlen"])
 def test_packed_rows_do_not_attend_to_each_other(attn, tiny_model_dir, tiny_build_template):
     """Packed logits (position_ids, no attention mask) equal each row's logits alone, and the packed loss is
     the token-weighted loss of the rows alone (the first label of every row is masked)."""
@@ -207,6 +211,9 @@ def test_packed_rows_do_not_attend_to_each_other(attn, tiny_model_dir, tiny_buil
     from tunespec.runtime.build import Build
     from tunespec.runtime.modeling import prepare_for_training
 
+    from tunespec.runtime import varlen
+
+    varlen.register()
     build = Build(tiny_build_template)
     ts = build.tokens("train")
     rows = [0, 1, 2, 3]
@@ -235,6 +242,39 @@ def test_packed_rows_do_not_attend_to_each_other(attn, tiny_model_dir, tiny_buil
     assert worst < 1e-4, f"packed rows attend across row boundaries ({attn}): max logit diff {worst}"
     assert items == n_items
     assert abs(float(out.loss) - loss_sum / items) < 1e-5
+    # the padding-free loss (logits only at trained positions, chunked fp32 cross-entropy) is the same loss
+    with torch.no_grad():
+        assert abs(float(varlen.trained_loss(model, batch, torch.tensor(n_items))) - loss_sum / items) < 1e-5
+
+
+def test_trained_loss_gradients_equal_the_full_logits_loss(tiny_model_dir, tiny_build_template, monkeypatch):
+    """Same gradients as the standard loss, with cross-entropy chunks smaller than the trained positions."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunespec.runtime import varlen
+    from tunespec.runtime.batching import collate_packed
+    from tunespec.runtime.build import Build
+    from tunespec.runtime.modeling import prepare_for_training
+
+    varlen.register()
+    monkeypatch.setattr(varlen, "CE_CHUNK", 7)
+    build = Build(tiny_build_template)
+    ts = build.tokens("train")
+    batch = collate_packed(ts, [0, 1, 2, 3])
+    n_items = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()))
+    assert n_items > 7 * 2, "several chunks"
+    grads = []
+    for attn, fn in (("sdpa", lambda m: m(**batch, num_items_in_batch=n_items).loss),
+                     (varlen.ATTENTION, lambda m: varlen.trained_loss(m, batch, n_items))):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attn)
+        model = prepare_for_training(model, build.spec)
+        fn(model).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4), name
 
 
 # =========================================================================== 3. loss normalisation

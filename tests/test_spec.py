@@ -202,6 +202,7 @@ def test_every_rule_branch_has_a_bad_spec():
     messages = " ".join(e.msg for s in rule_specs for e in s.expects)
     sample = {
         "model_named_once": "names no model",
+        "added_tokens_well_formed": "is listed twice",
         "sources_well_formed": "a source needs exactly one",
         "template_well_formed": "an inline completion needs",
         "holdout_in_range": "leave no train rows",
@@ -213,6 +214,7 @@ def test_every_rule_branch_has_a_bad_spec():
         "best_model_consistent": "needs evaluation during training",
         "evaluation_has_references": "ROUGE needs reference answers",
         "launch_consistent": "parameter offload needs ZeRO stage 3",
+        "publishing_consistent": "prompt tuning cannot be merged into the base",
     }
     assert {r.__name__ for r in rules.RULES} == set(sample), "a rule was added: add bad specs for its branches"
     for name, text in sample.items():

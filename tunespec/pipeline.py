@@ -41,7 +41,8 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
     out = Path(output) if output else loaded.build_dir
     cmd = "tunespec run " + " ".join([str(spec_path)] + [f"--set {o}" for o in overrides] + (["-o", str(output)] if output else []))
 
-    log("[1/4] compile")
+    stages = 5 if loaded.spec.output.push_to_hub is not None else 4  # publishing is a stage when asked for
+    log(f"[1/{stages}] compile")
     t = time.perf_counter()
     result = compile_build(loaded, out, force=force, command=cmd)
     for line in result.messages:
@@ -53,7 +54,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
     build = Build(out)
     lora = is_peft(build.spec.adapter)  # a peft adapter (BUILD/adapter), not a full fine-tune
     final = build.adapter_dir if lora else build.merged_dir
-    log("[2/4] train")
+    log(f"[2/{stages}] train")
     t = time.perf_counter()
     if _fresh(final / "tunespec.json", build.input_key):
         log(f"  {final.name}/ is up to date: skipped")
@@ -68,7 +69,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
                                      hint="see the log above; rerun to resume from the newest checkpoint"))
     timings["train"] = time.perf_counter() - t
 
-    log("[3/4] merge")
+    log(f"[3/{stages}] merge")
     t = time.perf_counter()
     if not lora:
         log("  full fine-tune: the model is already complete in merged/")
@@ -82,7 +83,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
         merge(build, log=lambda s: log("  " + s))
     timings["merge"] = time.perf_counter() - t
 
-    log("[4/4] evaluate")
+    log(f"[4/{stages}] evaluate")
     t = time.perf_counter()
     rouge_file = build.eval_dir / "rouge.json"
     stamp = _stamp(rouge_file)
@@ -96,6 +97,23 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
         summary = evaluate(build, log=lambda s: log("  " + s))
     timings["evaluate"] = time.perf_counter() - t
 
+    published = None
+    if stages == 5:
+        log("[5/5] publish")
+        t = time.perf_counter()
+        stamp_file = out / "publish.json"
+        stamp = _stamp(stamp_file)
+        if stamp and _fresh(stamp_file, build.input_key, after=final / "tunespec.json") and \
+                _fresh(stamp_file, build.input_key, after=build.merged_dir / "tunespec.json") and \
+                _fresh(stamp_file, build.input_key, after=rouge_file):
+            log(f"  published {stamp.get('url')} is up to date: skipped")
+            published = stamp.get("url")
+        else:
+            from .runtime.publish import publish
+
+            published = publish(build, log=lambda s: log("  " + s)).url
+        timings["publish"] = time.perf_counter() - t
+
     report = (build.eval_dir / "report.md").read_text(encoding="utf-8").split("## Best")[0].rstrip()
     total = time.perf_counter() - t_start
     log("")
@@ -106,6 +124,8 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
     log(f"  adapter:   {build.adapter_dir if lora else '(full fine-tune)'}")
     log(f"  merged:    {build.merged_dir}")
     log(f"  report:    {build.eval_dir / 'report.md'}")
+    if published:
+        log(f"  published: {published}")
     log(f"  loss plot: {build.train_dir / 'loss.png'}")
     log(f"  rerun:     {cmd}   (finished stages are skipped)")
     return summary

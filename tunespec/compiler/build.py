@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BuildError, DataError, Problem
-from ..models import ModelRef, load_tokenizer, resolve, sha256_file
+from ..models import ModelRef, load_for_compile, resolve, sha256_file
 from ..spec.loader import LoadedSpec
 from ..spec.render import resolved_dict, to_yaml
 from .formats import FORMATS
@@ -185,11 +185,13 @@ def compile_build(
     t0 = time.perf_counter()
     ref = ModelRef.from_spec(spec.model)
     model_dir = resolve(ref)
-    tokenizer = load_tokenizer(ref, model_dir if model_dir != ref.hub else None)
-    from transformers import AutoConfig
+    # without a chat template to apply or tokens to add, a model seen before loads without transformers
+    plain = template.kind != "tokenizer" and not (getattr(spec.model, "added_tokens", None)
+                                                  or getattr(spec.model, "added_special_tokens", None))
+    tokenizer, config = load_for_compile(ref, model_dir, plain=plain)
+    from .vocabulary import extend_vocabulary
 
-    config = AutoConfig.from_pretrained(model_dir, revision=None if model_dir != ref.hub else ref.revision,
-                                        trust_remote_code=ref.trust_remote_code)
+    vocab, vocab_warnings = extend_vocabulary(loaded, tokenizer, config, template)  # model.added_tokens; template markers
     ctx = context_length(config)
     max_length = data.tokenization.max_length or ctx or 2048
     if ctx and max_length > ctx:
@@ -237,9 +239,10 @@ def compile_build(
             if not records:
                 continue
             fmts = [fmt_of[r.source.rsplit("#", 1)[0]] for r in records]
-            rendered = [template.render(r, f, tokenizer) for r, f in zip(records, fmts)]
-            tok = tokenize_examples(rendered, tokenizer, max_length=max_length, overlong=data.tokenization.overlong,
+            rendering = (template.render(r, f, tokenizer) for r, f in zip(records, fmts))  # encoded as rendered
+            tok = tokenize_examples(rendering, tokenizer, max_length=max_length, overlong=data.tokenization.overlong,
                                     train_on=train_on, add_eos=data.tokenization.add_eos)
+            rendered = tok.examples
             if tok.dropped:
                 all_drops[f"split:{split}"] = dict(sorted(tok.dropped.items()))
                 located = Drops(tok.dropped)
@@ -274,8 +277,12 @@ def compile_build(
 
         longest = split_stats["train"]["length"]["max"]
         seq_len = max_length if spec.training.packing else -(-longest // 8) * 8
-        memory = estimate_memory(spec, config, seq_len=seq_len)
+        memory = estimate_memory(spec, vocab.sized_config(config) if vocab else config, seq_len=seq_len)
         check_budget(memory, spec.launch.gpu_memory_gib)
+        from .flops import estimate_compute
+
+        compute = estimate_compute(spec, config, lengths=np.diff(np.load(tmp / "tokens" / "train.offsets.npy")),
+                                   loss_tokens=split_stats["train"]["trained_tokens"], max_length=max_length)
 
         tokenizer.save_pretrained(tmp / "tokenizer")
         from .launch import write_launch_files
@@ -293,8 +300,10 @@ def compile_build(
             "prefix_ids": special_prefix(tokenizer),
             "pad_token_id": int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else None,
             "template": {"name": template.name, "kind": template.kind, "sha256": template.sha256, "stop": template.stop},
+            **({"vocabulary": vocab.to_dict()} if vocab else {}),
             "splits": split_stats,
             "memory_estimate": memory.to_dict(),
+            "compute_estimate": compute.to_dict(),
             "dropped": all_drops,
             "files": file_hashes,
         }
@@ -317,6 +326,7 @@ def compile_build(
                 "model": {"reference": ref.label, "resolved": model_dir, "revision": ref.revision,
                           "trust_remote_code": ref.trust_remote_code},
             },
+            **({"vocabulary": vocab.to_dict()} if vocab else {}),
             "versions": _versions(),
             "manifest_sha256": _sha_bytes((tmp / "manifest.json").read_bytes()),
         }
@@ -334,6 +344,9 @@ def compile_build(
         messages.append(f"  {split}: {st['rows']} rows, {st['tokens']} tokens ({st['trained_fraction']:.0%} trained), "
                         f"length median {st['length']['median']:.0f} max {st['length']['max']}")
     messages += ["  " + line for line in memory.render().splitlines()]
+    if vocab:
+        messages += ["  " + vocab.summary()] + ["  warning: " + p.render() for p in vocab_warnings]
+    messages += ["  " + line for line in compute.render().splitlines()]
     for p in problems:
         messages.append("  warning: " + p.render())
     return BuildResult(out, False, manifest, messages)

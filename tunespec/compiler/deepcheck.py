@@ -7,8 +7,10 @@ weights) and builds the model on the meta device to learn its module names. Chec
   can adapt (``all-linear`` always fits); the hint lists the real linear module names;
 * ``data.tokenization.max_length`` is at most the model's context length;
 * every special-looking marker of the template (``<|im_start|>``, ``<|im_end|>``, ... any ``<|...|>``) is
-  one token of the vocabulary, or the model would learn it as several pieces of text; the ``tokenizer``
-  template needs a chat template in the tokenizer;
+  one token of the vocabulary extended with ``model.added_tokens`` / ``added_special_tokens`` (the same
+  check ``compile`` makes, ``compiler/vocabulary.py``), or the model would learn it as several pieces of
+  text; the ``tokenizer`` template needs a chat template in the tokenizer; added tokens need a method
+  that trains their embedding rows (LoRA or full);
 * the tokenizer has an EOS token (without one the model never learns to stop).
 
 Every problem is a ``SpecError`` located at the spec field to fix, with a hint.
@@ -16,11 +18,8 @@ Every problem is a ``SpecError`` located at the spec field to fix, with a hint.
 
 from __future__ import annotations
 
-import re
-
 from ..errors import ModelError, Problem, SpecError, TunespecError
 
-SPECIAL_MARKER = re.compile(r"<\|[^|<>\s]{1,40}\|>")
 ADAPTABLE = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention")
 
 
@@ -128,16 +127,9 @@ def _template_problems(loaded, tokenizer) -> list[Problem]:
             return [Problem("template `tokenizer` uses the model's chat template, but this tokenizer has none",
                             path="data.template", hint="choose a library template such as chatml or alpaca")]
         return []
-    problems = []
-    markers = dict.fromkeys(SPECIAL_MARKER.findall(template.source + (template.stop or "")))
-    for marker in markers:
-        ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            problems.append(Problem(
-                f"the template's marker `{marker}` is not one token of this model's vocabulary "
-                f"(it becomes {len(ids)} pieces of text)", path="data.template",
-                hint="use the model's own chat template (template: tokenizer) or a template made for this model"))
-    return problems
+    from .vocabulary import marker_problems
+
+    return marker_problems(template, tokenizer, loaded.spec)
 
 
 def deep_check(loaded) -> None:
@@ -156,6 +148,14 @@ def deep_check(loaded) -> None:
     if ctx and max_length and max_length > ctx:
         problems.append(Problem(f"max_length {max_length} exceeds the model's context length {ctx}",
                                 path="data.tokenization.max_length", hint=f"use at most {ctx}"))
+    from .vocabulary import add_tokens, adapter_problems
+
+    try:  # the template's markers are checked against the vocabulary extended with model.added_tokens
+        vocab = add_tokens(spec, tokenizer, config)
+    except TunespecError as e:
+        problems += e.problems
+        vocab = None
+    problems += adapter_problems(spec, vocab)
     problems += _template_problems(loaded, tokenizer)
     from ..spec.adapter import LoraSpec
 

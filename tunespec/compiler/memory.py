@@ -96,6 +96,7 @@ from ..errors import Problem, SpecError
 from ..spec import Spec
 from ..spec.adapter import FullSpec, LoraSpec
 from ..spec.launch import DeepSpeedLaunch, FsdpLaunch, MultiGpuLaunch
+from ..spec.training import checkpointing_on
 
 GIB = 1 << 30
 CUDA_OVERHEAD_BYTES = GIB
@@ -422,7 +423,31 @@ def trainable_of(spec: Spec, arch: Architecture) -> Trainable:
         return Trainable(full=arch.total_params)
     if not isinstance(spec.adapter, LoraSpec):
         return other_adapter_trainable(spec.adapter, arch)
-    return lora_trainable(spec.adapter, arch)
+    return added_token_rows(lora_trainable(spec.adapter, arch), spec, arch)
+
+
+def added_token_rows(trainable: Trainable, spec: Spec, arch: Architecture) -> Trainable:
+    """LoRA also trains the rows of ``model.added_tokens`` / ``added_special_tokens`` (runtime/vocabulary.py).
+
+    One row per token in the input embedding and, when not tied, in the LM head (an upper bound: a token
+    already in the vocabulary adds nothing); an untied LM head with a bias is trained whole instead.
+    Modules already in ``modules_to_save`` are counted there. A full fine-tune's count includes the new rows
+    through the resized ``vocab_size`` the compiler passes.
+    """
+    n = len(spec.model.added_tokens) + len(spec.model.added_special_tokens)
+    save = spec.adapter.modules_to_save
+    if not n:
+        return trainable
+    adapter, full, copies = trainable.adapter, trainable.full, trainable.copies
+    if not _saved(arch.embedding_name, save):
+        adapter += n * arch.hidden_size
+    if not arch.tie_word_embeddings and not _saved("lm_head", save):
+        if arch.lm_head_bias:
+            head = arch.vocab_size * arch.hidden_size + arch.vocab_size
+            full, copies = full + head, copies + head
+        else:
+            adapter += n * arch.hidden_size
+    return Trainable(adapter=adapter, full=full, copies=copies)
 
 
 # --------------------------------------------------------------------------- the estimate
@@ -765,7 +790,7 @@ def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: 
     # activations and logits
     tokens = t.micro_batch_size * seq_len
     per_layer = layer_activation_bytes(spec, arch, seq_len)
-    checkpointing = t.gradient_checkpointing or (isinstance(ln, FsdpLaunch) and ln.activation_checkpointing)
+    checkpointing = checkpointing_on(spec, on_gpu=True) or (isinstance(ln, FsdpLaunch) and ln.activation_checkpointing)
     if checkpointing:
         activations = tokens * (arch.num_layers * arch.hidden_size * prec.residual + per_layer)
     else:

@@ -22,10 +22,11 @@ data: a value containing ``{{ name }}`` is kept literally, never rendered.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+import jinja2.runtime
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -123,6 +124,7 @@ class Template:
     stop: str | None
     _compiled: jinja2.Template | None = None
     system: str | None = None
+    _globals: dict | None = field(default=None, repr=False, compare=False)  # the compiled template's globals
 
     @property
     def sha256(self) -> str:
@@ -145,7 +147,7 @@ class Template:
                     out.append("")
                     continue
                 if context is None:
-                    context = self._compiled.new_context(ctx)
+                    context = self._new_context(ctx)
                 out.append("".join(fn(context)))
             return out
         except jinja2.exceptions.SecurityError as e:
@@ -160,6 +162,14 @@ class Template:
             raise TemplateError(Problem(f"the template failed: {type(e).__name__}: {e}".split("\n")[0][:300],
                                         file=self.name, line=_template_line(self._compiled, e.__traceback__),
                                         hint="fix the expression on this line of the template")) from None
+
+    def _new_context(self, ctx: dict):
+        """``self._compiled.new_context(ctx)``, without merging the globals' ChainMap anew for every row."""
+        compiled = self._compiled
+        if self._globals is None:
+            self._globals = dict(compiled.globals)
+        return jinja2.runtime.new_context(compiled.environment, compiled.name, compiled.blocks,
+                                          dict(self._globals, **ctx), shared=True, globals=self._globals)
 
     def render(self, record: Record, fmt: str, tokenizer=None) -> list[Segment]:
         """The record as text segments, each marked trained or not."""

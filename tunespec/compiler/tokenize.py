@@ -13,8 +13,9 @@ A split is stored as three flat numpy arrays: ``ids`` (int32), ``trained`` (uint
 from __future__ import annotations
 
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 
@@ -31,6 +32,7 @@ class Tokenized:
     dropped: Counter = field(default_factory=Counter)
     truncated: int = 0
     first_dropped: dict[str, int] = field(default_factory=dict)  # reason -> index of the first row dropped for it
+    examples: list[list[Segment]] | None = None  # the rendered rows
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -80,35 +82,103 @@ class _BlankIds:
         return blank
 
 
+ENCODE_CHUNK = 2048  # texts per call of the Rust backend: its encodings are freed as they are read
+
+
 def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
-    """The ids of each text, without special tokens: exactly ``tokenizer(texts, add_special_tokens=False)``.
-
-    Identical texts (a chat template's fixed turn markers, a shared system prompt, repeated answers) are
-    tokenized once. A fast tokenizer's Rust backend is called directly after one ordinary call has put it
-    in that call's state (no truncation, no padding), skipping transformers' per-row Python conversion.
-    """
-    index: dict[str, int] = {}
-    where = [index.setdefault(t, len(index)) for t in texts]
-    unique = list(index)
-    if not unique:
-        return []
-    first = tokenizer(unique[:1], add_special_tokens=False)["input_ids"][0]
+    """The ids of each text, without special tokens: exactly ``tokenizer(texts, add_special_tokens=False)``."""
+    encoder = _Encoder(tokenizer)
     try:
-        from tokenizers import Tokenizer as Backend
-    except ImportError:  # pragma: no cover - tokenizers comes with transformers
-        Backend = ()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    encoded = None
-    if isinstance(backend, Backend) and backend.truncation is None and backend.padding is None:
-        encoded = [e.ids for e in backend.encode_batch(unique, add_special_tokens=False)]
-        if encoded[0] != list(first):
-            encoded = None
-    if encoded is None:
-        encoded = tokenizer(unique, add_special_tokens=False)["input_ids"]
-    return [encoded[i] for i in where]
+        codes = [encoder.code(t) for t in texts]
+        lists = [encoder.ids(c).tolist() for c in range(len(encoder.unique))]
+    finally:
+        encoder.close()
+    return [lists[c] for c in codes]
 
 
-def _ends_with_eos(ids: list[int], eos: int, blank) -> bool:
+class _Encoder:
+    """The ids of distinct texts, without special tokens, exactly as ``tokenizer(text,
+    add_special_tokens=False)`` gives them (``array('i')``), computed while more texts arrive.
+
+    ``code(text)`` is the text's index among the distinct texts seen so far: identical texts (a chat
+    template's fixed turn markers, a shared system prompt, repeated answers) are tokenized once;
+    ``ids(code)`` its ids. A fast tokenizer's Rust backend is called directly after one ordinary call has
+    put it in that call's state (no truncation, no padding), skipping transformers' per-row Python
+    conversion: every ``ENCODE_CHUNK`` new texts go to a worker thread, where the backend encodes them
+    (``encode_batch_fast`` where it exists: no character offsets) without holding the GIL, while the
+    caller renders more rows and assembles the rows already encoded. The first text's ids are checked
+    against the ordinary call; on any difference everything is encoded with ordinary calls instead.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.index: dict[str, int] = {}
+        self.unique: list[str] = []
+        self.encoded: list[array] = []
+        self.first: list[int] | None = None
+        self.encode = None  # the backend's batch encoder, when called directly
+        self.pool = None
+        self.futures: deque = deque()
+        self.submitted = 0
+
+    def code(self, text: str) -> int:
+        c = self.index.get(text)
+        if c is None:
+            c = self.index[text] = len(self.unique)
+            self.unique.append(text)
+            if c == 0:
+                self._start()
+            if self.encode is not None and len(self.unique) - self.submitted >= ENCODE_CHUNK:
+                self._submit()
+        return c
+
+    def ids(self, code: int) -> array:
+        while code >= len(self.encoded):
+            self._more()
+        return self.encoded[code]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def _start(self) -> None:
+        self.first = list(self.tokenizer(self.unique[:1], add_special_tokens=False)["input_ids"][0])
+        try:
+            from tokenizers import Tokenizer as Backend
+        except ImportError:  # pragma: no cover - tokenizers comes with transformers
+            return
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if isinstance(backend, Backend) and backend.truncation is None and backend.padding is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunespec-encode")
+
+    def _submit(self) -> None:
+        chunk = self.unique[self.submitted :]
+        self.submitted = len(self.unique)
+        self.futures.append(self.pool.submit(self._encode_chunk, chunk))
+
+    def _encode_chunk(self, chunk: list[str]) -> list[array]:
+        return [array("i", e.ids) for e in self.encode(chunk, add_special_tokens=False)]
+
+    def _more(self) -> None:
+        if self.encode is None:  # ordinary calls, for every text not encoded yet
+            rest = self.unique[len(self.encoded) :]
+            self.encoded += [array("i", ids) for ids in self.tokenizer(rest, add_special_tokens=False)["input_ids"]]
+            return
+        if not self.futures:
+            self._submit()
+        got = self.futures.popleft().result()
+        if not self.encoded and got[0].tolist() != self.first:  # the backend disagrees with the tokenizer call
+            self.close()
+            self.encode = None
+            return
+        self.encoded += got
+
+
+def _ends_with_eos(ids, eos: int, blank) -> bool:
     for t in reversed(ids):
         if t == eos:
             return True
@@ -118,7 +188,7 @@ def _ends_with_eos(ids: list[int], eos: int, blank) -> bool:
 
 
 def tokenize_examples(
-    examples: list[list[Segment]],
+    examples: Iterable[list[Segment]],
     tokenizer,
     *,
     max_length: int,
@@ -126,72 +196,128 @@ def tokenize_examples(
     train_on: str = "completion",
     add_eos: bool = True,
 ) -> Tokenized:
-    """Tokenize rendered examples. `train_on`: completion (trained segments), all, last_turn."""
-    eos = eos_id(tokenizer)
-    prefix = special_prefix(tokenizer)
-    texts = [s.text for ex in examples for s in ex]
-    encoded = encode_texts(tokenizer, texts)
+    """Tokenize rendered examples. `train_on`: completion (trained segments), all, last_turn.
+
+    `examples` is a list of rendered rows, or an iterable that renders them: the rows are then rendered
+    while the ones rendered before are encoded (``Tokenized.examples`` holds them afterwards).
+
+    A row is its special prefix followed by its segments' pieces. A piece (a segment's ids, the EOS
+    appended after a trained segment that does not end in one, and its mask) depends only on the
+    segment's text and how it is trained, so it is made once and copied into every row that has it.
+    """
+    encoder = _Encoder(tokenizer)
+    try:
+        if isinstance(examples, list):
+            eos = eos_id(tokenizer)
+            prefix = special_prefix(tokenizer)
+            codes = [encoder.code(s.text) for ex in examples for s in ex]
+        else:  # rendered here, while the rows rendered so far are encoded
+            rendered: list[list[Segment]] = []
+            codes = []
+            for ex in examples:
+                rendered.append(ex)
+                codes += [encoder.code(s.text) for s in ex]
+            examples = rendered
+            eos = eos_id(tokenizer)
+            prefix = special_prefix(tokenizer)
+        return _assemble(examples, codes, encoder, tokenizer, eos, prefix, max_length=max_length, overlong=overlong,
+                         train_on=train_on, add_eos=add_eos)
+    finally:
+        encoder.close()
+
+
+def _assemble(examples: list[list[Segment]], codes: list[int], encoder: _Encoder, tokenizer, eos: int,
+              prefix: list[int], *, max_length: int, overlong: str, train_on: str, add_eos: bool) -> Tokenized:
+    """The rows of `examples` from their segments' codes (see tokenize_examples)."""
     blank = _BlankIds(tokenizer)
+    every = train_on == "all"
+    last_turn = train_on == "last_turn"
+
+    pieces: dict[tuple[int, bool, bool], tuple[array, bytes, bool]] = {}
+
+    def make_piece(code: int, seg_trained: bool, is_trained: bool) -> tuple[array, bytes, bool]:
+        """(ids, mask, has trained tokens); `ids` may be shared by every piece of the same text: never modified."""
+        ids = encoder.ids(code)
+        if seg_trained and add_eos and not _ends_with_eos(ids, eos, blank):
+            ids = ids + array("i", (eos,))
+        n = len(ids)
+        trained = n if (is_trained or every) else 0
+        if is_trained and not every:
+            # whitespace a chat template puts after the EOS is not the model's to produce
+            j = n
+            while j > 0 and ids[j - 1] in blank:
+                j -= 1
+            if 0 < j < n and ids[j - 1] == eos:
+                trained = j
+        return ids, b"\x01" * trained + bytes(n - trained), trained > 0
 
     flat_ids = array("i")  # C int: 32 bits wherever numpy runs (checked below)
     flat_mask = bytearray()
+    prefix_ids = array("i", prefix)
+    n_prefix = len(prefix)
+    prefix_mask = bytes(n_prefix)
     lengths: list[int] = []
     kept: list[int] = []
     dropped: Counter = Counter()
     first_dropped: dict[str, int] = {}
     truncated = 0
     pos = 0
-    n_prefix = len(prefix)
     for row, segments in enumerate(examples):
-        seg_ids = encoded[pos : pos + len(segments)]
-        pos += len(segments)
-        trained_idx = [i for i, s in enumerate(segments) if s.trained]
-        if train_on == "last_turn" and trained_idx:
-            trained_idx = trained_idx[-1:]
-        ids: list[int] = list(prefix)
-        mask: list[int] = [0] * n_prefix
+        last = -1
+        if last_turn:
+            last = max((i for i, s in enumerate(segments) if s.trained), default=-1)
+        row_pieces = []
+        total = n_prefix
         prompt_end = n_prefix  # the part truncate_prompt may cut: everything before the first trained token
         first_trained = True
-        for i, (seg, toks) in enumerate(zip(segments, seg_ids)):
-            # `toks` may be shared by every row with the same text: never modified
-            is_trained = i in trained_idx
+        any_trained = False
+        for i, seg in enumerate(segments):
+            is_trained = seg.trained if not last_turn else i == last
+            key = (codes[pos + i], seg.trained, is_trained)
+            piece = pieces.get(key)
+            if piece is None:
+                piece = pieces[key] = make_piece(*key)
             if is_trained and first_trained:
-                prompt_end = len(ids)
+                prompt_end = total
                 first_trained = False
-            start = len(ids)
-            ids += toks
-            if seg.trained and add_eos and not _ends_with_eos(toks, eos, blank):
-                ids.append(eos)
-            mask += [1 if (is_trained or train_on == "all") else 0] * (len(ids) - start)
-            if is_trained and train_on != "all":
-                # whitespace a chat template puts after the EOS is not the model's to produce
-                j = len(ids)
-                while j > start and ids[j - 1] in blank:
-                    j -= 1
-                if start < j < len(ids) and ids[j - 1] == eos:
-                    mask[j:] = [0] * (len(ids) - j)
-        if 1 not in mask:
+            total += len(piece[0])
+            any_trained = any_trained or piece[2]
+            row_pieces.append(piece)
+        pos += len(segments)
+        if not any_trained:
             dropped["no trained tokens (empty completion)"] += 1
             first_dropped.setdefault("no trained tokens (empty completion)", row)
             continue
-        if len(ids) > max_length:
+        if total > max_length:
             if overlong == "truncate_prompt":
-                cut = len(ids) - max_length
-                keep_from = n_prefix + cut
+                keep_from = n_prefix + total - max_length
                 if keep_from > prompt_end:
                     dropped[f"completion alone longer than max_length {max_length}"] += 1
                     first_dropped.setdefault(f"completion alone longer than max_length {max_length}", row)
                     continue
-                ids = ids[:n_prefix] + ids[keep_from:]
-                mask = mask[:n_prefix] + mask[keep_from:]
+                ids = array("i", prefix_ids)
+                mask = bytearray(prefix_mask)
+                for piece_ids, piece_mask, _ in row_pieces:
+                    ids += piece_ids
+                    mask += piece_mask
+                flat_ids += prefix_ids
+                flat_ids += ids[keep_from:]
+                flat_mask += prefix_mask
+                flat_mask += mask[keep_from:]
+                total = max_length
                 truncated += 1
             else:
                 dropped[f"longer than max_length {max_length}"] += 1
                 first_dropped.setdefault(f"longer than max_length {max_length}", row)
                 continue
-        flat_ids.extend(ids)
-        flat_mask.extend(mask)
-        lengths.append(len(ids))
+        else:
+            if n_prefix:
+                flat_ids += prefix_ids
+                flat_mask += prefix_mask
+            for piece_ids, piece_mask, _ in row_pieces:
+                flat_ids += piece_ids
+                flat_mask += piece_mask
+        lengths.append(total)
         kept.append(row)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(np.asarray(lengths, dtype=np.int64), out=offsets[1:])
@@ -199,8 +325,8 @@ def tokenize_examples(
         ids_flat = np.frombuffer(flat_ids, dtype=np.int32).copy() if len(flat_ids) else np.zeros(0, dtype=np.int32)
     else:  # pragma: no cover - a platform whose C int is not 32 bits
         ids_flat = np.asarray(flat_ids.tolist(), dtype=np.int32)
-    mask_flat = np.frombuffer(bytes(flat_mask), dtype=np.uint8).copy() if flat_mask else np.zeros(0, dtype=np.uint8)
-    return Tokenized(ids_flat, mask_flat, offsets, kept, dropped, truncated, first_dropped)
+    mask_flat = np.frombuffer(flat_mask, dtype=np.uint8).copy() if flat_mask else np.zeros(0, dtype=np.uint8)
+    return Tokenized(ids_flat, mask_flat, offsets, kept, dropped, truncated, first_dropped, examples)
 
 
 def context_length(config) -> int | None:

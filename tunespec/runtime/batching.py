@@ -5,11 +5,14 @@ exact data position from the step count alone: no row is seen twice or skipped.
 
 * Padded batches: rows of similar length are grouped (``group_by_length``) to waste less padding;
   each batch is padded to a multiple of 8 and its labels are -100 on padding *positions*.
-* Packed batches (``packing``): rows are packed first-fit into bins of ``max_length`` tokens; a
-  micro-batch of ``micro_batch_size`` bins is flattened into one row with ``position_ids`` that
-  restart at every row, which transformers' SDPA, eager and flash-attention paths turn into a
-  block-diagonal causal mask: no attention crosses rows. The first token of every row is never a
-  label (it would be predicted from the previous row).
+* Padding-free batches (``padding_free``): the rows of a micro-batch are concatenated into one
+  sequence with ``position_ids`` that restart at every row and the rows' boundaries
+  (``cu_seq_lens_q/k``): the varlen attention of `varlen` (and transformers' flash-attention path) keep
+  attention inside each row; transformers' SDPA and eager paths build a block-diagonal causal mask from
+  the position ids. The first token of every row is never a label (it would be predicted from the
+  previous row).
+* Packed batches (``packing``): rows are packed first-fit into bins of ``max_length`` tokens and a
+  micro-batch of ``micro_batch_size`` bins is concatenated the same way.
 """
 
 from __future__ import annotations
@@ -97,9 +100,15 @@ def collate_packed(tokens: TokenSet, rows: list[int]) -> dict:
         ids.append(row_ids.astype(np.int64))
         labels.append(lab)
         pos.append(np.arange(len(row_ids), dtype=np.int64))
+    bounds = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum([len(p) for p in pos], out=bounds[1:])
+    longest = max(len(p) for p in pos)
     return {"input_ids": torch.from_numpy(np.concatenate(ids))[None],
             "labels": torch.from_numpy(np.concatenate(labels))[None],
-            "position_ids": torch.from_numpy(np.concatenate(pos))[None]}
+            "position_ids": torch.from_numpy(np.concatenate(pos))[None],
+            # the row boundaries, for varlen attention kernels (transformers passes them to the attention function)
+            "cu_seq_lens_q": torch.from_numpy(bounds), "cu_seq_lens_k": torch.from_numpy(bounds.copy()),
+            "max_length_q": longest, "max_length_k": longest}
 
 
 def count_positions(batch: dict) -> tuple[int, int]:

@@ -103,6 +103,12 @@ class Build:
         """Special ids the compiler put before every row (BOS for Llama-likes)."""
         return list(self.manifest.get("prefix_ids", []))
 
+    @property
+    def vocabulary(self) -> dict | None:
+        """The tokens the compiler added (``model.added_tokens``): ids, embedding rows; None when none was added."""
+        vocab = self.manifest.get("vocabulary")
+        return vocab if vocab and vocab.get("added") else None
+
     def has_split(self, split: str) -> bool:
         return split in self.manifest["splits"]
 

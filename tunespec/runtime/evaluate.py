@@ -33,17 +33,22 @@ class Generated:
 def _load_variant(build: Build, which: str, base=None):
     """('base' | 'adapter' | 'merged' | a path) -> (model, label)."""
     from .modeling import load_base_model
+    from .vocabulary import extend_embeddings
 
     if which == "base":
-        return load_base_model(build.spec), "base"
+        model = load_base_model(build.spec)
+        extend_embeddings(model, build)  # the prompts may hold added tokens' ids
+        return model, "base"
     if which == "adapter":
         if not (build.adapter_dir / "adapter_config.json").is_file():
             raise BuildError(Problem("the build has no trained adapter", file=str(build.adapter_dir),
                                      hint=f"train first: tunespec train {build.path}"))
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(base if base is not None else load_base_model(build.spec),
-                                         str(build.adapter_dir)), "tuned"
+        if base is None:
+            base = load_base_model(build.spec)
+        extend_embeddings(base, build)  # once per model: the rows the adapter was trained on
+        return PeftModel.from_pretrained(base, str(build.adapter_dir)), "tuned"
     path = build.merged_dir if which == "merged" else Path(which)
     if not (path / "config.json").is_file():
         raise BuildError(Problem(f"no model at {path}", hint="merge first (tunespec merge BUILD) or pass a model directory"))

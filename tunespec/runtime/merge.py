@@ -60,6 +60,9 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
     if build.spec.quantization.enabled:
         log(f"the base is reloaded unquantized ({torch_dtype}) for the merge; 4-bit/8-bit was for training only")
     base = load_base_model(build.spec, quantized=False, dtype=torch_dtype)
+    from .vocabulary import extend_embeddings
+
+    extend_embeddings(base, build)  # added tokens: the rows the adapter was trained on (merged saves them)
     model = PeftModel.from_pretrained(base, str(build.adapter_dir))
     model.eval()
     tokenizer = build.load_tokenizer()

@@ -96,9 +96,14 @@ def load_base_model(spec: Spec, *, quantized: bool = True, dtype=None, device_ma
                                  hint="check the model reference and, for flash_attention_2 or 4-bit, the installed kernels")) from None
 
 
-def lora_config(adapter: LoraSpec):
+def lora_config(adapter: LoraSpec, tokens: dict | None = None):
+    """`tokens`: what trains the rows of added tokens (``vocabulary.token_training``): trainable_token_indices,
+    and an LM head to save whole."""
     from peft import LoraConfig
 
+    tokens = tokens or {}
+    modules_to_save = list(adapter.modules_to_save) + tokens.get("modules_to_save", [])
+    extra = {"trainable_token_indices": tokens["trainable_token_indices"]} if tokens.get("trainable_token_indices") else {}
     return LoraConfig(
         r=adapter.r,
         lora_alpha=adapter.alpha,
@@ -107,8 +112,9 @@ def lora_config(adapter: LoraSpec):
         target_modules=adapter.target_modules,
         use_rslora=adapter.use_rslora,
         use_dora=adapter.use_dora,
-        modules_to_save=adapter.modules_to_save or None,
+        modules_to_save=modules_to_save or None,
         task_type="CAUSAL_LM",
+        **extra,
     )
 
 
@@ -139,11 +145,11 @@ def ia3_config(adapter: IA3Spec):
                      task_type="CAUSAL_LM")
 
 
-def adapter_config(spec: Spec, model=None):
-    """The peft config of the spec's adapter (None for a full fine-tune)."""
+def adapter_config(spec: Spec, model=None, tokens: dict | None = None):
+    """The peft config of the spec's adapter (None for a full fine-tune); `tokens`: see lora_config."""
     a = spec.adapter
     if isinstance(a, LoraSpec):
-        return lora_config(a)
+        return lora_config(a, tokens)
     if isinstance(a, PrefixTuningSpec):
         return prefix_tuning_config(a)
     if isinstance(a, PromptTuningSpec):
@@ -156,12 +162,19 @@ def adapter_config(spec: Spec, model=None):
     return None
 
 
-def prepare_for_training(model, spec: Spec):
-    """Gradient checkpointing, k-bit preparation and the adapter; returns the model to train."""
+def prepare_for_training(model, spec: Spec, vocabulary: dict | None = None):
+    """Gradient checkpointing, k-bit preparation and the adapter; returns the model to train.
+
+    `vocabulary`: the build's added tokens (``Build.vocabulary``), whose embedding rows LoRA trains too.
+    """
     t = spec.training
     # FSDP's own activation checkpointing replaces HF's; both would recompute every layer twice
     fsdp_ac = spec.launch.topology == "fsdp" and spec.launch.activation_checkpointing
-    hf_gc = t.gradient_checkpointing and not fsdp_ac
+    import torch
+
+    from ..spec.training import checkpointing_on
+
+    hf_gc = checkpointing_on(spec, on_gpu=torch.cuda.is_available()) and not fsdp_ac
     peft = is_peft(spec.adapter)
     if spec.quantization.enabled:
         from peft import prepare_model_for_kbit_training
@@ -183,8 +196,11 @@ def prepare_for_training(model, spec: Spec):
             check_targets(model, a)
         name = {LoraSpec: "LoRA", PrefixTuningSpec: "prefix tuning", PromptTuningSpec: "prompt tuning",
                 IA3Spec: "IA3"}[type(a)]
+        from .vocabulary import token_training
+
+        tokens = token_training(model, a, vocabulary) if isinstance(a, LoraSpec) else {}
         try:
-            model = get_peft_model(model, adapter_config(spec, model))
+            model = get_peft_model(model, adapter_config(spec, model, tokens))
         except (ValueError, TypeError, KeyError) as e:
             path = "adapter.target_modules" if isinstance(a, (LoraSpec, IA3Spec)) else "adapter.method"
             hint = ("use all-linear, or module names this architecture has (tunespec validate --deep lists them)"

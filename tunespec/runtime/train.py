@@ -52,7 +52,7 @@ from .build import Build, TokenSet
 RESUME_NEUTRAL = (
     "description", "evaluation.", "output.", "training.logging_steps", "training.save_steps",
     "training.save_total_limit", "training.save_strategy", "training.report_to", "training.eval_",
-    "launch.gpu_memory_gib", "launch.main_process_", "launch.machine_rank",
+    "launch.gpu_memory_gib", "launch.gpu", "launch.main_process_", "launch.machine_rank",
 )
 
 
@@ -206,12 +206,20 @@ class Trainer:
                          total_steps=t.max_steps or max(1, math.ceil(t.epochs * n_batches / (world * accum))))
         sharded = self.spec.launch.topology in ("fsdp", "deepspeed")
         model = load_base_model(self.spec, device_map=None if sharded else "default")
-        model = prepare_for_training(model, self.spec)
+        self._choose_batching(model)
+        from .vocabulary import extend_embeddings
+
+        extend_embeddings(model, self.build)  # model.added_tokens: the new rows start as the mean row
+        model = prepare_for_training(model, self.spec, vocabulary=self.build.vocabulary)
+        self.compiled = self._compile(model)
         if not any(p.requires_grad for p in model.parameters()):
             raise BuildError("nothing to train: the model has no trainable parameters", hint="check adapter settings")
         optimizer = make_optimizer(self.spec, [p for p in model.parameters() if p.requires_grad])
         scheduler = make_scheduler(self.spec, optimizer, self.plan.total_steps)
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
+        # accelerate wraps forward to cast every output to fp32: a full fp32 copy of the logits. The loop runs
+        # the forward inside its own autocast, and the loss is fp32 either way: take the wrapper off.
+        self.acc.unwrap_model(self.model, keep_fp32_wrapper=False)
         # After prepare: FSDP2 replaces the parameters by sharded ones (clipping must see those).
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # accelerate's prepared scheduler steps once per process unless told otherwise: we step it ourselves,
@@ -245,15 +253,62 @@ class Trainer:
             self.log(f"warning: topology deepspeed, but accelerate runs {kind} here (DeepSpeed needs a GPU and "
                      "`accelerate launch` with the build's config, i.e. launch.sh)")
 
+    def _choose_batching(self, model) -> None:
+        """Padded or padding-free micro-batches, the attention kernel, and where the logits are computed."""
+        import inspect
+
+        from . import varlen
+
+        t = self.spec.training
+        why_not = varlen.unsupported(model.config, getattr(self.spec.adapter, "method", "none"))
+        if t.padding_free is True and why_not:
+            raise BuildError(Problem(f"training.padding_free is true, but {why_not}", file=str(self.build.path / "lock.yaml"),
+                                     hint="set training.padding_free: auto (or false) and recompile"))
+        # concatenated rows: padding-free batching, or packing (which the spec allows for any model)
+        self.flat = t.packing or (t.padding_free is not False and why_not is None)
+        # logits only at trained positions: the HF forward must take an index tensor as logits_to_keep,
+        # and no virtual tokens may shift the positions (prefix/prompt tuning)
+        self.trained_logits = (self.flat and why_not is None
+                               and "logits_to_keep" in inspect.signature(model.forward).parameters)
+        self.attention = model.config._attn_implementation
+        if self.flat and why_not is None and self.attention == "sdpa" and model._can_set_attn_implementation():
+            varlen.register()
+            model.set_attn_implementation(varlen.ATTENTION)
+            self.attention = model.config._attn_implementation
+
+    def _compile(self, model) -> int:
+        """torch.compile the decoder layers where the spec (or `auto`: CUDA, one GPU or DDP) says so."""
+        import torch
+
+        from .compilation import compile_layers
+
+        want = self.spec.training.torch_compile
+        if want == "auto":
+            # not measured with bitsandbytes' 4/8-bit layers, nor under FSDP/DeepSpeed wrapping: left eager there
+            want = (torch.cuda.is_available() and self.spec.launch.topology in ("single", "multi_gpu")
+                    and not self.spec.quantization.enabled)
+        return compile_layers(model) if want else 0
+
     def _batches(self, epoch: int) -> list[list[int]]:
         t = self.spec.training
         # The whole epoch (world_size 1): processes share the stream position by position (see Plan).
         return epoch_batches(self.train_set, micro_batch_size=t.micro_batch_size, seed=t.seed, epoch=epoch,
                              group_by_length=t.group_by_length, packing=t.packing, max_length=self.build.max_length)
 
-    def _collate(self, tokens: TokenSet, rows: list[int]) -> dict:
-        batch = collate_packed(tokens, rows) if self.spec.training.packing else collate_padded(tokens, rows, self.pad_id)
-        return {k: v.to(self.acc.device) for k, v in batch.items()}
+    def _collate(self, tokens: TokenSet, rows: list[int], device: bool = True) -> dict:
+        batch = collate_packed(tokens, rows) if self.flat else collate_padded(tokens, rows, self.pad_id)
+        return self._to_device(batch) if device else batch
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.acc.device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+
+    def _loss(self, batch: dict, n_items):
+        """The micro-batch's loss: summed token cross-entropy over `n_items` (the step's trained tokens)."""
+        if self.trained_logits:
+            from .varlen import trained_loss
+
+            return trained_loss(self.model, batch, n_items)
+        return self.model(**batch, num_items_in_batch=n_items).loss
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -405,13 +460,12 @@ class Trainer:
             for i in range(0, n_batches * bs, bs):
                 rows = mine[i : i + bs]
                 counted = bool(rows)
-                batch = collate_padded(self.eval_set, rows or order[:1], self.pad_id)
-                batch = {k: v.to(self.acc.device) for k, v in batch.items()}
+                batch = self._collate(self.eval_set, rows or order[:1])
                 n = int((batch["labels"][:, 1:] != -100).sum())
                 with self.acc.autocast():
-                    out = self.model(**batch, num_items_in_batch=torch.tensor(max(n, 1), device=self.acc.device))
+                    loss = self._loss(batch, torch.tensor(max(n, 1), device=self.acc.device))
                 if counted:
-                    total += torch.tensor([out.loss.item() * max(n, 1), n], device=self.acc.device, dtype=torch.float64)
+                    total += torch.tensor([loss.item() * max(n, 1), n], device=self.acc.device, dtype=torch.float64)
         self.model.train()
         total = self.acc.reduce(total, reduction="sum")
         return float(total[0] / total[1]) if total[1] else None
@@ -445,7 +499,11 @@ class Trainer:
             plain_log = self.log
             self.log = lambda text: bar.write(text, file=sys.stderr)
         self.log(f"training {plan.total_steps} steps × {plan.accum} micro-batches of {t.micro_batch_size} "
-                 f"on {self.acc.num_processes} process(es), {self.acc.device}; {len(self.train_set)} train rows")
+                 f"{'bins' if t.packing else 'rows'} on {self.acc.num_processes} process(es), {self.acc.device}; "
+                 f"{len(self.train_set)} train rows; "
+                 + (f"padding-free ({self.attention} attention, logits only where trained)" if self.trained_logits
+                    else "padding-free" if self.flat else "padded batches")
+                 + (f"; {self.compiled} layers compiled" if self.compiled else ""))
         self.model.train()
         last: dict = dict(self.resumed_metrics)  # a resume at the last step only finishes
         window = {"loss": 0.0, "tokens": 0, "real": 0, "padded": 0, "t0": time.perf_counter(), "steps": 0}
@@ -465,12 +523,15 @@ class Trainer:
                         if len(epoch_cache) > 1:
                             epoch_cache.pop(min(epoch_cache))
                         epoch_cache[epoch] = self._batches(epoch)
-                    micro.append(self._collate(self.train_set, epoch_cache[epoch][pos]))
-                n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-                n_global = int(self.acc.reduce(torch.tensor(n_local, device=self.acc.device), reduction="sum"))
+                    micro.append(self._collate(self.train_set, epoch_cache[epoch][pos], device=False))
+                n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)  # counted on the CPU: no sync
+                counts = [count_positions(b) for b in micro]  # (real tokens, padded positions)
+                positions = [sum(c[0] for c in counts), sum(c[1] for c in counts)]
+                micro = [self._to_device(b) for b in micro]
+                n_global = n_local if world == 1 else int(
+                    self.acc.reduce(torch.tensor(n_local, device=self.acc.device), reduction="sum"))
                 n_items = torch.tensor(max(n_global, 1), device=self.acc.device)
-                step_loss = 0.0
-                positions = [0, 0]  # real tokens, padded positions
+                step_loss = torch.zeros((), device=self.acc.device, dtype=torch.float64)
                 for k, batch in enumerate(micro):
                     sync = k == len(micro) - 1
                     if self.deepspeed:
@@ -482,12 +543,9 @@ class Trainer:
                         ctx = self.acc.no_sync(self.model) if not sync and world > 1 else _null()
                     with ctx:
                         with self.acc.autocast():
-                            out = self.model(**batch, num_items_in_batch=n_items)
-                        self.acc.backward(out.loss * loss_scale)
-                    step_loss += out.loss.item()
-                    real, padded = count_positions(batch)
-                    positions[0] += real
-                    positions[1] += padded
+                            loss = self._loss(batch, n_items)
+                        self.acc.backward(loss * loss_scale)
+                    step_loss += loss.detach().double()  # no sync per micro-batch: read once per step below
                 grad_norm = None
                 if self.deepspeed:
                     # the engine clipped (deepspeed.json's gradient_clipping) and stepped; its norm may be None
@@ -501,8 +559,8 @@ class Trainer:
                 step += 1
                 if bar is not None:
                     bar.update(1)
-                stats = self.acc.reduce(torch.tensor([step_loss, *positions], device=self.acc.device,
-                                                     dtype=torch.float64), reduction="sum").tolist()
+                stats = torch.cat([step_loss.reshape(1), torch.tensor(positions, dtype=torch.float64).to(self.acc.device)])
+                stats = self.acc.reduce(stats, reduction="sum").tolist()
                 step_loss = float(stats[0])
                 window["real"] += int(stats[1])
                 window["padded"] += int(stats[2])
@@ -618,7 +676,9 @@ class Trainer:
             import shutil
 
             _drop_checkpoint_wrappers(model)
-            model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            from .vocabulary import adapter_save_kwargs
+
+            model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, **adapter_save_kwargs(self.build))
             if is_peft(self.spec.adapter) and not _safetensors_keys(tmp / "adapter_model.safetensors"):
                 raise BuildError(Problem(f"the adapter saved from this {self.acc.distributed_type.value} run is empty",
                                          file=str(tmp), hint="the last checkpoint is in train/; please report this"))

@@ -8,6 +8,9 @@ from pydantic import Field, Tag
 
 from .base import Section, tag_with_default
 
+GpuName = Literal["h100", "h100_pcie", "h100_nvl", "h200", "a100", "a10", "a10g", "l4", "l40s", "rtx4090", "v100", "t4"]
+"""GPU models whose peak throughput tunespec knows (tunespec/compiler/flops.py holds the numbers)."""
+
 
 class _Launch(Section):
     num_processes: int = Field(1, ge=1, description="Processes (GPUs) per machine.")
@@ -16,6 +19,10 @@ class _Launch(Section):
     main_process_ip: str | None = Field(None, description="Address of machine 0 (several machines).")
     main_process_port: int = Field(29500, ge=1, le=65535, description="Port machine 0 listens on for the others.")
     gpu_memory_gib: float | None = Field(None, gt=0, description="Per-GPU memory; compile fails if the estimate exceeds it.")
+    gpu: GpuName | None = Field(
+        None, description="The GPU model trained on, for the compile report's expected wall time (h100 is the SXM "
+        "card); left out: the report gives the training FLOPs only."
+    )
 
 
 class SingleLaunch(_Launch):

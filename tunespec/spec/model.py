@@ -32,3 +32,13 @@ class ModelSpec(Section):
         "sdpa", description="Attention kernel passed to transformers."
     )
     trust_remote_code: bool = Field(False, description="Run the model repo's own Python code. Off unless you trust it.")
+    added_tokens: list[str] = Field(
+        default_factory=list,
+        description="Tokens added to the vocabulary: matched whole in any text, kept when decoding. Their embedding "
+        "rows are new (the mean of the existing rows) and trained; the embeddings grow to a multiple of 64.",
+    )
+    added_special_tokens: list[str] = Field(
+        default_factory=list,
+        description="Special tokens added to the vocabulary (e.g. role markers such as `<|user|>` that a template "
+        "writes): never split, dropped from decoded answers. New rows are initialised and trained like added_tokens'.",
+    )

@@ -51,6 +51,23 @@ def model_named_once(spec: Spec) -> Iterator[Problem]:
 
 
 @rule
+def added_tokens_well_formed(spec: Spec) -> Iterator[Problem]:
+    """model.added_tokens / added_special_tokens: no empty token, each token listed once (over both lists)."""
+    seen: dict[str, str] = {}
+    for key in ("added_tokens", "added_special_tokens"):
+        for i, token in enumerate(getattr(spec.model, key)):
+            at = f"model.{key}.{i}"
+            if token == "":
+                yield _p(at, "is an empty token", "remove it, or write the token's text, e.g. \"<|user|>\"")
+                continue
+            if token in seen:
+                yield _p(at, f"`{token}` is listed twice (also at {seen[token]})",
+                         "list each token once, under added_tokens or added_special_tokens")
+                continue
+            seen[token] = at
+
+
+@rule
 def sources_well_formed(spec: Spec) -> Iterator[Problem]:
     for i, s in enumerate(spec.data.sources):
         at = f"data.sources.{i}"
@@ -161,7 +178,7 @@ def lora_in_range(spec: Spec) -> Iterator[Problem]:
         yield from _virtual_tokens_in_range(a)
     if isinstance(a, PrefixTuningSpec):
         # peft keeps the prefix in a transformers Cache, which a recomputed layer would extend twice; peft refuses it
-        if spec.training.gradient_checkpointing:
+        if spec.training.gradient_checkpointing is True:
             yield _p("training.gradient_checkpointing", "prefix tuning does not work with gradient checkpointing "
                      "(peft passes the prefix as a key/value cache, which recomputation would extend twice)",
                      "set training.gradient_checkpointing: false, or use adapter.method: prompt_tuning or lora")
@@ -170,6 +187,15 @@ def lora_in_range(spec: Spec) -> Iterator[Problem]:
             yield _p("launch.activation_checkpointing", "prefix tuning does not work with activation checkpointing "
                      "(peft passes the prefix as a key/value cache, which recomputation would extend twice)",
                      "set launch.activation_checkpointing: false, or use adapter.method: prompt_tuning or lora")
+    if isinstance(a, (PrefixTuningSpec, PromptTuningSpec)):
+        # the virtual tokens come before the whole (concatenated) sequence: rows after the first would not see
+        # them where they were trained to, and transformers cannot isolate rows next to a key/value prefix
+        t = spec.training
+        for field, on in (("packing", t.packing), ("padding_free", t.padding_free is True)):
+            if on:
+                yield _p(f"training.{field}", f"{a.method.replace('_', ' ')} cannot train rows concatenated into one "
+                         "sequence (its virtual tokens come once, before the whole sequence)",
+                         f"set training.{field}: false (padding_free: auto turns itself off for this adapter)")
     if isinstance(a, IA3Spec):
         yield from _ia3_in_range(a)
     if not isinstance(a, LoraSpec):
@@ -276,3 +302,17 @@ def launch_consistent(spec: Spec) -> Iterator[Problem]:
         yield _p("launch.offload_params", "parameter offload needs ZeRO stage 3", "set launch.zero_stage: 3")
     if ln.topology == "single" and ln.num_processes * ln.num_machines > 1:
         yield _p("launch.topology", "single runs one process", "use topology: multi_gpu, fsdp or deepspeed")
+
+
+@rule
+def publishing_consistent(spec: Spec) -> Iterator[Problem]:
+    """output.push_to_hub.what names something the adapter method produces."""
+    push, a = spec.output.push_to_hub, spec.adapter
+    if push is None:
+        return
+    if push.what == "adapter" and isinstance(a, FullSpec):
+        yield _p("output.push_to_hub.what", "a full fine-tune has no adapter to publish",
+                 "use what: merged (or auto): the fine-tuned model itself")
+    if push.what == "merged" and isinstance(a, (PrefixTuningSpec, PromptTuningSpec)):
+        yield _p("output.push_to_hub.what", f"{a.method.replace('_', ' ')} cannot be merged into the base "
+                 "(it adds virtual tokens, not weight updates)", "use what: adapter (or auto): base + adapter is served")

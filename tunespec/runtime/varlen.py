@@ -1,0 +1,132 @@
+"""Padding-free training: the rows of a micro-batch concatenated into one sequence, attention kept
+inside each row, and logits computed only where a token is trained.
+
+* Attention. The collator gives ``cu_seq_lens_q/k`` (int32 start offsets of the rows, then the total)
+  and ``max_length_q/k``; transformers hands these keyword arguments down to the attention function
+  registered here under ``ATTENTION``. On a GPU it is PyTorch's flash-attention varlen kernel
+  (``torch.nn.attention.varlen.varlen_attn``): no mask is built and no work is spent across rows.
+  Elsewhere (the CPU) each row is attended to on its own with SDPA, which gives the same result. It is
+  registered without a mask function, so transformers builds no attention mask for it.
+* Loss. ``trained_loss`` asks the model for the logits of the positions whose next token is trained
+  only (``logits_to_keep`` with their indices) and takes the cross-entropy in fp32 chunk by chunk,
+  each chunk recomputed in the backward pass, so neither the full logits nor an fp32 copy of them is
+  ever held. A summarisation row trains on ~10-30% of its tokens: the LM head's work shrinks with it.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+ATTENTION = "tunespec_varlen"
+CE_CHUNK = 4096  # trained positions per cross-entropy chunk (4096 x 49k vocabulary x 4 B = 0.8 GB in fp32)
+
+_registered = False
+
+
+def register() -> None:
+    """Make ``attn_implementation=ATTENTION`` known to transformers (once per process)."""
+    global _registered, _KERNEL
+    if not _registered:
+        from transformers import AttentionInterface
+
+        _KERNEL = _find_kernel()  # looked up once, here: not inside the (compiled) attention function
+
+        AttentionInterface.register(ATTENTION, attention)
+        _registered = True
+
+
+def _find_kernel():
+    """PyTorch's varlen flash-attention function and its keyword names, or None where it is missing."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+
+
+_KERNEL = None  # set by register(); importing this module imports no torch (the compiler reads `unsupported`)
+
+
+def unsupported(config, adapter_method: str) -> str | None:
+    """Why padding-free training cannot run for this model and adapter, or None when it can."""
+    if adapter_method in ("prefix_tuning", "prompt_tuning"):
+        return f"{adapter_method} puts virtual tokens before every row"
+    for name in ("sliding_window", "attn_logit_softcapping"):
+        if getattr(config, name, None):
+            return f"the model uses {name} (not supported by the varlen kernel here)"
+    if getattr(config, "attention_dropout", 0.0):
+        return "the model uses attention dropout"
+    return None
+
+
+def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """transformers' attention interface: query [1, H, T, D], key/value [1, Hkv, T, D] -> [1, T, H, D]."""
+    import torch
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or attention_mask is not None or query.shape[0] != 1:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=attention_mask is None)
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
+    kernel = _KERNEL if q.is_cuda else None
+    if kernel is not None:
+        varlen_attn, names = kernel
+        longest = int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
+        extra = {}
+        if "is_causal" in names:
+            extra["is_causal"] = True
+        else:
+            extra["window_size"] = (-1, 0)
+        if k.shape[1] != q.shape[1]:
+            if "enable_gqa" in names:
+                extra["enable_gqa"] = True
+            else:
+                rep = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, **extra)
+        return out[None], None
+    # one SDPA call per row: exact, and no T x T mask
+    bounds = cu.tolist()
+    gqa = k.shape[1] != q.shape[1]
+    outs = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), is_causal=True, scale=scaling,
+            enable_gqa=gqa)
+        outs.append(o.transpose(0, 1))
+    return torch.cat(outs)[None], None
+
+
+def _chunk_ce(logits, targets):
+    import torch
+
+    return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def trained_loss(model, batch: dict, n_items):
+    """Summed cross-entropy over the trained tokens of one padding-free batch, divided by `n_items`.
+
+    `batch` holds ``input_ids``, ``labels`` and ``position_ids`` of shape [1, T] and the ``cu_seq_lens``
+    keywords; the label of a row's first token is -100, so no row is predicted from the one before it.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    labels = batch["labels"][0]
+    targets = labels[1:]
+    keep = (targets != -100).nonzero().squeeze(1)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out = model(**inputs, logits_to_keep=keep, use_cache=False)
+    logits = out.logits[0]
+    if keep.numel() == 0:
+        return logits.sum() * 0.0  # keeps every parameter in the graph (DDP expects it)
+    targets = targets[keep]
+    total = None
+    for a in range(0, keep.numel(), CE_CHUNK):
+        part = logits[a : a + CE_CHUNK]
+        t = targets[a : a + CE_CHUNK]
+        ce = checkpoint(_chunk_ce, part, t, use_reentrant=False) if part.requires_grad else _chunk_ce(part, t)
+        total = ce if total is None else total + ce
+    return total / n_items
