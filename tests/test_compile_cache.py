@@ -28,11 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
-    """A private TUNESPEC_CACHE (the packaged model's conversion is copied in, not redone)."""
+    """A private TUNESPEC_CACHE, sharing the converted models of the usual one (converted once)."""
     root = tmp_path / "cache"
     shared = Path(os.environ["TUNESPEC_CACHE"]) / "models"
-    if shared.is_dir():
-        shutil.copytree(shared, root / "models", symlinks=True)
+    shared.mkdir(parents=True, exist_ok=True)
+    root.mkdir()
+    (root / "models").symlink_to(shared, target_is_directory=True)
     monkeypatch.setenv("TUNESPEC_CACHE", str(root))
     return root
 
@@ -178,15 +179,21 @@ def test_a_changed_model_file_is_a_new_entry(tmp_path, cache):
     assert files_of(two.path) == files_of(three.path)
 
 
-@pytest.mark.parametrize("damage", ["tokenizer.json", "facts.json"])
+@pytest.mark.parametrize("damage", ["tokenizer.json", "probe", "facts.json"])
 def test_a_damaged_entry_is_replaced_not_used(tmp_path, cache, damage):
     model = model_copy(tmp_path)
     spec = spec_for(tmp_path, {"path": str(model)})
     first = files_of(compile_spec(spec, tmp_path / "one").path)
     (entry,) = entries(cache)
-    if damage == "tokenizer.json":  # still valid JSON, but not what transformers saved: another EOS id
+    if damage in ("tokenizer.json", "probe"):  # still valid JSON, but not what transformers saved: another EOS
         path = entry / "tokenizer" / "tokenizer.json"
         path.write_text(path.read_text(encoding="utf-8").replace('"</s>"', '"</S>"'), encoding="utf-8")
+        if damage == "probe":  # the recorded hash updated too: only the probe's ids tell
+            from tunespec.models import sha256_file
+
+            facts = json.loads((entry / "facts.json").read_text(encoding="utf-8"))
+            facts["tokenizer"]["files"]["tokenizer.json"] = sha256_file(path)
+            (entry / "facts.json").write_text(json.dumps(facts), encoding="utf-8")
     else:
         (entry / "facts.json").write_text("{", encoding="utf-8")
     assert files_of(compile_spec(spec, tmp_path / "two").path) == first

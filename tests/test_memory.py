@@ -150,11 +150,26 @@ def test_gradient_checkpointing_lowers_activations():
 
 
 def test_activations_and_logits_scale_with_tokens():
-    small, big = estimate(seq_len=512), estimate(seq_len=1024)
+    padded = {"padding_free": False}
+    small, big = estimate(seq_len=512, training=padded), estimate(seq_len=1024, training=padded)
     assert big.activations == 2 * small.activations
     assert big.logits == 2 * small.logits
     # micro_batch x seq_len x vocab x (2 B bf16 logits + 4 B fp32 log-softmax + 4 + 4 B gradients)
     assert small.logits == 8 * 512 * 49152 * 14
+
+
+def test_padding_free_logits_only_where_trained():
+    """Padding-free (the default): logits of the trained positions and their gradient (2 + 2 B), plus one
+    fp32 cross-entropy chunk (12 B per element)."""
+    from tunespec.padding_free import CE_CHUNK
+
+    e = estimate_memory(make_spec(), smollm2(), seq_len=1024, trained_fraction=0.25)
+    trained = 8 * 1024 * 0.25
+    assert e.logits == round(trained * 49152 * 4 + min(trained, CE_CHUNK) * 49152 * 12)
+    assert e.logits < estimate(training={"padding_free": False}).logits / 3
+    prompt = estimate_memory(make_spec(adapter={"method": "prompt_tuning"}), smollm2(), seq_len=1024,
+                             trained_fraction=0.25)
+    assert prompt.logits == 8 * 1024 * 49152 * 14, "prompt tuning trains padded batches: every logit"
 
 
 def test_zero3_divides_and_offloads():

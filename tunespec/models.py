@@ -224,7 +224,7 @@ def _model_files_key(model_dir: Path) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _compile_entry(ref: ModelRef, model_dir: str) -> Path | None:
+def compile_cache_entry(ref: ModelRef, model_dir: str) -> Path | None:
     """Where the compile cache keeps this model's entry; None when it is not cached (hub models, which
     transformers resolves itself, and models with remote code)."""
     if model_dir == ref.hub or ref.trust_remote_code or not Path(model_dir).is_dir():
@@ -244,7 +244,7 @@ def load_for_compile(ref: ModelRef, model_dir: str, *, plain: bool = True):
     ``CachedConfig``; otherwise transformers' own (``load_tokenizer``, ``load_config``), stored in the cache
     for the next compile where possible.
     """
-    entry = _compile_entry(ref, model_dir)
+    entry = compile_cache_entry(ref, model_dir)
     if plain and entry is not None:
         cached = _load_entry(entry)
         if cached is not None:
@@ -373,13 +373,14 @@ def _load_entry(entry: Path):
         if facts.get("version") != COMPILE_CACHE_VERSION:
             raise ValueError("another version")
         tok = facts["tokenizer"]
-        files = entry / "tokenizer"
-        if {p.name for p in files.iterdir()} != set(tok["files"]):
+        folder = entry / "tokenizer"
+        if {p.name for p in folder.iterdir()} != set(tok["files"]):
             raise ValueError("files missing")
-        if any(sha256_file(files / name) != sha for name, sha in tok["files"].items()):
+        files = {name: (folder / name).read_bytes() for name in sorted(tok["files"])}
+        if any(hashlib.sha256(data).hexdigest() != tok["files"][name] for name, data in files.items()):
             raise ValueError("files changed")
-        backend = Tokenizer.from_file(str(files / "tokenizer.json"))
-        tokenizer = CachedTokenizer(backend, tok["attrs"], files, tok["files"])
+        backend = Tokenizer.from_str(files["tokenizer.json"].decode("utf-8"))
+        tokenizer = CachedTokenizer(backend, tok["attrs"], files)
         if len(tokenizer) != tok["len"] or _probe_ids(tokenizer, tok["probe"]) != tok["ids"]:
             raise ValueError("the tokenizer encodes differently")
         text = facts["text_config"]
@@ -400,10 +401,9 @@ class CachedTokenizer:
     ``convert_ids_to_tokens``, ``convert_tokens_to_string``, ``len``, ``save_pretrained``). Calling it
     does what transformers' call does with its defaults: no truncation, no padding, ids only."""
 
-    def __init__(self, backend, attrs: dict, files: Path, file_hashes: dict):
+    def __init__(self, backend, attrs: dict, files: dict[str, bytes]):
         self._tokenizer = backend
-        self._files = files
-        self._file_hashes = dict(file_hashes)
+        self._files = files  # name -> contents, as transformers' save_pretrained wrote them
         for name, value in attrs.items():
             setattr(self, name, value)
         if backend.truncation is not None:
@@ -435,10 +435,12 @@ class CachedTokenizer:
         return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
 
     def save_pretrained(self, directory) -> tuple[str, ...]:
-        """The files transformers' ``save_pretrained`` wrote for this tokenizer, copied."""
+        """The files transformers' ``save_pretrained`` wrote for this tokenizer, written again."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        return tuple(shutil.copyfile(self._files / name, directory / name) for name in sorted(self._file_hashes))
+        for name, data in self._files.items():
+            (directory / name).write_bytes(data)
+        return tuple(str(directory / name) for name in self._files)
 
 
 class CachedConfig:

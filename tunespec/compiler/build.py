@@ -277,7 +277,8 @@ def compile_build(
 
         longest = split_stats["train"]["length"]["max"]
         seq_len = max_length if spec.training.packing else -(-longest // 8) * 8
-        memory = estimate_memory(spec, vocab.sized_config(config) if vocab else config, seq_len=seq_len)
+        memory = estimate_memory(spec, vocab.sized_config(config) if vocab else config, seq_len=seq_len,
+                                 trained_fraction=split_stats["train"]["trained_fraction"])
         check_budget(memory, spec.launch.gpu_memory_gib)
         from .flops import estimate_compute
 

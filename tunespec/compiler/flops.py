@@ -60,6 +60,7 @@ import numpy as np
 from ..spec import Spec
 from ..spec.adapter import FullSpec, LoraSpec, PrefixTuningSpec, PromptTuningSpec
 from ..spec.launch import FsdpLaunch
+from ..padding_free import logits_where_trained
 from ..spec.training import checkpointing_on
 from .memory import _matches, _saved, architecture_of, lora_trainable
 
@@ -245,17 +246,6 @@ def _mfu(spec: Spec, total_params: int) -> tuple[float, str]:
         mfu *= QUANTIZED_MFU_FACTOR
         reason += f"; x{QUANTIZED_MFU_FACTOR:g} for the quantized base"
     return mfu, reason
-
-
-def logits_where_trained(spec: Spec, config: Any) -> bool:
-    """Whether the runtime computes logits only at trained positions: rows concatenated (padding-free
-    batches or packing) with an attention that keeps them apart (``runtime/train.py``'s batching choice)."""
-    t = spec.training
-    if not (t.packing or getattr(t, "padding_free", False) is not False):
-        return False
-    from ..runtime.varlen import unsupported
-
-    return unsupported(config, spec.adapter.method) is None
 
 
 def estimate_compute(spec: Spec, config: Any, *, lengths: Any, loss_tokens: int, max_length: int) -> ComputeEstimate:

@@ -70,7 +70,10 @@ logits
     micro_batch x seq_len x V x (a + 12): the logits (a bytes; the runtime's output object holds
     them through the backward), the fp32 log-softmax the loss keeps (4 B), and during its backward
     the incoming and outgoing fp32 gradients (4 + 4 B); measured at 14.0 B per logit element with
-    bf16 autocast.
+    bf16 autocast. Padding-free batches (the default where the model allows it) compute logits only at
+    trained positions (micro_batch x seq_len x the train split's trained fraction): those logits and
+    their gradient (2a each) are held, and the fp32 cross-entropy takes one chunk of CE_CHUNK positions
+    at a time (12 B per element).
 overhead
     A fixed 1 GiB: the CUDA context (about 0.75 GiB measured on an H100 with torch 2.11) and some
     slack of the caching allocator, which can hold 1-2 GiB more than the peak it serves
@@ -96,6 +99,7 @@ from ..errors import Problem, SpecError
 from ..spec import Spec
 from ..spec.adapter import FullSpec, LoraSpec
 from ..spec.launch import DeepSpeedLaunch, FsdpLaunch, MultiGpuLaunch
+from ..padding_free import CE_CHUNK, logits_where_trained
 from ..spec.training import checkpointing_on
 
 GIB = 1 << 30
@@ -716,7 +720,8 @@ def layer_activation_bytes(spec: Spec, arch: Architecture, seq_len: int) -> floa
 # --------------------------------------------------------------------------- the estimate
 
 
-def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: int | None = None) -> MemoryEstimate:
+def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: int | None = None,
+                    trained_fraction: float = 1.0) -> MemoryEstimate:
     """Estimate the GPU memory of training ``spec`` on the model described by ``config``.
 
     ``seq_len`` is the padded length of a micro batch (the longest tokenized row, or
@@ -795,7 +800,12 @@ def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: 
         activations = tokens * (arch.num_layers * arch.hidden_size * prec.residual + per_layer)
     else:
         activations = tokens * arch.num_layers * per_layer
-    logits = tokens * arch.vocab_size * (prec.a + 12)
+    if logits_where_trained(spec, config):
+        # logits of the trained positions only (held with their gradient), fp32 cross-entropy one chunk at a time
+        trained = tokens * min(1.0, trained_fraction)
+        logits = trained * arch.vocab_size * 2 * prec.a + min(trained, CE_CHUNK) * arch.vocab_size * 12
+    else:
+        logits = tokens * arch.vocab_size * (prec.a + 12)
 
     return MemoryEstimate(
         weights=round(gpu_weights),

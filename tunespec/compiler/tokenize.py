@@ -19,7 +19,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import ModelError, Problem
+from ..errors import ModelError
 from .templates import Segment
 
 

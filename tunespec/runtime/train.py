@@ -257,10 +257,11 @@ class Trainer:
         """Padded or padding-free micro-batches, the attention kernel, and where the logits are computed."""
         import inspect
 
+        from .. import padding_free
         from . import varlen
 
         t = self.spec.training
-        why_not = varlen.unsupported(model.config, getattr(self.spec.adapter, "method", "none"))
+        why_not = padding_free.why_not(model.config, getattr(self.spec.adapter, "method", "none"))
         if t.padding_free is True and why_not:
             raise BuildError(Problem(f"training.padding_free is true, but {why_not}", file=str(self.build.path / "lock.yaml"),
                                      hint="set training.padding_free: auto (or false) and recompile"))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import inspect
 
 ATTENTION = "tunespec_varlen"
-CE_CHUNK = 4096  # trained positions per cross-entropy chunk (4096 x 49k vocabulary x 4 B = 0.8 GB in fp32)
 
 _registered = False
 
@@ -44,19 +43,7 @@ def _find_kernel():
     return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
 
 
-_KERNEL = None  # set by register(); importing this module imports no torch (the compiler reads `unsupported`)
-
-
-def unsupported(config, adapter_method: str) -> str | None:
-    """Why padding-free training cannot run for this model and adapter, or None when it can."""
-    if adapter_method in ("prefix_tuning", "prompt_tuning"):
-        return f"{adapter_method} puts virtual tokens before every row"
-    for name in ("sliding_window", "attn_logit_softcapping"):
-        if getattr(config, name, None):
-            return f"the model uses {name} (not supported by the varlen kernel here)"
-    if getattr(config, "attention_dropout", 0.0):
-        return "the model uses attention dropout"
-    return None
+_KERNEL = None  # set by register(); importing this module imports no torch
 
 
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
@@ -73,6 +60,12 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     kernel = _KERNEL if q.is_cuda else None
     if kernel is not None:
         varlen_attn, names = kernel
+        out_dtype = q.dtype
+        if q.dtype not in (torch.float16, torch.bfloat16):
+            # flash attention takes half precision only: fp32 activations (a k-bit base keeps its norms in
+            # fp32) go in at the autocast dtype, as transformers' flash-attention path does
+            half = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
+            q, k, v = q.to(half), k.to(half), v.to(half)
         longest = int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
         extra = {}
         if "is_causal" in names:
@@ -86,7 +79,7 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
                 rep = q.shape[1] // k.shape[1]
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, **extra)
-        return out[None], None
+        return out.to(out_dtype)[None], None
     # one SDPA call per row: exact, and no T x T mask
     bounds = cu.tolist()
     gqa = k.shape[1] != q.shape[1]
@@ -97,6 +90,12 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
             enable_gqa=gqa)
         outs.append(o.transpose(0, 1))
     return torch.cat(outs)[None], None
+
+
+def _chunk_size() -> int:
+    from .. import padding_free
+
+    return padding_free.CE_CHUNK
 
 
 def _chunk_ce(logits, targets):
@@ -124,9 +123,10 @@ def trained_loss(model, batch: dict, n_items):
         return logits.sum() * 0.0  # keeps every parameter in the graph (DDP expects it)
     targets = targets[keep]
     total = None
-    for a in range(0, keep.numel(), CE_CHUNK):
-        part = logits[a : a + CE_CHUNK]
-        t = targets[a : a + CE_CHUNK]
+    chunk = _chunk_size()
+    for a in range(0, keep.numel(), chunk):
+        part = logits[a : a + chunk]
+        t = targets[a : a + chunk]
         ce = checkpoint(_chunk_ce, part, t, use_reentrant=False) if part.requires_grad else _chunk_ce(part, t)
         total = ce if total is None else total + ce
     return total / n_items
