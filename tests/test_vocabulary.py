@@ -455,9 +455,10 @@ def test_memory_estimate_counts_the_rows_peft_trains(build_from, tiny_model_dir)
     from tunespec.runtime.modeling import load_base_model, prepare_for_training
     from tunespec.runtime.vocabulary import extend_embeddings
 
+    # padded batches: every position's logits (padding-free ones scale with each build's trained fraction)
     plain = build_from(**{**{k: v for k, v in FAST.items() if k != "model.added_special_tokens"},
-                          "data.template": "instruct_output_end"})
-    extended = build_from(**FAST)
+                          "data.template": "instruct_output_end", "training.padding_free": False})
+    extended = build_from(**FAST, **{"training.padding_free": False})
     est = {b: json.loads((b / "manifest.json").read_text())["memory_estimate"] for b in (plain, extended)}
     assert est[extended]["trainable_params"] - est[plain]["trainable_params"] == 3 * 64
     per_position = {b: e["logits"] / e["seq_len"] for b, e in est.items()}  # the logits span the resized vocabulary
