@@ -8,7 +8,7 @@ tokenizes each distinct text once, which the first data set favours. Compared, o
 * ``tunespec compile`` (the CLI in a subprocess, end to end: start-up, imports, tokenizer loading,
   reading, templating, masked tokenization, writing and hashing the build; the packaged model's GGUF is
   converted once beforehand and cached, as it is after the first use). A model directory compiled once
-  is in tunespec's compile cache (``models.load_for_compile``): its tokenizer loads with the
+  is in tunespec's compile cache (``compiler.model_cache.load_for_compile``): its tokenizer loads with the
   ``tokenizers`` library and neither transformers nor torch is imported;
 * the same, the first time this model directory is compiled (compile cache emptied before: transformers
   and torch are imported to load the tokenizer and config, which are then stored in the cache);
@@ -199,7 +199,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from tunespec.models import ModelRef, compile_cache_entry, resolve
+    from tunespec.compiler.model_cache import compile_cache_entry
+    from tunespec.models import ModelRef, resolve
 
     ref = ModelRef(packaged="smollm2-135m-instruct")
     model_dir = resolve(ref)  # converted once, cached (as after first use)

@@ -1,4 +1,4 @@
-"""The compiler's model cache (``models.load_for_compile``) and the fast tokenization path.
+"""The compiler's model cache (``compiler.model_cache.load_for_compile``) and the fast tokenization path.
 
 A model directory compiled once is compiled again without transformers or torch: its tokenizer is loaded
 with the `tokenizers` library from the files transformers saved, its config from the values transformers
@@ -77,7 +77,8 @@ def texts() -> list[str]:
 @pytest.mark.parametrize("which", ["tiny", "smollm2"])
 def test_the_cached_tokenizer_encodes_exactly_like_transformers(which, cache):
     from tunespec.compiler.tokenize import encode_texts, special_prefix
-    from tunespec.models import CachedTokenizer, ModelRef, load_for_compile, load_tokenizer, resolve
+    from tunespec.compiler.model_cache import CachedTokenizer, load_for_compile
+    from tunespec.models import ModelRef, load_tokenizer, resolve
 
     model = tiny() if which == "tiny" else smollm2()
     ref = ModelRef(path=model.get("path"), packaged=model.get("packaged"))
@@ -150,7 +151,8 @@ def test_a_compile_from_the_cache_imports_neither_transformers_nor_torch(tmp_pat
 
 
 def test_chat_templates_and_added_tokens_load_with_transformers(tmp_path, cache):
-    from tunespec.models import CachedTokenizer, ModelRef, load_for_compile
+    from tunespec.compiler.model_cache import CachedTokenizer, load_for_compile
+    from tunespec.models import ModelRef
 
     model = model_copy(tmp_path)
     ref = ModelRef(path=str(model))

@@ -7,7 +7,6 @@ on stderr, exit code 2, no traceback.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import sys
 from pathlib import Path
@@ -256,7 +255,7 @@ def evaluate(build: Path, which: str | None, split: str | None, limit: int | Non
 
         raise BuildError(Problem(f"the build has no `{split}` split (it has {', '.join(b.manifest['splits'])})",
                                  path="--split", file=str(build), hint="choose one of the build's splits"))
-    summary = run_eval(b, model=which, split=split, limit=limit, multi_ref=multi_ref,
+    run_eval(b, model=which, split=split, limit=limit, multi_ref=multi_ref,
                        log=lambda s: click.echo(s, err=True))
     click.echo((b.eval_dir / "report.md").read_text(encoding="utf-8").split("## Best")[0].rstrip())
 

@@ -25,7 +25,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,7 +33,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BuildError, DataError, Problem
-from ..models import ModelRef, load_for_compile, resolve, sha256_file
+from ..models import ModelRef, resolve, sha256_file
+from .model_cache import load_for_compile
 from ..spec.loader import LoadedSpec
 from ..spec.render import resolved_dict, to_yaml
 from .formats import FORMATS

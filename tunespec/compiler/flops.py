@@ -256,7 +256,7 @@ def estimate_compute(spec: Spec, config: Any, *, lengths: Any, loss_tokens: int,
     packing). See the module docstring for every formula.
     """
     arch = architecture_of(config)
-    t, ln, a = spec.training, spec.launch, spec.adapter
+    ln, a = spec.launch, spec.adapter
     n = np.asarray(lengths, dtype=np.int64)
     rows, split_tokens = int(len(n)), int(n.sum())
     epochs, steps = _passes(spec, rows, split_tokens, max_length)

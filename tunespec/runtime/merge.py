@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 from ..errors import BuildError, ModelError, Problem
 from ..spec.adapter import MERGEABLE_SPECS, PrefixTuningSpec, PromptTuningSpec

@@ -167,7 +167,6 @@ def prepare_for_training(model, spec: Spec, vocabulary: dict | None = None):
 
     `vocabulary`: the build's added tokens (``Build.vocabulary``), whose embedding rows LoRA trains too.
     """
-    t = spec.training
     # FSDP's own activation checkpointing replaces HF's; both would recompute every layer twice
     fsdp_ac = spec.launch.topology == "fsdp" and spec.launch.activation_checkpointing
     import torch

@@ -110,7 +110,6 @@ def trained_loss(model, batch: dict, n_items):
     `batch` holds ``input_ids``, ``labels`` and ``position_ids`` of shape [1, T] and the ``cu_seq_lens``
     keywords; the label of a row's first token is -100, so no row is predicted from the one before it.
     """
-    import torch
     from torch.utils.checkpoint import checkpoint
 
     labels = batch["labels"][0]
