@@ -1,7 +1,7 @@
 """Training throughput side by side on one GPU: the seed recipe, TRL's SFTTrainer, and tunespec.
 
     python benchmarks/train_throughput.py --data DEV.jsonl --model-dir DIR [--shape smollm2|1b] \
-        [--random-weights] [--steps 30] [--systems seed_qlora,seed_lora,trl,trl_packing,tunespec,tunespec_packing] \
+        [--random-weights] [--steps 30] [--systems seed_qlora,seed_lora,trl,trl_packing,tunespec,tunespec_packing,...] \
         --out results.json
 
 Workload (the performance issue's): DialogSum dev (first 400 rows), the `### Instruct / ### Output /
@@ -13,9 +13,14 @@ number of optimizer steps per system. Each system runs in its own process (clean
   one text (the loss covers the prompt; EOS is never a label). qlora: 4-bit NF4 double-quant base.
 * trl / trl_packing: TRL `SFTTrainer` on prompt/completion rows (completion-only loss), LoRA, batch 16,
   TRL's own defaults otherwise (gradient checkpointing on), with and without `packing=True`.
+* trl_qlora_packing: the same as trl_packing on a 4-bit NF4 double-quant base.
 * tunespec / tunespec_packing: compiled from `benchmarks/specs/dialogsum-dev-lora.yaml` with the same
-  template and its defaults (no gradient checkpointing, length-grouped batches, micro batch 16), and
-  with `training.packing: true`.
+  template and its defaults (padding-free micro-batches of 16 rows, logits only at trained positions,
+  torch.compile of the decoder layers, gradient checkpointing: auto = on with a GPU), and with
+  `training.packing: true` (16 bins of up to 1,024 tokens, as TRL packs). tunespec_qlora_packing: the
+  latter from `dialogsum-dev-qlora.yaml` (torch.compile: auto = off with a 4-bit base).
+  `--set KEY=VALUE` changes the tunespec spec (e.g. training.gradient_checkpointing=false).
+* TS_PROFILE=PATH writes each system's torch.profiler table (top kernels by GPU time) to PATH-SYSTEM.txt.
 
 Reported per system: real (non-pad) tokens/s and padded positions/s over the timed steps (after 3
 warm-up steps), peak GPU memory (`max_memory_allocated`), the train loss averaged over the last 5
