@@ -282,3 +282,50 @@ def load_tensors(path: Path) -> dict:
 def max_tensor_diff(a: dict, b: dict) -> float:
     assert set(a) == set(b), f"different tensors: {sorted(set(a) ^ set(b))[:5]}"
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+# --------------------------------------------------------------------------- in-process training
+
+
+def reset_accelerate() -> None:
+    """Forget accelerate's process-wide state: each in-process run creates its own Accelerator."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+class TrainingStopped(Exception):
+    """Raised by `train_in_process(stop_before=N)` as step N is logged."""
+
+
+def train_in_process(build: Path, *, stop_before: int | None = None) -> list[str]:
+    """Train in-process; with `stop_before`, raise as step `stop_before` is logged (the previous step is saved)."""
+    from tunespec.runtime.build import Build
+    from tunespec.runtime.train import Trainer
+
+    logs: list[str] = []
+
+    def log(line: str) -> None:
+        logs.append(line)
+        if stop_before is not None and line.startswith(f"step {stop_before}/"):
+            raise TrainingStopped
+
+    try:
+        Trainer(Build(build), log=log).run()
+    finally:
+        reset_accelerate()
+    return logs
+
+
+def minimal_spec(**sections):
+    """A validated spec of the packaged SmolLM2 and one Alpaca source, with `sections` replacing its own."""
+    from tunespec.spec import Spec
+
+    data = {
+        "name": "t",
+        "model": {"packaged": "smollm2-135m-instruct"},
+        "data": {"format": "alpaca", "sources": [{"path": "/x.jsonl"}]},
+    }
+    data.update(sections)
+    return Spec.model_validate(data)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from helpers import load_tensors, max_tensor_diff
+from helpers import TrainingStopped, load_tensors, max_tensor_diff, reset_accelerate, train_in_process
 
 pytestmark = pytest.mark.usefixtures("tunespec_env")
 
@@ -40,37 +40,7 @@ FAST = {"training.max_steps": 4, "training.save_steps": 1, "training.bf16": Fals
 def _fresh_accelerate_state():
     """Each in-process run creates its own Accelerator."""
     yield
-    _reset_accelerate()
-
-
-def _reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-class _Stop(Exception):
-    pass
-
-
-def _train(build: Path, *, stop_before: int | None = None) -> list[str]:
-    """Train in-process; with `stop_before`, raise as step `stop_before` is logged (the previous step is saved)."""
-    from tunespec.runtime.build import Build
-    from tunespec.runtime.train import Trainer
-
-    logs: list[str] = []
-
-    def log(line: str) -> None:
-        logs.append(line)
-        if stop_before is not None and line.startswith(f"step {stop_before}/"):
-            raise _Stop
-
-    try:
-        Trainer(Build(build), log=log).run()
-    finally:
-        _reset_accelerate()
-    return logs
+    reset_accelerate()
 
 
 def _row(build: Path):
@@ -90,7 +60,7 @@ def test_method_trains_resumes_evaluates_and_merges(name, build_from):
 
     overrides = {**FAST, "adapter": METHODS[name]}
     whole = build_from(**overrides)
-    logs = _train(whole)
+    logs = train_in_process(whole)
     assert any(line.startswith("step 4/4") for line in logs), logs
     config = json.loads((whole / "adapter" / "adapter_config.json").read_text())
     expected = {"dora": "LORA", "rslora": "LORA", "ia3": "IA3"}.get(name, "PREFIX_TUNING" if "prefix" in name else "PROMPT_TUNING")
@@ -106,12 +76,12 @@ def test_method_trains_resumes_evaluates_and_merges(name, build_from):
 
     # resume: stop after step 2 (checkpoint-2 saved), continue to 4; the same weights as the uninterrupted run
     resumed = build_from(**overrides)
-    with pytest.raises(_Stop):
-        _train(resumed, stop_before=3)
+    with pytest.raises(TrainingStopped):
+        train_in_process(resumed, stop_before=3)
     assert (resumed / "train" / "checkpoint-2").is_dir()
     assert not (resumed / "adapter").exists()
     at_2 = load_tensors(resumed / "train" / "checkpoint-2" / "trainable.safetensors")
-    logs = _train(resumed)
+    logs = train_in_process(resumed)
     assert any("resuming from checkpoint-2" in line for line in logs), logs
     a = load_tensors(whole / "train" / "checkpoint-4" / "trainable.safetensors")
     b = load_tensors(resumed / "train" / "checkpoint-4" / "trainable.safetensors")
@@ -167,7 +137,7 @@ def test_gradient_checkpointing_works_for_prompt_tuning_and_ia3(build_from):
     for adapter in ({"method": "prompt_tuning", "num_virtual_tokens": 4}, {"method": "ia3"}):
         build = build_from(**{**FAST, "training.max_steps": 2, "training.gradient_checkpointing": True,
                               "adapter": adapter})
-        logs = _train(build)
+        logs = train_in_process(build)
         assert any(line.startswith("step 2/2") for line in logs), logs
 
 
@@ -175,7 +145,7 @@ def test_ia3_named_targets(build_from):
     build = build_from(**{**FAST, "training.max_steps": 1,
                           "adapter": {"method": "ia3", "target_modules": ["v_proj", "up_proj"],
                                       "feedforward_modules": ["up_proj"]}})
-    _train(build)
+    train_in_process(build)
     config = json.loads((build / "adapter" / "adapter_config.json").read_text())
     assert set(config["target_modules"]) == {"v_proj", "up_proj"}
     assert set(config["feedforward_modules"]) == {"up_proj"}
@@ -187,7 +157,7 @@ def test_ia3_unknown_target_is_a_located_error(build_from):
     build = build_from(**{**FAST, "training.max_steps": 1,
                           "adapter": {"method": "ia3", "target_modules": ["v_proj", "nope_proj"]}})
     with pytest.raises(ModelError) as e:
-        _train(build)
+        train_in_process(build)
     problem = e.value.problems[0] if hasattr(e.value, "problems") else e.value.problem
     assert problem.path == "adapter.target_modules"
     assert "nope_proj" in problem.message
@@ -305,7 +275,7 @@ def test_quantized_base(adapter, build_from):
 
     build = build_from(**{**FAST, "training.max_steps": 2, "quantization.load_in_4bit": True,
                           "quantization.compute_dtype": "float32", "adapter": adapter})
-    logs = _train(build)
+    logs = train_in_process(build)
     assert any(line.startswith("step 2/2") for line in logs), logs
     assert (build / "adapter" / "adapter_model.safetensors").is_file()
     if adapter["method"] == "ia3":

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from helpers import minimal_spec
 from tunespec.compiler.flops import GPUS, MFU_BY_SIZE, estimate_compute
 from tunespec.spec import Spec
 from tunespec.spec.launch import GpuName
@@ -21,15 +22,8 @@ SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_atte
 
 
 def make_spec(**sections) -> Spec:
-    data = {
-        "name": "t",
-        "model": {"packaged": "smollm2-135m-instruct"},
-        "data": {"format": "alpaca", "sources": [{"path": "/x.jsonl"}]},
-    }
-    data.update(sections)
     # the hand computations below count no recomputation unless a test turns checkpointing on
-    data["training"] = {"gradient_checkpointing": False, **data.get("training", {})}
-    return Spec.model_validate(data)
+    return minimal_spec(**{**sections, "training": {"gradient_checkpointing": False, **sections.get("training", {})}})
 
 
 # --------------------------------------------------------------------------- the formula, by hand

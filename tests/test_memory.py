@@ -16,6 +16,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from helpers import minimal_spec
 from tunespec.compiler.memory import (
     GIB,
     MemoryEstimate,
@@ -49,13 +50,7 @@ FAMILIES = {
 
 
 def make_spec(**sections) -> Spec:
-    data = {
-        "name": "t",
-        "model": {"packaged": "smollm2-135m-instruct"},
-        "data": {"format": "alpaca", "sources": [{"path": "/x.jsonl"}]},
-    }
-    data.update(sections)
-    return Spec.model_validate(data)
+    return minimal_spec(**sections)
 
 
 def smollm2() -> LlamaConfig:

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 import helpers
-from helpers import load_tensors, max_tensor_diff
+from helpers import TrainingStopped, load_tensors, max_tensor_diff, reset_accelerate, train_in_process
 
 pytestmark = pytest.mark.usefixtures("tunespec_env")
 
@@ -37,37 +37,7 @@ FAST = {"training.max_steps": 4, "training.save_steps": 2, "training.bf16": Fals
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
     yield
-    _reset_accelerate()
-
-
-def _reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-class _Stop(Exception):
-    pass
-
-
-def _train(build: Path, *, stop_before: int | None = None) -> list[str]:
-    """Train in-process; with `stop_before`, raise as step `stop_before` is logged (the previous step is saved)."""
-    from tunespec.runtime.build import Build
-    from tunespec.runtime.train import Trainer
-
-    logs: list[str] = []
-
-    def log(line: str) -> None:
-        logs.append(line)
-        if stop_before is not None and line.startswith(f"step {stop_before}/"):
-            raise _Stop
-
-    try:
-        Trainer(Build(build), log=log).run()
-    finally:
-        _reset_accelerate()
-    return logs
+    reset_accelerate()
 
 
 def _cli(*args):
@@ -317,7 +287,7 @@ def test_lora_trains_the_new_rows_resumes_merges_and_reloads(build_from, tiny_mo
     vocab = Build(whole).vocabulary
     ids = [a["id"] for a in vocab["added"]]
     rows = vocab["embedding_rows"]
-    logs = _train(whole)
+    logs = train_in_process(whole)
     assert any(line.startswith("step 4/4") for line in logs), logs
 
     # the adapter: LoRA matrices and the added tokens' rows only (no copy of the embedding matrix)
@@ -337,11 +307,11 @@ def test_lora_trains_the_new_rows_resumes_merges_and_reloads(build_from, tiny_mo
 
     # resume: stop after step 2, continue to 4: the same trainable weights as the uninterrupted run
     resumed = build_from(**FAST)
-    with pytest.raises(_Stop):
-        _train(resumed, stop_before=3)
+    with pytest.raises(TrainingStopped):
+        train_in_process(resumed, stop_before=3)
     at_2 = load_tensors(resumed / "train" / "checkpoint-2" / "trainable.safetensors")
     assert any("trainable_tokens_delta" in k for k in at_2)
-    logs = _train(resumed)
+    logs = train_in_process(resumed)
     assert any("resuming from checkpoint-2" in line for line in logs), logs
     a = load_tensors(whole / "train" / "checkpoint-4" / "trainable.safetensors")
     b = load_tensors(resumed / "train" / "checkpoint-4" / "trainable.safetensors")
@@ -379,7 +349,7 @@ def test_full_finetune_trains_the_new_rows(build_from, tiny_model_dir):
     build = build_from(**{**FAST, "training.max_steps": 2, "adapter": {"method": "none"}})
     vocab = Build(build).vocabulary
     ids = [a["id"] for a in vocab["added"]]
-    _train(build)
+    train_in_process(build)
     model = AutoModelForCausalLM.from_pretrained(build / "merged", dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(build / "merged")
     emb = model.get_input_embeddings().weight.detach()
@@ -426,7 +396,7 @@ def test_untied_lm_head_rows_are_trained(kind, tmp_path, tiny_model_dir, compile
     build = compile(spec, tmp_path / "build").path
     vocab = Build(build).vocabulary
     ids = [a["id"] for a in vocab["added"]]
-    _train(build)
+    train_in_process(build)
     config = json.loads((build / "adapter" / "adapter_config.json").read_text())
     adapter = load_tensors(build / "adapter" / "adapter_model.safetensors")
     if kind == "llama":  # trainable tokens in both (peft's cheap path)
@@ -479,7 +449,7 @@ def test_generate_sees_the_added_tokens(build_from):
     from tunespec.runtime.generate import make_renderer, run_generate
 
     build = build_from(**{**FAST, "training.max_steps": 1})
-    _train(build)
+    train_in_process(build)
     renderer = make_renderer(Build(build))
     ids = [a["id"] for a in Build(build).vocabulary["added"]]
     out = io.StringIO()
@@ -500,7 +470,7 @@ def test_quantized_base_with_added_tokens_trains_and_merges(build_from):
 
     build = build_from(**{**FAST, "training.max_steps": 2, "quantization.load_in_4bit": True,
                           "quantization.compute_dtype": "float32"})
-    logs = _train(build)
+    logs = train_in_process(build)
     assert any(line.startswith("step 2/2") for line in logs), logs
     r = _cli("merge", build)
     assert r.exit_code == 0, r.output + r.stderr
