@@ -329,3 +329,21 @@ def minimal_spec(**sections):
     }
     data.update(sections)
     return Spec.model_validate(data)
+
+
+def invoke_in_process(args: list) -> tuple[int | None, str, str, str]:
+    """Run the CLI in this process (click's CliRunner): exit code, stdout, stderr, and a traceback: the
+    exception the command raised, or its output where that printed one ("" when neither)."""
+    import traceback
+
+    from click.testing import CliRunner
+
+    from tunespec.cli import main
+
+    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
+    tb = ""
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        tb = "".join(traceback.format_exception(type(r.exception), r.exception, r.exception.__traceback__))
+    elif "Traceback" in r.stdout + r.stderr:
+        tb = r.stdout + r.stderr
+    return r.exit_code, r.stdout, r.stderr, tb

@@ -31,17 +31,15 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from ruamel.yaml import YAML
 
 import helpers
-from tunespec.cli import main
+from helpers import invoke_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "tests" / "bad_inputs"
@@ -70,13 +68,7 @@ class Ran:
 
 
 def run_in_process(args: list[str]) -> Ran:
-    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
-    tb = ""
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        tb = "".join(traceback.format_exception(type(r.exception), r.exception, r.exception.__traceback__))
-    elif "Traceback (most recent call last)" in r.stdout + r.stderr:
-        tb = r.stdout + r.stderr
-    return Ran(r.exit_code, r.stdout, r.stderr, tb, "CliRunner")
+    return Ran(*invoke_in_process(args), "CliRunner")
 
 
 def cli_env(cache: Path, extra: dict | None = None) -> dict:
@@ -628,18 +620,23 @@ def _umount(path: Path) -> None:
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 150 KiB tmpfs (the tiny build needs ~450 KiB), or None where mounting is not allowed."""
-    d = tmp_path / "full"
-    d.mkdir()
-    if not _mount("-t", "tmpfs", "-o", "size=150k", "tmpfs", str(d)):
+def _mounted(d: Path, *mount_args: str):
+    """Yield `d` once `mount *mount_args` succeeded (unmounting it afterwards), or None where not allowed."""
+    if not _mount(*mount_args):
         yield None
         return
     try:
         yield d
     finally:
         _umount(d)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 150 KiB tmpfs (the tiny build needs ~450 KiB), or None where mounting is not allowed."""
+    d = tmp_path / "full"
+    d.mkdir()
+    yield from _mounted(d, "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(d))
 
 
 @pytest.fixture
@@ -647,13 +644,7 @@ def read_only_dir(tmp_path):
     """A read-only bind mount of an empty directory (root ignores chmod), or None where not allowed."""
     d = tmp_path / "ro"
     d.mkdir()
-    if not _mount("--bind", "-o", "ro", str(d), str(d)):
-        yield None
-        return
-    try:
-        yield d
-    finally:
-        _umount(d)
+    yield from _mounted(d, "--bind", "-o", "ro", str(d), str(d))
 
 
 def _compile_into(parent: Path | None, monkeypatch, tmp_path, spec: Path, errno_: int) -> tuple[Ran, Path]:

@@ -36,6 +36,7 @@ import pydantic
 import pytest
 from click.testing import CliRunner
 
+from helpers import invoke_in_process
 from tunespec.cli import main
 from tunespec.errors import SpecError
 from tunespec.spec.loader import load_spec
@@ -153,15 +154,7 @@ def _run_subprocess(spec: BadSpec) -> Run:
 
 
 def _run_in_process(spec: BadSpec) -> Run:
-    import traceback
-
-    r = CliRunner().invoke(main, _validate_args(spec), catch_exceptions=True)
-    tb = ""
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        tb = "".join(traceback.format_exception(type(r.exception), r.exception, r.exception.__traceback__))
-    elif "Traceback" in r.stdout + r.stderr:
-        tb = r.stdout + r.stderr
-    return Run(r.exit_code, r.stdout, r.stderr, tb, "CliRunner")
+    return Run(*invoke_in_process(_validate_args(spec)), "CliRunner")
 
 
 @pytest.fixture(scope="module")

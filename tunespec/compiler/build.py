@@ -32,12 +32,13 @@ from typing import Callable
 import numpy as np
 
 from .. import __version__
+from ..atomic import install
 from ..errors import BuildError, DataError, Problem
 from ..models import ModelRef, resolve, sha256_file
-from .model_cache import load_for_compile
 from ..spec.loader import LoadedSpec
 from ..spec.render import resolved_dict, to_yaml
 from .formats import FORMATS
+from .model_cache import load_for_compile
 from .records import Record
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_inputs, source_names
 from .templates import Template, chat_generation_prompt, load_template
@@ -333,7 +334,7 @@ def compile_build(
         }
         (tmp / "lock.yaml").write_text("# tunespec lock file: the fully resolved spec and the hashes of its inputs.\n"
                                        + to_yaml(lock), encoding="utf-8")
-        _install(tmp, out)
+        install(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_error(e, out) from None
@@ -357,15 +358,3 @@ def _write_error(e: OSError, where: Path) -> BuildError:
     """A failed write (full disk, read-only or missing directory) as a user-facing error; nothing is left behind."""
     return BuildError(Problem(f"cannot write the build: {e.strerror or e}", file=str(e.filename or where),
                               hint="free some space, or choose a writable output directory with -o"))
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Move the finished build into place; an old build there is replaced only after the new one is complete."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(trash)
-        tmp.rename(out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        tmp.rename(out)

@@ -38,19 +38,13 @@ def _plain(node):
     """ruamel's round-trip nodes as plain Python values."""
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+    from ..spec.loader import plain_scalar
+
     if isinstance(node, CommentedMap):
         return {str(k) if not isinstance(k, (str, int)) else k: _plain(v) for k, v in node.items()}
     if isinstance(node, CommentedSeq):
         return [_plain(v) for v in node]
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        return str(node)
-    return node
+    return plain_scalar(node)
 
 
 def _position(doc, loc: tuple) -> tuple[int | None, int | None]:

@@ -27,6 +27,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import install
 from ..errors import BuildError, Problem
 from ..spec.adapter import FullSpec, IA3Spec, LoraSpec, PrefixTuningSpec, PromptTuningSpec, is_peft
 from ..spec.output import HUB_REPO_ID
@@ -391,13 +392,7 @@ def write_folder(build: Build, folder: Path, what: str, *, repo_id: str | None =
         probe.mkdir()
         os.chmod(tmp, probe.stat().st_mode & 0o7777)
         probe.rmdir()
-        if folder.exists():
-            trash = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            folder.rename(trash)
-            tmp.rename(folder)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(folder)
+        install(tmp, folder)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise BuildError(Problem(f"cannot write {folder}: {e.strerror or e}", hint="free some space, or choose "

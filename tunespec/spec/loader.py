@@ -221,6 +221,11 @@ def _plain(node: Any, loc: Loc, src: _Source, active: frozenset[int] = frozenset
                 src.origins[loc + (i,)] = Origin(src.file, pos[0] + 1, pos[1] + 1)
             out_list.append(_plain(value, loc + (i,), src, active))
         return out_list
+    return plain_scalar(node)
+
+
+def plain_scalar(node):
+    """A ruamel round-trip scalar as the plain Python value (ScalarBoolean, ScalarFloat, ... unwrapped)."""
     if isinstance(node, (bool, ScalarBoolean)):
         return bool(node)
     if node is None:
