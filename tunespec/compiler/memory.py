@@ -18,8 +18,8 @@ weights
     0.5 B/param plus the quantization constants (block size 64 with an fp32 absmax, 32/64 =
     0.5 bit/param; double quantization stores the absmax in 8 bits with an fp32 constant per 256
     blocks, 8/64 + 32/(64*256) ~ 0.127 bit/param); 8-bit: 1 B/param plus an fp32 scale per output
-    row. Under quantization the other parameters (embeddings, LM head, norms, biases) are fp32:
-    peft's ``prepare_model_for_kbit_training`` upcasts them. LoRA adapters are fp32 (peft's
+    row. Under quantization the other parameters (embeddings, LM head, norms, biases) stay in the
+    compute dtype, except float16 ones, which peft's ``prepare_model_for_kbit_training`` upcasts to fp32. LoRA adapters are fp32 (peft's
     default); ``modules_to_save`` add a trainable copy of those modules. fp32 weights used under
     16-bit autocast add their 16-bit copies (2 B per linear weight), which the backward keeps.
     FSDP (full/hybrid shard) and ZeRO-3 divide the resident weights by the shard group (all
@@ -534,9 +534,9 @@ class _Precision:
     """Bytes per element of each kind of tensor, from the model dtype, autocast and quantization."""
 
     w: int  # frozen base weights as loaded (the model dtype)
-    other: int  # parameters quantization leaves alone (fp32 after peft's k-bit preparation), else w
+    other: int  # parameters quantization leaves alone (fp32 where they would load as fp16), else w
     a: int  # 16-bit activations under autocast or with 16-bit weights, else 4
-    residual: int  # the residual stream: 4 with fp32 weights or a k-bit-prepared model, else 2
+    residual: int  # the residual stream: 4 with fp32 weights or an fp16-upcast k-bit model, else 2
     mixed: bool  # 16-bit autocast on
 
 
@@ -547,7 +547,11 @@ def _precision(spec: Spec) -> _Precision:
     if q.enabled:
         compute = 4 if q.compute_dtype == "float32" else 2
         a = 2 if (mixed or compute == 2) else 4
-        return _Precision(w=compute, other=4, a=a, residual=4, mixed=mixed)
+        # the runtime upcasts the non-quantized weights only where they load as float16 (they would
+        # overflow); bf16 and fp32 ones stay as loaded, and the residual stream follows them
+        loaded_fp16 = q.compute_dtype == "float16" if q.load_in_4bit else spec.model.dtype == "float16"
+        other = 4 if loaded_fp16 else compute
+        return _Precision(w=compute, other=other, a=a, residual=other, mixed=mixed)
     a = 2 if (mixed or w == 2) else 4
     return _Precision(w=w, other=w, a=a, residual=4 if w == 4 else 2, mixed=mixed)
 

@@ -285,9 +285,10 @@ class Trainer:
 
         want = self.spec.training.torch_compile
         if want == "auto":
-            # not measured with bitsandbytes' 4/8-bit layers, nor under FSDP/DeepSpeed wrapping: left eager there
+            # measured with bitsandbytes' 4-bit layers (BENCHMARKS.md), not with its 8-bit ones nor under
+            # FSDP/DeepSpeed wrapping: left eager there
             want = (torch.cuda.is_available() and self.spec.launch.topology in ("single", "multi_gpu")
-                    and not self.spec.quantization.enabled)
+                    and not self.spec.quantization.load_in_8bit)
         return compile_layers(model) if want else 0
 
     def _batches(self, epoch: int) -> list[list[int]]:

@@ -42,7 +42,7 @@ class TrainingSpec(Section):
     torch_compile: bool | Literal["auto"] = Field(
         "auto",
         description="Compile the decoder layers with torch.compile (fewer, fused kernels; the first steps take "
-        "longer while it compiles); auto = on for single-GPU and DDP training on a CUDA GPU without 4/8-bit quantization.",
+        "longer while it compiles); auto = on for single-GPU and DDP training on a CUDA GPU, unless the base is 8-bit.",
     )
     packing: bool = Field(False, description="Pack rows into bins of max_length tokens (first fit); attention never crosses rows.")
     padding_free: bool | Literal["auto"] = Field(
