@@ -331,6 +331,25 @@ def test_fsdp_on_cpu_trains_like_ddp_and_resumes_from_its_shards(runs, tmp_path,
     assert_adapter_close(build, runs.two)
 
 
+def test_qlora_under_fsdp_trains_like_one_process(tmp_path, tiny_model_dir):
+    """4-bit NF4 base with a quant-storage dtype, sharded by FSDP2: the same steps as one QLoRA process (the
+    packed 4-bit weights are sharded and gathered as plain tensors of the storage dtype; they must come back
+    bit for bit), and a merge from its final adapter."""
+    quant = {"quantization": {"load_in_4bit": True, "compute_dtype": "float32", "quant_storage": "float32"}}
+    one = compile_build(tmp_path / "one", tiny_model_dir, {**COMMON, **quant, "training.gradient_accumulation_steps": 2})
+    fsdp = compile_build(tmp_path / "fsdp", tiny_model_dir, {**COMMON, **quant, "launch": {
+        "topology": "fsdp", "num_processes": 2, "main_process_port": free_port()}})
+    single = Run(tunespec_cmd("train", one), tmp_path / "one-run")
+    assert single.wait(240) == 0, single.stderr[-6000:]
+    run = launch(fsdp, tmp_path / "fsdp-run", env={"TUNESPEC_TEST_CPU_FSDP": "1"})
+    assert "warning: topology fsdp" not in run.stderr
+    assert_same_steps(read_metrics(fsdp), read_metrics(one))
+    assert_adapter_close(fsdp, one)
+    merged = Run(tunespec_cmd("merge", fsdp), tmp_path / "merge")
+    assert merged.wait(240) == 0, merged.stderr[-4000:]
+    assert (fsdp / "merged" / "config.json").is_file()
+
+
 # --------------------------------------------------------------------------- DeepSpeed (where it imports)
 
 
