@@ -62,8 +62,8 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
         varlen_attn, names = kernel
         out_dtype = q.dtype
         if q.dtype not in (torch.float16, torch.bfloat16):
-            # flash attention takes half precision only: fp32 activations (a k-bit base keeps its norms in
-            # fp32) go in at the autocast dtype, as transformers' flash-attention path does
+            # flash attention takes half precision only: fp32 activations (fp32 weights, or a k-bit base
+            # loaded in fp16, whose norms are upcast) go in at the autocast dtype, as transformers' does
             half = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
             q, k, v = q.to(half), k.to(half), v.to(half)
         longest = int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
