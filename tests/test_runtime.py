@@ -464,6 +464,34 @@ def test_4bit_sigkill_resume_is_exact_then_merge(tmp_path, make_spec, tiny_model
     assert "reloaded unquantized" in (tmp_path / "merge" / "stderr.txt").read_text()
 
 
+
+@pytest.mark.parametrize("compute, storage, kept", [
+    ("bfloat16", None, "bfloat16"), ("bfloat16", "float16", "bfloat16"), ("float16", None, "float32")])
+def test_4bit_base_keeps_bf16_weights_and_upcasts_fp16_ones(tmp_path, make_spec, compute, storage, kept):
+    """A 4-bit base's other weights (embeddings, norms) stay bf16 as TRL keeps them; fp16 ones, which
+    overflow, are upcast to fp32 (peft's k-bit preparation); an fp16 storage dtype of the packed 4-bit
+    weights does not count. The memory estimate assumes the same."""
+    import torch
+
+    from tunespec.compiler.memory import _precision
+    from tunespec.runtime.build import Build
+    from tunespec.runtime.modeling import load_base_model, prepare_for_training
+
+    build = tmp_path / "build"
+    helpers.compile_spec(make_spec(tmp_path, quantization={"load_in_4bit": True, "compute_dtype": compute,
+                                                        "quant_storage": storage}), build)
+    spec = Build(build).spec
+    model = prepare_for_training(load_base_model(spec), spec)
+    dtype = getattr(torch, kept)
+    others = {n: p.dtype for n, p in model.named_parameters()
+              if not p.requires_grad and type(p).__name__ != "Params4bit"}
+    assert others and set(others.values()) == {dtype}, others
+    assert _precision(spec).other == dtype.itemsize
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
 # =========================================================================== 6. SIGTERM
 
 

@@ -19,9 +19,10 @@ weights
     0.5 bit/param; double quantization stores the absmax in 8 bits with an fp32 constant per 256
     blocks, 8/64 + 32/(64*256) ~ 0.127 bit/param); 8-bit: 1 B/param plus an fp32 scale per output
     row. Under quantization the other parameters (embeddings, LM head, norms, biases) stay in the
-    compute dtype, except float16 ones, which peft's ``prepare_model_for_kbit_training`` upcasts to fp32. LoRA adapters are fp32 (peft's
-    default); ``modules_to_save`` add a trainable copy of those modules. fp32 weights used under
-    16-bit autocast add their 16-bit copies (2 B per linear weight), which the backward keeps.
+    compute dtype, except float16 ones, which peft's ``prepare_model_for_kbit_training`` upcasts to
+    fp32. LoRA adapters are fp32 (peft's default); ``modules_to_save`` add a trainable copy of those
+    modules. fp32 weights used under 16-bit autocast add their 16-bit copies (2 B per linear weight),
+    which the backward keeps.
     FSDP (full/hybrid shard) and ZeRO-3 divide the resident weights by the shard group (all
     processes; one machine's for hybrid_shard) and add what is gathered at once, in 16 bits: two
     decoder layers (computing and prefetched) and the root module (embeddings, final norm, LM

@@ -177,8 +177,8 @@ def prepare_for_training(model, spec: Spec, vocabulary: dict | None = None):
     peft = is_peft(spec.adapter)
     if spec.quantization.enabled and _has_fp16_weights(model):
         # peft's k-bit preparation upcasts every non-quantized weight (norms, embeddings) to fp32: needed
-        # where they are fp16, which overflows. bf16 weights stay bf16, as TRL keeps them: an fp32 copy of
-        # the embeddings and an fp32 residual stream cost memory (135M: +0.8 GiB at 16k tokens) and time.
+        # where they are fp16, which overflows. bf16 weights stay bf16, as TRL keeps them: fp32 embeddings
+        # and an fp32 residual stream cost memory and time (BENCHMARKS.md, QLoRA).
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
@@ -215,9 +215,10 @@ def prepare_for_training(model, spec: Spec, vocabulary: dict | None = None):
 
 
 def _has_fp16_weights(model) -> bool:
+    """Whether weights other than the packed 4-bit ones (whose storage dtype may be fp16) are fp16."""
     import torch
 
-    return any(p.dtype == torch.float16 for p in model.parameters())
+    return any(p.dtype == torch.float16 and type(p).__name__ != "Params4bit" for p in model.parameters())
 
 
 def check_targets(model, adapter: LoraSpec | IA3Spec) -> None:
