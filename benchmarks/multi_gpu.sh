@@ -44,8 +44,7 @@ for topo in $TOPOS; do
   $TS compile $spec -o $B/$topo --force "${COMMON[@]}" "${extra[@]}" \
       --set "launch=${LAUNCH[$topo]}" --set training.gradient_accumulation_steps=$accum > "$OUT/$topo.log" 2>&1 || { tail -5 "$OUT/$topo.log"; continue; }
   start=$(python3 -c "import time; print(time.time())")
-  case $topo in single*|multi_gpu) sharded=0;; *) sharded=1;; esac
-  if [ $sharded = 0 ]; then
+  if [[ $topo == single* || $topo == multi_gpu ]]; then
     timeout ${RUN_TIMEOUT:-300} bash $B/$topo/launch.sh >> "$OUT/$topo.log" 2>&1; echo "exit $?" >> "$OUT/$topo.log"
   else
     timeout ${RUN_TIMEOUT:-300} bash $B/$topo/launch.sh >> "$OUT/$topo.log" 2>&1 & pid=$!
@@ -58,10 +57,10 @@ for topo in $TOPOS; do
   cp $B/$topo/train/metrics.jsonl "$OUT/metrics-$topo.jsonl" 2>/dev/null
   grep -E "resuming|saved|exit|wall|merged|logit" "$OUT/$topo.log" | tail -8
 done
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" $TOPOS <<'PY'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1]); res = {}
-for topo in ("single", "multi_gpu", "fsdp", "deepspeed", "single_qlora", "fsdp_qlora"):
+for topo in sys.argv[2:]:
     p = out / f"metrics-{topo}.jsonl"
     if not p.exists():
         continue

@@ -36,7 +36,7 @@ class TrainingSpec(Section):
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto",
         description="Recompute activations in backward to save memory; auto = on when training on a GPU (long "
-        "micro-batches' activations dominate its memory; with torch_compile it costs ~25%), off on the CPU and "
+        "micro-batches' activations dominate its memory; it costs 27-40% of the tokens/s, BENCHMARKS.md), off on the CPU and "
         "for prefix tuning.",
     )
     torch_compile: bool | Literal["auto"] = Field(
