@@ -32,8 +32,36 @@ def user_errors(fn):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except (SystemExit, click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback in a file
+            report = _write_crash(e)
+            where = f"the traceback is in {report}" if report else "the traceback could not be written"
+            click.echo(click.style("internal error: ", fg="red", bold=True)
+                       + f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} — this is a bug in tunespec; "
+                       + where, err=True)
+            sys.exit(1)
 
     return wrapper
+
+
+def _write_crash(e: BaseException) -> str | None:
+    """Write the traceback of an internal error to $TUNESPEC_CACHE/crashes/<UTC time>-<pid>.txt; its path."""
+    import os
+    import time
+    import traceback
+
+    from .models import cache_root
+
+    try:
+        folder = cache_root() / "crashes"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.txt"
+        text = f"tunespec {__version__}\ncommand: {_command_line()}\n\n" + "".join(traceback.format_exception(e))
+        path.write_text(text, encoding="utf-8", errors="backslashreplace")
+        return str(path)
+    except Exception:  # noqa: BLE001 - nowhere to write it: say so on the one line
+        return None
 
 
 def set_option(fn):

@@ -37,6 +37,7 @@ from ..errors import BuildError, DataError, Problem
 from ..models import ModelRef, resolve, sha256_file
 from ..spec.loader import LoadedSpec
 from ..spec.render import resolved_dict, to_yaml
+from ..verify import seal_lock
 from .formats import FORMATS
 from .model_cache import load_for_compile
 from .records import Record
@@ -299,6 +300,7 @@ def compile_build(
             "name": spec.name,
             "max_length": max_length,
             "eos_token_id": int(tokenizer.eos_token_id),
+            "vocab_size": len(tokenizer),
             "prefix_ids": special_prefix(tokenizer),
             "pad_token_id": int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else None,
             "template": {"name": template.name, "kind": template.kind, "sha256": template.sha256, "stop": template.stop},
@@ -332,8 +334,8 @@ def compile_build(
             "versions": _versions(),
             "manifest_sha256": _sha_bytes((tmp / "manifest.json").read_bytes()),
         }
-        (tmp / "lock.yaml").write_text("# tunespec lock file: the fully resolved spec and the hashes of its inputs.\n"
-                                       + to_yaml(lock), encoding="utf-8")
+        (tmp / "lock.yaml").write_text(seal_lock("# tunespec lock file: the fully resolved spec and the hashes of its "
+                                                 "inputs.\n" + to_yaml(lock)), encoding="utf-8")
         install(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,6 +7,7 @@ rows, the rendered records) is in the build; where it writes is fixed inside the
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,6 +19,7 @@ from ruamel.yaml import YAML
 from ..errors import BuildError, Problem
 from ..models import ModelRef
 from ..spec.root import Spec
+from ..verify import RECOMPILE, check_lock_seal, check_manifest, verify_files
 
 
 @dataclass
@@ -41,18 +43,45 @@ class TokenSet:
 
 
 class Build:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, verify: bool = True):
+        """Read and check the build: the manifest's shape, the lock's seal, every listed file's sha256.
+
+        ``verify=False`` skips the file hashes (only for code that reports on a damaged build)."""
         self.path = Path(path)
         for name in ("lock.yaml", "manifest.json"):
             if not (self.path / name).is_file():
                 raise BuildError(Problem(f"{self.path} is not a complete build ({name} is missing)",
                                          hint="compile it first: tunespec compile SPEC -o BUILD"))
+        manifest_file, lock_file = self.path / "manifest.json", self.path / "lock.yaml"
         try:
-            self.lock = YAML(typ="safe", pure=True).load((self.path / "lock.yaml").read_text(encoding="utf-8"))
-            self.manifest = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
+            manifest_bytes = manifest_file.read_bytes()
+            lock_bytes = lock_file.read_bytes()
+        except OSError as e:
+            raise BuildError(Problem(f"cannot read the build: {e.strerror}", file=str(e.filename or self.path),
+                                     hint="check the permissions, or recompile")) from None
+        try:
+            self.manifest = json.loads(manifest_bytes.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise BuildError(Problem(f"is not valid JSON ({e})".split("\n")[0], file=str(manifest_file),
+                                     hint=RECOMPILE)) from None
+        check_manifest(self.manifest, str(manifest_file))
+        check_lock_seal(lock_bytes, str(lock_file))
+        try:
+            self.lock = YAML(typ="safe", pure=True).load(lock_bytes.decode("utf-8"))
         except Exception as e:
-            raise BuildError(Problem(f"cannot read the build's lock or manifest: {e}", file=str(self.path),
-                                     hint="recompile the build")) from None
+            raise BuildError(Problem(f"cannot read the lock: {e}".split("\n")[0], file=str(lock_file),
+                                     hint=RECOMPILE)) from None
+        if not isinstance(self.lock, dict) or not isinstance(self.lock.get("spec"), dict):
+            raise BuildError(Problem("is not a tunespec lock (no `spec` mapping)", file=str(lock_file), hint=RECOMPILE))
+        manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
+        if self.lock.get("manifest_sha256") != manifest_sha:
+            raise BuildError(Problem(f"does not match the lock's `manifest_sha256` (sha256 {manifest_sha[:12]}…, the "
+                                     f"lock says {str(self.lock.get('manifest_sha256'))[:12]}…): it was changed",
+                                     file=str(manifest_file), hint=RECOMPILE))
+        if self.lock.get("input_key") != self.manifest["input_key"]:
+            raise BuildError(Problem("`input_key` differs between lock.yaml and manifest.json", file=str(lock_file),
+                                     hint=RECOMPILE))
+        self.hashed = verify_files(self.path, self.manifest["files"], manifest_sha=manifest_sha) if verify else 0
         try:
             self.spec = Spec.model_validate(self.lock["spec"])
         except Exception as e:
@@ -117,13 +146,74 @@ class Build:
             raise BuildError(Problem(f"the build has no `{split}` split (it has {', '.join(self.manifest['splits'])})",
                                      hint="add a source with that split or a data.holdout, and recompile"))
         base = self.path / "tokens"
-        return TokenSet(*(np.load(base / f"{split}.{part}.npy", mmap_mode="r") for part in ("ids", "trained", "offsets")))
+        parts = []
+        for part in ("ids", "trained", "offsets"):
+            try:
+                parts.append(np.load(base / f"{split}.{part}.npy", mmap_mode="r"))
+            except (OSError, ValueError) as e:
+                raise BuildError(Problem(f"cannot be read as a NumPy array: {e}".split("\n")[0],
+                                         file=str(base / f"{split}.{part}.npy"), hint=RECOMPILE)) from None
+        tokens = TokenSet(*parts)
+        self._check_tokens(split, tokens)
+        return tokens
+
+    def _check_tokens(self, split: str, t: TokenSet) -> None:
+        """Refuse token files that cannot come from the compiler: ids outside the vocabulary, offsets that go
+        backwards or past the end, a mask that is not 0/1 (names the split and the first bad row)."""
+        base = self.path / "tokens"
+
+        def bad(part: str, message: str, pos: int | None = None):
+            where = ""
+            if pos is not None and len(t.offsets) > 1:
+                row = int(np.searchsorted(np.asarray(t.offsets[1:]), pos, side="right"))
+                where = f"row {row}"
+            return BuildError(Problem(message, file=str(base / f"{split}.{part}.npy"), path=where or None,
+                                      hint=RECOMPILE))
+
+        off = np.asarray(t.offsets)
+        if off.ndim != 1 or len(off) < 1 or not np.issubdtype(off.dtype, np.integer) or int(off[0]) != 0:
+            raise bad("offsets", "offsets must be a 1-D integer array starting at 0")
+        steps = np.diff(off)
+        if len(steps) and int(steps.min()) < 0:
+            raise BuildError(Problem("offsets go backwards", file=str(base / f"{split}.offsets.npy"),
+                                     path=f"row {int(np.argmax(steps < 0))}", hint=RECOMPILE))
+        if int(off[-1]) != len(t.ids) or len(t.trained) != len(t.ids):
+            raise bad("offsets", f"offsets end at {int(off[-1])} but there are {len(t.ids)} ids and "
+                                 f"{len(t.trained)} mask values")
+        if len(t.ids):
+            vocab = self.vocab_size
+            ids = np.asarray(t.ids)
+            if int(ids.min()) < 0 or (vocab is not None and int(ids.max()) >= vocab):
+                pos = int(np.argmax((ids < 0) | (ids >= (vocab or np.iinfo(np.int64).max))))
+                raise bad("ids", f"token id {int(ids[pos])} is outside the vocabulary (size {vocab})", pos)
+            mask = np.asarray(t.trained)
+            if int(mask.min()) < 0 or int(mask.max()) > 1:
+                pos = int(np.argmax((mask < 0) | (mask > 1)))
+                raise bad("trained", f"loss mask value {int(mask[pos])} is not 0 or 1", pos)
+
+    @cached_property
+    def vocab_size(self) -> int | None:
+        """The vocabulary size the token ids must stay under (the manifest's, else the tokenizer's)."""
+        size = self.manifest.get("vocab_size")
+        if isinstance(size, int) and size > 0:
+            return size
+        try:
+            return len(self.load_tokenizer())
+        except Exception:  # noqa: BLE001 - the tokenizer's own errors surface where it is loaded
+            return None
 
     def rows(self, split: str) -> list[dict]:
         if not self.has_split(split):
             self.tokens(split)  # raises the explanatory error
-        with open(self.path / "data" / f"{split}.jsonl", encoding="utf-8") as f:
-            return [json.loads(line) for line in f]
+        file = self.path / "data" / f"{split}.jsonl"
+        rows = []
+        with open(file, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as e:
+                    raise BuildError(Problem(f"not valid JSON: {e}", file=str(file), line=n, hint=RECOMPILE)) from None
+        return rows
 
     def load_tokenizer(self):
         from transformers import AutoTokenizer

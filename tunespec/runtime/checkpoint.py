@@ -50,6 +50,68 @@ def latest_checkpoint(train_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+FILES = "files.json"
+
+
+def record_files(checkpoint: Path) -> None:
+    """Write ``files.json``: the size and sha256 of every file written so far (read back by ``check``)."""
+    from ..verify import hash_file
+
+    files = {str(p.relative_to(checkpoint)): {"size": p.stat().st_size, "sha256": hash_file(p)}
+             for p in sorted(checkpoint.rglob("*")) if p.is_file()}
+    with open(checkpoint / FILES, "w", encoding="utf-8") as f:
+        json.dump(files, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check(checkpoint: Path) -> str | None:
+    """Why `checkpoint` cannot be resumed from (``"model.safetensors truncated (1024 of 4096 bytes)"``), or None.
+
+    Checks state.json parses and every file ``files.json`` records is there with its size and sha256
+    (checkpoints of older versions, without files.json, are checked for state.json only)."""
+    from ..verify import hash_file
+
+    try:
+        state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            return "state.json has no step"
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return f"state.json unreadable ({getattr(e, 'strerror', None) or type(e).__name__})"
+    if not (checkpoint / FILES).exists():
+        return None
+    try:
+        files = json.loads((checkpoint / FILES).read_text(encoding="utf-8"))
+        assert isinstance(files, dict)
+    except (OSError, UnicodeDecodeError, ValueError, AssertionError):
+        return f"{FILES} unreadable"
+    for name, want in sorted(files.items()):
+        path = checkpoint / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name} missing"
+        if size != want.get("size"):
+            return f"{name} truncated ({size} of {want.get('size')} bytes)" if size < (want.get("size") or 0) \
+                else f"{name} has {size} bytes, {want.get('size')} were written"
+        try:
+            if hash_file(path) != want.get("sha256"):
+                return f"{name} changed (its sha256 differs from the one recorded when it was written)"
+        except OSError as e:
+            return f"{name} unreadable ({e.strerror})"
+    return None
+
+
+def newest_intact(train_dir: Path, log=print) -> Path | None:
+    """The newest checkpoint that passes ``check``; each newer one that fails is reported and skipped."""
+    for step, path in reversed(list_checkpoints(train_dir)):
+        problem = check(path)
+        if problem is None:
+            return path
+        log(f"warning: skipping {path.name}: {problem} — resuming from an older checkpoint")
+    return None
+
+
 def clean_partial(train_dir: Path) -> None:
     """Remove leftovers of interrupted writes."""
     if train_dir.is_dir():
@@ -96,6 +158,7 @@ def write_checkpoint(train_dir: Path, step: int, write_files, state: dict) -> Pa
     tmp.mkdir()
     try:
         write_files(tmp)
+        record_files(tmp)
         with open(tmp / "state.json", "w", encoding="utf-8") as f:
             json.dump(state, f, indent=2, sort_keys=True)
             f.flush()

@@ -382,9 +382,13 @@ class Trainer:
                 shutil.rmtree(train_dir)
             self.acc.wait_for_everyone()
             return 0
-        latest = ckpt.latest_checkpoint(train_dir)
+        latest = ckpt.newest_intact(train_dir, log=self.log)
         self._agree_on(latest)
         if latest is None:
+            if ckpt.list_checkpoints(train_dir):
+                raise BuildError(Problem("no checkpoint in it is intact (each is listed above with why)",
+                                         file=str(train_dir),
+                                         hint=f"start over: tunespec train {self.build.path} --restart"))
             return 0
         state = ckpt.read_state(latest)
         if state.get("input_key") != self.build.input_key:
