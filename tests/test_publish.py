@@ -91,7 +91,10 @@ def _edit_lock(build: Path, change) -> None:
 
     lock = YAML(typ="safe", pure=True).load((build / "lock.yaml").read_text(encoding="utf-8"))
     change(lock["spec"])
-    (build / "lock.yaml").write_text(to_yaml(lock), encoding="utf-8")
+    lock.pop("lock_sha256", None)
+    from tunespec.verify import seal_lock
+
+    (build / "lock.yaml").write_text(seal_lock(to_yaml(lock)), encoding="utf-8")  # re-sealed: a deliberate edit
 
 
 def _card(folder: Path) -> tuple[dict, str]:

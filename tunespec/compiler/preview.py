@@ -25,12 +25,9 @@ OPEN, CLOSE = "[[", "]]"
 
 
 def _load_row(build: Path, split: str, index: int):
-    manifest_path = build / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise BuildError(Problem(f"{build} is not a complete build (manifest.json is missing or unreadable)",
-                                 hint="compile it first: tunespec compile SPEC -o BUILD")) from None
+    from ..runtime.build import Build
+
+    manifest = Build(build).manifest  # checks every file against the manifest's sha256s
     splits = manifest.get("splits") or {}
     if split not in splits:
         raise BuildError(Problem(f"the build has no `{split}` split", path="--split",
