@@ -388,7 +388,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("tunespec.compiler.convert.os.replace", broken_replace)
+    monkeypatch.setattr("tunespec.atomic.os.replace", broken_replace)
     with pytest.raises(DataError, match="No space left"):
         convert_file(source, "alpaca", "messages", out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]

@@ -145,7 +145,8 @@ def test_adapter_folder_has_exactly_the_files_and_loads_back(build, tmp_path, ti
     expected = {"README.md", "adapter_config.json", "adapter_model.safetensors"} | _tokenizer_files(build, tmp_path)
     assert result.what == "adapter" and result.url is None
     assert result.files == sorted(expected)
-    assert sorted(p.name for p in out.iterdir()) == sorted(expected)  # nothing else: no stamps, no subfolders
+    # nothing else: no stamps, no subfolders; only the marker listing tunespec's files (not uploaded)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*expected, ".tunespec"])
     assert any(line.startswith(f"wrote {out}: adapter, {len(expected)} files") for line in logs)
     assert not (build / "publish.json").exists(), "--to-folder uploads nothing"
     # the base is a local directory (no hub id): adapter_config.json is the trained one, byte for byte

@@ -499,10 +499,12 @@ def _kill_chain(chain: list[tuple], out: Path, hook_dir: Path, cache: Path, logs
 
 
 def test_compile_killed_at_random_moments_leaves_a_whole_build_or_none(tmp_path, tiny_model_dir, kill_hook_dir,
-                                                                       _session_cache, tunespec_env):
+                                                                       _session_cache, tunespec_env, monkeypatch):
     """SIGKILL `tunespec compile` mid-write, around the renames that install it, and at random times, into a
     new directory and over an existing build: the output directory is always a whole build with valid hashes,
-    or absent; a rerun then succeeds with byte-identical files."""
+    or absent; a rerun then succeeds with byte-identical files. This runs atomic.install's fallback (rename
+    aside, rename in: TUNESPEC_NO_EXCHANGE); the exchange path is enumerated by test_kill_at_every_write_*."""
+    monkeypatch.setenv("TUNESPEC_NO_EXCHANGE", "1")
     rng = random.Random(20240607)
     spec = helpers.write_spec(tmp_path / "spec.yaml", tiny_model_dir, {"data.sources.0.limit": 64})
     other = helpers.write_spec(tmp_path / "other.yaml", tiny_model_dir, {"data.sources.0.limit": 32})
@@ -894,3 +896,60 @@ def test_zz_kill_report():
         print(f"\n{what}: {len(lines) - 1} kill(s)")
         for line in lines:
             print("  " + line)
+
+
+def _count_writes(args: list[str], cache: Path, log: Path) -> int:
+    log.unlink(missing_ok=True)
+    r = run_process(args, cache, env={"TUNESPEC_COUNT_WRITES": str(log)})
+    assert r.exit_code == 0, r.output
+    return len(log.read_text(encoding="utf-8").splitlines())
+
+
+def test_kill_at_every_write_of_compile_over_a_build(tmp_path, tiny_model_dir, _session_cache, tunespec_env):
+    """SIGKILL `compile --force` at each of its write steps (TUNESPEC_KILL_AT_WRITE=N, N over all of them) while
+    it replaces an existing build: after each kill the target is the old whole build or the new whole one
+    (hashes checked); the rerun succeeds, equals the reference byte for byte and leaves no temporaries."""
+    spec = helpers.write_spec(tmp_path / "spec.yaml", tiny_model_dir, {"data.sources.0.limit": 32})
+    other = helpers.write_spec(tmp_path / "other.yaml", tiny_model_dir, {"data.sources.0.limit": 16})
+    assert run_process(["compile", spec, "-o", tmp_path / "ref"], _session_cache).exit_code == 0
+    new_key = assert_whole_build(tmp_path / "ref")["input_key"]
+    out = tmp_path / "out"
+    assert run_process(["compile", other, "-o", out], _session_cache).exit_code == 0
+    old_key = assert_whole_build(out)["input_key"]
+    n = _count_writes(["compile", spec, "-o", out, "--force"], _session_cache, tmp_path / "w.log")
+    assert n == 2  # the install, then the exchange (the old build, now at the temporary name, is removed)
+    assert run_process(["compile", other, "-o", out, "--force"], _session_cache).exit_code == 0
+    for kill in range(1, n + 1):
+        r = run_process(["compile", spec, "-o", out, "--force"], _session_cache,
+                        env={"TUNESPEC_KILL_AT_WRITE": str(kill)})
+        assert r.exit_code == -signal.SIGKILL, (kill, r.output)
+        assert assert_whole_build(out)["input_key"] in (old_key, new_key), kill
+        assert run_process(["compile", spec, "-o", out, "--force"], _session_cache).exit_code == 0
+        assert assert_whole_build(out)["input_key"] == new_key
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == [], kill
+        assert run_process(["compile", other, "-o", out, "--force"], _session_cache).exit_code == 0
+    for f in (tmp_path / "ref").rglob("*"):
+        if f.is_file() and f.name not in ("lock.yaml", "manifest.json"):
+            assert (out / f.relative_to(tmp_path / "ref")).exists()
+
+
+def test_kill_at_every_write_of_convert_onto_an_old_output(tmp_path, _session_cache):
+    """SIGKILL `convert` at each write step over an existing output: the output is the old file or the new
+    one, whole (parsed as JSON Lines); the rerun succeeds and removes the dead process's temporary file."""
+    src = tmp_path / "a.json"
+    src.write_text(json.dumps([{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(50)]),
+                   encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    old = "OLD\n"
+    args = ["convert", src, "--from", "alpaca", "--to", "messages", "-o", out]
+    n = _count_writes(args, _session_cache, tmp_path / "w.log")
+    new = out.read_text(encoding="utf-8")
+    assert n == 2
+    for kill in range(1, n + 1):
+        out.write_text(old, encoding="utf-8")
+        r = run_process(args, _session_cache, env={"TUNESPEC_KILL_AT_WRITE": str(kill)})
+        assert r.exit_code == -signal.SIGKILL
+        assert out.read_text(encoding="utf-8") in (old, new)
+        assert run_process(args, _session_cache).exit_code == 0
+        assert out.read_text(encoding="utf-8") == new
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "out.jsonl", "w.log"], kill

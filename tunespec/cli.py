@@ -133,7 +133,9 @@ def schema(output: Path | None) -> None:
     text = json.dumps(json_schema(), indent=2) + "\n"
     if output:
         try:
-            output.write_text(text, encoding="utf-8")
+            from .atomic import write_text
+
+            write_text(output, text)
         except OSError as e:
             from .errors import Problem
 

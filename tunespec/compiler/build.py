@@ -23,7 +23,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from .. import __version__
-from ..atomic import install
+from ..atomic import clean_stale, install, refuse_overlap, temp_dir
 from ..errors import BuildError, DataError, Problem
 from ..models import ModelRef, resolve, sha256_file
 from ..spec.loader import LoadedSpec
@@ -180,6 +179,10 @@ def compile_build(
     inputs = [source_inputs(s) for s in data.sources]
     key = input_key(loaded, template, inputs)
     out = Path(out)
+    refuse_overlap(out, [loaded.file, *loaded.extends, *(Path(f["file"]) for i in inputs for e in i
+                                                         for f in ([e] if "file" in e else e.get("files", [])))],
+                   is_dir=True)
+    clean_stale(out)  # a killed earlier compile's temporaries (or its old build, moved aside)
     existing = _check_target(out, key, force)
     if existing is not None:
         return BuildResult(out, True, existing, [f"{out}: up to date (input key {key[:12]})"])
@@ -226,15 +229,12 @@ def compile_build(
         train_on = "completion"
 
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp = temp_dir(out, marker=False)  # manifest.json marks a build
     except OSError as e:
         raise _write_error(e, out.parent) from None
     try:
         (tmp / "data").mkdir()
         (tmp / "tokens").mkdir()
-        # mkdtemp makes the directory private (0700); the build gets the mode any new directory gets here
-        os.chmod(tmp, (tmp / "data").stat().st_mode & 0o7777)
         split_stats: dict[str, dict] = {}
         for split in SPLITS:
             records = splits[split]

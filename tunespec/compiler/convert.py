@@ -4,8 +4,8 @@
 converts between ``alpaca``, ``sharegpt``, ``messages`` (OpenAI) and ``prompt_completion``. The input
 is any file ``files.read_table`` reads (JSON array, JSONL, ...); the output is JSONL, or a JSON array
 (one row per line) when ``out_path`` ends in ``.json``: UTF-8, non-ASCII characters as they are.
-The output is written atomically (a temporary file, then ``os.replace``), so a failure never leaves
-a half-written file.
+The output is written atomically (``atomic.write_text``), so a failure never leaves a half-written file;
+an output that is the input (also through a link) or has another suffix than ``.jsonl``/``.json`` is refused.
 
 Rows that cannot be represented in the target format are dropped and counted by reason in the
 report; with ``strict=True`` any drop is a ``DataError`` naming the first such row's line (and
@@ -48,14 +48,12 @@ are not kept (see ``formats.py``).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import secrets
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from tunespec.atomic import refuse_overlap, write_text
 from tunespec.compiler.files import read_table
 from tunespec.compiler.formats import Dropped, RowConverter, drop_summary, join_instruction
 from tunespec.compiler.records import Record
@@ -113,6 +111,7 @@ def convert_file(
                     hint=f"use one of: {', '.join(CONVERT_FORMATS)}",
                 )
             )
+    check_output(in_path, out_path)
     table = read_table(in_path)
     converter = RowConverter(from_fmt, source=in_path.name, column_map=column_map)
     try:
@@ -335,8 +334,19 @@ def _json_line(row: dict) -> str:
     return line
 
 
+OUTPUT_SUFFIXES = (".jsonl", ".json")
+
+
+def check_output(in_path: Path, out_path: Path) -> None:
+    """Refuse an output that is (or resolves to) the input, or whose suffix names a format convert does not write."""
+    if out_path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise DataError(Problem(f"convert writes JSON Lines (.jsonl) or a JSON array (.json), not {out_path.suffix or 'a file without a suffix'!r}",
+                                file=str(out_path), hint="name the output OUT.jsonl or OUT.json"))
+    refuse_overlap(out_path, [in_path], is_dir=False)
+
+
 def write_text_atomically(path: Path, text: str) -> None:
-    """Write UTF-8 text to a temporary file next to ``path``, then rename it over ``path``."""
+    """Write UTF-8 text to ``path`` whole or not at all (``atomic.write_text``)."""
     path = Path(path)
     if path.is_dir():
         raise DataError(Problem("is a directory", file=str(path), hint="name an output file, e.g. OUT.jsonl"))
@@ -344,20 +354,8 @@ def write_text_atomically(path: Path, text: str) -> None:
         raise DataError(
             Problem("the output directory does not exist", file=str(path), hint=f"create {str(path.parent)!r} first")
         )
-    temp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:  # mode 0o666 less the umask, like any new file (mkstemp would make it 0o600)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as exc:
-        raise DataError(Problem(f"cannot write here: {exc.strerror or exc}", file=str(path),
-                                hint="choose a writable output directory with -o")) from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if isinstance(exc, OSError):
-            raise DataError(Problem(f"cannot write the file: {exc.strerror or exc}", file=str(path),
-                                    hint="free some space, or write to another directory with -o")) from None
-        raise
+        write_text(path, text)
+    except OSError as exc:
+        raise DataError(Problem(f"cannot write the file: {exc.strerror or exc}", file=str(path),
+                                hint="free some space, or write to another directory with -o")) from None

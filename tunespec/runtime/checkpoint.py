@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import install, temp_dir
+
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -153,9 +155,7 @@ def write_checkpoint(train_dir: Path, step: int, write_files, state: dict) -> Pa
     """Atomically create train/checkpoint-<step>: `write_files(tmp_dir)` writes the payload."""
     train_dir.mkdir(parents=True, exist_ok=True)
     final = train_dir / f"checkpoint-{step}"
-    tmp = train_dir / f".checkpoint-{step}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = temp_dir(final, marker=False)  # .checkpoint-<step>.tmp-<pid>-<hex>; stale ones of dead pids removed
     try:
         write_files(tmp)
         record_files(tmp)
@@ -163,9 +163,7 @@ def write_checkpoint(train_dir: Path, step: int, write_files, state: dict) -> Pa
             json.dump(state, f, indent=2, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        install(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

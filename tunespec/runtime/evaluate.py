@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import check_replaceable, install, temp_dir
 from ..errors import BuildError, Problem
 from ..spec.adapter import is_peft
 from . import rouge
@@ -200,8 +201,9 @@ def evaluate(build: Build, *, model: str | None = None, split: str | None = None
             info.update(eval_loss=None if loss is None else round(loss, 6),
                         perplexity=None if loss is None else round(math.exp(loss), 4))
         results[label] = info
-    out_dir = build.eval_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    target = build.eval_dir
+    check_replaceable(target, also=("rouge.json",), what="evaluation")
+    out_dir = temp_dir(target)  # written whole, then swapped in: rouge.json never beside an older report.md
     summary = {label: info for label, info in results.items()}
     if "base" in scores and "tuned" in scores:
         summary["delta"] = {m: round(v, 6) for m, v in rouge.delta(scores["base"], scores["tuned"]).items()}
@@ -221,7 +223,8 @@ def evaluate(build: Build, *, model: str | None = None, split: str | None = None
                     m: round(v["fmeasure"], 6) for m, v in scores[label].per_sample[i].items()}
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
     (out_dir / "report.md").write_text(_report(build, summary, scores, preds, rows, refs), encoding="utf-8")
-    log(f"wrote {out_dir}/rouge.json, predictions.jsonl, report.md")
+    install(out_dir, target)
+    log(f"wrote {target}/rouge.json, predictions.jsonl, report.md")
     return summary
 
 

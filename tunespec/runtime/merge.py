@@ -13,8 +13,9 @@ base+adapter on a few training rows and the largest logit difference printed.
 from __future__ import annotations
 
 import json
-import shutil
 
+
+from ..atomic import check_replaceable, install, temp_dir
 from ..errors import BuildError, ModelError, Problem
 from ..spec.adapter import MERGEABLE_SPECS, PrefixTuningSpec, PromptTuningSpec
 from .build import Build
@@ -76,8 +77,8 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
         after = [merged(r).logits.float() for r in rows]
     max_diff = max(float((a - b).abs().max()) for a, b in zip(before, after)) if rows else 0.0
     target = build.merged_dir
-    tmp = target.with_name(".merged.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    check_replaceable(target, also=("tunespec.json",), what="merged model")
+    tmp = temp_dir(target)
     merged.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB")
     tokenizer.save_pretrained(tmp)
     if merged.generation_config is not None:
@@ -85,8 +86,7 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
     report = {"dtype": str(torch_dtype).replace("torch.", ""), "max_logit_diff": max_diff, "rows_checked": len(rows),
               "input_key": build.input_key}
     (tmp / "tunespec.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    install(tmp, target)
     log(f"merged into {target} ({report['dtype']}); largest logit difference vs base+adapter on "
         f"{len(rows)} rows: {max_diff:.3g}")
     return report

@@ -23,11 +23,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import install
+from ..atomic import MARKER as ATOMIC_MARKER
+from ..atomic import (install, is_tunespec_made, kill_point, mark, marker_files, refuse_overlap, temp_dir,
+                      write_text)
 from ..errors import BuildError, Problem
 from ..spec.adapter import FullSpec, IA3Spec, LoraSpec, PrefixTuningSpec, PromptTuningSpec, is_peft
 from ..spec.output import HUB_REPO_ID
@@ -36,7 +37,7 @@ from .build import Build
 
 PACKAGED_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 """The hub repository each packaged model was converted from (its GGUF file is a quantized copy)."""
-LEFT_OUT = {"tunespec.json", "README.md"}  # tunespec's stamps; peft's generated card (ours replaces it)
+LEFT_OUT = {"tunespec.json", "README.md", ".tunespec"}  # tunespec's stamps and marker; peft's generated card (ours replaces it)
 MARKER = "<!-- written by tunespec publish -->"
 ROUGE_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
@@ -352,27 +353,38 @@ def _adapter_config(build: Build, src: Path) -> bytes | None:
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def _check_target(folder: Path) -> None:
+def _check_target(folder: Path) -> bool:
+    """True when ``folder`` holds an earlier publish (its files are updated in place, the rest kept);
+    False for a new or empty folder; a folder with other content is refused."""
     if folder.exists() and not folder.is_dir():
         raise BuildError(Problem(f"{folder} exists and is not a directory", hint="choose another --to-folder"))
     if folder.is_dir() and any(folder.iterdir()):
         readme = folder / "README.md"
-        ours = readme.is_file() and MARKER in readme.read_text(encoding="utf-8", errors="replace")
+        ours = is_tunespec_made(folder) or (readme.is_file()
+                                            and MARKER in readme.read_text(encoding="utf-8", errors="replace"))
         if not ours:
             raise BuildError(Problem(f"{folder} is not empty and is not a folder tunespec publish wrote",
                                      hint="choose a new or empty directory with --to-folder"))
+        return True
+    return False
 
 
 def write_folder(build: Build, folder: Path, what: str, *, repo_id: str | None = None) -> list[str]:
-    """Write the publishable folder (replacing a previous one) and return its files, sorted."""
+    """Write the publishable folder and return the files tunespec wrote there, sorted.
+
+    A new (or empty) folder is built whole in a temporary sibling and renamed into place. A folder an earlier
+    publish wrote keeps everything that is not tunespec's (``.git/``, a user's notes): the new files are
+    staged in a temporary sibling, then each is renamed over its old version (``os.replace``, atomic per
+    file); files the marker (``.tunespec``) lists from the earlier publish that this one no longer writes are
+    removed; the marker, listing this publish's files, is written last."""
     source = source_dir(build, what)
     folder = Path(folder)
-    _check_target(folder)
+    refuse_overlap(folder, [p for p in build.path.iterdir() if p.name != "publish"], is_dir=True)
+    update = _check_target(folder)
     rouge = fresh_rouge(build)
     card = model_card(build, what, repo_id=repo_id, rouge=rouge)
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        tmp = temp_dir(folder, marker=False)
     except OSError as e:
         raise BuildError(Problem(f"cannot write {folder}: {e.strerror or e}", hint="choose a writable --to-folder")) from None
     try:
@@ -388,11 +400,24 @@ def write_folder(build: Build, folder: Path, what: str, *, repo_id: str | None =
             else:
                 _place(src, dst)
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        probe = tmp / ".mode"  # mkdtemp makes the directory private; the folder gets the mode new directories get
-        probe.mkdir()
-        os.chmod(tmp, probe.stat().st_mode & 0o7777)
-        probe.rmdir()
-        install(tmp, folder)
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        if not update:
+            mark(tmp, files)
+            install(tmp, folder)
+            return files
+        old = marker_files(folder) or []
+        for rel in files:
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, folder / rel)
+            kill_point(f"replaced {rel}")
+        for rel in sorted(set(old) - set(files)):
+            gone = folder / rel
+            if gone.is_file() and not gone.is_symlink():
+                gone.unlink()
+                kill_point(f"removed {rel}")
+        write_text(folder / ATOMIC_MARKER, json.dumps({"tunespec": True, "files": files}) + "\n")
+        shutil.rmtree(tmp, ignore_errors=True)
+        return files
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise BuildError(Problem(f"cannot write {folder}: {e.strerror or e}", hint="free some space, or choose "
@@ -400,7 +425,6 @@ def write_folder(build: Build, folder: Path, what: str, *, repo_id: str | None =
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
 # --------------------------------------------------------------------------- the hub
@@ -431,7 +455,8 @@ def upload_folder(folder: Path, repo_id: str, *, private: bool, token: str, revi
     if revision:
         api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=revision,
-                             commit_message=commit_message, delete_patterns="*")
+                             commit_message=commit_message, delete_patterns="*",
+                             ignore_patterns=[ATOMIC_MARKER])
     return str(getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}")
 
 
@@ -474,8 +499,8 @@ def publish(build: Build, *, to_folder: Path | None = None, dry_run: bool = Fals
         raise BuildError(Problem(f"uploading to {repo_id} failed: {type(e).__name__}: {text}", file=str(folder),
                                  hint="check the network and that the token may write to the repository's owner; "
                                       f"then run tunespec publish {build.path} again")) from None
-    (build.path / "publish.json").write_text(json.dumps(
+    write_text(build.path / "publish.json", json.dumps(
         {"input_key": build.input_key, "repo_id": repo_id, "revision": revision, "what": what, "url": result.url,
-         "files": files}, indent=2) + "\n", encoding="utf-8")
+         "files": files}, indent=2) + "\n")
     log(f"published {result.url}")
     return result

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import click
 
+from ..atomic import check_replaceable, install, temp_dir
 from ..errors import BuildError, Problem, TunespecError
 from ..spec.adapter import is_peft
 from . import checkpoint as ckpt
@@ -672,15 +673,12 @@ class Trainer:
         if self.spec.training.load_best_model_at_end and self.best:
             self._load_trainable(Path(self.best["path"]))
         target = self.build.adapter_dir if is_peft(self.spec.adapter) else self.build.merged_dir
-        tmp = target.with_name(f".{target.name}.tmp")
+        tmp = None
         if self.acc.is_main_process:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+            check_replaceable(target, also=("tunespec.json",), what="trained model")
+            tmp = temp_dir(target)
         state_dict = self.acc.get_state_dict(self.model)
         if self.acc.is_main_process:
-            import shutil
-
             _drop_checkpoint_wrappers(model)
             from .vocabulary import adapter_save_kwargs
 
@@ -690,8 +688,7 @@ class Trainer:
                                          file=str(tmp), hint="the last checkpoint is in train/; please report this"))
             self.tokenizer.save_pretrained(tmp)
             (tmp / "tunespec.json").write_text(json.dumps({"input_key": self.build.input_key, "final": last}, indent=2))
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
+            install(tmp, target)
             from .plots import plot_loss
 
             plot_loss(self.build.train_dir / "metrics.jsonl", self.build.train_dir / "loss.png")
