@@ -42,7 +42,7 @@ from .model_cache import load_for_compile
 from .records import Record
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_inputs, source_names
 from .templates import Template, chat_generation_prompt, load_template
-from .tokenize import PREFIX_RULE, context_length, first_doubled, special_prefix, tokenize_examples
+from .tokenize import context_length, first_doubled, manifest_prefix, special_prefix, tokenize_examples
 
 FORMAT_VERSION = 1
 RUNTIME_DIRS = ("train", "adapter", "merged", "eval")
@@ -235,6 +235,7 @@ def compile_build(
         # mkdtemp makes the directory private (0700); the build gets the mode any new directory gets here
         os.chmod(tmp, (tmp / "data").stat().st_mode & 0o7777)
         split_stats: dict[str, dict] = {}
+        prefixed = 0  # rows that got the special prefix put before them (tokenize.manifest_prefix)
         for split in SPLITS:
             records = splits[split]
             if not records:
@@ -244,6 +245,7 @@ def compile_build(
             tok = tokenize_examples(rendering, tokenizer, max_length=max_length, overlong=data.tokenization.overlong,
                                     train_on=train_on, add_eos=data.tokenization.add_eos)
             rendered = tok.examples
+            prefixed += tok.prefixed
             _check_specials(tok, special_prefix(tokenizer), tokenizer.eos_token_id, template, records, by_name, split)
             if tok.dropped:
                 all_drops[f"split:{split}"] = dict(sorted(tok.dropped.items()))
@@ -300,8 +302,7 @@ def compile_build(
             "name": spec.name,
             "max_length": max_length,
             "eos_token_id": int(tokenizer.eos_token_id),
-            "prefix_ids": special_prefix(tokenizer),
-            **({"prefix_rule": PREFIX_RULE} if special_prefix(tokenizer) else {}),
+            **manifest_prefix(special_prefix(tokenizer), prefixed, sum(s["rows"] for s in split_stats.values())),
             "pad_token_id": int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else None,
             "template": {"name": template.name, "kind": template.kind, "sha256": template.sha256, "stop": template.stop},
             **({"vocabulary": vocab.to_dict()} if vocab else {}),

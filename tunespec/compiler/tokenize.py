@@ -33,6 +33,7 @@ class Tokenized:
     truncated: int = 0
     first_dropped: dict[str, int] = field(default_factory=dict)  # reason -> index of the first row dropped for it
     examples: list[list[Segment]] | None = None  # the rendered rows
+    prefixed: int = 0  # rows kept that got the special prefix put before them (the others' text starts with it)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -60,6 +61,24 @@ def special_prefix(tokenizer) -> list[int]:
 
 
 PREFIX_RULE = "unless_present"  # the manifest's ``prefix_rule``: how ``prefix_ids`` is put before a row
+
+
+def manifest_prefix(prefix: list[int], prefixed: int, rows: int) -> dict:
+    """The manifest's record of the prefix the rows got, so the runtime puts the same before a prompt.
+
+    Every row got it (a field template, a chat template that does not write BOS): ``{"prefix_ids": prefix}``,
+    always put before a prompt. No row got it (a chat template writing ``{{ bos_token }}``: the text holds
+    it): ``{"prefix_ids": [], "prefix_in_text": prefix}``. Some did: ``prefix_rule: unless_present``::
+
+        manifest_prefix([1], 5, 5) == {"prefix_ids": [1]}
+        manifest_prefix([1], 0, 5) == {"prefix_ids": [], "prefix_in_text": [1]}
+        manifest_prefix([], 0, 5) == {"prefix_ids": []}
+    """
+    if not prefix or prefixed == rows:
+        return {"prefix_ids": list(prefix)}
+    if prefixed == 0:
+        return {"prefix_ids": [], "prefix_in_text": list(prefix)}
+    return {"prefix_ids": list(prefix), "prefix_rule": PREFIX_RULE}
 
 
 def with_prefix(prefix: list[int], ids: list[int], rule: str | None = PREFIX_RULE) -> list[int]:
@@ -326,6 +345,7 @@ def _assemble(examples: list[list[Segment]], codes: list[int], encoder: _Encoder
     dropped: Counter = Counter()
     first_dropped: dict[str, int] = {}
     truncated = 0
+    prefixed = 0
     pos = 0
     for row, segments in enumerate(examples):
         last = -1
@@ -387,6 +407,7 @@ def _assemble(examples: list[list[Segment]], codes: list[int], encoder: _Encoder
                 flat_mask += piece_mask
         lengths.append(total)
         kept.append(row)
+        prefixed += n_prefix > 0
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(np.asarray(lengths, dtype=np.int64), out=offsets[1:])
     if flat_ids.itemsize == 4:
@@ -394,7 +415,7 @@ def _assemble(examples: list[list[Segment]], codes: list[int], encoder: _Encoder
     else:  # pragma: no cover - a platform whose C int is not 32 bits
         ids_flat = np.asarray(flat_ids.tolist(), dtype=np.int32)
     mask_flat = np.frombuffer(flat_mask, dtype=np.uint8).copy() if flat_mask else np.zeros(0, dtype=np.uint8)
-    return Tokenized(ids_flat, mask_flat, offsets, kept, dropped, truncated, first_dropped, examples)
+    return Tokenized(ids_flat, mask_flat, offsets, kept, dropped, truncated, first_dropped, examples, prefixed)
 
 
 def context_length(config) -> int | None:
