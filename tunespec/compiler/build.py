@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import clean_stale, install, refuse_overlap, temp_dir
-from ..errors import BuildError, DataError, Problem
+from ..errors import BuildError, DataError, Problem, TemplateError
 from ..models import ModelRef, resolve, sha256_file
 from ..spec.loader import LoadedSpec
 from ..spec.render import resolved_dict, to_yaml
@@ -42,7 +42,7 @@ from .model_cache import load_for_compile
 from .records import Record
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_inputs, source_names
 from .templates import Template, chat_generation_prompt, load_template
-from .tokenize import context_length, special_prefix, tokenize_examples
+from .tokenize import context_length, first_doubled, manifest_prefix, special_prefix, tokenize_examples
 
 FORMAT_VERSION = 1
 RUNTIME_DIRS = ("train", "adapter", "merged", "eval")
@@ -236,6 +236,7 @@ def compile_build(
         (tmp / "data").mkdir()
         (tmp / "tokens").mkdir()
         split_stats: dict[str, dict] = {}
+        prefixed = 0  # rows that got the special prefix put before them (tokenize.manifest_prefix)
         for split in SPLITS:
             records = splits[split]
             if not records:
@@ -245,6 +246,8 @@ def compile_build(
             tok = tokenize_examples(rendering, tokenizer, max_length=max_length, overlong=data.tokenization.overlong,
                                     train_on=train_on, add_eos=data.tokenization.add_eos)
             rendered = tok.examples
+            prefixed += tok.prefixed
+            _check_specials(tok, special_prefix(tokenizer), tokenizer.eos_token_id, template, records, by_name, split)
             if tok.dropped:
                 all_drops[f"split:{split}"] = dict(sorted(tok.dropped.items()))
                 located = Drops(tok.dropped)
@@ -301,7 +304,7 @@ def compile_build(
             "max_length": max_length,
             "eos_token_id": int(tokenizer.eos_token_id),
             "vocab_size": len(tokenizer),
-            "prefix_ids": special_prefix(tokenizer),
+            **manifest_prefix(special_prefix(tokenizer), prefixed, sum(s["rows"] for s in split_stats.values())),
             "pad_token_id": int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else None,
             "template": {"name": template.name, "kind": template.kind, "sha256": template.sha256, "stop": template.stop},
             **({"vocabulary": vocab.to_dict()} if vocab else {}),
@@ -354,6 +357,28 @@ def compile_build(
     for p in problems:
         messages.append("  warning: " + p.render())
     return BuildResult(out, False, manifest, messages)
+
+
+def _check_specials(tok, prefix: list[int], eos: int | None, template: Template, records, by_name, split: str) -> None:
+    """A row whose ids start with the BOS twice, or hold two EOS in a row, is a template error: name the
+    template (its line that writes the token, where one does) and the row."""
+    found = first_doubled(tok, prefix, eos)
+    if found is None:
+        return
+    i, what = found
+    rec = records[tok.kept[i]]
+    name, _, index = rec.source.rpartition("#")
+    data_file, data_line, row = by_name[name].location(int(index))
+    where = f"{data_file}:{data_line}" if data_file and data_line else f"{name} row {row}"
+    source, file = template.source, template.name
+    if template.kind == "tokenizer":
+        source, file = "", "the tokenizer's chat template"
+    marker = "bos_token" if "start" in what else "eos_token"
+    line = next((n for n, text in enumerate(source.splitlines(), 1) if marker in text), None)
+    raise TemplateError(Problem(
+        f"{what} of every row it renders ({split} row {i}, from {where}): the template writes the token "
+        "and it is added again", file=file, line=line, path="data.template",
+        hint="write BOS/EOS once: leave {{ bos_token }} to the chat template, or drop it from the template"))
 
 
 def _write_error(e: OSError, where: Path) -> BuildError:

@@ -33,6 +33,7 @@ class Tokenized:
     truncated: int = 0
     first_dropped: dict[str, int] = field(default_factory=dict)  # reason -> index of the first row dropped for it
     examples: list[list[Segment]] | None = None  # the rendered rows
+    prefixed: int = 0  # rows kept that got the special prefix put before them (the others' text starts with it)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -57,6 +58,80 @@ def special_prefix(tokenizer) -> list[int]:
         if with_special[i : i + len(without)] == without:
             return list(with_special[:i])
     return []
+
+
+PREFIX_RULE = "unless_present"  # the manifest's ``prefix_rule``: how ``prefix_ids`` is put before a row
+
+
+def manifest_prefix(prefix: list[int], prefixed: int, rows: int) -> dict:
+    """The manifest's record of the prefix the rows got, so the runtime puts the same before a prompt.
+
+    Every row got it (a field template, a chat template that does not write BOS): ``{"prefix_ids": prefix}``,
+    always put before a prompt. No row got it (a chat template writing ``{{ bos_token }}``: the text holds
+    it): ``{"prefix_ids": [], "prefix_in_text": prefix}``. Some did: ``prefix_rule: unless_present``::
+
+        manifest_prefix([1], 5, 5) == {"prefix_ids": [1]}
+        manifest_prefix([1], 0, 5) == {"prefix_ids": [], "prefix_in_text": [1]}
+        manifest_prefix([], 0, 5) == {"prefix_ids": []}
+    """
+    if not prefix or prefixed == rows:
+        return {"prefix_ids": list(prefix)}
+    if prefixed == 0:
+        return {"prefix_ids": [], "prefix_in_text": list(prefix)}
+    return {"prefix_ids": list(prefix), "prefix_rule": PREFIX_RULE}
+
+
+def with_prefix(prefix: list[int], ids: list[int], rule: str | None = PREFIX_RULE) -> list[int]:
+    """A row's or prompt's ids with the special prefix before them, unless they already start with it.
+
+    The one place the prefix is applied: training rows, generation and evaluation prompts. Text rendered
+    by a chat template that writes ``{{ bos_token }}`` is encoded without special tokens (as
+    ``apply_chat_template`` does) and keeps its one BOS; text that does not start with it (a field
+    template, or a chat template that does not write it) gets the BOS the tokenizer puts before text::
+
+        with_prefix([1], [1, 733]) == [1, 733]; with_prefix([1], [733]) == [1, 733]; with_prefix([], [5]) == [5]
+
+    ``rule=None`` is the rule of builds made before ``prefix_rule`` existed: the prefix always.
+    """
+    if not prefix or (rule == PREFIX_RULE and list(ids[: len(prefix)]) == list(prefix)):
+        return list(ids)
+    return list(prefix) + list(ids)
+
+
+def doubled_special(ids, prefix: list[int], eos: int | None) -> str | None:
+    """What is doubled in a row's ids (the special prefix at its start, or two EOS in a row), or None."""
+    n = len(prefix)
+    if n and list(ids[: 2 * n]) == list(prefix) * 2:
+        return "the special prefix (BOS) " + repr(list(prefix)) + " twice at the start"
+    if eos is not None:
+        for a, b in zip(ids, ids[1:]):
+            if a == eos and b == eos:
+                return f"the EOS token ({eos}) twice in a row"
+    return None
+
+
+def first_doubled(tok: "Tokenized", prefix: list[int], eos: int | None) -> tuple[int, str] | None:
+    """(row index, what is doubled) of the first row of `tok` with a doubled BOS or EOS (``doubled_special``)."""
+    ids, starts = tok.ids, tok.offsets[:-1]
+    n = len(prefix)
+    suspects: set[int] = set()
+    if n and len(ids):
+        hit = np.ones(len(starts), dtype=bool)
+        for k, t in enumerate(list(prefix) * 2):
+            at = starts + k
+            ok = at < tok.offsets[1:]
+            hit &= ok & (ids[np.minimum(at, len(ids) - 1)] == t)
+        suspects.update(np.flatnonzero(hit).tolist())
+    if eos is not None and len(ids) > 1:
+        pair = np.flatnonzero((ids[:-1] == eos) & (ids[1:] == eos))
+        rows = np.searchsorted(tok.offsets, pair, side="right") - 1
+        same = pair + 1 < tok.offsets[rows + 1]
+        suspects.update(rows[same].tolist())
+    for i in sorted(suspects):
+        what = doubled_special(tok.row(i)[0].tolist(), prefix, eos)
+        if what:
+            return i, what
+    return None
 
 
 def eos_id(tokenizer) -> int:
@@ -178,6 +253,16 @@ class _Encoder:
         self.encoded += got
 
 
+def _leading_ids(segments: list[Segment], codes: list[int], pos: int, encoder: _Encoder, n: int) -> list[int]:
+    """The first `n` ids of a row's segments (before any prefix or appended EOS)."""
+    out: list[int] = []
+    for i in range(len(segments)):
+        if len(out) >= n:
+            break
+        out += encoder.ids(codes[pos + i])[: n - len(out)].tolist()
+    return out
+
+
 def _ends_with_eos(ids, eos: int, blank) -> bool:
     for t in reversed(ids):
         if t == eos:
@@ -201,7 +286,7 @@ def tokenize_examples(
     `examples` is a list of rendered rows, or an iterable that renders them: the rows are then rendered
     while the ones rendered before are encoded (``Tokenized.examples`` holds them afterwards).
 
-    A row is its special prefix followed by its segments' pieces. A piece (a segment's ids, the EOS
+    A row is its special prefix (unless its text starts with it: ``with_prefix``) followed by its segments' pieces. A piece (a segment's ids, the EOS
     appended after a trained segment that does not end in one, and its mask) depends only on the
     segment's text and how it is trained, so it is made once and copied into every row that has it.
     """
@@ -254,19 +339,21 @@ def _assemble(examples: list[list[Segment]], codes: list[int], encoder: _Encoder
     flat_ids = array("i")  # C int: 32 bits wherever numpy runs (checked below)
     flat_mask = bytearray()
     prefix_ids = array("i", prefix)
-    n_prefix = len(prefix)
-    prefix_mask = bytes(n_prefix)
+    prefix_mask = bytes(len(prefix))
     lengths: list[int] = []
     kept: list[int] = []
     dropped: Counter = Counter()
     first_dropped: dict[str, int] = {}
     truncated = 0
+    prefixed = 0
     pos = 0
     for row, segments in enumerate(examples):
         last = -1
         if last_turn:
             last = max((i for i, s in enumerate(segments) if s.trained), default=-1)
         row_pieces = []
+        lead = _leading_ids(segments, codes, pos, encoder, len(prefix))
+        n_prefix = len(prefix) if with_prefix(prefix, lead) != lead else 0  # 0: the text starts with it
         total = n_prefix
         prompt_end = n_prefix  # the part truncate_prompt may cut: everything before the first trained token
         first_trained = True
@@ -290,19 +377,20 @@ def _assemble(examples: list[list[Segment]], codes: list[int], encoder: _Encoder
             continue
         if total > max_length:
             if overlong == "truncate_prompt":
-                keep_from = n_prefix + total - max_length
+                keep = len(prefix)  # kept at the start: the prefix, added or written by the template
+                keep_from = keep + total - max_length
                 if keep_from > prompt_end:
                     dropped[f"completion alone longer than max_length {max_length}"] += 1
                     first_dropped.setdefault(f"completion alone longer than max_length {max_length}", row)
                     continue
-                ids = array("i", prefix_ids)
-                mask = bytearray(prefix_mask)
+                ids = array("i", prefix_ids) if n_prefix else array("i")
+                mask = bytearray(prefix_mask) if n_prefix else bytearray()
                 for piece_ids, piece_mask, _ in row_pieces:
                     ids += piece_ids
                     mask += piece_mask
-                flat_ids += prefix_ids
+                flat_ids += ids[:keep]
                 flat_ids += ids[keep_from:]
-                flat_mask += prefix_mask
+                flat_mask += mask[:keep]
                 flat_mask += mask[keep_from:]
                 total = max_length
                 truncated += 1
@@ -319,6 +407,7 @@ def _assemble(examples: list[list[Segment]], codes: list[int], encoder: _Encoder
                 flat_mask += piece_mask
         lengths.append(total)
         kept.append(row)
+        prefixed += n_prefix > 0
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(np.asarray(lengths, dtype=np.int64), out=offsets[1:])
     if flat_ids.itemsize == 4:
@@ -326,7 +415,7 @@ def _assemble(examples: list[list[Segment]], codes: list[int], encoder: _Encoder
     else:  # pragma: no cover - a platform whose C int is not 32 bits
         ids_flat = np.asarray(flat_ids.tolist(), dtype=np.int32)
     mask_flat = np.frombuffer(flat_mask, dtype=np.uint8).copy() if flat_mask else np.zeros(0, dtype=np.uint8)
-    return Tokenized(ids_flat, mask_flat, offsets, kept, dropped, truncated, first_dropped, examples)
+    return Tokenized(ids_flat, mask_flat, offsets, kept, dropped, truncated, first_dropped, examples, prefixed)
 
 
 def context_length(config) -> int | None:

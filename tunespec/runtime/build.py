@@ -132,6 +132,17 @@ class Build:
         """Special ids the compiler put before every row (BOS for Llama-likes)."""
         return list(self.manifest.get("prefix_ids", []))
 
+    def prompt_ids(self, tokenizer, prompts: list[str]) -> list[list[int]]:
+        """The ids generation is given for each prompt: its text without special tokens, with the special
+        prefix put before it exactly as the compiler put it before the rows (``with_prefix`` under the
+        manifest's ``prefix_rule``; builds without one always got the prefix)."""
+        from ..compiler.tokenize import with_prefix
+
+        if not prompts:
+            return []
+        prefix, rule = self.prefix_ids, self.manifest.get("prefix_rule")
+        return [with_prefix(prefix, ids, rule) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+
     @property
     def vocabulary(self) -> dict | None:
         """The tokens the compiler added (``model.added_tokens``): ids, embedding rows; None when none was added."""

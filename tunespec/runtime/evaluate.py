@@ -80,8 +80,7 @@ def generate(model, tokenizer, build: Build, prompts: list[str], *, log=print) -
     from .modeling import use_bf16
 
     ev = build.spec.evaluation
-    prefix = build.prefix_ids
-    encoded = [prefix + ids for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    encoded = build.prompt_ids(tokenizer, prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(prompts)
     pad = tokenizer.pad_token_id

@@ -347,7 +347,7 @@ class Session:
 
     def prompt_tokens(self, prompt: str) -> int:
         tok = self.renderer.tokenizer
-        return len(self.build.prefix_ids) + len(tok(prompt, add_special_tokens=False)["input_ids"])
+        return len(self.build.prompt_ids(tok, [prompt])[0])
 
 
 def open_build(build_path: str | Path, which: str | None) -> tuple[Build, str]:
