@@ -233,12 +233,15 @@ def convert(input_path: Path, from_fmt: str, to_fmt: str, output: Path, strict: 
               help='JSONL of {"id", "references": [...]} or {"id", "reference"}.')
 @click.option("--reference-field", "fields", multiple=True, help="Read references from these fields instead.")
 @click.option("--multi-ref", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
+@click.option("--rouge-tokenizer", "rouge_tokenizer", default="auto", show_default=True,
+              help="auto (by script), default (rouge_score's, English), jieba, characters or words.")
 @user_errors
-def score(predictions: Path, references: Path, fields: tuple[str, ...], multi_ref: str) -> None:
+def score(predictions: Path, references: Path, fields: tuple[str, ...], multi_ref: str, rouge_tokenizer: str) -> None:
     """ROUGE-1/2/L/Lsum of any predictions file against references, matched by id."""
     from .runtime.scorefiles import score_files
 
-    click.echo(json.dumps(score_files(predictions, references, list(fields) or None, multi_ref), indent=2))
+    click.echo(json.dumps(score_files(predictions, references, list(fields) or None, multi_ref,
+                                       tokenizer=rouge_tokenizer), indent=2))
 
 
 # --------------------------------------------------------------------------- runtime commands

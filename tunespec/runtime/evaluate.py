@@ -189,7 +189,8 @@ def evaluate(build: Build, *, model: str | None = None, split: str | None = None
         if want_rouge:
             g = generate(m, tokenizer, build, prompts, log=log)
             preds[label] = g.predictions
-            scores[label] = rouge.score_pairs(g.predictions, refs, multi_ref=multi_ref)
+            scores[label] = rouge.score_pairs(g.predictions, refs, multi_ref=multi_ref,
+                                              tokenizer=ev.rouge_tokenizer)
             for metric, agg in scores[label].aggregate.items():  # rouge1..rougeLsum: F1 with P, R and the CI beside it
                 info[metric] = {"f1": _r(agg["fmeasure"]), "precision": _r(agg["precision"]),
                                 "recall": _r(agg["recall"]), "ci_low": _r(agg["ci_low"]), "ci_high": _r(agg["ci_high"])}
@@ -207,7 +208,9 @@ def evaluate(build: Build, *, model: str | None = None, split: str | None = None
     if "base" in scores and "tuned" in scores:
         summary["delta"] = {m: round(v, 6) for m, v in rouge.delta(scores["base"], scores["tuned"]).items()}
     summary["settings"] = {"input_key": build.input_key, "split": split, "rows": len(rows), "multi_ref": multi_ref,
-                           "rouge": "F1/precision/recall are plain means over samples (rouge_score, Porter stemmer); "
+                           "rouge_tokenizer": next(iter(scores.values())).tokenizer if scores else None,
+                           "rouge": "F1/precision/recall are plain means over samples (rouge_score; Porter stemmer "
+                                    "with the default tokenizer, see rouge_tokenizer); "
                                     "ci_low/ci_high: 95% percentile bootstrap over samples, 1000 resamples",
                            "generation": ev.model_dump(include={"max_new_tokens", "num_beams", "do_sample",
                                                                 "temperature", "top_p", "seed", "batch_size"}),

@@ -17,6 +17,14 @@ Conventions, stated once:
   (see ``split_sentences``). This is applied for ``rougeLsum`` only; ``rouge1``, ``rouge2``
   and ``rougeL`` see the text unchanged. Line breaks already in the text also separate
   sentences, exactly as they would after punkt.
+* Tokenization (``tokenizer``): ``rouge_score``'s own tokenizer keeps ASCII letters and digits
+  only, so Chinese, Japanese or Russian text has no tokens and scores 0. ``default`` is that
+  tokenizer with the Porter stemmer (English numbers unchanged); ``words`` = lowercased runs of
+  Unicode letters, digits and marks (Cyrillic, Greek, Arabic, Hindi, Korean...); ``characters``
+  = every character of an unsegmented script (Han, kana, Thai, Lao, Khmer, Myanmar, Tibetan)
+  is a token, other text as ``words``; ``jieba`` = jieba's words (as LLaMA-Factory scores
+  Chinese), each then as ``words``. ``auto`` (the default) picks one from the references'
+  letters, see ``choose_tokenizer``; the choice is recorded in the result.
 * Aggregate = plain mean over samples. This equals ``evaluate.load("rouge")`` with
   ``use_aggregator=False``, averaged by hand. ``evaluate``'s default (``use_aggregator=True``)
   reports the median of a bootstrap (``BootstrapAggregator``) instead, which differs slightly.
@@ -25,6 +33,7 @@ Conventions, stated once:
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal, Mapping, Sequence
@@ -41,36 +50,146 @@ MULTI_REF_MODES: tuple[str, ...] = ("mean", "max")
 MultiRef = Literal["mean", "max"]
 Score = dict[str, float]  # {"precision": p, "recall": r, "fmeasure": f}
 
+TOKENIZERS: tuple[str, ...] = ("auto", "default", "jieba", "characters", "words")
+
 # A sentence ends at ".", "!" or "?" followed by whitespace. Deliberately simple: it splits
 # after abbreviations such as "Dr." too, which punkt would not. It only affects rougeLsum.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# CJK full stops end a sentence whether or not whitespace follows (CJK text has none).
+_CJK_SENTENCE_END = re.compile(r"(?<=[。！？])\s*")
+
+# Scripts written without spaces between words: (first, last) code points.
+_UNSEGMENTED = (
+    (0x0E00, 0x0EFF),  # Thai, Lao
+    (0x0F00, 0x0FFF),  # Tibetan
+    (0x1000, 0x109F),  # Myanmar
+    (0x1780, 0x17FF),  # Khmer
+    (0x2E80, 0x2FDF),  # CJK radicals
+    (0x3040, 0x30FF),  # Hiragana, Katakana
+    (0x31F0, 0x31FF),  # Katakana extensions
+    (0x3400, 0x4DBF),  # CJK extension A
+    (0x4E00, 0x9FFF),  # CJK unified ideographs
+    (0xF900, 0xFAFF),  # CJK compatibility ideographs
+    (0xFF66, 0xFF9F),  # half-width Katakana
+    (0x20000, 0x3FFFF),  # CJK extensions B...
+)
+_HAN = ((0x2E80, 0x2FDF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x3FFFF))
+
+
+def _in(ch: str, ranges: tuple[tuple[int, int], ...]) -> bool:
+    c = ord(ch)
+    return any(lo <= c <= hi for lo, hi in ranges)
 
 
 def split_sentences(text: str) -> str:
     """Put each sentence of ``text`` on its own line, for ``rougeLsum``.
 
-    A sentence ends at ``.``, ``!`` or ``?`` followed by whitespace; the whitespace is replaced
-    by a single ``"\\n"``. Existing line breaks stay, so they also separate sentences.
+    A sentence ends at ``.``, ``!`` or ``?`` followed by whitespace, or at ``。``, ``！`` or
+    ``？`` (followed by whitespace or not); the whitespace is replaced by a single ``"\\n"``.
+    Existing line breaks stay, so they also separate sentences.
+    ``split_sentences("你好。再见！")`` is ``"你好。\\n再见！"``.
     """
-    return "\n".join(_SENTENCE_END.split(text.strip()))
+    pieces = []
+    for piece in _SENTENCE_END.split(text.strip()):
+        parts = _CJK_SENTENCE_END.split(piece)
+        pieces.extend([piece] if len(parts) == 1 else [p for p in parts if p])
+    return "\n".join(pieces)
+
+
+def _word_tokens(text: str, unsegmented_as_characters: bool) -> list[str]:
+    """Lowercased maximal runs of Unicode letters, digits and marks; with
+    ``unsegmented_as_characters`` each character of an unsegmented script is a token of its own.
+    ``_word_tokens("Привет, мир!", False)`` is ``["привет", "мир"]``;
+    ``_word_tokens("東京 Tower", True)`` is ``["東", "京", "tower"]``.
+    """
+    tokens: list[str] = []
+    run: list[str] = []
+    for ch in text.lower():
+        if unsegmented_as_characters and _in(ch, _UNSEGMENTED):
+            if run:
+                tokens.append("".join(run))
+                run = []
+            if unicodedata.category(ch)[0] in "LN":
+                tokens.append(ch)
+        elif unicodedata.category(ch)[0] in "LNM":
+            run.append(ch)
+        elif run:
+            tokens.append("".join(run))
+            run = []
+    if run:
+        tokens.append("".join(run))
+    return tokens
+
+
+class _Tokenizer:
+    """A ``rouge_score`` tokenizer (anything with ``tokenize(text) -> list[str]``)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def tokenize(self, text: str) -> list[str]:
+        if self.name == "words":
+            return _word_tokens(text, False)
+        if self.name == "characters":
+            return _word_tokens(text, True)
+        import jieba  # a large dictionary: loaded only when Chinese is scored
+
+        jieba.setLogLevel(60)
+        return [t for piece in jieba.lcut(text) for t in _word_tokens(piece, False)]
+
+
+def choose_tokenizer(texts: Sequence[str]) -> str:
+    """The tokenizer ``auto`` stands for, from the letters of ``texts`` (the references).
+
+    ``default`` when at least half of the letters are Latin (code points below U+0250), so
+    English scores as ``rouge_score`` scores it; otherwise ``characters`` if any kana, Thai,
+    Lao, Khmer, Myanmar or Tibetan letter occurs, else ``jieba`` if any Han character occurs,
+    else ``words``. ``choose_tokenizer(["今天天气很好"])`` is ``"jieba"``;
+    ``choose_tokenizer(["今日は晴れ"])`` is ``"characters"``; ``["Привет"]`` gives ``"words"``.
+    """
+    latin = other = 0
+    unsegmented_non_han = han = False
+    for text in texts:
+        for ch in text:
+            if not ch.isalpha():
+                continue
+            if ord(ch) < 0x250:
+                latin += 1
+                continue
+            other += 1
+            if _in(ch, _HAN):
+                han = True
+            elif _in(ch, _UNSEGMENTED):
+                unsegmented_non_han = True
+    if latin >= other:
+        return "default"
+    if unsegmented_non_han:
+        return "characters"
+    return "jieba" if han else "words"
 
 
 @lru_cache(maxsize=None)
-def _scorer(*metrics: str) -> rouge_scorer.RougeScorer:
-    """A shared scorer for ``metrics``; built (with its stemmer) once, which keeps scoring fast."""
-    return rouge_scorer.RougeScorer(list(metrics), use_stemmer=True)
+def _scorer(tokenizer: str, *metrics: str) -> rouge_scorer.RougeScorer:
+    """A shared scorer for ``metrics``; built (with its stemmer) once, which keeps scoring fast.
+
+    ``default`` is ``rouge_score``'s own tokenizer with the Porter stemmer; the others have no
+    stemmer (it is English-only).
+    """
+    if tokenizer == "default":
+        return rouge_scorer.RougeScorer(list(metrics), use_stemmer=True)
+    return rouge_scorer.RougeScorer(list(metrics), tokenizer=_Tokenizer(tokenizer))
 
 
-def score_one(prediction: str, reference: str) -> dict[str, Score]:
+def score_one(prediction: str, reference: str, tokenizer: str = "default") -> dict[str, Score]:
     """ROUGE of one prediction against one reference: ``{metric: {precision, recall, fmeasure}}``.
 
     ``rouge1``, ``rouge2`` and ``rougeL`` see the texts as given; ``rougeLsum`` sees them after
     ``split_sentences``. An empty (or whitespace/punctuation-only) prediction or reference
-    scores 0 everywhere.
+    scores 0 everywhere. ``tokenizer`` is one of ``TOKENIZERS`` other than ``auto``.
     """
     # rouge_score's argument order is (target, prediction).
-    scores = dict(_scorer("rouge1", "rouge2", "rougeL").score(reference, prediction))
-    lsum = _scorer("rougeLsum").score(split_sentences(reference), split_sentences(prediction))
+    scores = dict(_scorer(tokenizer, "rouge1", "rouge2", "rougeL").score(reference, prediction))
+    lsum = _scorer(tokenizer, "rougeLsum").score(split_sentences(reference), split_sentences(prediction))
     scores.update(lsum)
     # float(): rouge_score returns the int 0 for an empty LCS.
     return {
@@ -103,9 +222,13 @@ def _combine(per_reference: list[dict[str, Score]], multi_ref: MultiRef) -> dict
 
 
 def _check_inputs(
-    predictions: Sequence[str], references: Sequence[Sequence[str]], multi_ref: str
+    predictions: Sequence[str], references: Sequence[Sequence[str]], multi_ref: str,
+    tokenizer: str = "auto",
 ) -> None:
     """Raise ``ScoreError`` for inputs that cannot be scored."""
+    if tokenizer not in TOKENIZERS:
+        raise ScoreError(f"unknown ROUGE tokenizer {tokenizer!r}",
+                         hint="use one of " + ", ".join(TOKENIZERS))
     if multi_ref not in MULTI_REF_MODES:
         raise ScoreError(f"unknown multi-reference mode {multi_ref!r}", hint="use 'mean' or 'max'")
     if len(predictions) != len(references):
@@ -202,6 +325,7 @@ class RougeResult:
     n_bootstrap: int = 1000
     seed: int = 0
     metrics: tuple[str, ...] = field(default=METRICS)
+    tokenizer: str = "default"
 
     def f1(self, metric: str) -> float:
         """The mean F1 of ``metric``."""
@@ -215,6 +339,7 @@ class RougeResult:
             "confidence": self.confidence,
             "n_bootstrap": self.n_bootstrap,
             "seed": self.seed,
+            "tokenizer": self.tokenizer,
             "metrics": list(self.metrics),
             "aggregate": self.aggregate,
         }
@@ -231,6 +356,7 @@ def score_pairs(
     confidence: float = 0.95,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    tokenizer: str = "auto",
 ) -> RougeResult:
     """Score ``predictions[i]`` against the references ``references[i]``.
 
@@ -244,6 +370,8 @@ def score_pairs(
         confidence: level of the percentile bootstrap interval, in (0, 1).
         n_bootstrap: number of resamples over samples; 0 skips the interval.
         seed: seed of the numpy ``Generator`` used for resampling.
+        tokenizer: one of ``TOKENIZERS``; ``auto`` picks one from the references
+            (``choose_tokenizer``). The one used is ``RougeResult.tokenizer``.
 
     The aggregate is the plain mean over samples (``evaluate``'s default aggregator reports a
     bootstrap median instead; see the module docstring). For ``rougeLsum`` the text is split
@@ -251,15 +379,17 @@ def score_pairs(
 
     Raises:
         ScoreError: mismatched lengths, no samples, an empty reference list, non-string text,
-            or an unknown ``multi_ref``.
+            or an unknown ``multi_ref`` or ``tokenizer``.
     """
-    _check_inputs(predictions, references, multi_ref)
+    _check_inputs(predictions, references, multi_ref, tokenizer)
+    if tokenizer == "auto":
+        tokenizer = choose_tokenizer([r for refs in references for r in refs])
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
     per_sample = [
-        _combine([score_one(pred, ref) for ref in refs], multi_ref)
+        _combine([score_one(pred, ref, tokenizer) for ref in refs], multi_ref)
         for pred, refs in zip(predictions, references)
     ]
     return RougeResult(
@@ -270,6 +400,7 @@ def score_pairs(
         confidence=confidence,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        tokenizer=tokenizer,
     )
 
 
@@ -324,7 +455,9 @@ def markdown_table(results: Mapping[str, RougeResult], *, baseline: str | None =
 def _table_note(results: list[RougeResult]) -> str:
     """The note under the table: units, interval level and resample count."""
     first = results[0]
-    note = "ROUGE F1 × 100 (mean over samples, Porter stemmer)"
+    tokenizers = sorted({r.tokenizer for r in results})
+    words = ", ".join("Porter stemmer" if t == "default" else f"{t} tokens" for t in tokenizers)
+    note = f"ROUGE F1 × 100 (mean over samples, {words})"
     if first.n_bootstrap > 0:
         level = f"{first.confidence * 100:g}%"
         note += f"; [low, high] = {level} percentile bootstrap CI, {first.n_bootstrap} resamples"

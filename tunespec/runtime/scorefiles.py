@@ -329,12 +329,14 @@ def score_files(
     confidence: float = 0.95,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    tokenizer: str = "auto",
 ) -> dict:
     """Score a predictions JSONL file against a references JSONL file with ROUGE.
 
     Samples are scored in the order of the predictions file. Returns a JSON-able dict:
     ``predictions``, ``references`` (the paths), ``reference_fields`` (``None`` for the
-    default fields), ``n``, ``multi_ref``, ``confidence``, ``n_bootstrap``, ``seed``,
+    default fields), ``n``, ``multi_ref``, ``confidence``, ``n_bootstrap``, ``seed``, ``tokenizer``
+    (the ROUGE tokenizer used: ``auto`` resolved, see ``rouge.choose_tokenizer``),
     ``metrics`` and ``aggregate`` (``{metric: {fmeasure, precision, recall, ci_low, ci_high}}``,
     fractions rounded to 6 decimals). Raises ``ScoreError`` for any invalid input.
     """
@@ -349,6 +351,7 @@ def score_files(
         confidence=confidence,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        tokenizer=tokenizer,
     )
     return {
         "predictions": str(pred_path),

@@ -29,3 +29,9 @@ class EvaluationSpec(Section):
         None, description="Fields holding references (several for multi-reference); default: the format's answer field."
     )
     multi_ref: Literal["mean", "max"] = Field("mean", description="How several references combine per sample.")
+    rouge_tokenizer: Literal["auto", "default", "jieba", "characters", "words"] = Field(
+        "auto",
+        description="ROUGE's tokens: auto picks by the references' script (default for Latin text, jieba for "
+        "Chinese, characters for Japanese/Thai, words otherwise); default = rouge_score's (ASCII only, Porter "
+        "stemmer); jieba = jieba words; characters = one token per CJK/Thai character; words = Unicode words.",
+    )
