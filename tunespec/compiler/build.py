@@ -40,7 +40,7 @@ from ..verify import seal_lock
 from .formats import FORMATS
 from .model_cache import load_for_compile
 from .records import Record
-from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_inputs, source_names
+from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_names, sources_inputs
 from .templates import Template, chat_generation_prompt, load_template
 from .tokenize import context_length, first_doubled, manifest_prefix, special_prefix, tokenize_examples
 
@@ -176,7 +176,7 @@ def compile_build(
     spec = loaded.spec
     data = spec.data
     template = template_of(loaded)
-    inputs = [source_inputs(s) for s in data.sources]
+    inputs = sources_inputs(data.sources)
     key = input_key(loaded, template, inputs)
     out = Path(out)
     refuse_overlap(out, [loaded.file, *loaded.extends, *(Path(f["file"]) for i in inputs for e in i

@@ -25,6 +25,7 @@ import difflib
 import glob
 import io
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,33 @@ _SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "cs
 _FMT_ALIASES = {"json": "json", "jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv", "parquet": "parquet"}
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 _GLOB_CHARS = ("*", "?", "[")
+
+
+class _NotData(ValueError):
+    """A JSON value Python's parser accepts but no row may hold: NaN/Infinity, or a key twice in one object."""
+
+    def __init__(self, message: str, hint: str):
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NotData(f"{name} is not a JSON number (Python's parser accepts it; it would train as the text "
+                   f"{str(float(name)).lower()!r})", "write the value as a string, or remove the row")
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _NotData(f"the key {twice!r} appears twice in one object (a JSON parser keeps only the last)",
+                       "keep one of the two values")
+    return row
+
+
+# every JSON value a data file holds goes through these hooks: no NaN/Infinity, no key given twice
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
 
 
 @dataclass(frozen=True)
@@ -182,7 +210,9 @@ def _json_error(path: Path, exc: json.JSONDecodeError, hint: str | None = None) 
 
 def _unparsable(path: Path, exc: Exception, line: int) -> DataError:
     """Valid JSON syntax that Python cannot load: nesting too deep, or an integer too long."""
-    if isinstance(exc, RecursionError):
+    if isinstance(exc, _NotData):
+        message, hint = exc.message, exc.hint
+    elif isinstance(exc, RecursionError):
         message, hint = "JSON nested too deeply", "flatten the value: rows hold text fields, not deep structures"
     else:
         message, hint = f"cannot load this JSON value: {exc}", "write very long numbers as strings"
@@ -209,9 +239,10 @@ def _type_name(value: object) -> str:
 def _parse_json_array(path: Path, text: str) -> tuple[list[dict], list[int]]:
     """Parse a JSON array of objects element by element, noting the line each element starts on.
 
-    Elements are decoded with the C-accelerated ``raw_decode``, so this is as fast as ``json.loads``.
+    Elements are decoded with the C-accelerated ``raw_decode`` (through the hooks that refuse NaN/Infinity and
+    a key given twice).
     """
-    decoder = json.JSONDecoder()
+    decoder = _DECODER
     pos = _JSON_WS.match(text, 0).end()
     if text[pos] != "[":
         _raise_not_array(path, text, pos, decoder)
@@ -304,7 +335,7 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], list[int]]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = _DECODER.decode(line)
         except json.JSONDecodeError as exc:
             hint = "each line must be one complete JSON object"
             if not rows and line.strip() in ("[", "{"):
@@ -432,7 +463,7 @@ def expand_glob(pattern: str, base_dir: Path) -> list[Path]:
     """The files ``pattern`` names, sorted; relative patterns are taken from ``base_dir``.
 
     ``**`` matches any number of directories. A plain path (no ``* ? [``) must name an existing file.
-    Nothing matching is a ``DataError``.
+    Nothing matching is a ``DataError``, and so is a matched link to a missing file (never skipped).
     """
     target = Path(pattern).expanduser()
     if not target.is_absolute():
@@ -449,7 +480,13 @@ def expand_glob(pattern: str, base_dir: Path) -> list[Path]:
                 )
             )
         raise DataError(_missing_file_problem(target))
-    matches = sorted(Path(p) for p in glob.glob(str(target), recursive=True) if Path(p).is_file())
+    found = sorted(Path(p) for p in glob.glob(str(target), recursive=True))
+    dangling = [p for p in found if p.is_symlink() and not p.exists()]
+    if dangling:  # refused, not skipped: the pattern names a file whose rows would silently be missing
+        raise DataError([Problem(f"is a link to a missing file ({os.readlink(p)}), matched by {pattern!r}",
+                                 file=str(p), hint="fix or remove the link, or narrow the pattern")
+                         for p in dangling])
+    matches = [p for p in found if p.is_file()]  # directories a pattern matches (`**`) hold the files
     if matches:
         return matches
     raise DataError(Problem(f"no file matches the pattern {pattern!r}", file=str(target), hint=_glob_hint(target)))

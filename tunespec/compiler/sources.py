@@ -9,6 +9,7 @@ permutation. Every dropped row is counted by reason; ``strict`` makes any drop a
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -96,6 +97,32 @@ def source_inputs(src: SourceSpec) -> list[dict]:
     elif src.data_files:
         entry["data_files"] = list(src.data_files)
     return [entry]
+
+
+def sources_inputs(sources: list[SourceSpec]) -> list[list[dict]]:
+    """`source_inputs` of every source; a file that two sources (or two globs) resolve to is refused, since
+    reading it twice would train each of its rows twice. Files are compared by their real path, so a link
+    to a file another source reads counts as the same file."""
+    inputs = [source_inputs(s) for s in sources]
+    first: dict[str, int] = {}
+    problems = []
+    for i, entries in enumerate(inputs):
+        for entry in entries:
+            if "file" not in entry:
+                continue
+            real = os.path.realpath(entry["file"])
+            if real not in first:
+                first[real] = i
+                continue
+            j = first[real]
+            by = f"data.sources.{j}" if j != i else "this source's pattern (through a link)"
+            problems.append(Problem(f"{entry['file']} is also read by {by}: its rows would be "
+                                        "read twice", path=f"data.sources.{i}",
+                                        hint="list each file in one source only (narrow the glob, or remove "
+                                        "this source)"))
+    if problems:
+        raise DataError(problems)
+    return inputs
 
 
 def _read_hub(src: SourceSpec) -> list[dict]:
