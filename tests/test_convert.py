@@ -149,7 +149,7 @@ def test_sharegpt_to_messages_openai_tool_calls(tmp_path):
     assert row["messages"][1] == {
         "role": "assistant",
         "content": "Checking.",
-        "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}],
+        "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}],
     }
     assert row["messages"][2] == {"role": "tool", "content": "sunny"}
     assert row["tools"] == [{"type": "function", "function": {"name": "weather"}}]
@@ -208,7 +208,7 @@ def test_chat_to_alpaca_drops_what_it_cannot_hold(tmp_path):
         {
             "conversations": [
                 {"from": "human", "value": "q"},
-                {"from": "function_call", "value": "{}"},
+                {"from": "function_call", "value": '{"name": "f", "arguments": {}}'},
                 {"from": "observation", "value": "r"},
                 {"from": "gpt", "value": "a"},
             ]

@@ -282,13 +282,14 @@ def test_sharegpt_system_turn_at_start_is_allowed():
         (turns(("human", "q")), "no assistant turn"),
         (turns(("human", "q"), ("gpt", "a"), ("human", "q2")), "conversation does not end with an assistant turn"),
         (turns(("human", "q"), ("observation", "r"), ("gpt", "a")), "tool result without a preceding tool call"),
-        (turns(("human", "q"), ("function_call", "{}"), ("gpt", "a")), "tool call not followed by a tool result"),
+        (turns(("human", "q"), ("function_call", '{"name": "f", "arguments": {}}'), ("gpt", "a")), "tool call not followed by a tool result"),
+            (turns(("human", "q"), ("function_call", "{}"), ("observation", "r"), ("gpt", "a")), "tool call is not a JSON object {name, arguments}"),
         (
             turns(("human", "q"), ("gpt", "a"), ("system", "s"), ("human", "q"), ("gpt", "a")),
             "system message not at the start",
         ),
         (turns(("human", "q"), ("gpt", "  ")), "empty assistant turn"),
-        (turns(("human", "q"), ("gpt", ["a"])), "turn content is not text (got list)"),
+        (turns(("human", "q"), ("gpt", ["a"])), "non-text content part"),
         ([{"from": "human"}], "turn without 'value'"),
         ([{"value": "x"}], "turn without 'from'"),
         (["hi"], "turn is not an object (got str)"),
@@ -326,7 +327,7 @@ def test_sharegpt_custom_tags():
 
 def test_tool_results_may_follow_each_other_and_be_empty():
     conversation = turns(
-        ("human", "q"), ("function_call", "[1, 2]"), ("observation", ""), ("observation", "r"), ("gpt", "a")
+        ("human", "q"), ("function_call", '[{"name": "f", "arguments": {}}, {"name": "g"}]'), ("observation", ""), ("observation", "r"), ("gpt", "a")
     )
     assert one("sharegpt", {"conversations": conversation}).messages[3]["content"] == "r"
 
@@ -367,7 +368,7 @@ def test_messages_parts_tool_calls_and_tools():
 
 
 def test_messages_several_calls_and_no_content():
-    calls = [{"type": "function", "function": {"name": n, "arguments": "not json"}} for n in ("a", "b")]
+    calls = [{"type": "function", "function": {"name": n, "arguments": '{"x": 1}'}} for n in ("a", "b")]
     row = {
         "messages": [
             {"role": "user", "content": "q"},
@@ -380,9 +381,12 @@ def test_messages_several_calls_and_no_content():
     record = one("messages", row)
     assert [m["role"] for m in record.messages] == ["user", "tool_call", "tool", "tool", "assistant"]
     assert json.loads(record.messages[1]["content"]) == [
-        {"name": "a", "arguments": "not json"},
-        {"name": "b", "arguments": "not json"},
+        {"name": "a", "arguments": {"x": 1}},
+        {"name": "b", "arguments": {"x": 1}},
     ]
+    bad = [{"type": "function", "function": {"name": "a", "arguments": "not json"}}]
+    row["messages"][1]["tool_calls"] = bad
+    assert reason("messages", [row]) == "tool call arguments are not JSON"
 
 
 @pytest.mark.parametrize(
@@ -393,7 +397,7 @@ def test_messages_several_calls_and_no_content():
                 {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
                 {"role": "assistant", "content": "a"},
             ],
-            "non-text content part",
+            "image content part (only text is trained)",
         ),
         ([{"role": "user", "content": "q"}, {"role": "xyz", "content": "a"}], "unknown role 'xyz'"),
         (

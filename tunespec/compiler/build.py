@@ -39,7 +39,7 @@ from ..spec.render import resolved_dict, to_yaml
 from ..verify import seal_lock
 from .formats import FORMATS
 from .model_cache import load_for_compile
-from .records import Record
+from .records import Record, openai_messages, openai_tools
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_names, sources_inputs
 from .templates import Template, chat_generation_prompt, load_template
 from .tokenize import context_length, first_doubled, manifest_prefix, special_prefix, tokenize_examples
@@ -135,9 +135,12 @@ def _record_row(rec: Record, template: Template, fmt: str, segments, tokenizer, 
         refs = [rec.fields.get(f, "") for f in ref_fields] if rec.fields else []
     else:
         messages = template.messages_of(rec, fmt)
-        row["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
-        if rec.tools:
-            row["tools"] = rec.tools
+        # the OpenAI/TRL schema (tool_calls with arguments as objects, tool results, a tools list):
+        # what TRL and chat templates read; the canonical tool_call role stays internal
+        row["messages"] = openai_messages(messages)
+        tools = openai_tools(rec.tools)
+        if tools:
+            row["tools"] = tools
         row["eval_prompt"] = chat_generation_prompt(segments, tokenizer.eos_token, add_eos)
         last = [m["content"] for m in messages if m["role"] in ("assistant", "tool_call")]
         refs = [rec.fields.get(f, "") for f in ref_fields] if (rec.fields and ref_fields) else last[-1:]

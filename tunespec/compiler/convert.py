@@ -56,7 +56,7 @@ from pathlib import Path
 from tunespec.atomic import refuse_overlap, write_text
 from tunespec.compiler.files import read_table
 from tunespec.compiler.formats import Dropped, RowConverter, drop_summary, join_instruction
-from tunespec.compiler.records import Record
+from tunespec.compiler.records import NotOpenAI, Record, openai_messages, openai_tools
 from tunespec.errors import DataError, Problem
 
 CONVERT_FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion")
@@ -219,46 +219,14 @@ def _as_chat(record: Record, from_fmt: str, extras: dict) -> _Chat:
 
 
 def _messages_row(chat: _Chat) -> dict:
-    out: list[dict] = []
-    previous = None
-    for message in chat.messages:
-        role, content = message["role"], message["content"]
-        if role == "tool_call":
-            calls = _openai_calls(content)
-            if previous == "assistant":
-                out[-1]["tool_calls"] = calls
-            else:
-                out.append({"role": "assistant", "content": None, "tool_calls": calls})
-        else:
-            out.append({"role": role, "content": content})
-        previous = role
-    row: dict = {"messages": out}
-    if chat.tools is not None:
-        tools = json.loads(chat.tools)
-        if not isinstance(tools, list):
-            raise Dropped("tools is not a JSON list")
-        row["tools"] = [t if _is_openai_tool(t) else {"type": "function", "function": t} for t in tools]
-    return row
-
-
-def _is_openai_tool(tool: object) -> bool:
-    return isinstance(tool, dict) and tool.get("type") == "function" and "function" in tool
-
-
-def _openai_calls(content: str) -> list[dict]:
-    """Canonical tool_call content (``{"name", "arguments"}`` JSON, or a list) as OpenAI ``tool_calls``."""
     try:
-        parsed = json.loads(content)
-    except (ValueError, RecursionError):
-        raise Dropped("tool call is not JSON") from None
-    calls = parsed if isinstance(parsed, list) else [parsed]
-    out = []
-    for call in calls:
-        if not isinstance(call, dict) or set(call) != {"name", "arguments"} or not isinstance(call["name"], str):
-            raise Dropped("tool call is not a JSON object {name, arguments}")
-        arguments = json.dumps(call["arguments"], ensure_ascii=False)
-        out.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
-    return out
+        row: dict = {"messages": openai_messages(chat.messages)}
+        tools = openai_tools(chat.tools)
+    except NotOpenAI as e:
+        raise Dropped(str(e)) from None
+    if tools is not None:
+        row["tools"] = tools
+    return row
 
 
 def _sharegpt_row(chat: _Chat) -> dict:

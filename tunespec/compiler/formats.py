@@ -73,7 +73,15 @@ A conversation is valid (``chat_problem`` returns ``None``) when:
 2. then it starts with a user turn, and every turn follows one it may follow:
    user -> assistant | tool_call; assistant -> user | tool_call; tool_call -> tool;
    tool -> tool | assistant | tool_call (several results may answer a multi-call);
-3. it has an assistant (or tool_call) turn and ends with one.
+3. it has an assistant (or tool_call) turn and ends with one;
+4. a per-turn training flag of 1 is only on assistant turns, and at least one assistant turn is trained.
+
+Per-turn training flags: a turn's ``loss_weight`` (LLaMA-Factory v1) or ``weight`` (0 or 1) or ``train``
+(true/false) becomes the message's ``"weight"`` (0.0 or 1.0): 0 = the turn is not trained, 1 = it is.
+A fractional weight drops the row (``"turn 'loss_weight' is 0.5: only 0 (not trained) or 1 (trained) is
+supported"``), as does a flag of the wrong type. Content parts may be OpenAI's ``{"type": "text", "text": …}``
+or LLaMA-Factory v1's ``{"type": "text", "value": …}`` (in ``messages`` and ``sharegpt``); an image, audio
+or video part drops the row (``"image content part (only text is trained)"``).
 """
 
 from __future__ import annotations
@@ -84,7 +92,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from tunespec.compiler.records import Record
+from tunespec.compiler.records import NotOpenAI, Record, openai_calls
 from tunespec.errors import DataError, Problem
 
 TAG_KEYS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag", "tool_call_tag", "tool_tag")
@@ -217,9 +225,13 @@ def chat_problem(messages: list[dict[str, str]]) -> str | None:
             return "system message not at the start"
         if message["role"] != "tool" and not message["content"].strip():
             return f"empty {message['role']} turn"
+        if message.get("weight", 0) > 0 and message["role"] not in ("assistant", "tool_call"):
+            return f"training flag on a {message['role']} turn (only assistant turns are trained)"
     turns = messages[start:]
     if not any(m["role"] in ("assistant", "tool_call") for m in turns):
         return "no assistant turn"
+    if not any(m["role"] in ("assistant", "tool_call") and m.get("weight", 1) > 0 for m in turns):
+        return "no trained turn (every assistant turn has a training flag of 0)"
     if turns[0]["role"] != "user":
         return "conversation does not start with a user turn"
     for before, after in zip(turns, turns[1:]):
@@ -456,15 +468,22 @@ class RowConverter:
         if role is None:
             raise Dropped(f"unknown role {_short(tag)!r}")
         calls = turn.get("tool_calls") if self.info.name == "messages" and role == "assistant" else None
+        weight = _turn_weight(turn)
+        flag = {} if weight is None else {"weight": weight}
         if calls:  # OpenAI: text (optional) then the calls
             content = turn.get(self.content_key)
             text = "" if _is_null(content) else _content_text(content, parts=True)
-            messages = [{"role": "assistant", "content": text}] if text.strip() else []
-            return messages + [{"role": "tool_call", "content": _calls_json(calls)}]
+            messages = [{"role": "assistant", "content": text, **flag}] if text.strip() else []
+            return messages + [{"role": "tool_call", "content": _calls_json(calls), **flag}]
         if self.content_key not in turn:
             raise Dropped(f"turn without {self.content_key!r}")
-        parts = self.info.name == "messages"
-        return [{"role": role, "content": _content_text(turn[self.content_key], parts=parts)}]
+        content = _content_text(turn[self.content_key], parts=True)
+        if role == "tool_call":  # ShareGPT function_call: the call as JSON {name, arguments}
+            try:
+                openai_calls(content)
+            except NotOpenAI as e:
+                raise Dropped(str(e)) from None
+        return [{"role": role, "content": content, **flag}]
 
 
 # ---------------------------------------------------------------------------- values
@@ -515,11 +534,50 @@ def _content_text(content: object, *, parts: bool) -> str:
     if parts and isinstance(content, list):
         texts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                if isinstance(kind, str) and kind.split("_")[0] in _MEDIA:
+                    raise Dropped(f"{kind.split('_')[0]} content part (only text is trained)")
                 raise Dropped("non-text content part")
-            texts.append(part["text"])
+            # OpenAI: {"type": "text", "text": ...}; LLaMA-Factory v1: {"type": "text", "value": ...}
+            text = part.get("text", part.get("value"))
+            if not isinstance(text, str):
+                raise Dropped("text content part without text")
+            texts.append(text)
         return "".join(texts)
     return _text(content, "turn content")
+
+
+_MEDIA = ("image", "audio", "video", "input")  # input_audio, input_image (OpenAI)
+
+# per-turn training flags, in the order they are read: (key, bool-valued)
+TURN_FLAGS = (("loss_weight", False), ("weight", False), ("train", True))
+
+
+def _turn_weight(turn: dict) -> float | None:
+    """A turn's training flag as 0.0 (not trained) or 1.0 (trained); None when it has none.
+
+    ``loss_weight`` (LLaMA-Factory v1) and ``weight``: a number, 0 = not trained, 1 = trained (a
+    fractional weight is refused: tunespec trains a token or does not); ``train``: true/false."""
+    found = None
+    for key, boolean in TURN_FLAGS:
+        if key not in turn or _is_null(turn[key]):
+            continue
+        value = turn[key]
+        if boolean:
+            if not isinstance(value, bool):
+                raise Dropped(f"turn {key!r} is not true/false (got {_kind(value)})")
+            weight = 1.0 if value else 0.0
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise Dropped(f"turn {key!r} is not a number (got {_kind(value)})")
+            if value not in (0, 1):
+                raise Dropped(f"turn {key!r} is {value!r}: only 0 (not trained) or 1 (trained) is supported")
+            weight = float(value)
+        if found is not None and weight != found:
+            raise Dropped("turn training flags disagree")
+        found = weight
+    return found
 
 
 def _calls_json(calls: object) -> str:
@@ -529,14 +587,14 @@ def _calls_json(calls: object) -> str:
     out = []
     for call in calls:
         function = call.get("function", call) if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
             raise Dropped("tool call without a function name")
         arguments = function.get("arguments", {})
         if isinstance(arguments, str):
             try:
                 arguments = json.loads(arguments)
             except (ValueError, RecursionError):
-                pass  # not JSON: keep the text as it is
+                raise Dropped("tool call arguments are not JSON") from None
         out.append({"name": function["name"], "arguments": arguments})
     return json.dumps(out[0] if len(out) == 1 else out, ensure_ascii=False)
 
@@ -552,6 +610,8 @@ def _tools_text(value: object) -> str | None:
             parsed = json.loads(value)
         except (ValueError, RecursionError):
             raise Dropped("field 'tools' is not valid JSON") from None
+        if not isinstance(parsed, (list, dict)):
+            raise Dropped(f"field 'tools' is not a list of definitions (got {_kind(parsed)})")
         unwrapped = _unwrap_tools(parsed)
         return value if unwrapped is parsed else json.dumps(unwrapped, ensure_ascii=False)
     if isinstance(value, (list, dict)):

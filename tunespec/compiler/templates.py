@@ -221,7 +221,7 @@ class Template:
             ctx = {"content": m["content"], "role": role}
             if role in ("assistant", "tool_call"):
                 start, turn, end = self._blocks(("assistant_start", "assistant", "assistant_end"), ctx)
-                out += [Segment(start, False), Segment(turn, True), Segment(end, False)]
+                out += [Segment(start, False), Segment(turn, m.get("weight", 1) > 0), Segment(end, False)]
             else:
                 out.append(Segment(self._block(role if role in CHAT_BLOCKS else "user", ctx), False))
         return [s for s in out if s.text]
@@ -286,7 +286,7 @@ def _render_with_tokenizer(messages: list[dict[str, str]], tokenizer, tools: str
             raise TemplateError("the model's chat template does not render conversations as growing prefixes",
                                 hint="use a library chat template such as chatml")
         segments.append(Segment(before[len(done):], False))
-        segments.append(Segment(through[len(before):], True))
+        segments.append(Segment(through[len(before):], m.get("weight", 1) > 0))
         done = through
     full = _apply_template(tokenizer, hf, add_generation_prompt=False, tools=tools)
     if full.startswith(done) and len(full) > len(done):
