@@ -175,15 +175,29 @@ def _big_row_file(path: Path) -> Path:
 def _run_setup(case: dict, d: Path, ctx: dict) -> None:
     """A case's `setup`: Python run before the command, in a namespace with `ctx` (the placeholders: it may add
     more), `d` (the case's own fresh directory), `copy_build(name)` (a private copy of the compiled tiny build),
-    and Path, json, os, shutil. Used to damage builds, make symlinks, write files that cannot be stored."""
+    `spec_yaml(overrides)` (the valid tiny spec as block YAML text), and Path, json, os, shutil. Used to damage builds, make symlinks, write files that cannot be stored."""
     def copy_build(name: str = "build") -> Path:
         target = d / name
         if not target.exists():
             shutil.copytree(ctx["build"], target, symlinks=True)
         return target
 
+    def spec_yaml(overrides: dict | None = None) -> str:
+        """The valid tiny spec (with `overrides`, dotted keys) as block-style YAML text, for cases that edit it."""
+        import io
+
+        doc = helpers.base_spec(ctx["tiny"])
+        for key, value in (overrides or {}).items():
+            helpers.set_dotted(doc, key, value)
+        buf = io.StringIO()
+        yaml = YAML(typ="safe", pure=True)
+        yaml.default_flow_style = False
+        yaml.dump(doc, buf)
+        return buf.getvalue()
+
     exec(compile(case["setup"], f"{case['corpus_file']}:{case['id']}:setup", "exec"),  # noqa: S102 - test input
-         {"ctx": ctx, "d": d, "copy_build": copy_build, "Path": Path, "json": json, "os": os, "shutil": shutil})
+         {"ctx": ctx, "d": d, "copy_build": copy_build, "spec_yaml": spec_yaml, "Path": Path, "json": json,
+          "os": os, "shutil": shutil})
 
 
 def prepare(case: dict, root: Path, env: dict) -> Prepared:
@@ -259,15 +273,23 @@ def check(case: dict, prep: Prepared, ran: Ran, before: dict[str, str]) -> None:
         else:
             assert not prep.out.exists() or before.get(str(prep.out)), f"{prep.out} was left behind\n{shown}"
             assert not list(prep.out.parent.glob(f".{prep.out.name}.tmp-*")), f"a temporary build was left\n{shown}"
+    if expected_exit != 0 and prep.ctx.get("tmp"):
+        left = sorted(str(p) for p in Path(prep.ctx["tmp"]).rglob(".*.tmp-*"))
+        assert not left, f"a temporary output was left: {left}\n{shown}"
     for path, digest in before.items():
         assert tree_digest(Path(path)) == digest, f"{path} was changed\n{shown}"
 
 
-def _snapshot(prep: Prepared) -> dict[str, str]:
-    """What must not change: an existing file or directory the command was told to write to."""
+def _snapshot(prep: Prepared, case: dict | None = None) -> dict[str, str]:
+    """What must not change: an existing file or directory the command was told to write to, and every path the
+    case lists under `keep:` (placeholders filled; inputs, the user's folders)."""
+    kept = {}
     if prep.out is not None and prep.out.exists():
-        return {str(prep.out): tree_digest(prep.out)}
-    return {}
+        kept[str(prep.out)] = tree_digest(prep.out)
+    for path in _fill((case or {}).get("keep") or [], prep.ctx):
+        if Path(path).exists():
+            kept[str(path)] = tree_digest(Path(path))
+    return kept
 
 
 def _case_params():
@@ -300,7 +322,7 @@ def process_runs(corpus_env) -> dict[str, tuple[Prepared, Ran, dict]]:
 
     def one(case):
         prep = prepare(case, root, corpus_env)
-        before = _snapshot(prep)
+        before = _snapshot(prep, case)
         return case["id"], (prep, run_process(prep.args, corpus_env["cache"], timeout=case.get("timeout", 180)),
                             before)
 
@@ -336,7 +358,7 @@ def test_bad_input(case, corpus_env, process_runs, tunespec_env, monkeypatch):
     else:
         monkeypatch.chdir(REPO)
         prep = prepare(case, corpus_env["root"] / "in-process", corpus_env)
-        before = _snapshot(prep)
+        before = _snapshot(prep, case)
         ran = run_in_process(prep.args)
     check(case, prep, ran, before)
 
