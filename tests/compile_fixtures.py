@@ -127,6 +127,22 @@ def load_split(build: Path, split: str):
     return manifest, rows, [(ids[a:b].tolist(), trained[a:b].tolist()) for a, b in zip(offsets[:-1], offsets[1:])]
 
 
+def _trained_turns(messages: list[dict]) -> list[str]:
+    """The text of each trained turn of an OpenAI/TRL-schema row, read independently of tunespec: an
+    assistant message's text, then its ``tool_calls`` as one JSON turn ``{"name", "arguments"}`` (a list
+    when there are several); turns marked ``train: false`` are not trained."""
+    out = []
+    for m in messages:
+        if m["role"] != "assistant" or m.get("train") is False:
+            continue
+        if m.get("content"):
+            out.append(m["content"])
+        calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in m.get("tool_calls") or []]
+        if calls:
+            out.append(json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False))
+    return out
+
+
 def _spans(trained: list[int]) -> list[tuple[int, int]]:
     spans, start = [], None
     for i, t in enumerate(trained + [0]):
@@ -187,12 +203,12 @@ def check_build(build: Path, *, turn_end: str | None = None, splits=None) -> int
                 assert prefix + enc(row["prompt"]) == ids[:start], where  # the runtime's way (evaluate.generate)
             else:
                 assert turn_end is not None, "chat builds need the template's turn_end"
-                turns = [m for m in row["messages"] if m["role"] in ("assistant", "tool_call")]
+                turns = _trained_turns(row["messages"])
                 assert len(spans) == len(turns), (where, len(spans), len(turns))
                 stripped = turn_end.rstrip()
                 tail = stripped if stripped.endswith(eos_text) else turn_end + eos_text
-                for (a, b), m in zip(spans, turns):
-                    assert decode(ids[a:b]) == m["content"] + tail, (where, decode(ids[a:b]), m["content"] + tail)
+                for (a, b), text in zip(spans, turns):
+                    assert decode(ids[a:b]) == text + tail, (where, decode(ids[a:b]), text + tail)
                     assert ids[b - 1] == eos and labels[b - 1] == eos, where
                 last = spans[-1][0]
                 assert enc(row["eval_prompt"], special=True) == ids[:last], where

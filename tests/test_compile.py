@@ -311,7 +311,9 @@ def test_mixed_sources_sharegpt_and_alpaca_with_chatml(tmp_path):
 
 
 def test_duplicate_ids_are_counted(tmp_path):
-    data = {"format": "qa", "sources": [{"path": str(QA), "name": "first"}, {"path": str(QA), "name": "again"},
+    again = tmp_path / "qa_again.jsonl"
+    shutil.copyfile(QA, again)  # the same file listed twice is refused; a copy carries the same ids
+    data = {"format": "qa", "sources": [{"path": str(QA), "name": "first"}, {"path": str(again), "name": "again"},
                                         {"path": str(INSTRUCTIONS), "format": "alpaca", "name": "inst"}],
             "template": "alpaca"}
     spec = write_spec(tmp_path, data=data)

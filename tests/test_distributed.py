@@ -224,7 +224,7 @@ def test_checkpoints_are_written_once_with_every_process_rng(runs):
     for step in (2, 4, 6):
         ck = train / f"checkpoint-{step}"
         assert {p.name for p in ck.iterdir()} == {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt",
-                                                  "state.json"}
+                                                  "state.json", "files.json"}
         state = json.loads((ck / "state.json").read_text())
         assert (state["step"], state["world_size"]) == (step, 2)
         rng = torch.load(ck / "rng.pt", weights_only=False)

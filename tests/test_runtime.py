@@ -642,15 +642,18 @@ def test_resume_at_the_last_step_keeps_the_final_metrics(trained, tmp_path):
     assert final == want and final["loss"] > 0
 
 
-def test_empty_train_split_is_a_clean_error(tiny_build):
-    """A build whose train split kept no rows (all dropped as too long) fails with a message, not ZeroDivisionError."""
-    from tunespec.errors import TunespecError
+def test_empty_train_split_is_a_clean_error(tiny_build, build_from):
+    """A spec whose rows are all dropped (too long) is refused by the compiler; a build whose token files were
+    emptied afterwards is refused on read (its hashes no longer match), not a ZeroDivisionError."""
+    from tunespec.errors import DataError, TunespecError
 
+    with pytest.raises(DataError, match="no training rows are left"):
+        build_from(**{"data.tokenization.max_length": 16})
     tokens = tiny_build / "tokens"
     np.save(tokens / "train.ids.npy", np.zeros(0, dtype=np.int32))
     np.save(tokens / "train.trained.npy", np.zeros(0, dtype=np.uint8))
     np.save(tokens / "train.offsets.npy", np.zeros(1, dtype=np.int64))
-    with pytest.raises(TunespecError, match="train split has 0 rows"):
+    with pytest.raises(TunespecError, match="train.ids.npy: changed since it was compiled"):
         train_inprocess(tiny_build)
 
 

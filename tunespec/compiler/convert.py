@@ -306,7 +306,10 @@ OUTPUT_SUFFIXES = (".jsonl", ".json")
 
 
 def check_output(in_path: Path, out_path: Path) -> None:
-    """Refuse an output that is (or resolves to) the input, or whose suffix names a format convert does not write."""
+    """Refuse an output that is a directory, is (or resolves to) the input, or whose suffix names a format
+    convert does not write."""
+    if out_path.is_dir():
+        raise DataError(Problem("is a directory", file=str(out_path), hint="name an output file, e.g. OUT.jsonl"))
     if out_path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise DataError(Problem(f"convert writes JSON Lines (.jsonl) or a JSON array (.json), not {out_path.suffix or 'a file without a suffix'!r}",
                                 file=str(out_path), hint="name the output OUT.jsonl or OUT.json"))
