@@ -24,6 +24,7 @@ import platform
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -42,6 +43,7 @@ from .model_cache import load_for_compile
 from .records import Record, openai_messages, openai_tools
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_names, sources_inputs
 from .templates import Template, chat_generation_prompt, load_template
+from .tools import IGNORED, DROPPED, manifest_tools, place_tools
 from .tokenize import context_length, first_doubled, manifest_prefix, special_prefix, tokenize_examples
 
 FORMAT_VERSION = 1
@@ -240,11 +242,14 @@ def compile_build(
         (tmp / "tokens").mkdir()
         split_stats: dict[str, dict] = {}
         prefixed = 0  # rows that got the special prefix put before them (tokenize.manifest_prefix)
+        tool_counts: Counter = Counter()  # rows with tool definitions, by what happened to them (tools.py)
+        first_tool_row: dict[str, Record] = {}
         for split in SPLITS:
             records = splits[split]
             if not records:
                 continue
             fmts = [fmt_of[r.source.rsplit("#", 1)[0]] for r in records]
+            records = _placed_tools(records, fmts, template, tokenizer, data.tools, tool_counts, first_tool_row)
             rendering = (template.render(r, f, tokenizer) for r, f in zip(records, fmts))  # encoded as rendered
             tok = tokenize_examples(rendering, tokenizer, max_length=max_length, overlong=data.tokenization.overlong,
                                     train_on=train_on, add_eos=data.tokenization.add_eos)
@@ -315,6 +320,7 @@ def compile_build(
             "memory_estimate": memory.to_dict(),
             "compute_estimate": compute.to_dict(),
             "dropped": all_drops,
+            **({"tools": manifest_tools(data.tools, tool_counts)} if tool_counts else {}),
             "files": file_hashes,
         }
         (tmp / "manifest.json").write_bytes(_json_bytes(manifest))
@@ -357,9 +363,45 @@ def compile_build(
     if vocab:
         messages += ["  " + vocab.summary()] + ["  warning: " + p.render() for p in vocab_warnings]
     messages += ["  " + line for line in compute.render().splitlines()]
-    for p in problems:
+    for p in problems + _tool_problems(data.tools, tool_counts, first_tool_row, by_name):
         messages.append("  warning: " + p.render())
     return BuildResult(out, False, manifest, messages)
+
+
+def _placed_tools(records: list[Record], fmts: list[str], template: Template, tokenizer, mode: str,
+                  counts: Counter, first: dict[str, Record]) -> list[Record]:
+    """The records as rendered under ``data.tools`` (tools.place_tools), counting what happened to each
+    row's tool definitions in `counts` and keeping the first row of each outcome in `first`."""
+    out = []
+    for rec, fmt in zip(records, fmts):
+        placed, outcome = place_tools(template, rec, fmt, tokenizer, mode)
+        if outcome:
+            counts[outcome] += 1
+            first.setdefault(outcome, rec)
+        out.append(placed)
+    return out
+
+
+def _tool_problems(mode: str, counts: Counter, first: dict[str, Record], by_name) -> list[Problem]:
+    """Warnings for tool definitions the chat template ignored (auto) or that were dropped (drop)."""
+    out = []
+    total = sum(counts.values())
+    for outcome, says, hint in (
+        (IGNORED, "the chat template ignores tool definitions: {n} of {total} rows with tools got them in "
+                  "their system turn instead (data.tools: auto)",
+         "choose a template that renders `tools` (e.g. chatml), or set data.tools: system (no warning) or drop"),
+        (DROPPED, "{n} of {total} rows with tools: their tool definitions were dropped (data.tools: drop)",
+         "set data.tools: auto to render them"),
+    ):
+        n = counts[outcome]
+        if not n:
+            continue
+        rec = first[outcome]
+        name, _, index = rec.source.rpartition("#")
+        data_file, data_line, row = by_name[name].location(int(index))
+        out.append(Problem(says.format(n=n, total=total) + f" (first: row {row})", path="data.tools",
+                           file=data_file, line=data_line, hint=hint))
+    return out
 
 
 def _check_specials(tok, prefix: list[int], eos: int | None, template: Template, records, by_name, split: str) -> None:

@@ -58,7 +58,9 @@ ShareGPT roles ``human``/``gpt``/``system``/``function_call``/``observation`` be
 ``assistant``, ``system``, ``tool_call``, ``tool``. A non-empty top-level ``system`` column becomes a
 leading system message. ``tools`` (JSON text or a list) is kept as JSON text in ``Record.tools``:
 JSON text exactly as written, a list serialised with ``json.dumps(..., ensure_ascii=False)``;
-OpenAI-style ``{"type": "function", "function": F}`` entries are unwrapped to ``F``.
+OpenAI-style ``{"type": "function", "function": F}`` entries are unwrapped to ``F``. A ``tools``
+value that is not JSON, a JSON object rather than a list, or a list holding a definition without a
+``name`` drops the row (``"field 'tools' is a JSON object, not a list of tool definitions"``).
 
 OpenAI ``messages``: ``content`` is a string or a list of parts; text parts are joined with no
 separator, any other part drops the row. An assistant message with ``tool_calls`` becomes (after an
@@ -602,7 +604,10 @@ def _calls_json(calls: object) -> str:
 def _tools_text(value: object) -> str | None:
     """Tool definitions as JSON text (``"[]"`` included); None when absent, null or an empty string.
 
-    Raises ``Dropped`` when the value is not JSON."""
+    The value is a JSON list (or JSON text of one) of definitions, each an object with a non-empty
+    ``name`` (OpenAI ``{"type": "function", "function": F}`` entries are unwrapped to ``F``). Raises
+    ``Dropped`` when it is not JSON, not a list (a single definition as an object included), or a
+    definition has no name."""
     if _is_null(value) or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, str):
@@ -610,16 +615,26 @@ def _tools_text(value: object) -> str | None:
             parsed = json.loads(value)
         except (ValueError, RecursionError):
             raise Dropped("field 'tools' is not valid JSON") from None
-        if not isinstance(parsed, (list, dict)):
-            raise Dropped(f"field 'tools' is not a list of definitions (got {_kind(parsed)})")
-        unwrapped = _unwrap_tools(parsed)
-        return value if unwrapped is parsed else json.dumps(unwrapped, ensure_ascii=False)
-    if isinstance(value, (list, dict)):
-        try:
-            return json.dumps(_unwrap_tools(value), ensure_ascii=False)
-        except (TypeError, ValueError, RecursionError):
-            raise Dropped("field 'tools' cannot be written as JSON") from None
-    raise Dropped(f"field 'tools' is not JSON text or a list (got {_kind(value)})")
+    elif isinstance(value, (list, dict)):
+        parsed = value
+    else:
+        raise Dropped(f"field 'tools' is not JSON text or a list (got {_kind(value)})")
+    if isinstance(parsed, dict):
+        raise Dropped("field 'tools' is a JSON object, not a list of tool definitions")
+    if not isinstance(parsed, list):
+        raise Dropped(f"field 'tools' is not a list of definitions (got {_kind(parsed)})")
+    unwrapped = _unwrap_tools(parsed)
+    for tool in unwrapped:
+        if not isinstance(tool, dict):
+            raise Dropped(f"tool definition is not an object (got {_kind(tool)})")
+        if not isinstance(tool.get("name"), str) or not tool["name"].strip():
+            raise Dropped("tool definition without a name")
+    if isinstance(value, str) and unwrapped is parsed:
+        return value
+    try:
+        return json.dumps(unwrapped, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        raise Dropped("field 'tools' cannot be written as JSON") from None
 
 
 def _unwrap_tools(tools: object) -> object:

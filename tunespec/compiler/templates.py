@@ -31,11 +31,11 @@ from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from ..errors import Problem, TemplateError
-from .records import Record
+from .records import Record, openai_tools
 
 TOKENIZER = "tokenizer"
 FIELD_BLOCKS = ("prompt", "completion")
-CHAT_BLOCKS = ("system", "user", "tool", "assistant_start", "assistant", "assistant_end")
+CHAT_BLOCKS = ("system", "user", "tool", "assistant_start", "assistant", "assistant_end", "tools")
 KNOWN_BLOCKS = set(FIELD_BLOCKS) | set(CHAT_BLOCKS) | {"stop"}
 ALWAYS_AVAILABLE = {"system", "tools", "loop", "range", "namespace", "raise_exception"}
 
@@ -93,11 +93,21 @@ class _Sandbox(SandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
+def _tojson(value, ensure_ascii: bool = False, indent=None, separators=None, sort_keys: bool = False) -> str:
+    """``tojson`` as chat templates expect it: plain ``json.dumps`` (Jinja's own escapes ``<``, ``>``, ``&``
+    and ``'`` for HTML), non-ASCII kept: ``{"q": "<é>"} | tojson`` -> ``{"q": "<é>"}``."""
+    import json
+
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
 def _env() -> SandboxedEnvironment:
-    return _Sandbox(
+    env = _Sandbox(
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
         autoescape=False,
     )
+    env.filters["tojson"] = _tojson
+    return env
 
 
 def _template_line(compiled: jinja2.Template, tb) -> int | None:
@@ -180,9 +190,17 @@ class Template:
             prompt, completion = self._blocks(FIELD_BLOCKS, self.fields_context(record, fmt))
             return [Segment(prompt, False), Segment(completion, True)]
         messages = self.messages_of(record, fmt)
+        tools = openai_tools(record.tools) or None
         if self.kind == "chat":
-            return self._render_chat(messages)
-        return _render_with_tokenizer(messages, tokenizer, record.tools)
+            return self._render_chat(messages, tools)
+        return _render_with_tokenizer(messages, tokenizer, tools)
+
+    def full_text(self, record: Record, fmt: str, tokenizer=None) -> str:
+        """The whole rendered row as one text (what ``render`` splits into segments)."""
+        if self.kind != "tokenizer":
+            return "".join(s.text for s in self.render(record, fmt, tokenizer))
+        return _apply_template(tokenizer, _to_hf(self.messages_of(record, fmt)), add_generation_prompt=False,
+                               tools=openai_tools(record.tools) or None)
 
     def render_prompt(self, record: Record, fmt: str, tokenizer=None) -> str:
         """The prompt part alone, as generation sees it (for a chat: up to the last assistant turn)."""
@@ -191,9 +209,10 @@ class Template:
         messages = self.messages_of(record, fmt)
         last = max(i for i, m in enumerate(messages) if m["role"] in ("assistant", "tool_call"))
         history = messages[:last]
+        tools = openai_tools(record.tools) or None
         if self.kind == "chat":
-            return "".join(s.text for s in self._render_chat(history)) + self._block("assistant_start", {})
-        return _apply_template(tokenizer, _to_hf(history), add_generation_prompt=True, tools=record.tools)
+            return "".join(s.text for s in self._render_chat(history, tools)) + self._block("assistant_start", {})
+        return _apply_template(tokenizer, _to_hf(history), add_generation_prompt=True, tools=tools)
 
     def fields_context(self, record: Record, fmt: str) -> dict:
         fields = record.fields or {}
@@ -214,12 +233,20 @@ class Template:
             messages = [{"role": "system", "content": self.system}] + messages
         return messages
 
-    def _render_chat(self, messages: list[dict[str, str]]) -> list[Segment]:
+    def _render_chat(self, messages: list[dict[str, str]], tools: list[dict] | None = None) -> list[Segment]:
+        """Segments of a conversation. With tool definitions and a ``tools`` block, the system turn is the
+        ``tools`` block (it sees ``content``, the system prompt or ``""``, and ``tools``, the OpenAI list),
+        put first when the conversation has no system message; without a ``tools`` block they are ignored."""
         out: list[Segment] = []
+        with_tools = bool(tools) and "tools" in self._compiled.blocks
+        if with_tools and (not messages or messages[0]["role"] != "system"):
+            out.append(Segment(self._block("tools", {"content": "", "role": "system", "tools": tools}), False))
         for m in messages:
             role = m["role"]
             ctx = {"content": m["content"], "role": role}
-            if role in ("assistant", "tool_call"):
+            if role == "system" and with_tools:
+                out.append(Segment(self._block("tools", {**ctx, "tools": tools}), False))
+            elif role in ("assistant", "tool_call"):
                 start, turn, end = self._blocks(("assistant_start", "assistant", "assistant_end"), ctx)
                 out += [Segment(start, False), Segment(turn, m.get("weight", 1) > 0), Segment(end, False)]
             else:
@@ -253,18 +280,14 @@ def _to_hf(messages: list[dict[str, str]]) -> list[dict]:
     return out
 
 
-def _apply_template(tokenizer, messages: list[dict], *, add_generation_prompt: bool, tools: str | None) -> str:
+def _apply_template(tokenizer, messages: list[dict], *, add_generation_prompt: bool,
+                    tools: list[dict] | None) -> str:
+    """The chat template's text; ``tools`` (the OpenAI list ``[{"type": "function", "function": F}]``) is
+    passed as ``tools=``, as ``apply_chat_template`` takes it."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise TemplateError("template `tokenizer` needs a tokenizer with a chat template",
                             hint="choose a library template such as chatml, or a model that ships a chat template")
-    kwargs = {}
-    if tools:
-        import json
-
-        try:
-            kwargs["tools"] = json.loads(tools)
-        except ValueError:
-            pass
+    kwargs = {"tools": tools} if tools else {}
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
                                              **kwargs)
@@ -272,7 +295,7 @@ def _apply_template(tokenizer, messages: list[dict], *, add_generation_prompt: b
         raise TemplateError(f"the model's chat template failed: {e}", hint="check the conversation's roles") from None
 
 
-def _render_with_tokenizer(messages: list[dict[str, str]], tokenizer, tools: str | None) -> list[Segment]:
+def _render_with_tokenizer(messages: list[dict[str, str]], tokenizer, tools: list[dict] | None) -> list[Segment]:
     """Split the model's rendering of a conversation into trained assistant turns and the rest."""
     hf = _to_hf(messages)
     segments: list[Segment] = []

@@ -80,6 +80,12 @@ class DataSpec(Section):
     template: str | TemplateSpec | None = Field(
         None, description="Template library name or a template object; default: the format's default template."
     )
+    tools: Literal["auto", "system", "drop"] = Field(
+        "auto",
+        description="Chat rows' tool definitions: auto = given to the chat template (`tools=`), and written into "
+        "the system turn of rows whose template ignores them (counted, warned); system = always written into the "
+        "system turn (README: Tools); drop = left out (counted, warned).",
+    )
     tokenization: TokenizationSpec = Field(default_factory=TokenizationSpec, description="Token limits and loss masking.")
     holdout: HoldoutSpec = Field(default_factory=HoldoutSpec, description="Test/validation rows carved out of train.")
     seed: int = Field(42, description="Seed for shuffling and holdout splits.")
