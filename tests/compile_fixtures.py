@@ -88,6 +88,28 @@ def smollm2() -> dict:
     return {"packaged": "smollm2-135m-instruct"}
 
 
+def smollm2_with_chat_template(root: Path, chat_template: str) -> dict:
+    """The model section of a local model directory: SmolLM2's real tokenizer (from a build of the project's
+    sample) with `chat_template` as its chat template, and a 1-layer config with SmolLM2's context length."""
+    from transformers import LlamaConfig
+
+    spec = write_spec(root / "base", data={"format": "summarization", "template": "instruct_output_end",
+                                           "sources": [{"path": str(SPECS_DATA / "dialogues_test.jsonl")}]},
+                      model=smollm2())
+    base = compile_spec(spec, root / "base" / "build").path
+    model = root / "model"
+    shutil.copytree(base / "tokenizer", model)
+    config = json.loads((model / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["chat_template"] = chat_template
+    (model / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    tok = build_tokenizer(str(model))
+    assert tok.chat_template == chat_template
+    LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=2, max_position_embeddings=8192, eos_token_id=tok.eos_token_id).save_pretrained(model)
+    return {"path": str(model)}
+
+
 def tiny() -> dict:
     return {"path": str(tiny_model_path())}
 

@@ -9,12 +9,12 @@ real SmolLM2 tokenizer's chat template ignores ``tools``; the library's chatml r
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from compile_fixtures import build_tokenizer, check_build, compile_spec, load_split, shared, smollm2, write_spec
+from compile_fixtures import (build_tokenizer, check_build, compile_spec, load_split, shared, smollm2,
+                              smollm2_with_chat_template, write_spec)
 
 GLAIVE = "sharegpt/glaive_toolcall_en_demo.json"
 
@@ -121,23 +121,6 @@ TOOLS_TEMPLATE = (  # a Hugging Face chat template that renders tools only when 
 )
 
 
-def _model_with_template(tmp_path: Path, template: str) -> dict:
-    """SmolLM2's tokenizer (from a build) with another chat template, as a local model directory."""
-    base = _compile(tmp_path / "base", "chatml", tools="drop").path
-    model = tmp_path / "model"
-    shutil.copytree(base / "tokenizer", model)
-    config = json.loads((model / "tokenizer_config.json").read_text(encoding="utf-8"))
-    config["chat_template"] = template
-    (model / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-    (model / "chat_template.jinja").unlink(missing_ok=True)
-    from transformers import LlamaConfig
-
-    tok = build_tokenizer(str(model))
-    LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                num_key_value_heads=2, max_position_embeddings=8192, eos_token_id=tok.eos_token_id).save_pretrained(model)
-    return {"path": str(model)}
-
-
 def test_tokenizer_template_gets_tools_in_openai_form_and_is_judged_per_row(tmp_path):
     """A chat template given `tools=` as apply_chat_template gives them ([{"type": "function", "function": F}]):
     it renders `function:<name>`. It renders them only in conversations with a system turn, so rows without
@@ -149,7 +132,7 @@ def test_tokenizer_template_gets_tools_in_openai_form_and_is_judged_per_row(tmp_
     path = tmp_path / "rows.json"
     path.write_text(json.dumps(rows), encoding="utf-8")
     with_tools = [i for i, r in enumerate(rows) if json.loads(r["tools"])]
-    model = _model_with_template(tmp_path, TOOLS_TEMPLATE)
+    model = smollm2_with_chat_template(tmp_path, TOOLS_TEMPLATE)
     spec = write_spec(tmp_path / "spec", data={"format": "sharegpt", "sources": [{"path": str(path)}],
                                                "template": "tokenizer", "tokenization": {"max_length": 4096}},
                       model=model)

@@ -42,7 +42,7 @@ from .formats import FORMATS
 from .model_cache import load_for_compile
 from .records import Record, openai_messages, openai_tools
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_names, sources_inputs
-from .templates import Template, chat_generation_prompt, load_template
+from .templates import Template, chat_generation_prompt, check_chat_template, load_template
 from .tools import IGNORED, DROPPED, manifest_tools, place_tools
 from .tokenize import context_length, first_doubled, manifest_prefix, special_prefix, tokenize_examples
 
@@ -199,6 +199,8 @@ def compile_build(
     plain = template.kind != "tokenizer" and not (getattr(spec.model, "added_tokens", None)
                                                   or getattr(spec.model, "added_special_tokens", None))
     tokenizer, config = load_for_compile(ref, model_dir, plain=plain)
+    if template.kind == "tokenizer" and not template.source and isinstance(getattr(tokenizer, "chat_template", None), str):
+        check_chat_template(tokenizer.chat_template, "the tokenizer's chat template")
     from .vocabulary import extend_vocabulary
 
     vocab, vocab_warnings = extend_vocabulary(loaded, tokenizer, config, template)  # model.added_tokens; template markers
@@ -250,7 +252,8 @@ def compile_build(
                 continue
             fmts = [fmt_of[r.source.rsplit("#", 1)[0]] for r in records]
             records = _placed_tools(records, fmts, template, tokenizer, data.tools, tool_counts, first_tool_row)
-            rendering = (template.render(r, f, tokenizer) for r, f in zip(records, fmts))  # encoded as rendered
+            rendering = (template.render(r, f, tokenizer, add_eos=data.tokenization.add_eos)
+                         for r, f in zip(records, fmts))  # encoded as rendered
             tok = tokenize_examples(rendering, tokenizer, max_length=max_length, overlong=data.tokenization.overlong,
                                     train_on=train_on, add_eos=data.tokenization.add_eos)
             rendered = tok.examples

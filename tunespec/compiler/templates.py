@@ -12,7 +12,12 @@ A *chat template* defines one block per role: ``system``, ``user``, ``tool``, ``
 user turn (instruction and input) and an assistant turn (output).
 
 ``tokenizer`` is the model's own chat template (``tokenizer.apply_chat_template``): assistant turns are
-found by rendering growing prefixes of the conversation.
+found by rendering growing prefixes of the conversation. A template *file* in Hugging Face's form (a
+loop over ``messages``, no tunespec blocks) is used the same way, in place of the model's. A chat
+template with ``{% generation %}`` blocks (TRL's ``assistant_only_loss``) has exactly its blocks trained
+(``_render_generation_blocks``), as transformers' ``return_assistant_tokens_mask`` marks them.
+Tool definitions are given to both as ``tools=`` (the OpenAI list); a chat template renders them in a
+``tools`` block (see ``tools.py`` for what happens when a template ignores them).
 
 Files are read with ``trim_blocks`` and ``lstrip_blocks``: the newline right after a block tag is not
 part of the text, so a block's text is exactly the lines between its tags. Data values are inserted as
@@ -21,11 +26,14 @@ data: a value containing ``{{ name }}`` is kept literally, never rendered.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+import jinja2.ext
 import jinja2.runtime
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
@@ -181,8 +189,8 @@ class Template:
         return jinja2.runtime.new_context(compiled.environment, compiled.name, compiled.blocks,
                                           dict(self._globals, **ctx), shared=True, globals=self._globals)
 
-    def render(self, record: Record, fmt: str, tokenizer=None) -> list[Segment]:
-        """The record as text segments, each marked trained or not."""
+    def render(self, record: Record, fmt: str, tokenizer=None, *, add_eos: bool = True) -> list[Segment]:
+        """The record as text segments, each marked trained or not (`add_eos`: see _render_generation_blocks)."""
         if self.kind == "fields":
             if record.is_chat:
                 raise TemplateError(Problem(f"template {self.name} renders prompt/completion fields, but the data is chat",
@@ -193,14 +201,16 @@ class Template:
         tools = openai_tools(record.tools) or None
         if self.kind == "chat":
             return self._render_chat(messages, tools)
-        return _render_with_tokenizer(messages, tokenizer, tools)
+        if has_generation_blocks(self.source or _own_chat_template(tokenizer)):
+            return _render_generation_blocks(messages, tokenizer, tools, self.source or None, add_eos=add_eos)
+        return _render_with_tokenizer(messages, tokenizer, tools, self.source or None)
 
     def full_text(self, record: Record, fmt: str, tokenizer=None) -> str:
         """The whole rendered row as one text (what ``render`` splits into segments)."""
         if self.kind != "tokenizer":
             return "".join(s.text for s in self.render(record, fmt, tokenizer))
         return _apply_template(tokenizer, _to_hf(self.messages_of(record, fmt)), add_generation_prompt=False,
-                               tools=openai_tools(record.tools) or None)
+                               tools=openai_tools(record.tools) or None, chat_template=self.source or None)
 
     def render_prompt(self, record: Record, fmt: str, tokenizer=None) -> str:
         """The prompt part alone, as generation sees it (for a chat: up to the last assistant turn)."""
@@ -212,7 +222,8 @@ class Template:
         tools = openai_tools(record.tools) or None
         if self.kind == "chat":
             return "".join(s.text for s in self._render_chat(history, tools)) + self._block("assistant_start", {})
-        return _apply_template(tokenizer, _to_hf(history), add_generation_prompt=True, tools=tools)
+        return _apply_template(tokenizer, _to_hf(history), add_generation_prompt=True, tools=tools,
+                               chat_template=self.source or None)
 
     def fields_context(self, record: Record, fmt: str) -> dict:
         fields = record.fields or {}
@@ -280,44 +291,144 @@ def _to_hf(messages: list[dict[str, str]]) -> list[dict]:
     return out
 
 
+def _own_chat_template(tokenizer) -> str | None:
+    template = getattr(tokenizer, "chat_template", None)
+    return template if isinstance(template, str) else None
+
+
+GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def has_generation_blocks(chat_template: str | None) -> bool:
+    """Whether a Hugging Face chat template marks assistant text with ``{% generation %}`` blocks (TRL's
+    ``assistant_only_loss``, transformers' ``return_assistant_tokens_mask``)."""
+    return bool(chat_template) and GENERATION_TAG.search(chat_template) is not None
+
+
 def _apply_template(tokenizer, messages: list[dict], *, add_generation_prompt: bool,
-                    tools: list[dict] | None) -> str:
-    """The chat template's text; ``tools`` (the OpenAI list ``[{"type": "function", "function": F}]``) is
-    passed as ``tools=``, as ``apply_chat_template`` takes it."""
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+                    tools: list[dict] | None, chat_template: str | None = None) -> str:
+    """The chat template's text (the tokenizer's own, or `chat_template`: a chat template file's text);
+    ``tools`` (the OpenAI list ``[{"type": "function", "function": F}]``) is passed as ``tools=``, as
+    ``apply_chat_template`` takes it."""
+    if tokenizer is None or not (chat_template or getattr(tokenizer, "chat_template", None)):
         raise TemplateError("template `tokenizer` needs a tokenizer with a chat template",
                             hint="choose a library template such as chatml, or a model that ships a chat template")
     kwargs = {"tools": tools} if tools else {}
+    if chat_template:
+        kwargs["chat_template"] = chat_template
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
                                              **kwargs)
     except jinja2.TemplateError as e:
-        raise TemplateError(f"the model's chat template failed: {e}", hint="check the conversation's roles") from None
+        who = "chat template" if chat_template else "model's chat template"
+        raise TemplateError(f"the {who} failed: {e}", hint="check the conversation's roles") from None
 
 
-def _render_with_tokenizer(messages: list[dict[str, str]], tokenizer, tools: list[dict] | None) -> list[Segment]:
+def _render_with_tokenizer(messages: list[dict[str, str]], tokenizer, tools: list[dict] | None,
+                           chat_template: str | None = None) -> list[Segment]:
     """Split the model's rendering of a conversation into trained assistant turns and the rest."""
     hf = _to_hf(messages)
     segments: list[Segment] = []
     done = ""
+    apply = functools.partial(_apply_template, tokenizer, tools=tools, chat_template=chat_template)
     for i, m in enumerate(messages):
         if m["role"] not in ("assistant", "tool_call"):
             continue
-        before = _apply_template(tokenizer, hf[:i], add_generation_prompt=True, tools=tools) if i else ""
-        through = _apply_template(tokenizer, hf[: i + 1], add_generation_prompt=False, tools=tools)
+        before = apply(hf[:i], add_generation_prompt=True) if i else ""
+        through = apply(hf[: i + 1], add_generation_prompt=False)
         if not before.startswith(done) or not through.startswith(before):
             raise TemplateError("the model's chat template does not render conversations as growing prefixes",
-                                hint="use a library chat template such as chatml")
+                                hint="use a library chat template such as chatml, or mark the assistant text "
+                                "with {% generation %} blocks")
         segments.append(Segment(before[len(done):], False))
         segments.append(Segment(through[len(before):], m.get("weight", 1) > 0))
         done = through
-    full = _apply_template(tokenizer, hf, add_generation_prompt=False, tools=tools)
+    full = apply(hf, add_generation_prompt=False)
     if full.startswith(done) and len(full) > len(done):
         segments.append(Segment(full[len(done):], False))
     return [s for s in segments if s.text]
 
 
+def _render_generation_blocks(messages: list[dict[str, str]], tokenizer, tools: list[dict] | None,
+                              chat_template: str | None = None, *, add_eos: bool = True) -> list[Segment]:
+    """Split a conversation rendered by a chat template with ``{% generation %}`` blocks: the text of each
+    block is trained (as transformers' ``return_assistant_tokens_mask`` marks it), everything else not.
+
+    The spans come from transformers' own renderer (``render_jinja_template``, what
+    ``apply_chat_template`` calls), and its text is checked to equal ``apply_chat_template``'s. The k-th
+    block is the k-th assistant turn for per-turn training flags. EOS, with `add_eos`: the EOS token the
+    template writes right after a block joins the block (trained, as with every template each trained turn
+    ends in a trained EOS); a block followed by no EOS gets one appended by tokenization. Without
+    `add_eos`, exactly the blocks are trained."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    hf = _to_hf(messages)
+    source = chat_template or tokenizer.get_chat_template(None, tools)
+    try:
+        texts, spans = render_jinja_template(conversations=[hf], tools=tools, chat_template=source,
+                                             return_assistant_tokens_mask=True, add_generation_prompt=False,
+                                             **tokenizer.special_tokens_map)
+    except jinja2.TemplateError as e:
+        raise TemplateError(f"the chat template failed: {e}", hint="check the conversation's roles") from None
+    text, spans = texts[0], [(a, b) for a, b in spans[0] if b > a]
+    if text != _apply_template(tokenizer, hf, add_generation_prompt=False, tools=tools, chat_template=chat_template):
+        raise TemplateError("the chat template renders differently with {% generation %} tracking",
+                            hint="report this with the template; or remove the {% generation %} blocks")
+    turns = [m for m in messages if m["role"] in ("assistant", "tool_call")]
+    flagged = any("weight" in m for m in turns)
+    if flagged and len(spans) != len(turns):
+        raise TemplateError(f"the chat template's {{% generation %}} blocks ({len(spans)}) do not match the row's "
+                            f"{len(turns)} assistant turns, so per-turn training flags cannot be applied",
+                            hint="wrap each assistant turn's text in exactly one {% generation %} block")
+    eos = getattr(tokenizer, "eos_token", None)
+    segments: list[Segment] = []
+    done = 0
+    for k, (a, b) in enumerate(spans):
+        if a < done:
+            raise TemplateError("the chat template's {% generation %} blocks overlap",
+                                hint="close each {% generation %} block before the next one opens")
+        if add_eos and eos and text.startswith(eos, b):
+            b += len(eos)
+        segments.append(Segment(text[done:a], False))
+        segments.append(Segment(text[a:b], turns[k].get("weight", 1) > 0 if flagged else True))
+        done = b
+    segments.append(Segment(text[done:], False))
+    return [s for s in segments if s.text]
+
+
 # --------------------------------------------------------------------------- loading and static checks
+
+
+_BLOCK_TAG = re.compile(r"\{%-?\s*block\b")
+
+
+def is_hf_chat_template(source: str) -> bool:
+    """A template file in Hugging Face's chat template form (a loop over ``messages``, no tunespec blocks):
+    used as the model's chat template would be (``template: tokenizer``), ``{% generation %}`` blocks included."""
+    return _BLOCK_TAG.search(source) is None and re.search(r"\bmessages\b", source) is not None
+
+
+class _GenerationBlocks(jinja2.ext.Extension):
+    """Parses ``{% generation %}...{% endgeneration %}`` (transformers' chat template tag), for syntax checks."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.Scope(body).set_lineno(lineno)
+
+
+def check_chat_template(source: str, label: str) -> None:
+    """A Hugging Face chat template's syntax (``{% generation %}`` blocks included), as a TemplateError with
+    its line: ``{% generation %}`` without ``{% endgeneration %}``, an unclosed ``{{``, ..."""
+    env = jinja2.Environment(extensions=[_GenerationBlocks, "jinja2.ext.loopcontrols"])
+    try:
+        env.parse(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(Problem(f"chat template syntax error: {e.message}", file=label, line=e.lineno,
+                                    hint="close every {% generation %} with {% endgeneration %} and check the "
+                                    "{{ }} / {% %} pairs")) from None
 
 
 def _undeclared_with_lines(ast: nodes.Template) -> dict[str, int]:
@@ -368,6 +479,9 @@ def load_template(
         if stop is not None:
             source += "{% block stop %}" + stop + "{% endblock %}"
         label = "data.template (inline)"
+    if file is not None and is_hf_chat_template(source):
+        check_chat_template(source, label)
+        return Template(name=label, kind=TOKENIZER, source=source, stop=stop, system=system)
     env = _env()
     try:
         ast = env.parse(source, name=label)

@@ -173,11 +173,11 @@ class Renderer:
                 messages = [{"role": "system", "content": self.system}] + messages
         messages.append({"role": "assistant", "content": "x"})  # the turn to generate; not rendered
         record = Record(id="chat", source="chat#0", messages=messages)
-        segments = self.template.render(record, self.fmt, self.tokenizer)
+        add_eos = self.build.spec.data.tokenization.add_eos
+        segments = self.template.render(record, self.fmt, self.tokenizer, add_eos=add_eos)
         from ..compiler.templates import chat_generation_prompt
 
-        return chat_generation_prompt(segments, getattr(self.tokenizer, "eos_token", None),
-                                      self.build.spec.data.tokenization.add_eos)
+        return chat_generation_prompt(segments, getattr(self.tokenizer, "eos_token", None), add_eos)
 
 
 # --------------------------------------------------------------------------- inputs
