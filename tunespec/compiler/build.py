@@ -41,6 +41,7 @@ from ..verify import seal_lock
 from .formats import FORMATS
 from .model_cache import load_for_compile
 from .records import Record, openai_messages, openai_tools
+from .references import check_reference_fields, short_of_references
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_names, sources_inputs
 from .templates import Template, chat_generation_prompt, check_chat_template, load_template
 from .tools import IGNORED, DROPPED, manifest_tools, place_tools
@@ -135,6 +136,8 @@ def _record_row(rec: Record, template: Template, fmt: str, segments, tokenizer, 
         row["prompt"] = segments[0].text
         row["completion"] = segments[1].text
         refs = [rec.fields.get(f, "") for f in ref_fields] if rec.fields else []
+        if rec.references is not None:
+            refs = list(rec.references)
     else:
         messages = template.messages_of(rec, fmt)
         # the OpenAI/TRL schema (tool_calls with arguments as objects, tool results, a tools list):
@@ -145,7 +148,7 @@ def _record_row(rec: Record, template: Template, fmt: str, segments, tokenizer, 
             row["tools"] = tools
         row["eval_prompt"] = chat_generation_prompt(segments, tokenizer.eos_token, add_eos)
         last = [m["content"] for m in messages if m["role"] in ("assistant", "tool_call")]
-        refs = [rec.fields.get(f, "") for f in ref_fields] if (rec.fields and ref_fields) else last[-1:]
+        refs = list(rec.references) if rec.references is not None else last[-1:]
     row["references"] = [r for r in refs if r]
     return row
 
@@ -211,7 +214,10 @@ def compile_build(
                                 path="data.tokenization.max_length", hint=f"use at most {ctx}"))
 
     names = source_names(data.sources)
-    results = [load_source(s, i, data, names[i], inputs[i]) for i, s in enumerate(data.sources)]
+    ref_fields = spec.evaluation.reference_fields
+    results = [load_source(s, i, data, names[i], inputs[i], ref_fields) for i, s in enumerate(data.sources)]
+    if ref_fields:
+        check_reference_fields(ref_fields, [(r.format, r.columns) for r in results], loaded.locate)
     splits, dup_drops = form_splits(results, data)
     all_drops: dict[str, dict[str, int]] = {}
     problems: list[Problem] = []
@@ -244,6 +250,7 @@ def compile_build(
         (tmp / "tokens").mkdir()
         split_stats: dict[str, dict] = {}
         prefixed = 0  # rows that got the special prefix put before them (tokenize.manifest_prefix)
+        short_refs: dict[str, int] = {}  # rows per split with fewer references than evaluation.reference_fields
         tool_counts: Counter = Counter()  # rows with tool definitions, by what happened to them (tools.py)
         first_tool_row: dict[str, Record] = {}
         for split in SPLITS:
@@ -257,6 +264,8 @@ def compile_build(
             tok = tokenize_examples(rendering, tokenizer, max_length=max_length, overlong=data.tokenization.overlong,
                                     train_on=train_on, add_eos=data.tokenization.add_eos)
             rendered = tok.examples
+            if ref_fields:
+                short_refs[split] = short_of_references([records[i] for i in tok.kept], ref_fields)
             prefixed += tok.prefixed
             _check_specials(tok, special_prefix(tokenizer), tokenizer.eos_token_id, template, records, by_name, split)
             if tok.dropped:
@@ -324,6 +333,7 @@ def compile_build(
             "compute_estimate": compute.to_dict(),
             "dropped": all_drops,
             **({"tools": manifest_tools(data.tools, tool_counts)} if tool_counts else {}),
+            **({"references": {"fields": list(ref_fields), "rows_with_fewer": short_refs}} if ref_fields else {}),
             "files": file_hashes,
         }
         (tmp / "manifest.json").write_bytes(_json_bytes(manifest))
@@ -366,6 +376,12 @@ def compile_build(
     if vocab:
         messages += ["  " + vocab.summary()] + ["  warning: " + p.render() for p in vocab_warnings]
     messages += ["  " + line for line in compute.render().splitlines()]
+    for split, n in short_refs.items():
+        if n:
+            problems.append(loaded.locate(Problem(
+                f"{n} of {split_stats.get(split, {}).get('rows', n)} {split} rows have fewer references than the "
+                f"{len(ref_fields)} fields named", path="evaluation.reference_fields",
+                hint="those rows are scored against the references they have; fill the empty columns")))
     for p in problems + _tool_problems(data.tools, tool_counts, first_tool_row, by_name):
         messages.append("  warning: " + p.render())
     return BuildResult(out, False, manifest, messages)

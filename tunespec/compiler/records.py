@@ -26,6 +26,9 @@ class Record:
     messages: list[dict] | None = None
     tools: str | None = None  # tool definitions as JSON text (ShareGPT "tools")
     meta: dict[str, str] = field(default_factory=dict)  # extra, untrained columns kept for reference
+    # evaluation references read from the row's columns (evaluation.reference_fields; references.py);
+    # None when the spec names none
+    references: tuple[str, ...] | None = None
 
     @property
     def is_chat(self) -> bool:

@@ -23,6 +23,7 @@ from ..spec.rules import HUB_BUILDERS
 from .files import Table, expand_glob, read_table
 from .formats import convert_rows
 from .records import Record
+from .references import row_references
 
 SPLITS = ("train", "validation", "test")
 
@@ -49,6 +50,7 @@ class SourceResult:
     dropped: Counter = field(default_factory=Counter)
     inputs: list[dict] = field(default_factory=list)  # what the lock file records: files + sha256, or hub + revision
     tables: list[tuple[int, Table]] = field(default_factory=list)  # (index of its first row, table) per file read
+    columns: frozenset[str] = frozenset()  # the columns some row of the source has
 
     def location(self, row: int) -> tuple[str | None, int | None, int]:
         """(file, line, row) of the source's row ``row`` (0-based over all its files)."""
@@ -140,8 +142,10 @@ def _read_hub(src: SourceSpec) -> list[dict]:
     return ds.to_list()
 
 
-def load_source(src: SourceSpec, index: int, data: DataSpec, name: str, inputs: list[dict] | None = None) -> SourceResult:
-    """The source's records; `inputs` are its `source_inputs` when the caller already hashed them."""
+def load_source(src: SourceSpec, index: int, data: DataSpec, name: str, inputs: list[dict] | None = None,
+                reference_fields: list[str] | None = None) -> SourceResult:
+    """The source's records; `inputs` are its `source_inputs` when the caller already hashed them. With
+    `reference_fields`, each record carries the references read from its row (``references.row_references``)."""
     fmt = src.format or data.format
     column_map = {**data.column_map, **(src.column_map or {})}
     if inputs is None:
@@ -162,7 +166,11 @@ def load_source(src: SourceSpec, index: int, data: DataSpec, name: str, inputs: 
     except DataError as e:  # a column no row has: name the file (or the pattern) it is missing from
         shown = str(tables[0][1].path) if len(tables) == 1 else (src.path or f"hub dataset {src.hub}")
         raise DataError([p if p.file else replace(p, file=shown) for p in e.problems]) from None
-    result = SourceResult(name, src.split, fmt, records, len(rows), Drops(counted), inputs, tables)
+    if reference_fields:
+        records = [replace(r, references=row_references(rows[int(r.source.rsplit("#", 1)[1])], r, reference_fields))
+                   for r in records]
+    columns = frozenset(k for row in rows if isinstance(row, dict) for k in row if isinstance(k, str))
+    result = SourceResult(name, src.split, fmt, records, len(rows), Drops(counted), inputs, tables, columns)
     result.dropped.where = {reason: result.location(row) for reason, row in first.items()}
     records = result.records
     if src.shuffle:

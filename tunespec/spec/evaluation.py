@@ -26,7 +26,9 @@ class EvaluationSpec(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (do_sample only).")
     seed: int = Field(0, description="Sampling seed (do_sample only).")
     reference_fields: list[str] | None = Field(
-        None, description="Fields holding references (several for multi-reference); default: the format's answer field."
+        None, description="Columns of the source rows holding references (several for multi-reference, e.g. summary1, "
+        "summary2, summary3), or canonical fields; kept for evaluation, never trained; a name no row has is an "
+        "error; default: the format's answer field."
     )
     multi_ref: Literal["mean", "max"] = Field("mean", description="How several references combine per sample.")
     rouge_tokenizer: Literal["auto", "default", "jieba", "characters", "words"] = Field(

@@ -62,6 +62,10 @@ class LoadedSpec:
     extends: list[Path] = field(default_factory=list)  # every file merged in, base first
     overrides: list[str] = field(default_factory=list)  # the --set arguments, in order
 
+    def locate(self, problem: Problem) -> Problem:
+        """`problem`, which names a spec field (``path``), at the file position that field was written at."""
+        return _locate(problem, self.origins, _shown(self.file))
+
     @property
     def build_dir(self) -> Path:
         """The default build directory: output.dir, else runs/<name> in the current directory."""
