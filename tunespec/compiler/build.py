@@ -24,6 +24,7 @@ import platform
 import shutil
 import sys
 import time
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,7 +260,7 @@ def compile_build(
                 continue
             fmts = [fmt_of[r.source.rsplit("#", 1)[0]] for r in records]
             records = _placed_tools(records, fmts, template, tokenizer, data.tools, tool_counts, first_tool_row)
-            rendering = (template.render(r, f, tokenizer, add_eos=data.tokenization.add_eos)
+            rendering = (_render_row(template, r, f, tokenizer, data.tokenization.add_eos, by_name)
                          for r, f in zip(records, fmts))  # encoded as rendered
             tok = tokenize_examples(rendering, tokenizer, max_length=max_length, overlong=data.tokenization.overlong,
                                     train_on=train_on, add_eos=data.tokenization.add_eos)
@@ -385,6 +386,19 @@ def compile_build(
     for p in problems + _tool_problems(data.tools, tool_counts, first_tool_row, by_name):
         messages.append("  warning: " + p.render())
     return BuildResult(out, False, manifest, messages)
+
+
+def _render_row(template: Template, rec: Record, fmt: str, tokenizer, add_eos: bool, by_name) -> list:
+    """``template.render`` of one record; a template error names the template and the row it failed on."""
+    try:
+        return template.render(rec, fmt, tokenizer, add_eos=add_eos)
+    except TemplateError as e:
+        name, _, index = rec.source.rpartition("#")
+        data_file, data_line, row = by_name[name].location(int(index))
+        where = f"{data_file}:{data_line}" if data_file and data_line else f"{name} row {row}"
+        label = template.name if template.source else "the tokenizer's chat template"
+        raise TemplateError([dataclasses.replace(p, file=p.file or label, message=f"{p.message} (rendering row {row}, "
+                                                 f"{where})") for p in e.problems]) from None
 
 
 def _placed_tools(records: list[Record], fmts: list[str], template: Template, tokenizer, mode: str,
