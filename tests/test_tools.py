@@ -151,3 +151,15 @@ def test_tokenizer_template_gets_tools_in_openai_form_and_is_judged_per_row(tmp_
                        for t in json.loads(rows[i]["tools"])), i
     (warning,) = _warnings(result)
     assert f"{counts['template_ignores_tools']} of {len(with_tools)} rows with tools" in warning
+
+
+def test_system_turn_form_keeps_the_templates_system_prompt(tmp_path):
+    """data.template.system is the system prompt of rows without one; the tools follow it (tools.system_text)."""
+    from tunespec.compiler.tools import TOOLS_FOOTER, TOOLS_HEADER
+
+    tools = _source_tools()
+    result = _compile(tmp_path, {"name": "tokenizer", "system": "You are a booking assistant."})
+    _, rows, _ = load_split(result.path, "train")
+    row = next(r for r in rows if r["source"].endswith("#0"))
+    assert row["messages"][0] == {"role": "system", "content": "You are a booking assistant.\n\n" + TOOLS_HEADER
+                                  + "\n".join(tools[0]) + TOOLS_FOOTER}

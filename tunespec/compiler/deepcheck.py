@@ -123,7 +123,7 @@ def _template_problems(loaded, tokenizer) -> list[Problem]:
     except TunespecError as e:
         return list(e.problems)
     if template.kind == "tokenizer":
-        if not getattr(tokenizer, "chat_template", None):
+        if not template.source and not getattr(tokenizer, "chat_template", None):
             return [Problem("template `tokenizer` uses the model's chat template, but this tokenizer has none",
                             path="data.template", hint="choose a library template such as chatml or alpaca")]
         return []

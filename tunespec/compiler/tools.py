@@ -59,14 +59,15 @@ def system_text(tools: list[dict], system: str = "") -> str:
     return (system + "\n\n" if system else "") + TOOLS_HEADER + lines + TOOLS_FOOTER
 
 
-def in_system_turn(record: Record) -> Record:
-    """The record with its tool definitions moved into its system message (one is put first if it has none)."""
+def in_system_turn(record: Record, default_system: str = "") -> Record:
+    """The record with its tool definitions moved into its system message; a row without one gets one
+    (after `default_system`, the template's system prompt ``data.template.system``, when there is one)."""
     tools = openai_tools(record.tools) or []
     messages = list(record.messages or [])
     if messages and messages[0]["role"] == "system":
         messages[0] = {**messages[0], "content": system_text(tools, messages[0]["content"])}
     else:
-        messages.insert(0, {"role": "system", "content": system_text(tools)})
+        messages.insert(0, {"role": "system", "content": system_text(tools, default_system)})
     return replace(record, messages=messages, tools=None)
 
 
@@ -85,11 +86,12 @@ def place_tools(template, record: Record, fmt: str, tokenizer, mode: str) -> tup
         return (replace(record, tools=None) if record.tools else record), None
     if mode == "drop":
         return replace(record, tools=None), DROPPED
+    default_system = template.system or ""
     if mode == "system":
-        return in_system_turn(record), IN_SYSTEM
+        return in_system_turn(record, default_system), IN_SYSTEM
     if renders_tools(template, record, fmt, tokenizer):
         return record, BY_TEMPLATE
-    return in_system_turn(record), IGNORED
+    return in_system_turn(record, default_system), IGNORED
 
 
 def manifest_tools(mode: str, counts: Counter) -> dict:

@@ -180,15 +180,17 @@ def _library_file(template: Template):
     return None
 
 
-def _chat_template_probe(tokenizer) -> str:
-    """The model's chat template rendered on a short conversation (with a system turn when it takes one)."""
+def _chat_template_probe(tokenizer, chat_template: str | None = None) -> str:
+    """The model's chat template (or `chat_template`, a chat template file's text) rendered on a short
+    conversation (with a system turn when it takes one)."""
     conversations = (
         [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}],
         [{"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}],
     )
     for messages in conversations:
         try:
-            return tokenizer.apply_chat_template(messages, tokenize=False)
+            kwargs = {"chat_template": chat_template} if chat_template else {}
+            return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
         except Exception:  # a template that refuses a system turn, or any other role: try the next
             continue
     return ""
@@ -198,11 +200,11 @@ def marker_problems(template: Template, tokenizer, spec=None) -> list[Problem]:
     """Every special-looking marker (``<|...|>``) the template writes that is not one token of `tokenizer`."""
     hint = f"add it under {SPECIAL_FIELD}, or use the model's own chat template (template: tokenizer)"
     if template.kind == "tokenizer":
-        if not getattr(tokenizer, "chat_template", None):
+        if not (template.source or getattr(tokenizer, "chat_template", None)):
             return []
-        probe = _chat_template_probe(tokenizer)
+        probe = _chat_template_probe(tokenizer, template.source or None)
         found = [(mk, None, "data.template") for mk in dict.fromkeys(SPECIAL_MARKER.findall(probe))]
-        what, file = "the model's chat template", None
+        what, file = ("the chat template file", template.name) if template.source else ("the model's chat template", None)
         hint = f"add it under {SPECIAL_FIELD}"
     elif template.name == INLINE:
         t = spec.data.template if spec is not None else None
