@@ -360,7 +360,11 @@ def _render_generation_blocks(messages: list[dict[str, str]], tokenizer, tools: 
     template writes right after a block joins the block (trained, as with every template each trained turn
     ends in a trained EOS); a block followed by no EOS gets one appended by tokenization. Without
     `add_eos`, exactly the blocks are trained."""
-    from transformers.utils.chat_template_utils import render_jinja_template
+    try:
+        from transformers.utils.chat_template_utils import render_jinja_template
+    except ImportError:  # pragma: no cover - an older transformers
+        raise TemplateError("{% generation %} blocks need transformers' render_jinja_template, missing in this version",
+                            hint="upgrade transformers, or remove the {% generation %} blocks") from None
 
     hf = _to_hf(messages)
     source = chat_template or tokenizer.get_chat_template(None, tools)
