@@ -252,19 +252,23 @@ def compile_build(
         split_stats: dict[str, dict] = {}
         prefixed = 0  # rows that got the special prefix put before them (tokenize.manifest_prefix)
         short_refs: dict[str, int] = {}  # rows per split with fewer references than evaluation.reference_fields
-        tool_counts: Counter = Counter()  # rows with tool definitions, by what happened to them (tools.py)
+        tool_counts: Counter = Counter()  # rows kept with tool definitions, by what happened to them (tools.py)
         first_tool_row: dict[str, Record] = {}
         for split in SPLITS:
             records = splits[split]
             if not records:
                 continue
             fmts = [fmt_of[r.source.rsplit("#", 1)[0]] for r in records]
-            records = _placed_tools(records, fmts, template, tokenizer, data.tools, tool_counts, first_tool_row)
+            records, outcomes = _placed_tools(records, fmts, template, tokenizer, data.tools)
             rendering = (_render_row(template, r, f, tokenizer, data.tokenization.add_eos, by_name)
                          for r, f in zip(records, fmts))  # encoded as rendered
             tok = tokenize_examples(rendering, tokenizer, max_length=max_length, overlong=data.tokenization.overlong,
                                     train_on=train_on, add_eos=data.tokenization.add_eos)
             rendered = tok.examples
+            for i in tok.kept:  # what happened to the tool definitions of the rows kept (tools.place_tools)
+                if outcomes[i]:
+                    tool_counts[outcomes[i]] += 1
+                    first_tool_row.setdefault(outcomes[i], records[i])
             if ref_fields:
                 short_refs[split] = short_of_references([records[i] for i in tok.kept], ref_fields)
             prefixed += tok.prefixed
@@ -401,18 +405,12 @@ def _render_row(template: Template, rec: Record, fmt: str, tokenizer, add_eos: b
                                                  f"{where})") for p in e.problems]) from None
 
 
-def _placed_tools(records: list[Record], fmts: list[str], template: Template, tokenizer, mode: str,
-                  counts: Counter, first: dict[str, Record]) -> list[Record]:
-    """The records as rendered under ``data.tools`` (tools.place_tools), counting what happened to each
-    row's tool definitions in `counts` and keeping the first row of each outcome in `first`."""
-    out = []
-    for rec, fmt in zip(records, fmts):
-        placed, outcome = place_tools(template, rec, fmt, tokenizer, mode)
-        if outcome:
-            counts[outcome] += 1
-            first.setdefault(outcome, rec)
-        out.append(placed)
-    return out
+def _placed_tools(records: list[Record], fmts: list[str], template: Template, tokenizer,
+                  mode: str) -> tuple[list[Record], list[str | None]]:
+    """The records as rendered under ``data.tools`` (tools.place_tools), and what happened to each one's
+    tool definitions (None: it had none)."""
+    placed = [place_tools(template, rec, fmt, tokenizer, mode) for rec, fmt in zip(records, fmts)]
+    return [p[0] for p in placed], [p[1] for p in placed]
 
 
 def _tool_problems(mode: str, counts: Counter, first: dict[str, Record], by_name) -> list[Problem]:
