@@ -11,9 +11,12 @@ are the same packages' own encoders (``reference_llama3``, ``reference_mistral``
   the format Meta documents for Llama 3 (it writes ``{{ bos_token }}`` itself).
 * ``mistral_dir(version)``: a SentencePiece tokenizer shipped in ``mistral-common`` (``v1``: Mistral
   7B v0.1's, ``v3``: the 2024 one with control tokens ``[INST]``/``[/INST]``), converted with
-  transformers' ``SpmConverter`` (which encodes like ``SentencePieceProcessor.encode``), control pieces
-  as special tokens, BOS ``<s>`` before every text, EOS ``</s>``; the chat template is the one
-  ``mistral-common`` generates for that tokenizer file (it writes ``{{ bos_token }}`` itself).
+  transformers' ``SpmConverter`` with the pre-tokenizer of Mistral's own Hugging Face ``tokenizer.json``
+  files (``Metaspace``, ``prepend_scheme: first``: the dummy ``▁`` only at the start of a text, not after
+  each special token; text starting with a space then differs from ``SentencePieceProcessor.encode``, as
+  with the hub's files), control pieces as special tokens, BOS ``<s>`` before every text, EOS ``</s>``;
+  the chat template is the one ``mistral-common`` generates for that tokenizer file (it writes
+  ``{{ bos_token }}`` itself).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def _save_model_dir(name: str, fast, bos_id: int, eos_ids: list[int], pad_id: in
     atexit.register(shutil.rmtree, out, ignore_errors=True)
     fast.save_pretrained(out)
     LlamaConfig(vocab_size=len(fast), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=bos_id,
+                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32768, bos_token_id=bos_id,
                 eos_token_id=eos_ids[0], pad_token_id=pad_id, tie_word_embeddings=True).save_pretrained(out)
     GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_ids, pad_token_id=pad_id).save_pretrained(out)
     return out
@@ -99,7 +102,7 @@ def mistral_tokenizer_file(version: str) -> Path:
 def mistral_dir(version: str) -> Path:
     _need("sentencepiece")
     from mistral_common.integrations.chat_templates.chat_templates import convert_tokenizer_to_chat_template
-    from tokenizers import AddedToken, processors
+    from tokenizers import AddedToken, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
 
@@ -108,6 +111,8 @@ def mistral_dir(version: str) -> Path:
     proto.ParseFromString(path.read_bytes())
     vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
     tok = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
     control = [piece.piece for piece in proto.pieces if piece.type == 3]  # CONTROL: <s>, </s>, [INST], ...
     tok.add_special_tokens([AddedToken(p, normalized=False, special=True) for p in control])
     bos, eos = vocab["<s>"], vocab["</s>"]
@@ -162,7 +167,10 @@ def reference_mistral(version: str, messages: list[dict]) -> tuple[list[int], li
     instruct = _mistral(version).instruct_tokenizer
 
     def encode(msgs):
-        return instruct.encode_instruct(InstructRequest(messages=[classes[m["role"]](content=m["content"]) for m in msgs])).tokens
+        # mistral-common takes the system prompt apart from the messages (it goes into the last user turn)
+        system = "\n\n".join(m["content"] for m in msgs if m["role"] == "system") or None
+        turns = [classes[m["role"]](content=m["content"]) for m in msgs if m["role"] != "system"]
+        return instruct.encode_instruct(InstructRequest(messages=turns, system_prompt=system)).tokens
 
     ids = encode(messages)
     end_inst = instruct.tokenizer.encode("[/INST]", bos=False, eos=False) if version == "v1" else [
