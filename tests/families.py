@@ -1,7 +1,7 @@
 """Model directories for real tokenizer families, built offline from the families' own PyPI packages.
 
 Each directory holds a Hugging Face tokenizer converted from the family's original tokenizer file, its
-chat template, and a tiny random ``LlamaConfig`` with the family's vocabulary size (enough to compile,
+chat template, and a tiny random ``LlamaForCausalLM`` with the family's vocabulary size (enough to compile,
 train a few steps and generate). The reference implementations the conformance tests compare against
 are the same packages' own encoders (``reference_llama3``, ``reference_mistral``).
 
@@ -52,9 +52,14 @@ def _save_model_dir(name: str, fast, bos_id: int, eos_ids: list[int], pad_id: in
     out = Path(tempfile.mkdtemp(prefix=f"tunespec-{name}-"))
     atexit.register(shutil.rmtree, out, ignore_errors=True)
     fast.save_pretrained(out)
-    LlamaConfig(vocab_size=len(fast), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32768, bos_token_id=bos_id,
-                eos_token_id=eos_ids[0], pad_token_id=pad_id, tie_word_embeddings=True).save_pretrained(out)
+    import torch
+    from transformers import LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32768,
+                         bos_token_id=bos_id, eos_token_id=eos_ids[0], pad_token_id=pad_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)  # random weights (a few MB): enough to train and generate
     GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_ids, pad_token_id=pad_id).save_pretrained(out)
     return out
 

@@ -248,3 +248,60 @@ def test_phi2_instruct_equals_the_model_cards_format(tmp_path):
         assert trained == _trained_after(ref, len(head)), row["id"]
         assert prompt == head, f"row {row['id']}: {_first_difference(prompt, head)}"
     assert 0 < with_input < ROWS
+
+
+# --------------------------------------------------------------------------- train and generate, one BOS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama3", "mistral-v3"])
+def test_train_two_steps_and_generate_with_one_bos(family, tmp_path, monkeypatch):
+    """A Llama-3 and a Mistral build (tokenizer chat template that writes its own BOS) train 2 LoRA steps and
+    generate; the ids the model is given start with exactly one BOS and equal the family's own generation
+    prompt (Meta's ``encode_dialog_prompt``, mistral-common's ``encode_instruct``)."""
+    import torch
+    from click.testing import CliRunner
+    from transformers.generation.utils import GenerationMixin
+
+    from tunespec.cli import main
+
+    model_dir = llama3_dir() if family == "llama3" else mistral_dir("v3")
+    bos = 128000 if family == "llama3" else 1
+    reference = reference_llama3 if family == "llama3" else functools.partial(reference_mistral, "v3")
+    path = write_jsonl(tmp_path / "dialogsum.jsonl", _dialogsum()[:24])
+    spec = write_spec(tmp_path, model={"path": str(model_dir)},
+                      data={"format": "summarization", "template": "tokenizer", "sources": [{"path": str(path)}],
+                            "tokenization": {"max_length": 1024}},
+                      adapter={"method": "lora", "r": 4, "alpha": 8, "target_modules": "all-linear"},
+                      training={"max_steps": 2, "micro_batch_size": 2, "gradient_accumulation_steps": 1,
+                                "bf16": False, "save_steps": 2})
+    build = tmp_path / "build"
+    runner = CliRunner()
+    r = runner.invoke(main, ["compile", str(spec), "-o", str(build)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["train", str(build)])
+    assert r.exit_code == 0, r.output
+    steps = [json.loads(line) for line in (build / "train" / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in steps if "loss" in m]
+    assert losses and all(torch.isfinite(torch.tensor(losses))), steps
+
+    seen: list[list[int]] = []
+    original = GenerationMixin.generate
+
+    def recording(self, *args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        for row, m in zip(ids.tolist(), mask.tolist() if mask is not None else [[1] * ids.shape[1]] * ids.shape[0]):
+            seen.append([t for t, keep in zip(row, m) if keep])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", recording)
+    dialogue = _dialogsum()[30]["dialogue"]
+    r = runner.invoke(main, ["generate", str(build), "--model", "adapter", "--json", "--prompt", dialogue])
+    assert r.exit_code == 0, r.output
+    assert len(seen) == 1 and seen[0][:2].count(bos) == 1 and seen[0][0] == bos, seen[0][:4]
+    user = json.loads(r.stdout.splitlines()[-1])
+    assert dialogue in user["prompt"]
+    _, _, expected = reference([{"role": "user", "content": "Summarize the following conversation.\n\n" + dialogue},
+                                {"role": "assistant", "content": "x"}])  # (not part of the prompt)
+    assert seen[0] == expected, _first_difference(seen[0], expected)

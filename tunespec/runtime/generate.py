@@ -157,8 +157,10 @@ class Renderer:
     def render_text(self, text: str) -> str:
         if not text.strip():
             raise _err("the prompt is empty", path="--prompt", hint="give the text to generate from")
-        if self.is_chat:
+        if self.is_chat and not self.field_names:
             return self.render_chat([{"role": "user", "content": text}])
+        # a fields format (also under a chat template): the text is its main field, rendered as training did
+        # (e.g. summarization's instruction + dialogue as the user turn)
         return self.render_fields(self.fields_of(text, {}))
 
     def render_chat(self, history: list[dict[str, str]]) -> str:
