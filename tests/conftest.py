@@ -14,6 +14,22 @@ import pytest
 import helpers
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Every test starts and ends with accelerate's process-wide state forgotten.
+
+    accelerate keeps one AcceleratorState per process; a test that trains in-process would
+    otherwise fix the mixed precision (or device) of every later test's Accelerator.
+    """
+    import sys
+
+    if "accelerate" in sys.modules:
+        helpers.reset_accelerate()
+    yield
+    if "accelerate" in sys.modules:
+        helpers.reset_accelerate()
+
+
 @pytest.fixture(scope="session")
 def _session_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tunespec-cache")

@@ -45,7 +45,7 @@ from .records import Record, openai_messages, openai_tools
 from .references import check_reference_fields, short_of_references
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_names, sources_inputs
 from .templates import Template, chat_generation_prompt, check_chat_template, load_template
-from .tools import IGNORED, DROPPED, manifest_tools, place_tools
+from .tools import IGNORED, DROPPED, manifest_tools, place_calls, place_tools
 from .tokenize import context_length, first_doubled, manifest_prefix, special_prefix, tokenize_examples
 
 FORMAT_VERSION = 1
@@ -253,13 +253,14 @@ def compile_build(
         prefixed = 0  # rows that got the special prefix put before them (tokenize.manifest_prefix)
         short_refs: dict[str, int] = {}  # rows per split with fewer references than evaluation.reference_fields
         tool_counts: Counter = Counter()  # rows kept with tool definitions, by what happened to them (tools.py)
+        call_counts: Counter = Counter()  # rows kept with tool calls, by how the model's chat template renders them
         first_tool_row: dict[str, Record] = {}
         for split in SPLITS:
             records = splits[split]
             if not records:
                 continue
             fmts = [fmt_of[r.source.rsplit("#", 1)[0]] for r in records]
-            records, outcomes = _placed_tools(records, fmts, template, tokenizer, data.tools)
+            records, outcomes, call_outcomes = _placed_tools(records, fmts, template, tokenizer, data.tools)
             rendering = (_render_row(template, r, f, tokenizer, data.tokenization.add_eos, by_name)
                          for r, f in zip(records, fmts))  # encoded as rendered
             tok = tokenize_examples(rendering, tokenizer, max_length=max_length, overlong=data.tokenization.overlong,
@@ -269,6 +270,8 @@ def compile_build(
                 if outcomes[i]:
                     tool_counts[outcomes[i]] += 1
                     first_tool_row.setdefault(outcomes[i], records[i])
+                if call_outcomes[i]:
+                    call_counts[call_outcomes[i]] += 1
             if ref_fields:
                 short_refs[split] = short_of_references([records[i] for i in tok.kept], ref_fields)
             prefixed += tok.prefixed
@@ -338,6 +341,7 @@ def compile_build(
             "compute_estimate": compute.to_dict(),
             "dropped": all_drops,
             **({"tools": manifest_tools(data.tools, tool_counts)} if tool_counts else {}),
+            **({"tool_calls": dict(sorted(call_counts.items()))} if call_counts else {}),
             **({"references": {"fields": list(ref_fields), "rows_with_fewer": short_refs}} if ref_fields else {}),
             "files": file_hashes,
         }
@@ -406,11 +410,13 @@ def _render_row(template: Template, rec: Record, fmt: str, tokenizer, add_eos: b
 
 
 def _placed_tools(records: list[Record], fmts: list[str], template: Template, tokenizer,
-                  mode: str) -> tuple[list[Record], list[str | None]]:
-    """The records as rendered under ``data.tools`` (tools.place_tools), and what happened to each one's
-    tool definitions (None: it had none)."""
+                  mode: str) -> tuple[list[Record], list[str | None], list[str | None]]:
+    """The records as rendered under ``data.tools`` (tools.place_tools) with their tool calls as the chat
+    template renders them (tools.place_calls), and what happened to each one's tool definitions and calls
+    (None: it had none)."""
     placed = [place_tools(template, rec, fmt, tokenizer, mode) for rec, fmt in zip(records, fmts)]
-    return [p[0] for p in placed], [p[1] for p in placed]
+    calls = [place_calls(template, rec, fmt, tokenizer) for (rec, _), fmt in zip(placed, fmts)]
+    return [c[0] for c in calls], [p[1] for p in placed], [c[1] for c in calls]
 
 
 def _tool_problems(mode: str, counts: Counter, first: dict[str, Record], by_name) -> list[Problem]:

@@ -39,7 +39,7 @@ from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from ..errors import Problem, TemplateError
-from .records import Record, openai_tools
+from .records import Record, openai_messages, openai_tools
 
 TOKENIZER = "tokenizer"
 FIELD_BLOCKS = ("prompt", "completion")
@@ -205,11 +205,15 @@ class Template:
             return _render_generation_blocks(messages, tokenizer, tools, self.source or None, add_eos=add_eos)
         return _render_with_tokenizer(messages, tokenizer, tools, self.source or None)
 
-    def full_text(self, record: Record, fmt: str, tokenizer=None) -> str:
-        """The whole rendered row as one text (what ``render`` splits into segments)."""
+    def full_text(self, record: Record, fmt: str, tokenizer=None, *, without_calls: bool = False) -> str:
+        """The whole rendered row as one text (what ``render`` splits into segments); `without_calls`: the
+        model's chat template given the same messages with their ``tool_calls`` left out."""
         if self.kind != "tokenizer":
             return "".join(s.text for s in self.render(record, fmt, tokenizer))
-        return _apply_template(tokenizer, _to_hf(self.messages_of(record, fmt)), add_generation_prompt=False,
+        hf, _ = _to_hf(self.messages_of(record, fmt))
+        if without_calls:
+            hf = [{k: v for k, v in m.items() if k != "tool_calls"} for m in hf]
+        return _apply_template(tokenizer, hf, add_generation_prompt=False,
                                tools=openai_tools(record.tools) or None, chat_template=self.source or None)
 
     def render_prompt(self, record: Record, fmt: str, tokenizer=None) -> str:
@@ -217,12 +221,13 @@ class Template:
         if self.kind == "fields":
             return self._block("prompt", self.fields_context(record, fmt))
         messages = self.messages_of(record, fmt)
-        last = max(i for i, m in enumerate(messages) if m["role"] in ("assistant", "tool_call"))
-        history = messages[:last]
         tools = openai_tools(record.tools) or None
         if self.kind == "chat":
-            return "".join(s.text for s in self._render_chat(history, tools)) + self._block("assistant_start", {})
-        return _apply_template(tokenizer, _to_hf(history), add_generation_prompt=True, tools=tools,
+            last = max(i for i, m in enumerate(messages) if m["role"] in ("assistant", "tool_call"))
+            return "".join(s.text for s in self._render_chat(messages[:last], tools)) + self._block("assistant_start", {})
+        hf, _ = _to_hf(messages)
+        last = max(i for i, m in enumerate(hf) if m["role"] == "assistant")
+        return _apply_template(tokenizer, hf[:last], add_generation_prompt=True, tools=tools,
                                chat_template=self.source or None)
 
     def fields_context(self, record: Record, fmt: str) -> dict:
@@ -280,15 +285,12 @@ def chat_generation_prompt(segments, eos_text: str | None, add_eos: bool) -> str
 # --------------------------------------------------------------------------- the model's own chat template
 
 
-def _to_hf(messages: list[dict[str, str]]) -> list[dict]:
-    """Canonical messages in the shape HF chat templates expect."""
-    out = []
-    for m in messages:
-        if m["role"] == "tool_call":
-            out.append({"role": "assistant", "content": m["content"]})
-        else:
-            out.append({"role": m["role"], "content": m["content"]})
-    return out
+def _to_hf(messages: list[dict[str, str]]) -> tuple[list[dict], list[bool]]:
+    """Canonical messages in the shape HF chat templates (and TRL, reading ``data/<split>.jsonl``) take: the
+    OpenAI schema of ``records.openai_messages`` (a ``tool_call`` message is an assistant message with
+    ``tool_calls``), and whether each message is trained (its per-turn flag)."""
+    hf = openai_messages(messages)
+    return [{k: v for k, v in m.items() if k != "train"} for m in hf], [m.get("train", True) for m in hf]
 
 
 def _own_chat_template(tokenizer) -> str | None:
@@ -327,12 +329,12 @@ def _apply_template(tokenizer, messages: list[dict], *, add_generation_prompt: b
 def _render_with_tokenizer(messages: list[dict[str, str]], tokenizer, tools: list[dict] | None,
                            chat_template: str | None = None) -> list[Segment]:
     """Split the model's rendering of a conversation into trained assistant turns and the rest."""
-    hf = _to_hf(messages)
+    hf, trained = _to_hf(messages)
     segments: list[Segment] = []
     done = ""
     apply = functools.partial(_apply_template, tokenizer, tools=tools, chat_template=chat_template)
-    for i, m in enumerate(messages):
-        if m["role"] not in ("assistant", "tool_call"):
+    for i, m in enumerate(hf):
+        if m["role"] != "assistant":
             continue
         before = apply(hf[:i], add_generation_prompt=True) if i else ""
         through = apply(hf[: i + 1], add_generation_prompt=False)
@@ -341,7 +343,7 @@ def _render_with_tokenizer(messages: list[dict[str, str]], tokenizer, tools: lis
                                 hint="use a library chat template such as chatml, or mark the assistant text "
                                 "with {% generation %} blocks")
         segments.append(Segment(before[len(done):], False))
-        segments.append(Segment(through[len(before):], m.get("weight", 1) > 0))
+        segments.append(Segment(through[len(before):], trained[i]))
         done = through
     full = apply(hf, add_generation_prompt=False)
     if full.startswith(done) and len(full) > len(done):
@@ -366,7 +368,7 @@ def _render_generation_blocks(messages: list[dict[str, str]], tokenizer, tools: 
         raise TemplateError("{% generation %} blocks need transformers' render_jinja_template, missing in this version",
                             hint="upgrade transformers, or remove the {% generation %} blocks") from None
 
-    hf = _to_hf(messages)
+    hf, trained = _to_hf(messages)
     source = chat_template or tokenizer.get_chat_template(None, tools)
     try:
         texts, spans = render_jinja_template(conversations=[hf], tools=tools, chat_template=source,
@@ -378,8 +380,8 @@ def _render_generation_blocks(messages: list[dict[str, str]], tokenizer, tools: 
     if text != _apply_template(tokenizer, hf, add_generation_prompt=False, tools=tools, chat_template=chat_template):
         raise TemplateError("the chat template renders differently with {% generation %} tracking",
                             hint="report this with the template; or remove the {% generation %} blocks")
-    turns = [m for m in messages if m["role"] in ("assistant", "tool_call")]
-    flagged = any("weight" in m for m in turns)
+    turns = [t for m, t in zip(hf, trained) if m["role"] == "assistant"]
+    flagged = any("weight" in m for m in messages if m["role"] in ("assistant", "tool_call"))
     if flagged and len(spans) != len(turns):
         raise TemplateError(f"the chat template's {{% generation %}} blocks ({len(spans)}) do not match the row's "
                             f"{len(turns)} assistant turns, so per-turn training flags cannot be applied",
@@ -394,7 +396,7 @@ def _render_generation_blocks(messages: list[dict[str, str]], tokenizer, tools: 
         if add_eos and eos and text.startswith(eos, b):
             b += len(eos)
         segments.append(Segment(text[done:a], False))
-        segments.append(Segment(text[a:b], turns[k].get("weight", 1) > 0 if flagged else True))
+        segments.append(Segment(text[a:b], turns[k] if flagged else True))
         done = b
     segments.append(Segment(text[done:], False))
     return [s for s in segments if s.text]

@@ -42,6 +42,9 @@ BY_TEMPLATE = "rendered_by_template"
 IN_SYSTEM = "in_system_turn"
 IGNORED = "template_ignores_tools"  # auto: the template ignored them (they went to the system turn)
 DROPPED = "dropped"
+# and what happened to the rows' tool calls under the model's chat template (place_calls)
+CALLS_BY_TEMPLATE = "tool_calls_rendered_by_template"
+CALLS_AS_TEXT = "tool_calls_as_text"
 
 TOOLS_HEADER = "# Tools\n\nYou can call these functions (one JSON definition per line):\n<tools>\n"
 TOOLS_FOOTER = ("\n</tools>\n\nTo call a function, reply with only a JSON object: "
@@ -92,6 +95,43 @@ def place_tools(template, record: Record, fmt: str, tokenizer, mode: str) -> tup
     if renders_tools(template, record, fmt, tokenizer):
         return record, BY_TEMPLATE
     return in_system_turn(record, default_system), IGNORED
+
+
+def as_text_calls(record: Record) -> Record:
+    """The record with each ``tool_call`` message as an assistant message whose content is the call's JSON
+    text (``{"name": ..., "arguments": ...}``): how a chat template that has no ``tool_calls`` support sees
+    a call, and how ``data/<split>.jsonl`` then writes it, so that the file renders to the build's tokens."""
+    messages = [{**m, "role": "assistant"} if m["role"] == "tool_call" else m for m in record.messages]
+    return replace(record, messages=messages)
+
+
+def renders_calls(template, record: Record, fmt: str, tokenizer) -> bool:
+    """Whether the model's chat template renders the row's assistant ``tool_calls`` (OpenAI schema, as TRL
+    gives them): its text holds each call's name and differs from the text with the calls left out (an
+    same messages without ``tool_calls``: a template that ignores them renders both alike)."""
+    from .records import NotOpenAI, openai_calls
+
+    try:
+        names = [c["function"]["name"] for m in record.messages if m["role"] == "tool_call"
+                 for c in openai_calls(m["content"])]
+        with_calls = template.full_text(record, fmt, tokenizer)
+    except NotOpenAI:
+        return False
+    return all(n in with_calls for n in names) and with_calls != template.full_text(record, fmt, tokenizer,
+                                                                                  without_calls=True)
+
+
+def place_calls(template, record: Record, fmt: str, tokenizer) -> tuple[Record, str | None]:
+    """The record as the model's chat template (``template: tokenizer`` or a Hugging Face template file)
+    renders its tool calls: as ``tool_calls`` where the template renders them (Llama-3.1, Mistral, Qwen,
+    Hermes-style templates write their own call syntax), else as the call's JSON text in an assistant turn
+    (``as_text_calls``); and which (``CALLS_BY_TEMPLATE``, ``CALLS_AS_TEXT``, None without calls).
+    Library templates render calls with their own ``assistant`` block and are left as they are."""
+    if template.kind != "tokenizer" or not record.is_chat or not any(m["role"] == "tool_call" for m in record.messages):
+        return record, None
+    if renders_calls(template, record, fmt, tokenizer):
+        return record, CALLS_BY_TEMPLATE
+    return as_text_calls(record), CALLS_AS_TEXT
 
 
 def manifest_tools(mode: str, counts: Counter) -> dict:
