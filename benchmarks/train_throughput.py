@@ -206,7 +206,7 @@ def run_trl(args, packing: bool, quantized: bool = False) -> dict:
     return meter.result(trainer.model)
 
 
-def run_tunespec(args, packing: bool, quantized: bool = False) -> dict:
+def run_tunespec(args, packing: bool, quantized: bool = False, extra: list[str] = ()) -> dict:
     import torch
 
     from tunespec.compiler.build import compile_build
@@ -218,8 +218,8 @@ def run_tunespec(args, packing: bool, quantized: bool = False) -> dict:
             f"data.sources.0.path={args.data}", "data.template=instruct_output_end", f"training.max_steps={args.steps}",
             "training.logging_steps=1", "training.save_strategy=no", "training.learning_rate=2.0e-4",
             "training.warmup_steps=1", f"training.packing={'true' if packing else 'false'}", "evaluation.metrics=[loss]",
-            *args.set]
-    out = Path(f"/tmp/bench-tunespec-{'packing' if packing else 'padded'}-{'qlora' if quantized else 'lora'}")
+            *extra, *args.set]
+    out = Path(f"/tmp/bench-tunespec-{'packing' if packing else 'padded'}-{'qlora' if quantized else 'lora'}-{len(extra)}")
     spec = ROOT / f"benchmarks/specs/dialogsum-dev-{'qlora' if quantized else 'lora'}.yaml"
     compile_build(load_spec(spec, sets), out, force=True)
     meter = Meter()
@@ -292,6 +292,10 @@ SYSTEMS = {
     "trl_packing": lambda a: run_trl(a, True),
     "tunespec": lambda a: run_tunespec(a, False),
     "tunespec_packing": lambda a: run_tunespec(a, True),
+    # the defaults: micro-batches sized by tokens (micro_batch_tokens auto), and a 16k-token budget
+    "tunespec_defaults": lambda a: run_tunespec(a, False, extra=["training.micro_batch_size=null"]),
+    "tunespec_16k": lambda a: run_tunespec(a, False, extra=["training.micro_batch_size=null",
+                                                            "training.micro_batch_tokens=16384"]),
     "trl_qlora_packing": lambda a: run_trl(a, True, quantized=True),
     "tunespec_qlora_packing": lambda a: run_tunespec(a, True, quantized=True),
 }

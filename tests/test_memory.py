@@ -234,7 +234,12 @@ def test_check_budget():
     problem = err.value.problems[0]
     assert problem.path == "launch.gpu_memory_gib"
     assert "activations" in problem.message and "logits" in problem.message
-    assert "gradient_checkpointing" in problem.hint and "micro_batch_size" in problem.hint
+    # the default micro-batches are sized by tokens: the hint names that budget; rows: their count
+    assert "gradient_checkpointing" in problem.hint and "micro_batch_tokens" in problem.hint
+    e = estimate(training={"gradient_checkpointing": False, "micro_batch_size": 8})
+    with pytest.raises(SpecError) as err:
+        check_budget(e, 4)
+    assert "lower training.micro_batch_size (now 8)" in err.value.problems[0].hint
 
 
 def test_check_budget_hint_follows_the_spec():

@@ -208,6 +208,7 @@ def test_every_rule_branch_has_a_bad_spec():
         "evaluation_has_references": "ROUGE needs reference answers",
         "launch_consistent": "parameter offload needs ZeRO stage 3",
         "publishing_consistent": "prompt tuning cannot be merged into the base",
+        "one_micro_batch_size": "a token budget and training.micro_batch_size both size",
     }
     assert {r.__name__ for r in rules.RULES} == set(sample), "a rule was added: add bad specs for its branches"
     for name, text in sample.items():

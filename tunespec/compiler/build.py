@@ -38,6 +38,7 @@ from ..errors import BuildError, DataError, Problem, TemplateError
 from ..models import ModelRef, resolve, sha256_file
 from ..spec.loader import LoadedSpec
 from ..spec.render import resolved_dict, to_yaml
+from .. import micro_batches
 from ..verify import seal_lock
 from .formats import FORMATS
 from .model_cache import load_for_compile
@@ -308,15 +309,29 @@ def compile_build(
             raise DataError(problems)
         from .memory import check_budget, estimate_memory
 
+        train_lengths = np.diff(np.load(tmp / "tokens" / "train.offsets.npy"))
+        batching = micro_batches.resolve(spec, config, max_length=max_length, train_tokens=int(train_lengths.sum()))
+        per_epoch = micro_batches.per_epoch(batching, train_lengths, spec.training.seed)
         longest = split_stats["train"]["length"]["max"]
-        seq_len = max_length if spec.training.packing else -(-longest // 8) * 8
+        if batching.packed:  # one concatenated sequence of (up to) the bins' tokens
+            seq_len, rows = batching.bin_tokens * batching.per_micro, 1
+        else:
+            seq_len, rows = -(-longest // 8) * 8, batching.per_micro
         memory = estimate_memory(spec, vocab.sized_config(config) if vocab else config, seq_len=seq_len,
-                                 trained_fraction=split_stats["train"]["trained_fraction"])
+                                 trained_fraction=split_stats["train"]["trained_fraction"], micro_batch_rows=rows)
         check_budget(memory, spec.launch.gpu_memory_gib)
         from .flops import estimate_compute
 
-        compute = estimate_compute(spec, config, lengths=np.diff(np.load(tmp / "tokens" / "train.offsets.npy")),
+        compute = estimate_compute(spec, config, lengths=train_lengths, batches_per_epoch=per_epoch,
                                    loss_tokens=split_stats["train"]["trained_tokens"], max_length=max_length)
+        step_micro = spec.training.gradient_accumulation_steps * spec.launch.num_processes * spec.launch.num_machines
+        batching_record = {
+            "mode": batching.mode, "per_micro_batch": batching.per_micro, "bin_tokens": batching.bin_tokens,
+            "why": batching.why, "micro_batches_per_epoch": per_epoch,
+            # the mean optimizer step, in rows and tokens (every process, every accumulated micro-batch)
+            "step_rows": round(len(train_lengths) / per_epoch * step_micro, 1),
+            "step_tokens": round(int(train_lengths.sum()) / per_epoch * step_micro),
+        }
 
         tokenizer.save_pretrained(tmp / "tokenizer")
         from .launch import write_launch_files
@@ -337,6 +352,7 @@ def compile_build(
             "template": {"name": template.name, "kind": template.kind, "sha256": template.sha256, "stop": template.stop},
             **({"vocabulary": vocab.to_dict()} if vocab else {}),
             "splits": split_stats,
+            "batching": batching_record,
             "memory_estimate": memory.to_dict(),
             "compute_estimate": compute.to_dict(),
             "dropped": all_drops,
@@ -381,6 +397,9 @@ def compile_build(
     for split, st in split_stats.items():
         messages.append(f"  {split}: {st['rows']} rows, {st['tokens']} tokens ({st['trained_fraction']:.0%} trained), "
                         f"length median {st['length']['median']:.0f} max {st['length']['max']}")
+    b = manifest["batching"]
+    messages.append(f"  batching: {micro_batches.MicroBatching(b['mode'], b['per_micro_batch'], b['bin_tokens'], b['why']).describe()}; "
+                    f"{b['micro_batches_per_epoch']} an epoch; a step takes {b['step_rows']:g} rows, {b['step_tokens']:,} tokens on average")
     messages += ["  " + line for line in memory.render().splitlines()]
     if vocab:
         messages += ["  " + vocab.summary()] + ["  warning: " + p.render() for p in vocab_warnings]

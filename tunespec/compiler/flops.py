@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from ..micro_batches import DEFAULT_ROWS
 from ..spec import Spec
 from ..spec.adapter import FullSpec, LoraSpec, PrefixTuningSpec, PromptTuningSpec
 from ..spec.launch import FsdpLaunch
@@ -197,15 +198,15 @@ def _millions(n: int) -> str:
     return f"{n / 1e9:.4g}B" if n >= 1e9 else f"{n / 1e6:.4g}M" if n >= 1e5 else f"{n:,}"
 
 
-def _passes(spec: Spec, rows: int, tokens: int, max_length: int) -> tuple[float, int]:
-    """(passes over the train split, optimizer steps), as the runtime plans them."""
+def _passes(spec: Spec, rows: int, tokens: int, max_length: int, batches: int | None = None) -> tuple[float, int]:
+    """(passes over the train split, optimizer steps), as the runtime plans them. `batches`: the micro-batches
+    of an epoch where the caller formed them (``micro_batches.per_epoch``); else estimated from the spec."""
     t, ln = spec.training, spec.launch
     world = ln.num_processes * ln.num_machines
-    if t.packing:
-        units = max(1, -(-tokens // max_length))  # bins of max_length tokens
-    else:
-        units = rows
-    batches = max(1, -(-units // t.micro_batch_size))
+    if batches is None:
+        per_micro = t.micro_batch_size or DEFAULT_ROWS
+        units = max(1, -(-tokens // max_length)) if t.packing else rows  # packing: bins of max_length tokens
+        batches = max(1, -(-units // per_micro))
     usable = batches - batches % world or batches  # the runtime trims an epoch to a multiple of the processes
     per_step = world * t.gradient_accumulation_steps
     steps = t.max_steps or max(1, math.ceil(t.epochs * usable / per_step))
@@ -248,18 +249,20 @@ def _mfu(spec: Spec, total_params: int) -> tuple[float, str]:
     return mfu, reason
 
 
-def estimate_compute(spec: Spec, config: Any, *, lengths: Any, loss_tokens: int, max_length: int) -> ComputeEstimate:
+def estimate_compute(spec: Spec, config: Any, *, lengths: Any, loss_tokens: int, max_length: int,
+                     batches_per_epoch: int | None = None) -> ComputeEstimate:
     """Estimate the FLOPs (and, with ``launch.gpu``, the wall time) of training ``spec``.
 
     ``lengths`` holds the real token count of every train row (the compiled ``tokens/train.offsets.npy``
     differenced) and ``loss_tokens`` how many of them carry loss; ``max_length`` is the build's (for
-    packing). See the module docstring for every formula.
+    packing); ``batches_per_epoch`` the micro-batches of an epoch (``micro_batches.per_epoch``) where known.
+    See the module docstring for every formula.
     """
     arch = architecture_of(config)
     ln, a = spec.launch, spec.adapter
     n = np.asarray(lengths, dtype=np.int64)
     rows, split_tokens = int(len(n)), int(n.sum())
-    epochs, steps = _passes(spec, rows, split_tokens, max_length)
+    epochs, steps = _passes(spec, rows, split_tokens, max_length, batches_per_epoch)
     notes: list[str] = []
 
     # dense work per token: the decoder layers' linears (and LoRA's), and the LM head's

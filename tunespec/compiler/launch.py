@@ -248,7 +248,8 @@ def deepspeed_config(spec: Spec) -> dict:
         "fp16": {"enabled": "auto"},
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "gradient_clipping": float(t.max_grad_norm) if t.max_grad_norm is not None else 0.0,
-        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        # rows per micro-batch where set; sized by tokens, a micro-batch is one concatenated sequence
+        "train_micro_batch_size_per_gpu": t.micro_batch_size or 1,
         "wall_clock_breakdown": False,
         "zero_optimization": zero,
     }

@@ -96,6 +96,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..micro_batches import DEFAULT_ROWS
 from ..errors import Problem, SpecError
 from ..spec import Spec
 from ..spec.adapter import FullSpec, LoraSpec
@@ -726,11 +727,12 @@ def layer_activation_bytes(spec: Spec, arch: Architecture, seq_len: int) -> floa
 
 
 def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: int | None = None,
-                    trained_fraction: float = 1.0) -> MemoryEstimate:
+                    trained_fraction: float = 1.0, micro_batch_rows: int | None = None) -> MemoryEstimate:
     """Estimate the GPU memory of training ``spec`` on the model described by ``config``.
 
     ``seq_len`` is the padded length of a micro batch (the longest tokenized row, or
-    ``data.tokenization.max_length``). ``trainable_params`` replaces the computed trainable count
+    ``data.tokenization.max_length``; sized by tokens, the budget) and ``micro_batch_rows`` the sequences of one
+    micro-batch (default ``training.micro_batch_size``, or 8; 1 for a micro-batch sized by tokens). ``trainable_params`` replaces the computed trainable count
     (e.g. the exact count from peft); they are taken to be adapter (fp32) parameters under LoRA and
     model-dtype parameters under full fine-tuning. See the module docstring for every formula.
     """
@@ -798,7 +800,8 @@ def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: 
         optimizer = 0.0
 
     # activations and logits
-    tokens = t.micro_batch_size * seq_len
+    rows = micro_batch_rows or t.micro_batch_size or DEFAULT_ROWS
+    tokens = rows * seq_len
     per_layer = layer_activation_bytes(spec, arch, seq_len)
     checkpointing = checkpointing_on(spec, on_gpu=True) or (isinstance(ln, FsdpLaunch) and ln.activation_checkpointing)
     if checkpointing:
@@ -824,7 +827,7 @@ def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: 
         total_params=arch.total_params,
         trainable_params=trainable.total,
         seq_len=seq_len,
-        micro_batch_size=t.micro_batch_size,
+        micro_batch_size=rows,
         notes=tuple(notes),
         advice=_advice(spec, checkpointing),
     )
@@ -840,9 +843,12 @@ def _advice(spec: Spec, checkpointing: bool) -> dict[str, tuple[str, ...]]:
     fsdp = isinstance(ln, FsdpLaunch)
     ds = isinstance(ln, DeepSpeedLaunch)
     smaller_batch = None
-    if t.micro_batch_size > 1:
+    if t.micro_batch_size is None and t.micro_batch_tokens is not None:
+        smaller_batch = ("set training.micro_batch_tokens lower and raise gradient_accumulation_steps to keep the "
+                         "batch")
+    elif (t.micro_batch_size or DEFAULT_ROWS) > 1:
         smaller_batch = (
-            f"lower training.micro_batch_size (now {t.micro_batch_size}) "
+            f"lower training.micro_batch_size (now {t.micro_batch_size or DEFAULT_ROWS}) "
             "and raise gradient_accumulation_steps to keep the batch"
         )
     shorter = "lower data.tokenization.max_length"

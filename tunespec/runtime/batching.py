@@ -11,64 +11,53 @@ exact data position from the step count alone: no row is seen twice or skipped.
   attention inside each row; transformers' SDPA and eager paths build a block-diagonal causal mask from
   the position ids. The first token of every row is never a label (it would be predicted from the
   previous row).
-* Packed batches (``packing``): rows are packed first-fit into bins of ``max_length`` tokens and a
-  micro-batch of ``micro_batch_size`` bins is concatenated the same way.
+* Packed batches: rows packed first-fit into bins, concatenated the same way: one bin of up to
+  ``micro_batch_tokens`` tokens per micro-batch (the default), or ``micro_batch_size`` bins of ``max_length``
+  tokens (``packing``). Which one: ``tunespec/micro_batches.py``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..micro_batches import MicroBatching, pack
 from .build import TokenSet
 
 PAD_MULTIPLE = 8
 
 
 def epoch_batches(
-    tokens: TokenSet, *, micro_batch_size: int, seed: int, epoch: int, group_by_length: bool, packing: bool,
-    max_length: int, world_size: int = 1,
+    tokens: TokenSet, *, batching: MicroBatching, seed: int, epoch: int, group_by_length: bool, world_size: int = 1,
 ) -> list[list[int]]:
     """Every micro-batch of one epoch (lists of row indices), the same on every process.
 
-    How optimizer steps and processes take them is `train.Plan`'s business (one continuous stream over
-    epochs). `world_size` > 1 trims the list to a multiple of it (kept for callers that split by process).
+    Packed modes (tokens, bins; ``micro_batches``): the rows are packed into bins once per run (first fit, in
+    the order of ``seed``), and each epoch takes the bins in its own order: every epoch has the same number of
+    micro-batches, which the step plan relies on. Rows mode: each epoch shuffles the rows (grouped by length
+    where asked). How optimizer steps and processes take the micro-batches is `train.Plan`'s business (one
+    continuous stream over epochs). `world_size` > 1 trims the list to a multiple of it.
     """
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(tokens))
     lengths = tokens.lengths
-    if packing:
-        bins = _pack(order, lengths, max_length)
-        batches = [sum(bins[i : i + micro_batch_size], []) for i in range(0, len(bins), micro_batch_size)]
+    n = batching.per_micro
+    if batching.packed:
+        bins = pack(np.random.default_rng([seed, 0]).permutation(len(tokens)), lengths, batching.bin_tokens)
+        bins = [bins[i] for i in rng.permutation(len(bins))]
+        batches = [sum(bins[i : i + n], []) for i in range(0, len(bins), n)]
     elif group_by_length:
-        mega = micro_batch_size * 50
+        order = rng.permutation(len(tokens))
+        mega = n * 50
         batches = []
         for start in range(0, len(order), mega):
             chunk = sorted(order[start : start + mega].tolist(), key=lambda i: -int(lengths[i]))
-            batches += [chunk[i : i + micro_batch_size] for i in range(0, len(chunk), micro_batch_size)]
+            batches += [chunk[i : i + n] for i in range(0, len(chunk), n)]
         perm = rng.permutation(len(batches))
         batches = [batches[i] for i in perm]
     else:
-        idx = order.tolist()
-        batches = [idx[i : i + micro_batch_size] for i in range(0, len(idx), micro_batch_size)]
+        idx = rng.permutation(len(tokens)).tolist()
+        batches = [idx[i : i + n] for i in range(0, len(idx), n)]
     usable = len(batches) - len(batches) % world_size
     return batches[:usable] if usable else batches[:world_size]
-
-
-def _pack(order: np.ndarray, lengths: np.ndarray, capacity: int) -> list[list[int]]:
-    """First-fit packing of rows (in the given order) into bins of at most `capacity` tokens."""
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for i in order.tolist():
-        n = int(lengths[i])
-        for b, free in enumerate(room):
-            if n <= free:
-                bins[b].append(i)
-                room[b] -= n
-                break
-        else:
-            bins.append([i])
-            room.append(capacity - n)
-    return bins
 
 
 def collate_padded(tokens: TokenSet, rows: list[int], pad_id: int) -> dict:

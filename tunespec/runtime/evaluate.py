@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..micro_batches import DEFAULT_ROWS
 from ..atomic import check_replaceable, install, temp_dir
 from ..errors import BuildError, Problem
 from ..spec.adapter import is_peft
@@ -135,7 +136,7 @@ def eval_loss(model, build: Build, split: str, limit: int | None) -> float | Non
     if n == 0:
         return None
     device = _device(model)
-    bs = build.spec.training.eval_batch_size or build.spec.training.micro_batch_size
+    bs = build.spec.training.eval_batch_size or build.spec.training.micro_batch_size or DEFAULT_ROWS
     total, count = 0.0, 0
     model.eval()
     pad = build.manifest.get("pad_token_id")

@@ -212,6 +212,17 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _batch_text(manifest: dict, t, ln) -> str:
+    world = ln.num_processes * ln.num_machines
+    b = manifest.get("batching")
+    if not b:  # a build from before micro-batches were recorded
+        return f"{t.micro_batch_size} rows x {t.gradient_accumulation_steps} accumulation x {world} process(es) per step"
+    unit = (f"up to {b['bin_tokens']:,} tokens" if b["mode"] == "tokens" else
+            f"{b['per_micro_batch']} bins of {b['bin_tokens']:,} tokens" if b["mode"] == "bins" else f"{b['per_micro_batch']} rows")
+    return (f"micro-batches of {unit} x {t.gradient_accumulation_steps} accumulation x {world} process(es) per step "
+            f"({b['step_rows']:g} rows, {b['step_tokens']:,} tokens a step on average)")
+
+
 def _training_lines(build: Build) -> list[str]:
     spec, manifest = build.spec, build.manifest
     t, ln = spec.training, spec.launch
@@ -223,8 +234,7 @@ def _training_lines(build: Build) -> list[str]:
         ("method", _method_text(build)),
         ("data", f"{train['rows']:,} train rows, {train['tokens']:,} tokens ({train['trained_fraction']:.0%} trained); "
                  f"format `{spec.data.format}`, template `{manifest['template']['name']}`"),
-        ("batch", f"{t.micro_batch_size} rows x {t.gradient_accumulation_steps} accumulation x "
-                  f"{ln.num_processes * ln.num_machines} process(es) per step"),
+        ("batch", _batch_text(manifest, t, ln)),
         ("optimizer", f"{t.optimizer}, learning rate {t.learning_rate:g} ({t.lr_scheduler}), weight decay "
                       f"{t.weight_decay:g}"),
     ]

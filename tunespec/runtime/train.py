@@ -46,6 +46,7 @@ from ..atomic import check_replaceable, install, temp_dir
 from ..errors import BuildError, Problem, TunespecError
 from ..spec.adapter import is_peft
 from . import checkpoint as ckpt
+from .. import micro_batches
 from .batching import collate_packed, collate_padded, count_positions, epoch_batches
 from .build import Build, TokenSet
 
@@ -195,6 +196,9 @@ class Trainer:
         self.tokenizer = self.build.load_tokenizer()
         self.train_set = self.build.tokens("train")
         self.eval_set = self.build.tokens("validation") if self.build.has_split("validation") else None
+        sharded = self.spec.launch.topology in ("fsdp", "deepspeed")
+        model = load_base_model(self.spec, device_map=None if sharded else "default")
+        self._choose_batching(model)
         world = self.acc.num_processes
         n_batches = len(self._batches(0))
         if n_batches == 0:
@@ -205,9 +209,6 @@ class Trainer:
         accum = t.gradient_accumulation_steps
         self.plan = Plan(batches_per_epoch=n_batches, world=world, rank=self.acc.process_index, accum=accum,
                          total_steps=t.max_steps or max(1, math.ceil(t.epochs * n_batches / (world * accum))))
-        sharded = self.spec.launch.topology in ("fsdp", "deepspeed")
-        model = load_base_model(self.spec, device_map=None if sharded else "default")
-        self._choose_batching(model)
         from .vocabulary import extend_embeddings
 
         extend_embeddings(model, self.build)  # model.added_tokens: the new rows start as the mean row
@@ -266,8 +267,10 @@ class Trainer:
         if t.padding_free is True and why_not:
             raise BuildError(Problem(f"training.padding_free is true, but {why_not}", file=str(self.build.path / "lock.yaml"),
                                      hint="set training.padding_free: auto (or false) and recompile"))
-        # concatenated rows: padding-free batching, or packing (which the spec allows for any model)
-        self.flat = t.packing or (t.padding_free is not False and why_not is None)
+        self.batching = micro_batches.resolve(self.spec, model.config, max_length=self.build.max_length,
+                                              train_tokens=int(self.train_set.lengths.sum()))
+        # concatenated rows: padding-free batching, or bins (which the spec allows for any model with packing)
+        self.flat = self.batching.packed or (t.padding_free is not False and why_not is None)
         # logits only at trained positions: the HF forward must take an index tensor as logits_to_keep,
         # and no virtual tokens may shift the positions (prefix/prompt tuning)
         self.trained_logits = (self.flat and why_not is None
@@ -295,8 +298,8 @@ class Trainer:
     def _batches(self, epoch: int) -> list[list[int]]:
         t = self.spec.training
         # The whole epoch (world_size 1): processes share the stream position by position (see Plan).
-        return epoch_batches(self.train_set, micro_batch_size=t.micro_batch_size, seed=t.seed, epoch=epoch,
-                             group_by_length=t.group_by_length, packing=t.packing, max_length=self.build.max_length)
+        return epoch_batches(self.train_set, batching=self.batching, seed=t.seed, epoch=epoch,
+                             group_by_length=t.group_by_length)
 
     def _collate(self, tokens: TokenSet, rows: list[int], device: bool = True) -> dict:
         batch = collate_packed(tokens, rows) if self.flat else collate_padded(tokens, rows, self.pad_id)
@@ -454,7 +457,7 @@ class Trainer:
         if self.eval_set is None or len(self.eval_set) == 0:
             return None
         t = self.spec.training
-        bs = t.eval_batch_size or t.micro_batch_size
+        bs = t.eval_batch_size or t.micro_batch_size or micro_batches.DEFAULT_ROWS
         order = sorted(range(len(self.eval_set)), key=lambda i: -int(self.eval_set.lengths[i]))
         world = self.acc.num_processes
         mine = order[self.acc.process_index :: world]
@@ -505,9 +508,9 @@ class Trainer:
             bar = tqdm(total=plan.total_steps, initial=start, unit="step", dynamic_ncols=True, leave=False)
             plain_log = self.log
             self.log = lambda text: bar.write(text, file=sys.stderr)
-        self.log(f"training {plan.total_steps} steps × {plan.accum} micro-batches of {t.micro_batch_size} "
-                 f"{'bins' if t.packing else 'rows'} on {self.acc.num_processes} process(es), {self.acc.device}; "
-                 f"{len(self.train_set)} train rows; "
+        self.log(f"training {plan.total_steps} steps × {plan.accum} {self.batching.describe()} "
+                 f"on {self.acc.num_processes} process(es), {self.acc.device}; "
+                 f"{len(self.train_set)} train rows in {plan.batches_per_epoch} micro-batches an epoch; "
                  + (f"padding-free ({self.attention} attention, logits only where trained)" if self.trained_logits
                     else "padding-free" if self.flat else "padded batches")
                  + (f"; {self.compiled} layers compiled" if self.compiled else ""))

@@ -316,3 +316,17 @@ def publishing_consistent(spec: Spec) -> Iterator[Problem]:
     if push.what == "merged" and isinstance(a, (PrefixTuningSpec, PromptTuningSpec)):
         yield _p("output.push_to_hub.what", f"{a.method.replace('_', ' ')} cannot be merged into the base "
                  "(it adds virtual tokens, not weight updates)", "use what: adapter (or auto): base + adapter is served")
+
+
+@rule
+def one_micro_batch_size(spec: Spec) -> Iterator[Problem]:
+    t = spec.training
+    if isinstance(t.micro_batch_tokens, int) and (t.micro_batch_size is not None or t.packing):
+        other = "training.packing" if t.packing else "training.micro_batch_size"
+        yield _p("training.micro_batch_tokens", f"a token budget and {other} both size the micro-batches",
+                 f"keep one: remove micro_batch_tokens, or remove {other}")
+    longest = spec.data.tokenization.max_length
+    if isinstance(t.micro_batch_tokens, int) and longest is not None and t.micro_batch_tokens < longest:
+        yield _p("training.micro_batch_tokens", f"{t.micro_batch_tokens} is below data.tokenization.max_length "
+                 f"({spec.data.tokenization.max_length}): the longest rows would not fit a micro-batch",
+                 f"use at least {spec.data.tokenization.max_length}, or lower max_length")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -16,7 +16,13 @@ Optimizer = Literal[
 class TrainingSpec(Section):
     """Optimisation: batch sizes, length, learning rate and schedule, precision, checkpoints, evaluation."""
 
-    micro_batch_size: int = Field(8, ge=1, description="Sequences per device per forward pass.")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="Rows per device per forward pass (bins with packing, default 8). Unset: micro-batches "
+        "are sized by tokens (micro_batch_tokens).")
+    micro_batch_tokens: Annotated[int, Field(ge=64)] | Literal["auto"] | None = Field(
+        "auto", description="With micro_batch_size unset: rows packed first-fit into micro-batches of up to this "
+        "many tokens, attention kept inside each row; auto = 16,384 tokens, fewer where an epoch would get under "
+        "64 micro-batches (tunespec/micro_batches.py); null = 8 rows.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     epochs: float | None = Field(3, gt=0, description="Passes over the train split (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
@@ -62,7 +68,7 @@ class TrainingSpec(Section):
         "no", description="When the validation loss is computed during training: never, every eval_steps, every epoch."
     )
     eval_steps: int | None = Field(None, ge=1, description="Default: save_steps.")
-    eval_batch_size: int | None = Field(None, ge=1, description="Default: micro_batch_size.")
+    eval_batch_size: int | None = Field(None, ge=1, description="Rows per validation batch. Default: micro_batch_size, or 8.")
     load_best_model_at_end: bool = Field(
         False, description="Finish with the checkpoint best by metric_for_best_model (needs evaluation)."
     )
