@@ -186,12 +186,18 @@ def compile_cmd(spec: Path, output: Path | None, overrides: tuple[str, ...], str
 @main.command()
 @click.argument("lock", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="New build directory.")
+@click.option("--root", type=click.Path(path_type=Path),
+              help="Where the inputs are now: the directory the lock's relative paths start from (where the spec "
+                   "file was). Default: found from the lock's place, then where it was compiled.")
 @user_errors
-def rerun(lock: Path, output: Path) -> None:
-    """Rebuild from a lock file and verify every hash; report exactly which input changed."""
+def rerun(lock: Path, output: Path, root: Path | None) -> None:
+    """Rebuild from a lock file and verify every hash; report exactly which input changed.
+
+    Exit 0: reproduced (every file identical); 1: not reproduced (the differences are listed);
+    2: bad input (no lock, an input not found, a build of another format)."""
     from .compiler.rerun import rerun_lock
 
-    ok = rerun_lock(lock, output, log=lambda s: click.echo(s, err=True))
+    ok = rerun_lock(lock, output, log=lambda s: click.echo(s, err=True), root=root)
     click.echo(str(output))
     if not ok:
         sys.exit(1)

@@ -33,11 +33,12 @@ from typing import Callable
 import numpy as np
 
 from .. import __version__
+from .. import build_layout as layout
 from ..atomic import clean_stale, install, refuse_overlap, temp_dir
 from ..errors import BuildError, DataError, Problem, TemplateError
 from ..models import ModelRef, resolve, sha256_file
 from ..spec.loader import LoadedSpec
-from ..spec.render import resolved_dict, to_yaml
+from ..spec.render import to_yaml
 from ..verify import seal_lock
 from .formats import FORMATS
 from .model_cache import load_for_compile
@@ -48,8 +49,8 @@ from .templates import Template, chat_generation_prompt, check_chat_template, lo
 from .tools import IGNORED, DROPPED, manifest_tools, place_calls, place_tools
 from .tokenize import context_length, first_doubled, manifest_prefix, special_prefix, tokenize_examples
 
-FORMAT_VERSION = 1
-RUNTIME_DIRS = ("train", "adapter", "merged", "eval")
+FORMAT_VERSION = layout.FORMAT_VERSION
+RUNTIME_DIRS = layout.RUNTIME_DIRS
 Log = Callable[[str], None]
 
 
@@ -91,13 +92,24 @@ def template_of(loaded: LoadedSpec) -> Template:
                          system=t.system, fields=fields, shown=shown)
 
 
+def template_label(loaded: LoadedSpec, template: Template) -> str:
+    """The template's name as the build records it: a file template by its portable path."""
+    t = loaded.spec.data.template
+    if template.source and not isinstance(t, str) and t is not None and t.file:
+        return layout.portable_path(loaded, "data.template.file", t.file)
+    return template.name
+
+
 def input_key(loaded: LoadedSpec, template: Template, sources: list[list[dict]]) -> str:
-    """A hash of everything the build depends on (spec, data files, template, model reference, version)."""
+    """A hash of everything the build depends on (spec, data files, template, model reference, version).
+
+    Paths enter it in their portable form (build_layout): the same files in another checkout, or compiled
+    into another output directory, give the same key."""
     payload = {
         "format_version": FORMAT_VERSION,
         "tunespec": __version__,
-        "spec": resolved_dict(loaded),
-        "sources": sources,
+        "spec": layout.portable_spec(loaded),
+        "sources": layout.portable_inputs(loaded, sources),
         "template": template.sha256,
     }
     return _sha_bytes(json.dumps(payload, sort_keys=True).encode("utf-8"))
@@ -111,7 +123,7 @@ def _check_target(path: Path, key: str, force: bool) -> dict | None:
     """The existing build's manifest when it is up to date; otherwise check it may be replaced."""
     if not path.exists():
         return None
-    manifest_path = path / "manifest.json"
+    manifest_path = path / layout.MANIFEST
     if not manifest_path.is_file():
         if path.is_dir() and not any(path.iterdir()):
             return None
@@ -164,6 +176,10 @@ def _length_stats(lengths: np.ndarray) -> dict:
         "max": int(lengths.max()),
         "mean": round(float(lengths.mean()), 2),
     }
+
+
+def _model_label(ref: ModelRef, portable: dict) -> str:
+    return (portable.get("model") or {}).get("path") or ref.label if ref.path else ref.label
 
 
 def _versions() -> dict:
@@ -318,7 +334,9 @@ def compile_build(
         compute = estimate_compute(spec, config, lengths=np.diff(np.load(tmp / "tokens" / "train.offsets.npy")),
                                    loss_tokens=split_stats["train"]["trained_tokens"], max_length=max_length)
 
-        tokenizer.save_pretrained(tmp / "tokenizer")
+        tokenizer.save_pretrained(tmp / layout.TOKENIZER_DIR)
+        if template.source:  # the runtime renders new prompts from this copy, never from the original file
+            (tmp / layout.TEMPLATE).write_bytes(template.source.encode("utf-8"))
         from .launch import write_launch_files
 
         write_launch_files(spec, tmp)
@@ -334,7 +352,8 @@ def compile_build(
             "vocab_size": len(tokenizer),
             **manifest_prefix(special_prefix(tokenizer), prefixed, sum(s["rows"] for s in split_stats.values())),
             "pad_token_id": int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else None,
-            "template": {"name": template.name, "kind": template.kind, "sha256": template.sha256, "stop": template.stop},
+            "template": {"name": template_label(loaded, template), "kind": template.kind, "sha256": template.sha256,
+                         "stop": template.stop, **({"file": layout.TEMPLATE} if template.source else {})},
             **({"vocabulary": vocab.to_dict()} if vocab else {}),
             "splits": split_stats,
             "memory_estimate": memory.to_dict(),
@@ -345,31 +364,38 @@ def compile_build(
             **({"references": {"fields": list(ref_fields), "rows_with_fewer": short_refs}} if ref_fields else {}),
             "files": file_hashes,
         }
-        (tmp / "manifest.json").write_bytes(_json_bytes(manifest))
-        lock = {
-            "tunespec_lock": FORMAT_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "reproduce": "tunespec rerun BUILD/lock.yaml -o NEW_BUILD",
-            "command": command,
-            "spec_file": str(loaded.file),
-            "extends": [str(p) for p in loaded.extends],
-            "overrides": loaded.overrides,
-            "input_key": key,
-            "spec": resolved_dict(loaded),
-            "inputs": {
+        layout.Manifest.model_validate(manifest)  # the schema the runtime reads it with
+        (tmp / layout.MANIFEST).write_bytes(_json_bytes(manifest))
+        sdir = layout.spec_dir(loaded)
+        portable = layout.portable_spec(loaded)
+        lock = layout.Lock(
+            tunespec_lock=FORMAT_VERSION,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            reproduce="tunespec rerun BUILD/lock.yaml -o NEW_BUILD",
+            spec_file=layout.portable_path(loaded, "spec_file", str(Path(loaded.file).resolve())),
+            extends=[layout.portable_path(loaded, "extends", str(Path(p).resolve())) for p in loaded.extends],
+            overrides=list(loaded.overrides),
+            input_key=key,
+            spec=portable,
+            inputs={
                 "sources": [{"name": r.name, "split": r.split, "format": r.format, "rows_read": r.read, "entries": e}
-                            for r, e in zip(results, inputs)],
-                "template": {"name": template.name, "sha256": template.sha256, "stop": template.stop},
+                            for r, e in zip(results, layout.portable_inputs(loaded, inputs))],
+                "template": {"name": template_label(loaded, template), "sha256": template.sha256, "stop": template.stop},
                 "tokenizer": {"sha256": tokenizer_sha},
-                "model": {"reference": ref.label, "resolved": model_dir, "revision": ref.revision,
+                "model": {"reference": _model_label(ref, portable), "revision": ref.revision,
                           "trust_remote_code": ref.trust_remote_code},
             },
-            **({"vocabulary": vocab.to_dict()} if vocab else {}),
-            "versions": _versions(),
-            "manifest_sha256": _sha_bytes((tmp / "manifest.json").read_bytes()),
-        }
-        (tmp / "lock.yaml").write_text(seal_lock("# tunespec lock file: the fully resolved spec and the hashes of its "
-                                                 "inputs.\n" + to_yaml(lock)), encoding="utf-8")
+            vocabulary=vocab.to_dict() if vocab else None,
+            versions=_versions(),
+            manifest_sha256=_sha_bytes((tmp / layout.MANIFEST).read_bytes()),
+            hints=layout.Hints(spec_dir=str(sdir), build=str(out.resolve()), command=command, model_dir=str(model_dir),
+                               spec_dir_from_build=layout._posix(os.path.relpath(sdir, out.resolve()))),
+        ).to_data()
+        if lock["vocabulary"] is None:
+            del lock["vocabulary"]
+        (tmp / layout.LOCK).write_text(seal_lock("# tunespec lock file: the portable resolved spec (paths relative to "
+                                                 "the spec file's directory) and the hashes of its inputs.\n"
+                                                 + to_yaml(lock)), encoding="utf-8")
         install(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

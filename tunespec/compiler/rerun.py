@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from .. import build_layout as layout
 from ..errors import BuildError, Problem, TunespecError
 
 Log = Callable[[str], None]
@@ -74,7 +75,7 @@ def read_lock(lock_path: Path) -> tuple[dict, object, Path]:
 
     lock_path = Path(lock_path)
     if lock_path.is_dir():
-        lock_path = lock_path / "lock.yaml"
+        lock_path = lock_path / layout.LOCK
     shown = str(lock_path)
     if not lock_path.is_file():
         raise BuildError(Problem("no such lock file", file=shown,
@@ -99,6 +100,7 @@ def read_lock(lock_path: Path) -> tuple[dict, object, Path]:
     if not isinstance(lock, dict) or "tunespec_lock" not in lock:
         raise BuildError(Problem("not a tunespec lock file (no `tunespec_lock` key)", file=shown, line=1, column=1,
                                  hint="pass the lock.yaml that `tunespec compile` wrote into the build"))
+    layout.check_format(lock["tunespec_lock"], shown, "lock")
     for key, kind in (("spec", dict), ("inputs", dict), ("input_key", str)):
         if not isinstance(lock.get(key), kind):
             line, col = _position(doc, (key,))
@@ -108,15 +110,46 @@ def read_lock(lock_path: Path) -> tuple[dict, object, Path]:
     return lock, doc, lock_path
 
 
-def loaded_from_lock(lock: dict, doc, lock_path: Path):
-    """A LoadedSpec of the lock's resolved spec (validated as written; no spec-file rules)."""
+def search_bases(lock: dict, lock_path: Path, root: Path | None) -> list[Path]:
+    """Where the lock's relative paths are looked for, in order: --root, the spec directory as seen from the
+    lock (a moved or copied checkout that holds the build), the spec directory on the compiling machine."""
+    hints = lock.get("hints") if isinstance(lock.get("hints"), dict) else {}
+    bases: list[Path] = []
+    if root is not None:
+        bases.append(Path(root).expanduser())
+    if isinstance(hints.get("spec_dir_from_build"), str):
+        bases.append(lock_path.parent / hints["spec_dir_from_build"])
+    if isinstance(hints.get("spec_dir"), str):
+        bases.append(Path(hints["spec_dir"]))
+    out: list[Path] = []
+    for b in bases:
+        if b.is_dir() and all(b.resolve() != o.resolve() for o in out):
+            out.append(b)
+    return out
+
+
+def loaded_from_lock(lock: dict, doc, lock_path: Path, root: Path | None = None):
+    """A LoadedSpec of the lock's resolved spec (validated as written; no spec-file rules), its relative
+    paths found again (``search_bases``). An input found nowhere is a BuildError naming where it looked."""
     import pydantic
 
     from ..spec.loader import LoadedSpec
     from ..spec.root import Spec
 
+    if root is not None and not Path(root).expanduser().is_dir():
+        raise BuildError(Problem(f"--root {root} is not a directory", path="--root",
+                                 hint="pass the directory that holds the spec file's inputs (where "
+                                 f"{lock.get('spec_file') or 'the spec file'} was)"))
+    bases = search_bases(lock, lock_path, root)
+    resolved, found, absolute, missing = layout.locate_inputs(lock["spec"], bases)
+    if missing:
+        tried = ", ".join(str(b) for b in bases) or "nowhere (the lock has no hints and no --root was given)"
+        raise BuildError([Problem(f"input `{rel}` ({loc}) not found: looked under {tried}", file=str(lock_path),
+                                  path=loc, hint="pass --root DIR, the directory that now holds the spec file's "
+                                  f"inputs (paths in the lock are relative to the directory of "
+                                  f"{lock.get('spec_file') or 'the spec file'})") for loc, rel, _ in missing])
     try:
-        spec = Spec.model_validate(lock["spec"])
+        spec = Spec.model_validate(resolved)
     except pydantic.ValidationError as e:
         problems = []
         for err in e.errors()[:10]:
@@ -127,10 +160,13 @@ def loaded_from_lock(lock: dict, doc, lock_path: Path):
                                     path=".".join(str(p) for p in loc),
                                     hint="the lock was written by another tunespec version or edited; recompile the spec"))
         raise BuildError(problems) from None
-    spec_file = Path(lock.get("spec_file") or lock_path)
-    return LoadedSpec(spec=spec, file=spec_file, raw=lock["spec"],
-                      extends=[Path(p) for p in lock.get("extends") or []],
-                      overrides=list(lock.get("overrides") or []))
+    # the spec file's directory: the first base (the spec file itself need not exist any more)
+    base = bases[0].resolve() if bases else lock_path.parent.resolve()
+    spec_file = base / str(lock.get("spec_file") or "spec.yaml")
+    return LoadedSpec(spec=spec, file=spec_file, raw=resolved,
+                      extends=[base / p for p in lock.get("extends") or []],
+                      overrides=list(lock.get("overrides") or []),
+                      written_absolute=frozenset(absolute), bases={k: v for k, v in found.items() if v != base})
 
 
 def _doc_loc(data, loc: tuple) -> tuple:
@@ -185,7 +221,7 @@ def input_changes(loaded, lock: dict) -> tuple[list[str], list[str]]:
         label = f"source {rec.get('name') or names[i]}"
         old_entries = rec.get("entries") or []
         try:
-            now = source_inputs(src)
+            now = layout.portable_inputs_of(loaded, i, source_inputs(src))
         except TunespecError as e:
             p = e.problems[0]
             changes.append(f"{label}: {(p.file + ': ') if p.file else ''}{p.message}")
@@ -239,8 +275,9 @@ def _check_old_files(build: Path, files: dict) -> list[str]:
     return out
 
 
-def rerun_lock(lock_path: Path, output: Path, log: Log = print) -> bool:
-    """Rebuild `lock_path`'s spec into `output`; True iff every file is identical to the old build's."""
+def rerun_lock(lock_path: Path, output: Path, log: Log = print, root: Path | None = None) -> bool:
+    """Rebuild `lock_path`'s spec into `output`; True iff every file is identical to the old build's.
+    `root`: where the inputs are now (the directory the lock's relative paths start from)."""
     from .build import _sha_bytes, compile_build
 
     lock, doc, lock_path = read_lock(Path(lock_path))
@@ -252,7 +289,7 @@ def rerun_lock(lock_path: Path, output: Path, log: Log = print) -> bool:
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise BuildError(Problem(f"{output} already exists", path="-o",
                                  hint="rerun writes a new build: choose a directory that does not exist yet"))
-    loaded = loaded_from_lock(lock, doc, lock_path)
+    loaded = loaded_from_lock(lock, doc, lock_path, root)
 
     log(f"rerun of {lock_path} (compiled {lock.get('created', '?')}, input key {lock['input_key'][:12]})")
     changes, warnings = input_changes(loaded, lock)
@@ -263,13 +300,13 @@ def rerun_lock(lock_path: Path, output: Path, log: Log = print) -> bool:
     if not changes:
         log("  inputs: unchanged (source files, template and tunespec version match the lock)")
 
-    command = f"tunespec rerun {lock_path} -o {output}"
+    command = f"tunespec rerun {lock_path} -o {output}" + (f" --root {root}" if root is not None else "")
     result = compile_build(loaded, output, command=command, log=log)
     for line in result.messages:
         log(line)
     new_manifest = result.manifest
 
-    old_manifest_path = old_build / "manifest.json"
+    old_manifest_path = old_build / layout.MANIFEST
     try:
         old_bytes = old_manifest_path.read_bytes()
         old_manifest = json.loads(old_bytes)
@@ -315,7 +352,7 @@ def _read_new_lock(build: Path) -> dict:
     from ruamel.yaml import YAML
 
     try:
-        data = YAML(typ="safe", pure=True).load((build / "lock.yaml").read_text(encoding="utf-8"))
+        data = YAML(typ="safe", pure=True).load((build / layout.LOCK).read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
     except Exception:
         return {}

@@ -1,0 +1,192 @@
+"""The portable lock and the build's schema (issue 17): a build compiled in one checkout reruns byte-identically
+from a moved checkout, a fresh copy, or with its inputs elsewhere (--root); two checkouts of the same files
+compile the same bytes (manifest.json included; lock.yaml differs only in `created` and `hints`); a build of
+another format version is refused with exit 2.
+
+Every comparison is of every file's bytes. The tiny tokenizer (compile_fixtures.py) is the model, copied
+into the checkout so that its path is relative too.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from ruamel.yaml import YAML
+
+from compile_fixtures import SPECS_DATA, compile_spec, tiny_model_path
+from tunespec import build_layout as layout
+from tunespec.cli import main
+
+TEMPLATE = "{% block prompt %}Q: {{ question }}\nA:{% endblock %}{% block completion %} {{ answer }}{% endblock %}"
+
+
+def cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def files_of(build: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(build)): p.read_bytes() for p in sorted(build.rglob("*")) if p.is_file()}
+
+
+def differing(a: Path, b: Path) -> list[str]:
+    fa, fb = files_of(a), files_of(b)
+    return sorted(f for f in set(fa) | set(fb) if fa.get(f) != fb.get(f))
+
+
+def lock_of(build: Path) -> dict:
+    return YAML(typ="safe", pure=True).load((build / "lock.yaml").read_text(encoding="utf-8"))
+
+
+def lock_fields_differing(a: Path, b: Path) -> list[str]:
+    """The lock's fields that differ, besides its seal (the sha256 of its own bytes)."""
+    la, lb = lock_of(a), lock_of(b)
+    return sorted(k for k in set(la) | set(lb) if la.get(k) != lb.get(k) and k != "lock_sha256")
+
+
+def checkout(root: Path) -> Path:
+    """repro/specs/t.yaml with relative paths to its data, template and model (repro/model)."""
+    (root / "specs" / "data").mkdir(parents=True)
+    shutil.copy(SPECS_DATA / "qa_sample.jsonl", root / "specs" / "data" / "qa.jsonl")
+    (root / "specs" / "qa.jinja").write_text(TEMPLATE, encoding="utf-8")
+    shutil.copytree(tiny_model_path(), root / "model")
+    spec = {"name": "t", "model": {"path": "../model"},
+            "data": {"format": "qa", "sources": [{"path": "data/*.jsonl"}], "template": {"file": "qa.jinja"},
+                     "holdout": {"test": 0.1}}}
+    (root / "specs" / "t.yaml").write_text(json.dumps(spec, indent=1), encoding="utf-8")
+    return root / "specs" / "t.yaml"
+
+
+def test_two_checkouts_compile_byte_identical_builds(tmp_path, monkeypatch):
+    a, b = tmp_path / "repro-a", tmp_path / "elsewhere" / "deeper" / "repro-b"
+    spec_a = checkout(a)
+    shutil.copytree(a, b)
+    monkeypatch.chdir(a)
+    compile_spec(spec_a, a / "build")
+    monkeypatch.chdir(tmp_path)  # another working directory too
+    compile_spec(b / "specs" / "t.yaml", b / "build")
+    compile_spec(spec_a, tmp_path / "out" / "other-name")  # another output directory
+    for other in (b / "build", tmp_path / "out" / "other-name"):
+        assert differing(a / "build", other) == ["lock.yaml"]
+        assert set(lock_fields_differing(a / "build", other)) in ({"created", "hints"}, {"hints"})
+    for f, data in files_of(a / "build").items():
+        if f != "lock.yaml":
+            assert str(a).encode() not in data and str(tmp_path).encode() not in data, f
+    lock = lock_of(a / "build")
+    assert lock["spec_file"] == "t.yaml" and lock["spec"]["model"]["path"] == "../model"
+    assert lock["spec"]["data"]["sources"][0]["path"] == "data/*.jsonl"
+    assert lock["spec"]["data"]["template"]["file"] == "qa.jinja"
+    assert lock["inputs"]["sources"][0]["entries"][0]["file"] == "data/qa.jsonl"
+    assert lock["hints"]["spec_dir"] == str(a / "specs") and lock["hints"]["spec_dir_from_build"] == "../specs"
+    # outside the lock's hints, no absolute path at all
+    lock.pop("hints")
+    assert str(tmp_path) not in json.dumps(lock)
+
+
+def test_rerun_from_a_moved_checkout_and_a_fresh_copy(tmp_path):
+    a = tmp_path / "repro-a"
+    checkout(a)
+    compile_spec(a / "specs" / "t.yaml", a / "build")
+    copy = tmp_path / "copy" / "repro"
+    shutil.copytree(a, copy)
+    moved = tmp_path / "repro-b"
+    shutil.move(a, moved)  # mv repro-a repro-b: the lock's absolute hints now name nothing
+
+    r = cli("rerun", moved / "build" / "lock.yaml", "-o", moved / "again")
+    assert r.exit_code == 0, r.stderr
+    assert f"reproduced: {len(json.loads((moved / 'build' / 'manifest.json').read_text())['files'])} files" in r.stderr
+    assert differing(moved / "build", moved / "again") == ["lock.yaml"]
+    assert set(lock_fields_differing(moved / "build", moved / "again")) <= {"created", "hints"}
+
+    # the fresh copy reads its own files even while the original's exist: a changed row in the original
+    # checkout does not leak into the copy's rerun
+    q = moved / "specs" / "data" / "qa.jsonl"
+    q.write_text(q.read_text(encoding="utf-8").replace("eight legs", "8 legs"), encoding="utf-8")
+    r = cli("rerun", copy / "build", "-o", copy / "again")
+    assert r.exit_code == 0, r.stderr
+    assert differing(copy / "build", copy / "again") == ["lock.yaml"]
+    # and the moved checkout's changed row is noticed there
+    r = cli("rerun", moved / "build", "-o", moved / "changed")
+    assert r.exit_code == 1 and "changed: source all: data/qa.jsonl sha256 changed" in r.stderr
+
+
+def test_rerun_root_finds_inputs_that_moved_elsewhere(tmp_path):
+    a = tmp_path / "repro-a"
+    checkout(a)
+    compile_spec(a / "specs" / "t.yaml", a / "build")
+    build = tmp_path / "builds" / "t"  # the build alone, away from any checkout
+    build.parent.mkdir()
+    shutil.move(a / "build", build)
+    inputs = tmp_path / "new-home"
+    shutil.move(a, inputs)
+
+    r = cli("rerun", build, "-o", tmp_path / "x")
+    assert r.exit_code == 2
+    assert "input `data/*.jsonl` (data.sources.0.path) not found" in r.stderr and "--root DIR" in r.stderr
+    assert not (tmp_path / "x").exists()
+    r = cli("rerun", build, "-o", tmp_path / "x", "--root", tmp_path / "nowhere")
+    assert r.exit_code == 2 and "--root" in r.stderr and "is not a directory" in r.stderr
+
+    r = cli("rerun", build, "-o", tmp_path / "again", "--root", inputs / "specs")
+    assert r.exit_code == 0, r.stderr
+    assert differing(build, tmp_path / "again") == ["lock.yaml"]
+    assert lock_of(tmp_path / "again")["hints"]["command"].endswith(f"--root {inputs / 'specs'}")
+
+
+def test_a_build_of_another_format_version_is_refused(tmp_path):
+    a = tmp_path / "repro"
+    checkout(a)
+    build = compile_spec(a / "specs" / "t.yaml", a / "build").path
+    assert json.loads((build / "manifest.json").read_text())["format_version"] == layout.FORMAT_VERSION
+    old = tmp_path / "old"
+    shutil.copytree(build, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = layout.FORMAT_VERSION - 1
+    (old / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    r = cli("evaluate", old)
+    assert r.exit_code == 2
+    assert f"this build is build format {layout.FORMAT_VERSION - 1}; this tunespec reads format " \
+           f"{layout.FORMAT_VERSION}" in r.stderr and "recompile" in r.stderr
+    lock = (old / "lock.yaml").read_text(encoding="utf-8")
+    (old / "lock.yaml").write_text(lock.replace(f"tunespec_lock: {layout.FORMAT_VERSION}\n",
+                                                f"tunespec_lock: {layout.FORMAT_VERSION + 1}\n"), encoding="utf-8")
+    r = cli("rerun", old, "-o", tmp_path / "x")
+    assert r.exit_code == 2 and f"this lock is build format {layout.FORMAT_VERSION + 1}" in r.stderr
+    assert "upgrade tunespec" in r.stderr
+
+
+@pytest.mark.parametrize("field", ["model.path", "data.sources.0.path", "data.template.file"])
+def test_a_path_written_absolute_outside_the_spec_directory_stays_absolute(tmp_path, field):
+    a = tmp_path / "repro"
+    spec = checkout(a)
+    doc = json.loads(spec.read_text())
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    if field == "model.path":
+        shutil.move(a / "model", shared / "model")
+        doc["model"]["path"] = str(shared / "model")
+    elif field == "data.sources.0.path":
+        shutil.move(a / "specs" / "data", shared / "data")
+        doc["data"]["sources"][0]["path"] = str(shared / "data" / "*.jsonl")
+    else:
+        shutil.move(a / "specs" / "qa.jinja", shared / "qa.jinja")
+        doc["data"]["template"]["file"] = str(shared / "qa.jinja")
+    spec.write_text(json.dumps(doc), encoding="utf-8")
+    build = compile_spec(spec, a / "build").path
+    lock = lock_of(build)
+    node = lock["spec"]
+    for part in field.split("."):
+        node = node[int(part)] if part.isdigit() else node[part]
+    assert node.startswith(str(shared))
+    moved = tmp_path / "moved"
+    shutil.move(a, moved)
+    r = cli("rerun", moved / "build", "-o", moved / "again")
+    assert r.exit_code == 0, r.stderr
+    assert differing(moved / "build", moved / "again") == ["lock.yaml"]
