@@ -190,3 +190,92 @@ def test_a_path_written_absolute_outside_the_spec_directory_stays_absolute(tmp_p
     r = cli("rerun", moved / "build", "-o", moved / "again")
     assert r.exit_code == 0, r.stderr
     assert differing(moved / "build", moved / "again") == ["lock.yaml"]
+
+
+# --------------------------------------------------------------------------- everything pinned
+
+
+def test_weights_and_config_are_pinned_and_a_changed_weight_file_is_named(tmp_path):
+    a = tmp_path / "repro"
+    checkout(a)
+    (a / "model" / "model.safetensors").write_bytes(b"weights v1" * 1000)
+    build = compile_spec(a / "specs" / "t.yaml", a / "build").path
+    files = {f["file"]: f for f in lock_of(build)["inputs"]["model"]["files"]}
+    assert set(files) == {"config.json", "model.safetensors"}
+    import hashlib
+
+    assert files["model.safetensors"]["sha256"] == hashlib.sha256(b"weights v1" * 1000).hexdigest()
+    assert files["model.safetensors"]["size"] == 10000
+
+    r = cli("rerun", build, "-o", tmp_path / "same")
+    assert r.exit_code == 0, r.stderr
+    (a / "model" / "model.safetensors").write_bytes(b"weights v2" * 1000)  # same size, other bytes
+    r = cli("rerun", build, "-o", tmp_path / "new-weights")
+    assert r.exit_code == 1
+    assert "changed: model weights: model.safetensors sha256 changed (was " in r.stderr
+    assert "not reproduced: the build's" in r.stderr and "files are identical, but the model it trains changed" in r.stderr
+    assert differing(build, tmp_path / "new-weights") == ["lock.yaml"]  # the compile itself reads no weights
+
+
+def test_package_versions_that_change_bytes_are_pinned_and_named(tmp_path):
+    a = tmp_path / "repro"
+    checkout(a)
+    build = compile_spec(a / "specs" / "t.yaml", a / "build").path
+    versions = lock_of(build)["versions"]
+    import jinja2
+    import numpy
+    import tokenizers
+    import transformers
+
+    for name, module in (("numpy", numpy), ("jinja2", jinja2), ("tokenizers", tokenizers),
+                         ("transformers", transformers)):
+        assert versions[name] == module.__version__, name
+    for name in ("torch", "huggingface_hub", "safetensors", "gguf", "python", "tunespec"):
+        assert name in versions
+    lock = (build / "lock.yaml").read_text(encoding="utf-8")
+    (build / "lock.yaml").write_text(lock.replace(f"numpy: {numpy.__version__}\n", "numpy: 0.0.1\n")
+                                     .replace(f"jinja2: {jinja2.__version__}\n", "jinja2: 0.0.2\n"), encoding="utf-8")
+    r = cli("rerun", build, "-o", tmp_path / "new")
+    assert f"warning: numpy 0.0.1 → {numpy.__version__}\n" in r.stderr
+    assert f"warning: jinja2 0.0.2 → {jinja2.__version__} (tokenization may differ)" in r.stderr
+
+
+def _tokenizer_template_checkout(root: Path) -> Path:
+    spec = checkout(root)
+    doc = json.loads(spec.read_text())
+    shutil.copy(SPECS_DATA / "chat_sample.jsonl", root / "specs" / "data" / "chat.jsonl")
+    (root / "specs" / "data" / "qa.jsonl").unlink()
+    doc["data"] = {"format": "sharegpt", "sources": [{"path": "data/chat.jsonl"}], "template": "tokenizer"}
+    spec.write_text(json.dumps(doc), encoding="utf-8")
+    return spec
+
+
+def _set_chat_template(model: Path, text: str) -> None:
+    if (model / "chat_template.jinja").is_file():
+        (model / "chat_template.jinja").write_text(text, encoding="utf-8")
+    config = json.loads((model / "tokenizer_config.json").read_text(encoding="utf-8"))
+    if "chat_template" in config:
+        config["chat_template"] = text
+        (model / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
+def test_template_tokenizer_records_the_chat_templates_own_hash(tmp_path):
+    import hashlib
+
+    from compile_fixtures import TINY_CHAT_TEMPLATE, build_tokenizer
+
+    a = tmp_path / "repro"
+    spec = _tokenizer_template_checkout(a)
+    build = compile_spec(spec, a / "build").path
+    chat = build_tokenizer(str(a / "model")).chat_template
+    assert chat == TINY_CHAT_TEMPLATE
+    want = hashlib.sha256(chat.encode("utf-8")).hexdigest()
+    manifest = json.loads((build / "manifest.json").read_text())
+    assert manifest["template"]["sha256"] == want != hashlib.sha256(b"").hexdigest()
+    assert lock_of(build)["inputs"]["template"]["sha256"] == want
+    assert "file" not in manifest["template"] and not (build / "template.jinja").exists()
+
+    _set_chat_template(a / "model", TINY_CHAT_TEMPLATE.replace("<|im_start|>", "<|im_start|> "))
+    r = cli("rerun", build, "-o", tmp_path / "new")
+    assert r.exit_code == 1
+    assert "changed: the model's chat template changed (sha256 was " in r.stderr

@@ -36,7 +36,7 @@ from .. import __version__
 from .. import build_layout as layout
 from ..atomic import clean_stale, install, refuse_overlap, temp_dir
 from ..errors import BuildError, DataError, Problem, TemplateError
-from ..models import ModelRef, resolve, sha256_file
+from ..models import PACKAGED, ModelRef, model_pins, resolve, sha256_file
 from ..spec.loader import LoadedSpec
 from ..spec.render import to_yaml
 from ..verify import seal_lock
@@ -182,16 +182,34 @@ def _model_label(ref: ModelRef, portable: dict) -> str:
     return (portable.get("model") or {}).get("path") or ref.label if ref.path else ref.label
 
 
-def _versions() -> dict:
-    out = {"tunespec": __version__, "python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "bitsandbytes"):
-        try:
-            from importlib.metadata import version
+# packages whose version can change a byte of a build or of what is trained from it
+PINNED_PACKAGES = ("torch", "transformers", "tokenizers", "jinja2", "numpy", "safetensors", "huggingface_hub", "gguf",
+                   "sentencepiece", "peft", "datasets", "accelerate", "bitsandbytes", "trl")
 
+
+def _versions(model_package: str | None = None) -> dict:
+    """The versions the lock pins: tunespec, python, PINNED_PACKAGES (null: not installed) and the package a
+    ``model.packaged`` model comes from."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    out = {"tunespec": __version__, "python": platform.python_version()}
+    names = list(PINNED_PACKAGES)
+    if model_package:
+        names += packages_distributions().get(model_package, [model_package])
+    for name in names:
+        try:
             out[name] = version(name)
-        except Exception:
+        except PackageNotFoundError:
             out[name] = None
     return out
+
+
+def chat_template_sha(tokenizer) -> str:
+    """sha256 of the tokenizer's chat template (templates by name: of their JSON, keys sorted); of "" without one."""
+    chat = getattr(tokenizer, "chat_template", None)
+    if isinstance(chat, dict):
+        chat = json.dumps(chat, sort_keys=True, ensure_ascii=False)
+    return _sha_bytes((chat or "").encode("utf-8"))
 
 
 def compile_build(
@@ -263,8 +281,8 @@ def compile_build(
     except OSError as e:
         raise _write_error(e, out.parent) from None
     try:
-        (tmp / "data").mkdir()
-        (tmp / "tokens").mkdir()
+        (tmp / layout.DATA_DIR).mkdir()
+        (tmp / layout.TOKENS_DIR).mkdir()
         split_stats: dict[str, dict] = {}
         prefixed = 0  # rows that got the special prefix put before them (tokenize.manifest_prefix)
         short_refs: dict[str, int] = {}  # rows per split with fewer references than evaluation.reference_fields
@@ -299,14 +317,14 @@ def compile_build(
                     name, _, index = records[i].source.rpartition("#")
                     located.where[reason] = by_name[name].location(int(index))
                 problems += drop_problems(located, f"data.tokenization ({split})")
-            with open(tmp / "data" / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
+            with open(tmp / layout.data_file(split), "w", encoding="utf-8", newline="\n") as f:
                 for i in tok.kept:
                     row = _record_row(records[i], template, fmts[i], rendered[i], tokenizer, ref_fields_of[fmts[i]],
                                       add_eos=data.tokenization.add_eos)
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            np.save(tmp / "tokens" / f"{split}.ids.npy", tok.ids)
-            np.save(tmp / "tokens" / f"{split}.trained.npy", tok.trained)
-            np.save(tmp / "tokens" / f"{split}.offsets.npy", tok.offsets)
+            np.save(tmp / layout.token_file(split, "ids"), tok.ids)
+            np.save(tmp / layout.token_file(split, "trained"), tok.trained)
+            np.save(tmp / layout.token_file(split, "offsets"), tok.offsets)
             lengths = tok.lengths()
             trained = int(tok.trained.sum())
             split_stats[split] = {
@@ -331,7 +349,7 @@ def compile_build(
         check_budget(memory, spec.launch.gpu_memory_gib)
         from .flops import estimate_compute
 
-        compute = estimate_compute(spec, config, lengths=np.diff(np.load(tmp / "tokens" / "train.offsets.npy")),
+        compute = estimate_compute(spec, config, lengths=np.diff(np.load(tmp / layout.token_file("train", "offsets"))),
                                    loss_tokens=split_stats["train"]["trained_tokens"], max_length=max_length)
 
         tokenizer.save_pretrained(tmp / layout.TOKENIZER_DIR)
@@ -342,6 +360,8 @@ def compile_build(
         write_launch_files(spec, tmp)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         file_hashes = {f: sha256_file(tmp / f) for f in files}
+        # `template: tokenizer`: the template is the model's chat template (its own hash, not the empty source's)
+        template_sha = template.sha256 if template.source else chat_template_sha(tokenizer)
         tokenizer_sha = _sha_bytes(b"".join(bytes.fromhex(file_hashes[f]) for f in files if f.startswith("tokenizer/")))
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -352,7 +372,7 @@ def compile_build(
             "vocab_size": len(tokenizer),
             **manifest_prefix(special_prefix(tokenizer), prefixed, sum(s["rows"] for s in split_stats.values())),
             "pad_token_id": int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else None,
-            "template": {"name": template_label(loaded, template), "kind": template.kind, "sha256": template.sha256,
+            "template": {"name": template_label(loaded, template), "kind": template.kind, "sha256": template_sha,
                          "stop": template.stop, **({"file": layout.TEMPLATE} if template.source else {})},
             **({"vocabulary": vocab.to_dict()} if vocab else {}),
             "splits": split_stats,
@@ -380,13 +400,13 @@ def compile_build(
             inputs={
                 "sources": [{"name": r.name, "split": r.split, "format": r.format, "rows_read": r.read, "entries": e}
                             for r, e in zip(results, layout.portable_inputs(loaded, inputs))],
-                "template": {"name": template_label(loaded, template), "sha256": template.sha256, "stop": template.stop},
+                "template": {"name": template_label(loaded, template), "sha256": template_sha, "stop": template.stop},
                 "tokenizer": {"sha256": tokenizer_sha},
                 "model": {"reference": _model_label(ref, portable), "revision": ref.revision,
-                          "trust_remote_code": ref.trust_remote_code},
+                          "trust_remote_code": ref.trust_remote_code, **model_pins(ref, model_dir)},
             },
             vocabulary=vocab.to_dict() if vocab else None,
-            versions=_versions(),
+            versions=_versions(PACKAGED[ref.packaged][0] if ref.packaged in PACKAGED else None),
             manifest_sha256=_sha_bytes((tmp / layout.MANIFEST).read_bytes()),
             hints=layout.Hints(spec_dir=str(sdir), build=str(out.resolve()), command=command, model_dir=str(model_dir),
                                spec_dir_from_build=layout._posix(os.path.relpath(sdir, out.resolve()))),

@@ -25,7 +25,7 @@ from .. import build_layout as layout
 from ..errors import BuildError, Problem, TunespecError
 
 Log = Callable[[str], None]
-LIBRARIES = ("python", "torch", "transformers", "tokenizers", "datasets", "peft", "accelerate", "bitsandbytes")
+TOKENIZING = ("transformers", "tokenizers", "sentencepiece", "jinja2")  # a new version may tokenize differently
 
 
 def _short(sha: str | None) -> str:
@@ -242,20 +242,46 @@ def input_changes(loaded, lock: dict) -> tuple[list[str], list[str]]:
     old_t = lock["inputs"].get("template") or {}
     try:
         template = template_of(loaded)
-        if template.sha256 != old_t.get("sha256"):
+        # `template: tokenizer`: the model's chat template, compared after the compile (model_changes)
+        if template.source and template.sha256 != old_t.get("sha256"):
             changes.append(f"template {template.name} changed (sha256 was {_short(old_t.get('sha256'))}, "
                            f"now {_short(template.sha256)})")
     except TunespecError as e:
         changes.append(f"template: {e.problems[0].render()}")
     old_v = lock.get("versions") or {}
-    now_v = _versions()
+    from ..models import PACKAGED
+
+    ref = spec.model
+    now_v = _versions(PACKAGED[ref.packaged][0] if ref.packaged in PACKAGED else None)
     if old_v.get("tunespec") != now_v.get("tunespec"):
         changes.append(f"tunespec version {old_v.get('tunespec')} → {now_v.get('tunespec')}")
-    for lib in LIBRARIES:
-        if lib in old_v and old_v.get(lib) != now_v.get(lib):
-            warnings.append(f"{lib} {old_v.get(lib)} → {now_v.get(lib)}"
-                            + (" (tokenization may differ)" if lib in ("transformers", "tokenizers") else ""))
+    for lib in sorted(set(old_v) | set(now_v)):
+        if lib != "tunespec" and old_v.get(lib) != now_v.get(lib):
+            warnings.append(f"{lib} {old_v.get(lib) or 'not installed'} → {now_v.get(lib) or 'not installed'}"
+                            + (" (tokenization may differ)" if lib in TOKENIZING else ""))
     return changes, warnings
+
+
+def model_changes(old: dict, new: dict) -> list[str]:
+    """What changed in the model between two locks' ``inputs``: its weight files (sha256 of each), the GGUF
+    file it was converted from, a hub model's commit, and the chat template of ``template: tokenizer``."""
+    out = []
+    om, nm = old.get("model") or {}, new.get("model") or {}
+    if om.get("reference") != nm.get("reference"):
+        out.append(f"model: {om.get('reference')} → {nm.get('reference')}")
+    if om.get("commit") != nm.get("commit") and (om.get("commit") or nm.get("commit")):
+        out.append(f"model: hub commit {om.get('commit')} → {nm.get('commit')}")
+    og, ng = om.get("gguf") or {}, nm.get("gguf") or {}
+    if og.get("sha256") != ng.get("sha256"):
+        out.append(f"model: GGUF file {ng.get('file') or og.get('file')} sha256 changed (was {_short(og.get('sha256'))}, "
+                   f"now {_short(ng.get('sha256'))})")
+    if isinstance(om.get("files"), list) and isinstance(nm.get("files"), list):
+        out += _compare_files("model weights", om["files"], nm["files"], None)
+    ot, nt = old.get("template") or {}, new.get("template") or {}
+    if ot.get("sha256") != nt.get("sha256") and ot.get("name") == "tokenizer":
+        out.append(f"the model's chat template changed (sha256 was {_short(ot.get('sha256'))}, "
+                   f"now {_short(nt.get('sha256'))})")
+    return out
 
 
 # --------------------------------------------------------------------------- the rerun
@@ -326,6 +352,9 @@ def rerun_lock(lock_path: Path, output: Path, log: Log = print, root: Path | Non
     new_tok = ((new_lock.get("inputs") or {}).get("tokenizer") or {}).get("sha256")
     if old_tok and new_tok and old_tok != new_tok:
         log(f"  changed: tokenizer (sha256 was {_short(old_tok)}, now {_short(new_tok)})")
+    pins = model_changes(lock["inputs"], new_lock.get("inputs") or {})
+    for c in pins:
+        log(f"  changed: {c}")
 
     old_files: dict = old_manifest.get("files") or {}
     new_files: dict = new_manifest.get("files") or {}
@@ -337,9 +366,13 @@ def rerun_lock(lock_path: Path, output: Path, log: Log = print, root: Path | Non
             differ.append(f"{f}: only in the new build")
         elif old_files[f] != new_files[f]:
             differ.append(f"{f}: sha256 was {_short(old_files[f])}, now {_short(new_files[f])}")
-    if not differ and old_files:
+    if not differ and old_files and not pins:
         log(f"reproduced: {len(new_files)} files identical")
         return True
+    if not differ and old_files:
+        log(f"not reproduced: the build's {len(new_files)} files are identical, but the model it trains changed "
+            "(see above)")
+        return False
     log(f"not reproduced: {len(differ)} of {len(set(old_files) | set(new_files))} files differ")
     for d in differ:
         log(f"  {d}")

@@ -48,6 +48,7 @@ from ..spec.adapter import is_peft
 from . import checkpoint as ckpt
 from .batching import collate_packed, collate_padded, count_positions, epoch_batches
 from .build import Build, TokenSet
+from ..build_layout import LOCK, MANIFEST, STAMP, stamp_text
 
 # Fields that may change between a checkpoint and its resume: they do not change the training math.
 RESUME_NEUTRAL = (
@@ -200,7 +201,7 @@ class Trainer:
         if n_batches == 0:
             raise BuildError(Problem(
                 f"the train split has {len(self.train_set)} rows: not one micro-batch",
-                file=str(self.build.path / "manifest.json"),
+                file=str(self.build.path / MANIFEST),
                 hint="check the compile report's drop counts (rows longer than max_length are dropped) and recompile"))
         accum = t.gradient_accumulation_steps
         self.plan = Plan(batches_per_epoch=n_batches, world=world, rank=self.acc.process_index, accum=accum,
@@ -264,7 +265,7 @@ class Trainer:
         t = self.spec.training
         why_not = padding_free.why_not(model.config, getattr(self.spec.adapter, "method", "none"))
         if t.padding_free is True and why_not:
-            raise BuildError(Problem(f"training.padding_free is true, but {why_not}", file=str(self.build.path / "lock.yaml"),
+            raise BuildError(Problem(f"training.padding_free is true, but {why_not}", file=str(self.build.path / LOCK),
                                      hint="set training.padding_free: auto (or false) and recompile"))
         # concatenated rows: padding-free batching, or packing (which the spec allows for any model)
         self.flat = t.packing or (t.padding_free is not False and why_not is None)
@@ -675,7 +676,7 @@ class Trainer:
         target = self.build.adapter_dir if is_peft(self.spec.adapter) else self.build.merged_dir
         tmp = None
         if self.acc.is_main_process:
-            check_replaceable(target, also=("tunespec.json",), what="trained model")
+            check_replaceable(target, also=(STAMP,), what="trained model")
             tmp = temp_dir(target)
         state_dict = self.acc.get_state_dict(self.model)
         if self.acc.is_main_process:
@@ -687,7 +688,7 @@ class Trainer:
                 raise BuildError(Problem(f"the adapter saved from this {self.acc.distributed_type.value} run is empty",
                                          file=str(tmp), hint="the last checkpoint is in train/; please report this"))
             self.tokenizer.save_pretrained(tmp)
-            (tmp / "tunespec.json").write_text(json.dumps({"input_key": self.build.input_key, "final": last}, indent=2))
+            (tmp / STAMP).write_text(stamp_text({"input_key": self.build.input_key, "final": last}))
             install(tmp, target)
             from .plots import plot_loss
 
