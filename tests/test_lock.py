@@ -279,3 +279,65 @@ def test_template_tokenizer_records_the_chat_templates_own_hash(tmp_path):
     r = cli("rerun", build, "-o", tmp_path / "new")
     assert r.exit_code == 1
     assert "changed: the model's chat template changed (sha256 was " in r.stderr
+
+
+# --------------------------------------------------------------------------- a rerun that explains
+
+
+def _rows_file(root: Path) -> Path:
+    return root / "specs" / "data" / "qa.jsonl"
+
+
+def test_rerun_names_the_changed_row_by_id_with_its_text_and_tokens(tmp_path):
+    import re
+
+    a = tmp_path / "repro"
+    checkout(a)
+    build = compile_spec(a / "specs" / "t.yaml", a / "build").path
+    q = _rows_file(a)
+    q.write_text(q.read_text(encoding="utf-8").replace("eight legs", "eight long hairy legs"), encoding="utf-8")
+    r = cli("rerun", build, "-o", tmp_path / "new")
+    assert r.exit_code == 1
+    assert "changed: source all: data/qa.jsonl sha256 changed (was " in r.stderr
+    assert re.search(r"rows: train 27 → 27; 1 changed, 0 added, 0 removed\n", r.stderr), r.stderr  # the split that differs
+    line = next(x for x in r.stderr.splitlines() if "changed: id " in x)
+    assert re.fullmatch(r'    changed: id qa-000 \(source all row 0\), (train|test) row \d+: completion: '
+                        r'" A spider has eight legs\." → " A spider has eight long hairy legs\."; tokens (\d+) → (\d+)',
+                        line), line
+    before, after = map(int, re.search(r"tokens (\d+) → (\d+)", line).groups())
+    assert after > before
+    assert "moved:" not in r.stderr and "removed:" not in r.stderr
+
+
+def test_rerun_names_removed_and_added_rows(tmp_path):
+    a = tmp_path / "repro"
+    spec = checkout(a)
+    doc = json.loads(spec.read_text())
+    doc["data"].pop("holdout")  # one split: no row is re-drawn into another
+    spec.write_text(json.dumps(doc), encoding="utf-8")
+    build = compile_spec(spec, a / "build").path
+    q = _rows_file(a)
+    lines = q.read_text(encoding="utf-8").splitlines()
+    gone = json.loads(lines[4])["id"]
+    extra = dict(json.loads(lines[0]), id="qa-new", question="How many wheels has a bicycle?", answer="Two.")
+    q.write_text("\n".join(lines[:4] + lines[5:] + [json.dumps(extra)]) + "\n", encoding="utf-8")
+    r = cli("rerun", build, "-o", tmp_path / "new")
+    assert r.exit_code == 1
+    assert "rows: train 30 → 30; 0 changed, 1 added, 1 removed\n" in r.stderr, r.stderr
+    assert f"    removed: id {gone} (source all row 4), was train row 4\n" in r.stderr
+    assert "    added: id qa-new (source all row 29), train row 29\n" in r.stderr
+
+
+def test_rerun_exit_codes(tmp_path):
+    """0 reproduced, 1 not reproduced, 2 bad input (README: `tunespec rerun`)."""
+    a = tmp_path / "repro"
+    checkout(a)
+    build = compile_spec(a / "specs" / "t.yaml", a / "build").path
+    assert cli("rerun", build, "-o", tmp_path / "ok").exit_code == 0
+    q = _rows_file(a)
+    q.write_text(q.read_text(encoding="utf-8").replace("eight legs", "8 legs"), encoding="utf-8")
+    assert cli("rerun", build, "-o", tmp_path / "changed").exit_code == 1
+    q.unlink()
+    r = cli("rerun", build, "-o", tmp_path / "gone")
+    assert r.exit_code == 2 and "not found" in r.stderr and not (tmp_path / "gone").exists()
+    assert cli("rerun", tmp_path / "no-such", "-o", tmp_path / "x").exit_code == 2

@@ -284,6 +284,106 @@ def model_changes(old: dict, new: dict) -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- which rows changed
+
+SHOWN_ROWS = 5  # changed rows named per split
+
+
+def _split_rows(build: Path, split: str) -> tuple[list[dict], list[int]] | None:
+    """A split's records and each one's token count; None when the build has no such split or it is unreadable."""
+    import numpy as np
+
+    try:
+        with open(build / layout.data_file(split), encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f]
+        offsets = np.load(build / layout.token_file(split, "offsets"))
+        lengths = [int(x) for x in np.diff(offsets)]
+    except (OSError, ValueError):
+        return None
+    return rows, lengths if len(lengths) == len(rows) else [0] * len(rows)
+
+
+def _excerpt(a: str, b: str, width: int = 24) -> str:
+    """Where two texts first differ: ``"…before…" → "…after…"``."""
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    j = 0  # common suffix, not overlapping the prefix
+    while j < min(len(a), len(b)) - i and a[len(a) - 1 - j] == b[len(b) - 1 - j]:
+        j += 1
+    lo = max(0, i - width)
+
+    def cut(t: str) -> str:
+        mid = t[lo:len(t) - j + width if j > width else len(t)]
+        return ("…" if lo else "") + mid[:3 * width + (i - lo)] + ("…" if len(t) - lo > len(mid[:3 * width + (i - lo)]) else "")
+
+    return f"{json.dumps(cut(a), ensure_ascii=False)} → {json.dumps(cut(b), ensure_ascii=False)}"
+
+
+def _where(row: dict) -> str:
+    name, _, index = str(row.get("source", "")).rpartition("#")
+    return f"id {row.get('id')}" + (f" (source {name} row {index})" if name and index.isdigit() else "")
+
+
+def row_changes(old_build: Path, new_build: Path, splits: list[str]) -> list[str]:
+    """What changed in the rows between two builds, by row id over all `splits`: each split's row count,
+    rows removed and added, rows whose text or tokens differ (the first field that differs and where,
+    the token counts) and rows that went to another split (a holdout re-drawn)."""
+    old: dict[str, tuple] = {}
+    new: dict[str, tuple] = {}
+    counts = []
+    for split in splits:
+        o, n = _split_rows(old_build, split), _split_rows(new_build, split)
+        counts.append(f"{split} {len(o[0]) if o else 0} → {len(n[0]) if n else 0}")
+        for table, got in ((old, o), (new, n)):
+            if got is None:
+                continue
+            for i, (row, length) in enumerate(zip(*got)):
+                table.setdefault(str(row.get("id")), (split, i, row, length))
+    removed = [k for k in old if k not in new]
+    added = [k for k in new if k not in old]
+    changed, moved = [], []
+    for k, (split, i, a, la) in old.items():
+        if k not in new:
+            continue
+        nsplit, j, b, lb = new[k]
+        strip = lambda r: {f: v for f, v in r.items() if f != "source"}  # noqa: E731 - the row's place is not its content
+        if strip(a) != strip(b) or la != lb:
+            changed.append(k)
+        elif nsplit != split:
+            moved.append(k)
+    if not (removed or added or changed or moved):
+        return []
+    out = [f"rows: {', '.join(counts)}; {len(changed)} changed, {len(added)} added, {len(removed)} removed"
+           + (f", {len(moved)} moved to another split" if moved else "")]
+    for k in removed[:SHOWN_ROWS]:
+        split, i, row, _ = old[k]
+        out.append(f"  removed: {_where(row)}, was {split} row {i}")
+    for k in added[:SHOWN_ROWS]:
+        split, j, row, _ = new[k]
+        out.append(f"  added: {_where(row)}, {split} row {j}")
+    for k in changed[:SHOWN_ROWS]:
+        split, i, a, la = old[k]
+        nsplit, j, b, lb = new[k]
+        what = []
+        for field in sorted((set(a) | set(b)) - {"source"}):
+            if a.get(field) != b.get(field):
+                ta = a.get(field) if isinstance(a.get(field), str) else json.dumps(a.get(field), ensure_ascii=False)
+                tb = b.get(field) if isinstance(b.get(field), str) else json.dumps(b.get(field), ensure_ascii=False)
+                what.append(f"{field}: {_excerpt(ta or '', tb or '')}")
+                break  # the first field that differs, with its text
+        tokens = f"tokens {la} → {lb}" if la != lb else ("" if what else "same text and token count, other token ids")
+        place = f"{nsplit} row {j}" + (f" (was {split} row {i})" if (split, i) != (nsplit, j) else "")
+        out.append(f"  changed: {_where(b)}, {place}: " + "; ".join(x for x in (*what, tokens) if x))
+    for k in moved[:SHOWN_ROWS]:
+        split, i, _, _ = old[k]
+        nsplit, j, row, _ = new[k]
+        out.append(f"  moved: {_where(row)}: {split} row {i} → {nsplit} row {j} (unchanged)")
+    for label, n in (("removed", len(removed)), ("added", len(added)), ("changed", len(changed)),
+                     ("moved", len(moved))):
+        if n > SHOWN_ROWS:
+            out.append(f"  … and {n - SHOWN_ROWS} more {label}")
+    return out
+
+
 # --------------------------------------------------------------------------- the rerun
 
 
@@ -376,6 +476,11 @@ def rerun_lock(lock_path: Path, output: Path, log: Log = print, root: Path | Non
     log(f"not reproduced: {len(differ)} of {len(set(old_files) | set(new_files))} files differ")
     for d in differ:
         log(f"  {d}")
+    splits = sorted({f.split("/", 1)[1].split(".", 1)[0] for f in set(old_files) | set(new_files)
+                     if f.startswith((layout.DATA_DIR + "/", layout.TOKENS_DIR + "/"))
+                     and old_files.get(f) != new_files.get(f)})
+    for line in row_changes(old_build, output, splits):
+        log(f"  {line}")
     if changes:
         log("  (the inputs changed: see above)")
     return False
