@@ -341,3 +341,79 @@ def test_rerun_exit_codes(tmp_path):
     r = cli("rerun", build, "-o", tmp_path / "gone")
     assert r.exit_code == 2 and "not found" in r.stderr and not (tmp_path / "gone").exists()
     assert cli("rerun", tmp_path / "no-such", "-o", tmp_path / "x").exit_code == 2
+
+
+# --------------------------------------------------------------------------- rerun --train
+
+
+def test_rerun_train_reproduces_the_loss_curve_and_adapter_exactly_on_the_cpu(tmp_path):
+    import helpers
+
+    a = tmp_path / "repro"
+    (a / "specs" / "data").mkdir(parents=True)
+    shutil.copy(SPECS_DATA / "dialogues_train.jsonl", a / "specs" / "data" / "train.jsonl")
+    helpers.build_tiny_model(a / "model")
+    doc = helpers.base_spec(a / "model")
+    doc["model"]["path"] = "../model"
+    doc["data"]["sources"] = [{"path": "data/train.jsonl", "split": "train", "limit": 24}]
+    doc["training"].update(max_steps=4, save_steps=2, logging_steps=1)
+    (a / "specs" / "t.yaml").write_text(json.dumps(doc), encoding="utf-8")
+    build = compile_spec(a / "specs" / "t.yaml", a / "build").path
+    helpers.train_in_process(build)
+    moved = tmp_path / "moved"
+    shutil.move(a, moved)  # trained in one place, retrained from the moved checkout
+    build = moved / "build"
+
+    r = cli("rerun", build, "-o", moved / "again", "--train")
+    assert r.exit_code == 0, r.stderr
+    assert "reproduced: " in r.stderr
+    assert "training reproduced: 4 logged steps with the same losses, adapter/ identical" in r.stderr
+    old, new = helpers.read_metrics(build), helpers.read_metrics(moved / "again")
+    assert [m["loss"] for m in old if "loss" in m] == [m["loss"] for m in new if "loss" in m]
+    assert helpers.max_tensor_diff(helpers.load_tensors(build / "adapter" / "adapter_model.safetensors"),
+                                   helpers.load_tensors(moved / "again" / "adapter" / "adapter_model.safetensors")) == 0
+
+    # a different curve is named by its step
+    metrics = (build / "train" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    second = json.loads(metrics[1])
+    assert second["step"] == 2
+    second["loss"] = round(second["loss"] + 0.5, 6)
+    metrics[1] = json.dumps(second)
+    (build / "train" / "metrics.jsonl").write_text("\n".join(metrics) + "\n", encoding="utf-8")
+    r = cli("rerun", build, "-o", moved / "other", "--train")
+    assert r.exit_code == 1
+    assert f"training not reproduced: 1 difference(s)\n  step 2: loss was {second['loss']}, now " in r.stderr
+
+
+def test_rerun_train_of_an_untrained_build_is_refused(tmp_path):
+    a = tmp_path / "repro"
+    checkout(a)
+    build = compile_spec(a / "specs" / "t.yaml", a / "build").path
+    r = cli("rerun", build, "-o", tmp_path / "x", "--train")
+    assert r.exit_code == 2 and "was not trained" in r.stderr and "tunespec train BUILD" in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_adapter_comparison_names_a_changed_tensor_and_ignores_the_base_models_path(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from tunespec.compiler.rerun import _adapter_differences
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    for d, base in ((old, "/machine-a/model"), (new, "/machine-b/model")):
+        d.mkdir()
+        (d / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "r": 8}), encoding="utf-8")
+        (d / "tunespec.json").write_text(json.dumps({"input_key": d.name}), encoding="utf-8")
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    save_file({"lora_A": w, "lora_B": w * 2}, str(old / "adapter_model.safetensors"))
+    save_file({"lora_A": w, "lora_B": w * 2}, str(new / "adapter_model.safetensors"))
+    assert _adapter_differences(old, new, 0.0) == ([], 0.0)
+    w2 = w.copy()
+    w2[1, 2] += 1e-6
+    save_file({"lora_A": w2, "lora_B": w * 2}, str(new / "adapter_model.safetensors"))
+    diffs, largest = _adapter_differences(old, new, 0.0)
+    assert len(diffs) == 1 and diffs[0].startswith("adapter_model.safetensors: tensor lora_A differs") and largest > 0
+    assert _adapter_differences(old, new, 1e-3)[0] == []  # within a GPU tolerance
+    (new / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "x", "r": 16}), encoding="utf-8")
+    assert "adapter_config.json: differs" in _adapter_differences(old, new, 1e-3)[0]
