@@ -102,17 +102,29 @@ def test_generate_defaults_to_the_trained_adapter(tiny_build):
     assert json.loads(r.stdout)["model"] == "adapter"
 
 
-def test_generate_refuses_a_changed_template(build_from, tmp_path):
+def test_generate_reads_the_template_from_the_build(build_from, tmp_path):
     tpl = tmp_path / "mine.jinja"
     source = (helpers.REPO / "templates" / "instruct_output_end.jinja").read_text(encoding="utf-8")
     tpl.write_text(source, encoding="utf-8")
     build = build_from(**{"data.template": {"file": str(tpl)}})
     r = cli("generate", build, "--model", "base", "--prompt", "#Person1#: Hi.", "--json")
     assert r.exit_code == 0, r.stderr
+    first = json.loads(r.stdout)
+    # the build is self-contained: generate renders from the build's copy of the template, so the original
+    # file edited or gone changes nothing
     tpl.write_text(source.replace("Summarize the below", "Summarise the following"), encoding="utf-8")
+    r = cli("generate", build, "--model", "base", "--prompt", "#Person1#: Hi.", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout) == first and "Summarize the below" in (build / "template.jinja").read_text()
+    tpl.unlink()
+    r = cli("generate", build, "--model", "base", "--prompt", "#Person1#: Hi.", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout) == first, r.stderr
+    # the copy is one of the build's files: an edit of it is refused like any other
+    copy = build / "template.jinja"
+    copy.write_text(copy.read_text(encoding="utf-8").replace("Summarize the below", "Summarise"), encoding="utf-8")
     r = cli("generate", build, "--model", "base", "--prompt", "#Person1#: Hi.")
     assert r.exit_code == 2
-    assert "changed since the build was compiled" in r.stderr and "recompile" in r.stderr
+    assert "template.jinja: changed since it was compiled" in r.stderr and "recompile" in r.stderr
     assert "Traceback" not in r.stderr
 
 

@@ -186,12 +186,22 @@ def compile_cmd(spec: Path, output: Path | None, overrides: tuple[str, ...], str
 @main.command()
 @click.argument("lock", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="New build directory.")
+@click.option("--root", type=click.Path(path_type=Path),
+              help="Where the inputs are now: the directory the lock's relative paths start from (where the spec "
+                   "file was). Default: found from the lock's place, then where it was compiled.")
+@click.option("--train", "retrain", is_flag=True,
+              help="Also train the new build and compare its loss curve and final adapter with the old build's.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="With --train: relative tolerance of losses and weights (0: exact, as on the CPU; GPUs need ~1e-3).")
 @user_errors
-def rerun(lock: Path, output: Path) -> None:
-    """Rebuild from a lock file and verify every hash; report exactly which input changed."""
+def rerun(lock: Path, output: Path, root: Path | None, retrain: bool, tolerance: float) -> None:
+    """Rebuild from a lock file and verify every hash; report exactly which input changed.
+
+    Exit 0: reproduced (every file identical); 1: not reproduced (the differences are listed);
+    2: bad input (no lock, an input not found, a build of another format)."""
     from .compiler.rerun import rerun_lock
 
-    ok = rerun_lock(lock, output, log=lambda s: click.echo(s, err=True))
+    ok = rerun_lock(lock, output, log=lambda s: click.echo(s, err=True), root=root, train=retrain, tolerance=tolerance)
     click.echo(str(output))
     if not ok:
         sys.exit(1)

@@ -159,3 +159,66 @@ def load_config(ref: ModelRef, model_dir: str):
 
     return AutoConfig.from_pretrained(model_dir, revision=None if model_dir != ref.hub else ref.revision,
                                       trust_remote_code=ref.trust_remote_code)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+
+
+def _hash_cached(path: Path) -> str:
+    """sha256 of a (large) file, remembered by (size, mtime_ns, inode) in $TUNESPEC_CACHE/hashes.json so that
+    a weight file is hashed once, not on every compile."""
+    import json
+
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    cache = cache_root() / "hashes.json"
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    key = str(path.resolve())
+    hit = known.get(key)
+    if isinstance(hit, list) and hit[:3] == stamp and len(hit) == 4:
+        return hit[3]
+    sha = sha256_file(path)
+    known[key] = stamp + [sha]
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(known, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a cache that cannot be written only costs a re-hash next time
+    return sha
+
+
+def model_pins(ref: ModelRef, model_dir: str) -> dict:
+    """What pins the model's bytes: the sha256 of every weight file (and config.json) the runtime reads, the
+    GGUF file a packaged or GGUF model is converted from, and a hub model's resolved commit (its snapshot in
+    the local hub cache). Files are named relative to the model directory."""
+    out: dict = {}
+    gguf = None
+    try:
+        gguf = gguf_path(ref)
+    except Exception:  # noqa: BLE001 - resolve() reported it already
+        gguf = None
+    if gguf is not None:
+        out["gguf"] = {"file": gguf.name, "sha256": _hash_cached(gguf), "size": gguf.stat().st_size}
+        return out
+    root = Path(model_dir)
+    if not root.is_dir() and ref.hub:
+        try:
+            from huggingface_hub import snapshot_download
+
+            root = Path(snapshot_download(ref.hub, revision=ref.revision, local_files_only=True))
+            out["commit"] = root.name
+        except Exception:  # noqa: BLE001 - not downloaded yet: nothing local to pin
+            out["files"] = None
+            out["note"] = "the hub model is not in the local cache: its weights are not pinned"
+            return out
+    files = sorted(p for p in root.rglob("*") if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name == "config.json"))
+    out["files"] = [{"file": str(p.relative_to(root)).replace(os.sep, "/"), "sha256": _hash_cached(p),
+                     "size": p.stat().st_size} for p in files]
+    return out

@@ -14,9 +14,11 @@ from pathlib import Path
 
 from .errors import BuildError, Problem
 from .spec.adapter import MERGEABLE_SPECS, is_peft
+from .build_layout import STAMP
 
 
 def _stamp(path: Path) -> dict | None:
+    """A JSON record the pipeline wrote (a stamp, eval/rouge.json, publish.json); None when unreadable."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -55,7 +57,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
     final = build.adapter_dir if lora else build.merged_dir
     log(f"[2/{stages}] train")
     t = time.perf_counter()
-    if _fresh(final / "tunespec.json", build.input_key):
+    if _fresh(final / STAMP, build.input_key):
         log(f"  {final.name}/ is up to date: skipped")
     elif build.spec.launch.topology == "single":
         from .runtime.train import train
@@ -74,7 +76,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
         log("  full fine-tune: the model is already complete in merged/")
     elif not isinstance(build.spec.adapter, MERGEABLE_SPECS):
         log(f"  {build.spec.adapter.method}: adds virtual tokens, nothing to merge; serve base + adapter")
-    elif _fresh(build.merged_dir / "tunespec.json", build.input_key, after=build.adapter_dir / "tunespec.json"):
+    elif _fresh(build.merged_dir / STAMP, build.input_key, after=build.adapter_dir / STAMP):
         log("  merged/ is up to date: skipped")
     else:
         from .runtime.merge import merge
@@ -87,7 +89,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
     rouge_file = build.eval_dir / "rouge.json"
     stamp = _stamp(rouge_file)
     if stamp and stamp.get("settings", {}).get("input_key") == build.input_key and \
-            rouge_file.stat().st_mtime >= (final / "tunespec.json").stat().st_mtime:
+            rouge_file.stat().st_mtime >= (final / STAMP).stat().st_mtime:
         log("  eval/ is up to date: skipped")
         summary = stamp
     else:
@@ -102,8 +104,8 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
         t = time.perf_counter()
         stamp_file = out / "publish.json"
         stamp = _stamp(stamp_file)
-        if stamp and _fresh(stamp_file, build.input_key, after=final / "tunespec.json") and \
-                _fresh(stamp_file, build.input_key, after=build.merged_dir / "tunespec.json") and \
+        if stamp and _fresh(stamp_file, build.input_key, after=final / STAMP) and \
+                _fresh(stamp_file, build.input_key, after=build.merged_dir / STAMP) and \
                 _fresh(stamp_file, build.input_key, after=rouge_file):
             log(f"  published {stamp.get('url')} is up to date: skipped")
             published = stamp.get("url")

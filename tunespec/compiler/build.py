@@ -33,11 +33,12 @@ from typing import Callable
 import numpy as np
 
 from .. import __version__
+from .. import build_layout as layout
 from ..atomic import clean_stale, install, refuse_overlap, temp_dir
 from ..errors import BuildError, DataError, Problem, TemplateError
-from ..models import ModelRef, resolve, sha256_file
+from ..models import PACKAGED, ModelRef, model_pins, resolve, sha256_file
 from ..spec.loader import LoadedSpec
-from ..spec.render import resolved_dict, to_yaml
+from ..spec.render import to_yaml
 from .. import micro_batches
 from ..verify import seal_lock
 from .formats import FORMATS
@@ -49,8 +50,8 @@ from .templates import Template, chat_generation_prompt, check_chat_template, lo
 from .tools import IGNORED, DROPPED, manifest_tools, place_calls, place_tools
 from .tokenize import context_length, first_doubled, manifest_prefix, special_prefix, tokenize_examples
 
-FORMAT_VERSION = 1
-RUNTIME_DIRS = ("train", "adapter", "merged", "eval")
+FORMAT_VERSION = layout.FORMAT_VERSION
+RUNTIME_DIRS = layout.RUNTIME_DIRS
 Log = Callable[[str], None]
 
 
@@ -92,13 +93,24 @@ def template_of(loaded: LoadedSpec) -> Template:
                          system=t.system, fields=fields, shown=shown)
 
 
+def template_label(loaded: LoadedSpec, template: Template) -> str:
+    """The template's name as the build records it: a file template by its portable path."""
+    t = loaded.spec.data.template
+    if template.source and not isinstance(t, str) and t is not None and t.file:
+        return layout.portable_path(loaded, "data.template.file", t.file)
+    return template.name
+
+
 def input_key(loaded: LoadedSpec, template: Template, sources: list[list[dict]]) -> str:
-    """A hash of everything the build depends on (spec, data files, template, model reference, version)."""
+    """A hash of everything the build depends on (spec, data files, template, model reference, version).
+
+    Paths enter it in their portable form (build_layout): the same files in another checkout, or compiled
+    into another output directory, give the same key."""
     payload = {
         "format_version": FORMAT_VERSION,
         "tunespec": __version__,
-        "spec": resolved_dict(loaded),
-        "sources": sources,
+        "spec": layout.portable_spec(loaded),
+        "sources": layout.portable_inputs(loaded, sources),
         "template": template.sha256,
     }
     return _sha_bytes(json.dumps(payload, sort_keys=True).encode("utf-8"))
@@ -112,7 +124,7 @@ def _check_target(path: Path, key: str, force: bool) -> dict | None:
     """The existing build's manifest when it is up to date; otherwise check it may be replaced."""
     if not path.exists():
         return None
-    manifest_path = path / "manifest.json"
+    manifest_path = path / layout.MANIFEST
     if not manifest_path.is_file():
         if path.is_dir() and not any(path.iterdir()):
             return None
@@ -167,16 +179,38 @@ def _length_stats(lengths: np.ndarray) -> dict:
     }
 
 
-def _versions() -> dict:
-    out = {"tunespec": __version__, "python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "bitsandbytes"):
-        try:
-            from importlib.metadata import version
+def _model_label(ref: ModelRef, portable: dict) -> str:
+    return (portable.get("model") or {}).get("path") or ref.label if ref.path else ref.label
 
+
+# packages whose version can change a byte of a build or of what is trained from it
+PINNED_PACKAGES = ("torch", "transformers", "tokenizers", "jinja2", "numpy", "safetensors", "huggingface_hub", "gguf",
+                   "sentencepiece", "peft", "datasets", "accelerate", "bitsandbytes", "trl")
+
+
+def _versions(model_package: str | None = None) -> dict:
+    """The versions the lock pins: tunespec, python, PINNED_PACKAGES (null: not installed) and the package a
+    ``model.packaged`` model comes from."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    out = {"tunespec": __version__, "python": platform.python_version()}
+    names = list(PINNED_PACKAGES)
+    if model_package:
+        names += packages_distributions().get(model_package, [model_package])
+    for name in names:
+        try:
             out[name] = version(name)
-        except Exception:
+        except PackageNotFoundError:
             out[name] = None
     return out
+
+
+def chat_template_sha(tokenizer) -> str:
+    """sha256 of the tokenizer's chat template (templates by name: of their JSON, keys sorted); of "" without one."""
+    chat = getattr(tokenizer, "chat_template", None)
+    if isinstance(chat, dict):
+        chat = json.dumps(chat, sort_keys=True, ensure_ascii=False)
+    return _sha_bytes((chat or "").encode("utf-8"))
 
 
 def compile_build(
@@ -248,8 +282,8 @@ def compile_build(
     except OSError as e:
         raise _write_error(e, out.parent) from None
     try:
-        (tmp / "data").mkdir()
-        (tmp / "tokens").mkdir()
+        (tmp / layout.DATA_DIR).mkdir()
+        (tmp / layout.TOKENS_DIR).mkdir()
         split_stats: dict[str, dict] = {}
         prefixed = 0  # rows that got the special prefix put before them (tokenize.manifest_prefix)
         short_refs: dict[str, int] = {}  # rows per split with fewer references than evaluation.reference_fields
@@ -284,14 +318,14 @@ def compile_build(
                     name, _, index = records[i].source.rpartition("#")
                     located.where[reason] = by_name[name].location(int(index))
                 problems += drop_problems(located, f"data.tokenization ({split})")
-            with open(tmp / "data" / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
+            with open(tmp / layout.data_file(split), "w", encoding="utf-8", newline="\n") as f:
                 for i in tok.kept:
                     row = _record_row(records[i], template, fmts[i], rendered[i], tokenizer, ref_fields_of[fmts[i]],
                                       add_eos=data.tokenization.add_eos)
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            np.save(tmp / "tokens" / f"{split}.ids.npy", tok.ids)
-            np.save(tmp / "tokens" / f"{split}.trained.npy", tok.trained)
-            np.save(tmp / "tokens" / f"{split}.offsets.npy", tok.offsets)
+            np.save(tmp / layout.token_file(split, "ids"), tok.ids)
+            np.save(tmp / layout.token_file(split, "trained"), tok.trained)
+            np.save(tmp / layout.token_file(split, "offsets"), tok.offsets)
             lengths = tok.lengths()
             trained = int(tok.trained.sum())
             split_stats[split] = {
@@ -309,7 +343,7 @@ def compile_build(
             raise DataError(problems)
         from .memory import check_budget, estimate_memory
 
-        train_lengths = np.diff(np.load(tmp / "tokens" / "train.offsets.npy"))
+        train_lengths = np.diff(np.load(tmp / layout.token_file("train", "offsets")))
         batching = micro_batches.resolve(spec, config, max_length=max_length, train_tokens=int(train_lengths.sum()))
         per_epoch = micro_batches.per_epoch(batching, train_lengths, spec.training.seed)
         longest = split_stats["train"]["length"]["max"]
@@ -333,12 +367,16 @@ def compile_build(
             "step_tokens": round(int(train_lengths.sum()) / per_epoch * step_micro),
         }
 
-        tokenizer.save_pretrained(tmp / "tokenizer")
+        tokenizer.save_pretrained(tmp / layout.TOKENIZER_DIR)
+        if template.source:  # the runtime renders new prompts from this copy, never from the original file
+            (tmp / layout.TEMPLATE).write_bytes(template.source.encode("utf-8"))
         from .launch import write_launch_files
 
         write_launch_files(spec, tmp)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         file_hashes = {f: sha256_file(tmp / f) for f in files}
+        # `template: tokenizer`: the template is the model's chat template (its own hash, not the empty source's)
+        template_sha = template.sha256 if template.source else chat_template_sha(tokenizer)
         tokenizer_sha = _sha_bytes(b"".join(bytes.fromhex(file_hashes[f]) for f in files if f.startswith("tokenizer/")))
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -349,7 +387,8 @@ def compile_build(
             "vocab_size": len(tokenizer),
             **manifest_prefix(special_prefix(tokenizer), prefixed, sum(s["rows"] for s in split_stats.values())),
             "pad_token_id": int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else None,
-            "template": {"name": template.name, "kind": template.kind, "sha256": template.sha256, "stop": template.stop},
+            "template": {"name": template_label(loaded, template), "kind": template.kind, "sha256": template_sha,
+                         "stop": template.stop, **({"file": layout.TEMPLATE} if template.source else {})},
             **({"vocabulary": vocab.to_dict()} if vocab else {}),
             "splits": split_stats,
             "batching": batching_record,
@@ -361,31 +400,38 @@ def compile_build(
             **({"references": {"fields": list(ref_fields), "rows_with_fewer": short_refs}} if ref_fields else {}),
             "files": file_hashes,
         }
-        (tmp / "manifest.json").write_bytes(_json_bytes(manifest))
-        lock = {
-            "tunespec_lock": FORMAT_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "reproduce": "tunespec rerun BUILD/lock.yaml -o NEW_BUILD",
-            "command": command,
-            "spec_file": str(loaded.file),
-            "extends": [str(p) for p in loaded.extends],
-            "overrides": loaded.overrides,
-            "input_key": key,
-            "spec": resolved_dict(loaded),
-            "inputs": {
+        layout.Manifest.model_validate(manifest)  # the schema the runtime reads it with
+        (tmp / layout.MANIFEST).write_bytes(_json_bytes(manifest))
+        sdir = layout.spec_dir(loaded)
+        portable = layout.portable_spec(loaded)
+        lock = layout.Lock(
+            tunespec_lock=FORMAT_VERSION,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            reproduce="tunespec rerun BUILD/lock.yaml -o NEW_BUILD",
+            spec_file=layout.portable_path(loaded, "spec_file", str(Path(loaded.file).resolve())),
+            extends=[layout.portable_path(loaded, "extends", str(Path(p).resolve())) for p in loaded.extends],
+            overrides=list(loaded.overrides),
+            input_key=key,
+            spec=portable,
+            inputs={
                 "sources": [{"name": r.name, "split": r.split, "format": r.format, "rows_read": r.read, "entries": e}
-                            for r, e in zip(results, inputs)],
-                "template": {"name": template.name, "sha256": template.sha256, "stop": template.stop},
+                            for r, e in zip(results, layout.portable_inputs(loaded, inputs))],
+                "template": {"name": template_label(loaded, template), "sha256": template_sha, "stop": template.stop},
                 "tokenizer": {"sha256": tokenizer_sha},
-                "model": {"reference": ref.label, "resolved": model_dir, "revision": ref.revision,
-                          "trust_remote_code": ref.trust_remote_code},
+                "model": {"reference": _model_label(ref, portable), "revision": ref.revision,
+                          "trust_remote_code": ref.trust_remote_code, **model_pins(ref, model_dir)},
             },
-            **({"vocabulary": vocab.to_dict()} if vocab else {}),
-            "versions": _versions(),
-            "manifest_sha256": _sha_bytes((tmp / "manifest.json").read_bytes()),
-        }
-        (tmp / "lock.yaml").write_text(seal_lock("# tunespec lock file: the fully resolved spec and the hashes of its "
-                                                 "inputs.\n" + to_yaml(lock)), encoding="utf-8")
+            vocabulary=vocab.to_dict() if vocab else None,
+            versions=_versions(PACKAGED[ref.packaged][0] if ref.packaged in PACKAGED else None),
+            manifest_sha256=_sha_bytes((tmp / layout.MANIFEST).read_bytes()),
+            hints=layout.Hints(spec_dir=str(sdir), build=str(out.resolve()), command=command, model_dir=str(model_dir),
+                               spec_dir_from_build=layout._posix(os.path.relpath(sdir, out.resolve()))),
+        ).to_data()
+        if lock["vocabulary"] is None:
+            del lock["vocabulary"]
+        (tmp / layout.LOCK).write_text(seal_lock("# tunespec lock file: the portable resolved spec (paths relative to "
+                                                 "the spec file's directory) and the hashes of its inputs.\n"
+                                                 + to_yaml(lock)), encoding="utf-8")
         install(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BuildError, Problem
+from .. import build_layout as layout
 
 GREEN_BOLD = "\x1b[1;32m"
 DIM = "\x1b[2m"
@@ -37,12 +38,12 @@ def _load_row(build: Path, split: str, index: int):
         raise BuildError(Problem(f"index {index} is out of range: the {split} split has {n} row{'s' if n != 1 else ''}"
                                  f" (0..{n - 1})", path="--index", hint=f"pick an index from 0 to {n - 1}"))
     index %= n
-    tokens = build / "tokens"
+    tokens = build / layout.TOKENS_DIR
     offsets = np.load(tokens / f"{split}.offsets.npy", mmap_mode="r")
     a, b = int(offsets[index]), int(offsets[index + 1])
     ids = np.load(tokens / f"{split}.ids.npy", mmap_mode="r")[a:b].tolist()
     trained = np.load(tokens / f"{split}.trained.npy", mmap_mode="r")[a:b].astype(bool).tolist()
-    with open(build / "data" / f"{split}.jsonl", encoding="utf-8") as f:
+    with open(build / layout.data_file(split), encoding="utf-8") as f:
         for i, line in enumerate(f):
             if i == index:
                 row = json.loads(line)
@@ -116,7 +117,7 @@ def preview_row(target, *, split: str = "train", index: int = 0, as_json: bool =
     """The preview of one row of `target` (a build directory, or a spec file compiled first)."""
     target = Path(target)
     if target.is_dir():
-        if not (target / "lock.yaml").is_file():
+        if not (target / layout.LOCK).is_file():
             raise BuildError(Problem(f"{target} is not a build (it has no lock.yaml)",
                                      hint="pass a build directory or a spec file"))
         if overrides:

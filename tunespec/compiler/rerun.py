@@ -21,10 +21,11 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from .. import build_layout as layout
 from ..errors import BuildError, Problem, TunespecError
 
 Log = Callable[[str], None]
-LIBRARIES = ("python", "torch", "transformers", "tokenizers", "datasets", "peft", "accelerate", "bitsandbytes")
+TOKENIZING = ("transformers", "tokenizers", "sentencepiece", "jinja2")  # a new version may tokenize differently
 
 
 def _short(sha: str | None) -> str:
@@ -74,7 +75,7 @@ def read_lock(lock_path: Path) -> tuple[dict, object, Path]:
 
     lock_path = Path(lock_path)
     if lock_path.is_dir():
-        lock_path = lock_path / "lock.yaml"
+        lock_path = lock_path / layout.LOCK
     shown = str(lock_path)
     if not lock_path.is_file():
         raise BuildError(Problem("no such lock file", file=shown,
@@ -99,6 +100,7 @@ def read_lock(lock_path: Path) -> tuple[dict, object, Path]:
     if not isinstance(lock, dict) or "tunespec_lock" not in lock:
         raise BuildError(Problem("not a tunespec lock file (no `tunespec_lock` key)", file=shown, line=1, column=1,
                                  hint="pass the lock.yaml that `tunespec compile` wrote into the build"))
+    layout.check_format(lock["tunespec_lock"], shown, "lock")
     for key, kind in (("spec", dict), ("inputs", dict), ("input_key", str)):
         if not isinstance(lock.get(key), kind):
             line, col = _position(doc, (key,))
@@ -108,15 +110,46 @@ def read_lock(lock_path: Path) -> tuple[dict, object, Path]:
     return lock, doc, lock_path
 
 
-def loaded_from_lock(lock: dict, doc, lock_path: Path):
-    """A LoadedSpec of the lock's resolved spec (validated as written; no spec-file rules)."""
+def search_bases(lock: dict, lock_path: Path, root: Path | None) -> list[Path]:
+    """Where the lock's relative paths are looked for, in order: --root, the spec directory as seen from the
+    lock (a moved or copied checkout that holds the build), the spec directory on the compiling machine."""
+    hints = lock.get("hints") if isinstance(lock.get("hints"), dict) else {}
+    bases: list[Path] = []
+    if root is not None:
+        bases.append(Path(root).expanduser())
+    if isinstance(hints.get("spec_dir_from_build"), str):
+        bases.append(lock_path.parent / hints["spec_dir_from_build"])
+    if isinstance(hints.get("spec_dir"), str):
+        bases.append(Path(hints["spec_dir"]))
+    out: list[Path] = []
+    for b in bases:
+        if b.is_dir() and all(b.resolve() != o.resolve() for o in out):
+            out.append(b)
+    return out
+
+
+def loaded_from_lock(lock: dict, doc, lock_path: Path, root: Path | None = None):
+    """A LoadedSpec of the lock's resolved spec (validated as written; no spec-file rules), its relative
+    paths found again (``search_bases``). An input found nowhere is a BuildError naming where it looked."""
     import pydantic
 
     from ..spec.loader import LoadedSpec
     from ..spec.root import Spec
 
+    if root is not None and not Path(root).expanduser().is_dir():
+        raise BuildError(Problem(f"--root {root} is not a directory", path="--root",
+                                 hint="pass the directory that holds the spec file's inputs (where "
+                                 f"{lock.get('spec_file') or 'the spec file'} was)"))
+    bases = search_bases(lock, lock_path, root)
+    resolved, found, absolute, missing = layout.locate_inputs(lock["spec"], bases)
+    if missing:
+        tried = ", ".join(str(b) for b in bases) or "nowhere (the lock has no hints and no --root was given)"
+        raise BuildError([Problem(f"input `{rel}` ({loc}) not found: looked under {tried}", file=str(lock_path),
+                                  path=loc, hint="pass --root DIR, the directory that now holds the spec file's "
+                                  f"inputs (paths in the lock are relative to the directory of "
+                                  f"{lock.get('spec_file') or 'the spec file'})") for loc, rel, _ in missing])
     try:
-        spec = Spec.model_validate(lock["spec"])
+        spec = Spec.model_validate(resolved)
     except pydantic.ValidationError as e:
         problems = []
         for err in e.errors()[:10]:
@@ -127,10 +160,13 @@ def loaded_from_lock(lock: dict, doc, lock_path: Path):
                                     path=".".join(str(p) for p in loc),
                                     hint="the lock was written by another tunespec version or edited; recompile the spec"))
         raise BuildError(problems) from None
-    spec_file = Path(lock.get("spec_file") or lock_path)
-    return LoadedSpec(spec=spec, file=spec_file, raw=lock["spec"],
-                      extends=[Path(p) for p in lock.get("extends") or []],
-                      overrides=list(lock.get("overrides") or []))
+    # the spec file's directory: the first base (the spec file itself need not exist any more)
+    base = bases[0].resolve() if bases else lock_path.parent.resolve()
+    spec_file = base / str(lock.get("spec_file") or "spec.yaml")
+    return LoadedSpec(spec=spec, file=spec_file, raw=resolved,
+                      extends=[base / p for p in lock.get("extends") or []],
+                      overrides=list(lock.get("overrides") or []),
+                      written_absolute=frozenset(absolute), bases={k: v for k, v in found.items() if v != base})
 
 
 def _doc_loc(data, loc: tuple) -> tuple:
@@ -185,7 +221,7 @@ def input_changes(loaded, lock: dict) -> tuple[list[str], list[str]]:
         label = f"source {rec.get('name') or names[i]}"
         old_entries = rec.get("entries") or []
         try:
-            now = source_inputs(src)
+            now = layout.portable_inputs_of(loaded, i, source_inputs(src))
         except TunespecError as e:
             p = e.problems[0]
             changes.append(f"{label}: {(p.file + ': ') if p.file else ''}{p.message}")
@@ -206,20 +242,146 @@ def input_changes(loaded, lock: dict) -> tuple[list[str], list[str]]:
     old_t = lock["inputs"].get("template") or {}
     try:
         template = template_of(loaded)
-        if template.sha256 != old_t.get("sha256"):
+        # `template: tokenizer`: the model's chat template, compared after the compile (model_changes)
+        if template.source and template.sha256 != old_t.get("sha256"):
             changes.append(f"template {template.name} changed (sha256 was {_short(old_t.get('sha256'))}, "
                            f"now {_short(template.sha256)})")
     except TunespecError as e:
         changes.append(f"template: {e.problems[0].render()}")
     old_v = lock.get("versions") or {}
-    now_v = _versions()
+    from ..models import PACKAGED
+
+    ref = spec.model
+    now_v = _versions(PACKAGED[ref.packaged][0] if ref.packaged in PACKAGED else None)
     if old_v.get("tunespec") != now_v.get("tunespec"):
         changes.append(f"tunespec version {old_v.get('tunespec')} → {now_v.get('tunespec')}")
-    for lib in LIBRARIES:
-        if lib in old_v and old_v.get(lib) != now_v.get(lib):
-            warnings.append(f"{lib} {old_v.get(lib)} → {now_v.get(lib)}"
-                            + (" (tokenization may differ)" if lib in ("transformers", "tokenizers") else ""))
+    for lib in sorted(set(old_v) | set(now_v)):
+        if lib != "tunespec" and old_v.get(lib) != now_v.get(lib):
+            warnings.append(f"{lib} {old_v.get(lib) or 'not installed'} → {now_v.get(lib) or 'not installed'}"
+                            + (" (tokenization may differ)" if lib in TOKENIZING else ""))
     return changes, warnings
+
+
+def model_changes(old: dict, new: dict) -> list[str]:
+    """What changed in the model between two locks' ``inputs``: its weight files (sha256 of each), the GGUF
+    file it was converted from, a hub model's commit, and the chat template of ``template: tokenizer``."""
+    out = []
+    om, nm = old.get("model") or {}, new.get("model") or {}
+    if om.get("reference") != nm.get("reference"):
+        out.append(f"model: {om.get('reference')} → {nm.get('reference')}")
+    if om.get("commit") != nm.get("commit") and (om.get("commit") or nm.get("commit")):
+        out.append(f"model: hub commit {om.get('commit')} → {nm.get('commit')}")
+    og, ng = om.get("gguf") or {}, nm.get("gguf") or {}
+    if og.get("sha256") != ng.get("sha256"):
+        out.append(f"model: GGUF file {ng.get('file') or og.get('file')} sha256 changed (was {_short(og.get('sha256'))}, "
+                   f"now {_short(ng.get('sha256'))})")
+    if isinstance(om.get("files"), list) and isinstance(nm.get("files"), list):
+        out += _compare_files("model weights", om["files"], nm["files"], None)
+    ot, nt = old.get("template") or {}, new.get("template") or {}
+    if ot.get("sha256") != nt.get("sha256") and ot.get("name") == "tokenizer":
+        out.append(f"the model's chat template changed (sha256 was {_short(ot.get('sha256'))}, "
+                   f"now {_short(nt.get('sha256'))})")
+    return out
+
+
+# --------------------------------------------------------------------------- which rows changed
+
+SHOWN_ROWS = 5  # changed rows named per split
+
+
+def _split_rows(build: Path, split: str) -> tuple[list[dict], list[int]] | None:
+    """A split's records and each one's token count; None when the build has no such split or it is unreadable."""
+    import numpy as np
+
+    try:
+        with open(build / layout.data_file(split), encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f]
+        offsets = np.load(build / layout.token_file(split, "offsets"))
+        lengths = [int(x) for x in np.diff(offsets)]
+    except (OSError, ValueError):
+        return None
+    return rows, lengths if len(lengths) == len(rows) else [0] * len(rows)
+
+
+def _excerpt(a: str, b: str, width: int = 24) -> str:
+    """Where two texts first differ: ``"…before…" → "…after…"``."""
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    j = 0  # common suffix, not overlapping the prefix
+    while j < min(len(a), len(b)) - i and a[len(a) - 1 - j] == b[len(b) - 1 - j]:
+        j += 1
+    lo = max(0, i - width)
+
+    def cut(t: str) -> str:
+        mid = t[lo:len(t) - j + width if j > width else len(t)]
+        return ("…" if lo else "") + mid[:3 * width + (i - lo)] + ("…" if len(t) - lo > len(mid[:3 * width + (i - lo)]) else "")
+
+    return f"{json.dumps(cut(a), ensure_ascii=False)} → {json.dumps(cut(b), ensure_ascii=False)}"
+
+
+def _where(row: dict) -> str:
+    name, _, index = str(row.get("source", "")).rpartition("#")
+    return f"id {row.get('id')}" + (f" (source {name} row {index})" if name and index.isdigit() else "")
+
+
+def row_changes(old_build: Path, new_build: Path, splits: list[str]) -> list[str]:
+    """What changed in the rows between two builds, by row id over all `splits`: each split's row count,
+    rows removed and added, rows whose text or tokens differ (the first field that differs and where,
+    the token counts) and rows that went to another split (a holdout re-drawn)."""
+    old: dict[str, tuple] = {}
+    new: dict[str, tuple] = {}
+    counts = []
+    for split in splits:
+        o, n = _split_rows(old_build, split), _split_rows(new_build, split)
+        counts.append(f"{split} {len(o[0]) if o else 0} → {len(n[0]) if n else 0}")
+        for table, got in ((old, o), (new, n)):
+            if got is None:
+                continue
+            for i, (row, length) in enumerate(zip(*got)):
+                table.setdefault(str(row.get("id")), (split, i, row, length))
+    removed = [k for k in old if k not in new]
+    added = [k for k in new if k not in old]
+    changed, moved = [], []
+    for k, (split, i, a, la) in old.items():
+        if k not in new:
+            continue
+        nsplit, j, b, lb = new[k]
+        strip = lambda r: {f: v for f, v in r.items() if f != "source"}  # noqa: E731 - the row's place is not its content
+        if strip(a) != strip(b) or la != lb:
+            changed.append(k)
+        elif nsplit != split:
+            moved.append(k)
+    if not (removed or added or changed or moved):
+        return []
+    out = [f"rows: {', '.join(counts)}; {len(changed)} changed, {len(added)} added, {len(removed)} removed"
+           + (f", {len(moved)} moved to another split" if moved else "")]
+    for k in removed[:SHOWN_ROWS]:
+        split, i, row, _ = old[k]
+        out.append(f"  removed: {_where(row)}, was {split} row {i}")
+    for k in added[:SHOWN_ROWS]:
+        split, j, row, _ = new[k]
+        out.append(f"  added: {_where(row)}, {split} row {j}")
+    for k in changed[:SHOWN_ROWS]:
+        split, i, a, la = old[k]
+        nsplit, j, b, lb = new[k]
+        what = []
+        for field in sorted((set(a) | set(b)) - {"source"}):
+            if a.get(field) != b.get(field):
+                ta = a.get(field) if isinstance(a.get(field), str) else json.dumps(a.get(field), ensure_ascii=False)
+                tb = b.get(field) if isinstance(b.get(field), str) else json.dumps(b.get(field), ensure_ascii=False)
+                what.append(f"{field}: {_excerpt(ta or '', tb or '')}")
+                break  # the first field that differs, with its text
+        tokens = f"tokens {la} → {lb}" if la != lb else ("" if what else "same text and token count, other token ids")
+        place = f"{nsplit} row {j}" + (f" (was {split} row {i})" if (split, i) != (nsplit, j) else "")
+        out.append(f"  changed: {_where(b)}, {place}: " + "; ".join(x for x in (*what, tokens) if x))
+    for k in moved[:SHOWN_ROWS]:
+        split, i, _, _ = old[k]
+        nsplit, j, row, _ = new[k]
+        out.append(f"  moved: {_where(row)}: {split} row {i} → {nsplit} row {j} (unchanged)")
+    for label, n in (("removed", len(removed)), ("added", len(added)), ("changed", len(changed)),
+                     ("moved", len(moved))):
+        if n > SHOWN_ROWS:
+            out.append(f"  … and {n - SHOWN_ROWS} more {label}")
+    return out
 
 
 # --------------------------------------------------------------------------- the rerun
@@ -239,8 +401,21 @@ def _check_old_files(build: Path, files: dict) -> list[str]:
     return out
 
 
-def rerun_lock(lock_path: Path, output: Path, log: Log = print) -> bool:
-    """Rebuild `lock_path`'s spec into `output`; True iff every file is identical to the old build's."""
+def rerun_lock(lock_path: Path, output: Path, log: Log = print, root: Path | None = None, *,
+               train: bool = False, tolerance: float = 0.0) -> bool:
+    """Rebuild `lock_path`'s spec into `output`; True iff every file is identical to the old build's.
+    `root`: where the inputs are now (the directory the lock's relative paths start from). `train`: then
+    train the new build and compare with the old build's training (``rerun_training``)."""
+    ok = _rerun_build(lock_path, output, log, root, check_trained=train)
+    if not train:
+        return ok
+    if not ok:
+        log("not training: the build did not reproduce, so its training cannot")
+        return False
+    return rerun_training(read_lock(Path(lock_path))[2].parent, Path(output), log, tolerance)
+
+
+def _rerun_build(lock_path: Path, output: Path, log: Log, root: Path | None, check_trained: bool) -> bool:
     from .build import _sha_bytes, compile_build
 
     lock, doc, lock_path = read_lock(Path(lock_path))
@@ -252,7 +427,10 @@ def rerun_lock(lock_path: Path, output: Path, log: Log = print) -> bool:
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise BuildError(Problem(f"{output} already exists", path="-o",
                                  hint="rerun writes a new build: choose a directory that does not exist yet"))
-    loaded = loaded_from_lock(lock, doc, lock_path)
+    loaded = loaded_from_lock(lock, doc, lock_path, root)
+    if check_trained and not (old_build / layout.RUNTIME_DIRS[0] / "metrics.jsonl").is_file():
+        raise BuildError(Problem(f"{old_build} was not trained (no train/metrics.jsonl)", path="--train",
+                                 hint="train the old build first (tunespec train BUILD), or rerun without --train"))
 
     log(f"rerun of {lock_path} (compiled {lock.get('created', '?')}, input key {lock['input_key'][:12]})")
     changes, warnings = input_changes(loaded, lock)
@@ -263,13 +441,13 @@ def rerun_lock(lock_path: Path, output: Path, log: Log = print) -> bool:
     if not changes:
         log("  inputs: unchanged (source files, template and tunespec version match the lock)")
 
-    command = f"tunespec rerun {lock_path} -o {output}"
+    command = f"tunespec rerun {lock_path} -o {output}" + (f" --root {root}" if root is not None else "")
     result = compile_build(loaded, output, command=command, log=log)
     for line in result.messages:
         log(line)
     new_manifest = result.manifest
 
-    old_manifest_path = old_build / "manifest.json"
+    old_manifest_path = old_build / layout.MANIFEST
     try:
         old_bytes = old_manifest_path.read_bytes()
         old_manifest = json.loads(old_bytes)
@@ -289,6 +467,9 @@ def rerun_lock(lock_path: Path, output: Path, log: Log = print) -> bool:
     new_tok = ((new_lock.get("inputs") or {}).get("tokenizer") or {}).get("sha256")
     if old_tok and new_tok and old_tok != new_tok:
         log(f"  changed: tokenizer (sha256 was {_short(old_tok)}, now {_short(new_tok)})")
+    pins = model_changes(lock["inputs"], new_lock.get("inputs") or {})
+    for c in pins:
+        log(f"  changed: {c}")
 
     old_files: dict = old_manifest.get("files") or {}
     new_files: dict = new_manifest.get("files") or {}
@@ -300,12 +481,21 @@ def rerun_lock(lock_path: Path, output: Path, log: Log = print) -> bool:
             differ.append(f"{f}: only in the new build")
         elif old_files[f] != new_files[f]:
             differ.append(f"{f}: sha256 was {_short(old_files[f])}, now {_short(new_files[f])}")
-    if not differ and old_files:
+    if not differ and old_files and not pins:
         log(f"reproduced: {len(new_files)} files identical")
         return True
+    if not differ and old_files:
+        log(f"not reproduced: the build's {len(new_files)} files are identical, but the model it trains changed "
+            "(see above)")
+        return False
     log(f"not reproduced: {len(differ)} of {len(set(old_files) | set(new_files))} files differ")
     for d in differ:
         log(f"  {d}")
+    splits = sorted({f.split("/", 1)[1].split(".", 1)[0] for f in set(old_files) | set(new_files)
+                     if f.startswith((layout.DATA_DIR + "/", layout.TOKENS_DIR + "/"))
+                     and old_files.get(f) != new_files.get(f)})
+    for line in row_changes(old_build, output, splits):
+        log(f"  {line}")
     if changes:
         log("  (the inputs changed: see above)")
     return False
@@ -315,7 +505,147 @@ def _read_new_lock(build: Path) -> dict:
     from ruamel.yaml import YAML
 
     try:
-        data = YAML(typ="safe", pure=True).load((build / "lock.yaml").read_text(encoding="utf-8"))
+        data = YAML(typ="safe", pure=True).load((build / layout.LOCK).read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
     except Exception:
         return {}
+
+
+# --------------------------------------------------------------------------- rerun --train
+
+CURVE_KEYS = ("epoch", "loss", "eval_loss", "grad_norm", "lr", "trained_tokens")  # timings are not compared
+
+
+def _curve(build: Path) -> dict[tuple, dict]:
+    """The old or new training's metrics.jsonl by (step, kind): the values CURVE_KEYS name."""
+    path = build / layout.RUNTIME_DIRS[0] / "metrics.jsonl"
+    out: dict[tuple, dict] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(m, dict) and isinstance(m.get("step"), int):
+            kind = "eval" if "eval_loss" in m else "train"
+            out[(m["step"], kind)] = {k: m[k] for k in CURVE_KEYS if k in m}
+    return out
+
+
+def _close(a, b, tolerance: float) -> bool:
+    if a == b:
+        return True
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or tolerance <= 0:
+        return False
+    return abs(a - b) <= tolerance * max(abs(a), abs(b), 1e-12)
+
+
+def _adapter_differences(old: Path, new: Path, tolerance: float) -> tuple[list[str], float]:
+    """Files of two trained outputs (adapter/ or merged/) that differ, and the largest tensor difference. Weights
+    are compared tensor by tensor (safetensors); JSON configs as data without the base model's path; the
+    stamp and the generated README are left out."""
+    import numpy as np
+
+    skip = {layout.STAMP, "README.md"}
+    names = sorted({p.name for d in (old, new) if d.is_dir() for p in d.iterdir() if p.is_file()} - skip)
+    out, largest = [], 0.0
+    for name in names:
+        a, b = old / name, new / name
+        if not a.is_file() or not b.is_file():
+            out.append(f"{name}: only in the {'new' if not a.is_file() else 'old'} training's output")
+            continue
+        if name.endswith(".safetensors"):
+            from safetensors.numpy import load_file
+
+            try:
+                ta, tb = load_file(str(a)), load_file(str(b))
+            except Exception:  # noqa: BLE001 - bf16 tensors: numpy cannot hold them
+                from safetensors.torch import load_file as load_torch
+
+                ta = {k: v.float().numpy() for k, v in load_torch(str(a)).items()}
+                tb = {k: v.float().numpy() for k, v in load_torch(str(b)).items()}
+            if set(ta) != set(tb):
+                out.append(f"{name}: other tensors ({', '.join(sorted(set(ta) ^ set(tb))[:3])})")
+                continue
+            for k in sorted(ta):
+                if ta[k].shape != tb[k].shape:
+                    out.append(f"{name}: {k} has shape {tb[k].shape}, was {ta[k].shape}")
+                    continue
+                diff = float(np.max(np.abs(ta[k].astype(np.float64) - tb[k].astype(np.float64)))) if ta[k].size else 0.0
+                largest = max(largest, diff)
+                scale = float(np.max(np.abs(ta[k].astype(np.float64)))) if ta[k].size else 0.0
+                if diff > tolerance * max(scale, 1e-12) or (tolerance <= 0 and diff > 0):
+                    out.append(f"{name}: tensor {k} differs (largest difference {diff:.3g})")
+        elif name.endswith(".json"):
+            try:
+                ja, jb = json.loads(a.read_text(encoding="utf-8")), json.loads(b.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                ja, jb = a.read_bytes(), b.read_bytes()
+            if isinstance(ja, dict) and isinstance(jb, dict):
+                for d in (ja, jb):
+                    d.pop("base_model_name_or_path", None)  # where the base model was: a path on the machine
+            if ja != jb:
+                out.append(f"{name}: differs")
+        elif a.read_bytes() != b.read_bytes():
+            out.append(f"{name}: differs")
+    return out, largest
+
+
+def rerun_training(old_build: Path, new_build: Path, log: Log, tolerance: float = 0.0) -> bool:
+    """Train the new build (``tunespec train``, in-process) and compare it with the old build's training: the
+    loss curve step by step (CURVE_KEYS of train/metrics.jsonl) and the final adapter (or merged model for a
+    full fine-tune) tensor by tensor. `tolerance`: 0 is exact (the CPU); otherwise relative, for GPUs."""
+    from ..runtime.build import Build
+    from ..runtime.train import train
+
+    old_curve = _curve(old_build)
+    old_b = Build(old_build, verify=False)
+    outputs = [d for d in (old_b.adapter_dir, old_b.merged_dir) if (d / layout.STAMP).is_file()]
+    if not old_curve or not outputs:
+        raise BuildError(Problem(f"{old_build} was not trained (no train/metrics.jsonl or final {layout.STAMP})",
+                                 path="--train", hint="train the old build first (tunespec train BUILD), or rerun "
+                                 "without --train"))
+    log(f"training {new_build} to compare with {old_build}'s training"
+        + (" (exactly)" if tolerance <= 0 else f" (relative tolerance {tolerance:g})"))
+    try:
+        train(new_build)
+    finally:
+        try:
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state(True)
+            GradientState._reset_state()
+        except Exception:  # noqa: BLE001 - accelerate's internals: a courtesy to in-process callers
+            pass
+    new_curve = _curve(new_build)
+    problems = []
+    for key in sorted(set(old_curve) | set(new_curve)):
+        a, b = old_curve.get(key), new_curve.get(key)
+        step, kind = key
+        if a is None or b is None:
+            problems.append(f"step {step} ({kind}): only in the {'new' if a is None else 'old'} training")
+            continue
+        for k in CURVE_KEYS:
+            if not _close(a.get(k), b.get(k), tolerance):
+                problems.append(f"step {step}: {k} was {a.get(k)}, now {b.get(k)}")
+                break
+    largest = 0.0
+    for out in outputs:
+        diffs, big = _adapter_differences(out, new_build / out.name, tolerance)
+        largest = max(largest, big)
+        problems += [f"{out.name}/{d}" for d in diffs]
+    steps = len({s for s, _ in old_curve})
+    if not problems:
+        log(f"training reproduced: {steps} logged steps with the same losses, "
+            f"{' and '.join(o.name + '/' for o in outputs)} identical"
+            + (f" (largest tensor difference {largest:.3g})" if largest else ""))
+        return True
+    log(f"training not reproduced: {len(problems)} difference(s)")
+    for p in problems[:20]:
+        log(f"  {p}")
+    if len(problems) > 20:
+        log(f"  … and {len(problems) - 20} more")
+    return False

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from ruamel.yaml import YAML
 
+from .. import build_layout as layout
 from ..errors import BuildError, Problem
 from ..models import ModelRef
 from ..spec.root import Spec
@@ -48,11 +49,11 @@ class Build:
 
         ``verify=False`` skips the file hashes (only for code that reports on a damaged build)."""
         self.path = Path(path)
-        for name in ("lock.yaml", "manifest.json"):
+        for name in (layout.LOCK, layout.MANIFEST):
             if not (self.path / name).is_file():
                 raise BuildError(Problem(f"{self.path} is not a complete build ({name} is missing)",
                                          hint="compile it first: tunespec compile SPEC -o BUILD"))
-        manifest_file, lock_file = self.path / "manifest.json", self.path / "lock.yaml"
+        manifest_file, lock_file = self.path / layout.MANIFEST, self.path / layout.LOCK
         try:
             manifest_bytes = manifest_file.read_bytes()
             lock_bytes = lock_file.read_bytes()
@@ -65,6 +66,7 @@ class Build:
             raise BuildError(Problem(f"is not valid JSON ({e})".split("\n")[0], file=str(manifest_file),
                                      hint=RECOMPILE)) from None
         check_manifest(self.manifest, str(manifest_file))
+        layout.check_format(self.manifest.get("format_version"), str(manifest_file), "build")
         check_lock_seal(lock_bytes, str(lock_file))
         try:
             self.lock = YAML(typ="safe", pure=True).load(lock_bytes.decode("utf-8"))
@@ -83,11 +85,24 @@ class Build:
                                      hint=RECOMPILE))
         self.hashed = verify_files(self.path, self.manifest["files"], manifest_sha=manifest_sha) if verify else 0
         try:
-            self.spec = Spec.model_validate(self.lock["spec"])
+            self.spec = Spec.model_validate(self.resolved_spec)
         except Exception as e:
             raise BuildError(Problem(f"the lock file's spec does not validate with this tunespec: {e}".split("\n")[0],
-                                     file=str(self.path / "lock.yaml"),
+                                     file=str(self.path / layout.LOCK),
                                      hint="recompile with this version of tunespec")) from None
+
+    @cached_property
+    def resolved_spec(self) -> dict:
+        """The lock's spec with its relative paths (the base model's directory, mainly) found again: relative
+        to the spec directory as seen from the build, else where the build was compiled."""
+        from ..compiler.rerun import search_bases
+
+        return layout.locate_inputs(self.lock["spec"], search_bases(self.lock, self.path / layout.LOCK, None))[0]
+
+    @property
+    def record(self) -> layout.Manifest:
+        """The manifest as its typed model."""
+        return layout.Manifest.model_validate(self.manifest)
 
     # ------------------------------------------------------------------ fixed layout
 
@@ -109,7 +124,23 @@ class Build:
 
     @property
     def tokenizer_dir(self) -> Path:
-        return self.path / "tokenizer"
+        return self.path / layout.TOKENIZER_DIR
+
+    @property
+    def template_file(self) -> Path | None:
+        """The build's copy of its template's source (None for `template: tokenizer`)."""
+        name = self.manifest["template"].get("file")
+        return self.path / name if name else None
+
+    @property
+    def eos_token_id(self) -> int:
+        return int(self.manifest["eos_token_id"])
+
+    @property
+    def pad_token_id(self) -> int:
+        """The padding id: the manifest's, else EOS (padding is masked by position, never by id)."""
+        pad = self.manifest.get("pad_token_id")
+        return int(pad) if pad is not None else self.eos_token_id
 
     @property
     def input_key(self) -> str:
@@ -156,11 +187,11 @@ class Build:
         if not self.has_split(split):
             raise BuildError(Problem(f"the build has no `{split}` split (it has {', '.join(self.manifest['splits'])})",
                                      hint="add a source with that split or a data.holdout, and recompile"))
-        base = self.path / "tokens"
+        base = self.path / layout.TOKENS_DIR
         parts = []
-        for part in ("ids", "trained", "offsets"):
+        for part in layout.TOKEN_PARTS:
             try:
-                parts.append(np.load(base / f"{split}.{part}.npy", mmap_mode="r"))
+                parts.append(np.load(self.path / layout.token_file(split, part), mmap_mode="r"))
             except (OSError, ValueError) as e:
                 raise BuildError(Problem(f"cannot be read as a NumPy array: {e}".split("\n")[0],
                                          file=str(base / f"{split}.{part}.npy"), hint=RECOMPILE)) from None
@@ -171,7 +202,7 @@ class Build:
     def _check_tokens(self, split: str, t: TokenSet) -> None:
         """Refuse token files that cannot come from the compiler: ids outside the vocabulary, offsets that go
         backwards or past the end, a mask that is not 0/1 (names the split and the first bad row)."""
-        base = self.path / "tokens"
+        base = self.path / layout.TOKENS_DIR
 
         def bad(part: str, message: str, pos: int | None = None):
             where = ""
@@ -216,7 +247,7 @@ class Build:
     def rows(self, split: str) -> list[dict]:
         if not self.has_split(split):
             self.tokens(split)  # raises the explanatory error
-        file = self.path / "data" / f"{split}.jsonl"
+        file = self.path / layout.data_file(split)
         rows = []
         with open(file, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):

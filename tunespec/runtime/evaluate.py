@@ -85,7 +85,7 @@ def generate(model, tokenizer, build: Build, prompts: list[str], *, log=print) -
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(prompts)
     pad = tokenizer.pad_token_id
-    eos = [build.manifest["eos_token_id"]]
+    eos = [build.eos_token_id]
     device = _device(model)
     model.eval()
     kwargs = dict(max_new_tokens=ev.max_new_tokens, do_sample=ev.do_sample, num_beams=ev.num_beams,
@@ -139,8 +139,7 @@ def eval_loss(model, build: Build, split: str, limit: int | None) -> float | Non
     bs = build.spec.training.eval_batch_size or build.spec.training.micro_batch_size or DEFAULT_ROWS
     total, count = 0.0, 0
     model.eval()
-    pad = build.manifest.get("pad_token_id")
-    pad = pad if pad is not None else build.manifest["eos_token_id"]
+    pad = build.pad_token_id
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(build.spec))
     with torch.no_grad(), autocast:
         for start in range(0, n, bs):

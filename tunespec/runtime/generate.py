@@ -27,6 +27,7 @@ from typing import Callable, TextIO
 
 from ..errors import BuildError, Problem, TunespecError
 from .build import Build
+from ..build_layout import MANIFEST
 
 # The field a plain prompt text fills, per fields format.
 MAIN_FIELD = {
@@ -54,7 +55,9 @@ def build_format(build: Build) -> str:
 
 
 def load_build_template(build: Build):
-    """The build's template, re-loaded from the lock's resolved spec and checked against the manifest's sha256."""
+    """The build's template, loaded from the build's copy of its source (``template.jinja``; for
+    ``template: tokenizer`` from the spec, the chat template being the build's tokenizer's), and checked
+    against the manifest's sha256."""
     from ..compiler.formats import FORMATS
     from ..compiler.templates import load_template
 
@@ -64,7 +67,13 @@ def load_build_template(build: Build):
     field_formats = [f for f in formats if FORMATS[f].kind == "fields"]
     fields = set.intersection(*[set(FORMATS[f].text_fields) for f in field_formats]) if field_formats else None
     try:
-        if t is None:
+        copy = build.template_file
+        if copy is not None:  # the build's own copy (build_layout.TEMPLATE): the original file is not read
+            stop = t.stop if t is not None and not isinstance(t, str) else None
+            system = t.system if t is not None and not isinstance(t, str) else None
+            template = load_template(file=str(copy), stop=stop, system=system, fields=fields,
+                                     shown=build.manifest["template"].get("name") or str(copy))
+        elif t is None:
             defaults = {FORMATS[f].template for f in formats}
             template = load_template(name=sorted(defaults)[0], fields=fields)
         elif isinstance(t, str):
@@ -77,15 +86,16 @@ def load_build_template(build: Build):
                                   hint=f"restore it, or recompile the build ({p.hint})" if p.hint else
                                   "restore it, or recompile the build") for p in e.problems]) from None
     recorded = build.manifest.get("template", {})
-    if recorded.get("sha256") and template.sha256 != recorded["sha256"]:
+    # `template: tokenizer` without a file: the build's tokenizer holds the chat template (checked with it)
+    if recorded.get("sha256") and template.source and template.sha256 != recorded["sha256"]:
         raise BuildError(Problem(
             f"the template `{template.name}` changed since the build was compiled "
             f"(sha256 {template.sha256[:12]}, the build's {recorded['sha256'][:12]})",
-            file=str(build.path / "manifest.json"),
+            file=str(build.path / MANIFEST),
             hint="recompile the build (tunespec compile SPEC -o BUILD), or restore the template it was compiled with"))
     if template.kind != recorded.get("kind", template.kind):
         raise BuildError(Problem(f"the template is now a {template.kind} template; the build's was {recorded['kind']}",
-                                 file=str(build.path / "manifest.json"), hint="recompile the build"))
+                                 file=str(build.path / MANIFEST), hint="recompile the build"))
     return template
 
 

@@ -12,13 +12,13 @@ base+adapter on a few training rows and the largest logit difference printed.
 
 from __future__ import annotations
 
-import json
 
 
 from ..atomic import check_replaceable, install, temp_dir
 from ..errors import BuildError, ModelError, Problem
 from ..spec.adapter import MERGEABLE_SPECS, PrefixTuningSpec, PromptTuningSpec
 from .build import Build
+from ..build_layout import STAMP, stamp_text
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -77,7 +77,7 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
         after = [merged(r).logits.float() for r in rows]
     max_diff = max(float((a - b).abs().max()) for a, b in zip(before, after)) if rows else 0.0
     target = build.merged_dir
-    check_replaceable(target, also=("tunespec.json",), what="merged model")
+    check_replaceable(target, also=(STAMP,), what="merged model")
     tmp = temp_dir(target)
     merged.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB")
     tokenizer.save_pretrained(tmp)
@@ -85,7 +85,7 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
         merged.generation_config.save_pretrained(tmp)
     report = {"dtype": str(torch_dtype).replace("torch.", ""), "max_logit_diff": max_diff, "rows_checked": len(rows),
               "input_key": build.input_key}
-    (tmp / "tunespec.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (tmp / STAMP).write_text(stamp_text(report), encoding="utf-8")
     install(tmp, target)
     log(f"merged into {target} ({report['dtype']}); largest logit difference vs base+adapter on "
         f"{len(rows)} rows: {max_diff:.3g}")

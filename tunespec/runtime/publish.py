@@ -34,10 +34,11 @@ from ..spec.adapter import FullSpec, IA3Spec, LoraSpec, PrefixTuningSpec, Prompt
 from ..spec.output import HUB_REPO_ID
 from ..spec.rules import HUB_BUILDERS
 from .build import Build
+from ..build_layout import LOCK, STAMP, read_stamp
 
 PACKAGED_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 """The hub repository each packaged model was converted from (its GGUF file is a quantized copy)."""
-LEFT_OUT = {"tunespec.json", "README.md", ".tunespec"}  # tunespec's stamps and marker; peft's generated card (ours replaces it)
+LEFT_OUT = {STAMP, "README.md", ".tunespec"}  # tunespec's stamps and marker; peft's generated card (ours replaces it)
 MARKER = "<!-- written by tunespec publish -->"
 ROUGE_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
@@ -70,10 +71,7 @@ def resolve_what(build: Build, what: str | None, *, origin: str = "output.push_t
 
 
 def _stamp(directory: Path) -> dict | None:
-    try:
-        return json.loads((directory / "tunespec.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return read_stamp(directory / STAMP)
 
 
 def source_dir(build: Build, what: str) -> Path:
@@ -100,7 +98,7 @@ def source_dir(build: Build, what: str) -> Path:
         if stamp is None or not (d / "config.json").is_file():
             raise BuildError(Problem("the merged model was asked for, but the build has none", file=str(d),
                                      hint=f"merge first: tunespec merge {build.path}, or publish the adapter"))
-        if (d / "tunespec.json").stat().st_mtime < (build.adapter_dir / "tunespec.json").stat().st_mtime:
+        if (d / STAMP).stat().st_mtime < (build.adapter_dir / STAMP).stat().st_mtime:
             raise BuildError(Problem("the merged model is older than the adapter (trained again since the merge)",
                                      file=str(d), hint=f"merge again: tunespec merge {build.path}"))
     if stamp.get("input_key") != build.input_key:
@@ -122,7 +120,7 @@ def base_model_id(build: Build) -> str | None:
 def fresh_rouge(build: Build) -> dict | None:
     """``eval/rouge.json`` when evaluation ran on this build after its training finished (else None)."""
     path = build.eval_dir / "rouge.json"
-    trained = (build.adapter_dir if is_peft(build.spec.adapter) else build.merged_dir) / "tunespec.json"
+    trained = (build.adapter_dir if is_peft(build.spec.adapter) else build.merged_dir) / STAMP
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if path.stat().st_mtime < trained.stat().st_mtime:
@@ -282,7 +280,7 @@ def _usage_lines(build: Build, what: str, repo_id: str | None) -> list[str]:
         code = ["import torch", "from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
                 f'base = AutoModelForCausalLM.from_pretrained("{base}", dtype=torch.bfloat16)',
                 f'tokenizer = AutoTokenizer.from_pretrained("{repo}")']
-        if build.manifest.get("vocabulary", {}) and build.manifest["vocabulary"].get("added"):
+        if build.vocabulary:
             code.append("base.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=False)"
                         "  # tokens were added")
         code.append(f'model = PeftModel.from_pretrained(base, "{repo}")')
@@ -299,7 +297,7 @@ def _usage_lines(build: Build, what: str, repo_id: str | None) -> list[str]:
                   f"tunespec-packaged model; `{base}` is the model that file was converted from.", ""]
     elif what == "adapter" and not base_model_id(build):
         lines += [f"The base is a local model (`{base}`); load the same weights.", ""]
-    if what == "adapter" and build.manifest.get("vocabulary", {}) and build.manifest["vocabulary"].get("added"):
+    if what == "adapter" and build.vocabulary:
         lines += ["Tokens were added to the vocabulary: the embeddings grow to the tokenizer's length (rounded up to "
                   "a multiple of 64) before the adapter is loaded; tunespec starts new rows at the mean of the "
                   "original rows, and the added tokens' trained rows are in the adapter.", ""]
@@ -315,7 +313,7 @@ def model_card(build: Build, what: str, *, repo_id: str | None = None, rouge: di
     from ..spec.render import to_yaml
 
     spec = build.spec
-    lock = (build.path / "lock.yaml").read_text(encoding="utf-8")
+    lock = (build.path / LOCK).read_text(encoding="utf-8")
     base = base_model_id(build) or build.model_ref.label
     out = ["---", to_yaml(_front_matter(build, what)).rstrip("\n"), "---", MARKER, "", f"# {spec.name}", ""]
     if spec.description:

@@ -49,6 +49,7 @@ from . import checkpoint as ckpt
 from .. import micro_batches
 from .batching import collate_packed, collate_padded, count_positions, epoch_batches
 from .build import Build, TokenSet
+from ..build_layout import LOCK, MANIFEST, STAMP, stamp_text
 
 # Fields that may change between a checkpoint and its resume: they do not change the training math.
 RESUME_NEUTRAL = (
@@ -204,7 +205,7 @@ class Trainer:
         if n_batches == 0:
             raise BuildError(Problem(
                 f"the train split has {len(self.train_set)} rows: not one micro-batch",
-                file=str(self.build.path / "manifest.json"),
+                file=str(self.build.path / MANIFEST),
                 hint="check the compile report's drop counts (rows longer than max_length are dropped) and recompile"))
         accum = t.gradient_accumulation_steps
         self.plan = Plan(batches_per_epoch=n_batches, world=world, rank=self.acc.process_index, accum=accum,
@@ -265,7 +266,7 @@ class Trainer:
         t = self.spec.training
         why_not = padding_free.why_not(model.config, getattr(self.spec.adapter, "method", "none"))
         if t.padding_free is True and why_not:
-            raise BuildError(Problem(f"training.padding_free is true, but {why_not}", file=str(self.build.path / "lock.yaml"),
+            raise BuildError(Problem(f"training.padding_free is true, but {why_not}", file=str(self.build.path / LOCK),
                                      hint="set training.padding_free: auto (or false) and recompile"))
         self.batching = micro_batches.resolve(self.spec, model.config, max_length=self.build.max_length,
                                               train_tokens=int(self.train_set.lengths.sum()))
@@ -678,7 +679,7 @@ class Trainer:
         target = self.build.adapter_dir if is_peft(self.spec.adapter) else self.build.merged_dir
         tmp = None
         if self.acc.is_main_process:
-            check_replaceable(target, also=("tunespec.json",), what="trained model")
+            check_replaceable(target, also=(STAMP,), what="trained model")
             tmp = temp_dir(target)
         state_dict = self.acc.get_state_dict(self.model)
         if self.acc.is_main_process:
@@ -690,7 +691,7 @@ class Trainer:
                 raise BuildError(Problem(f"the adapter saved from this {self.acc.distributed_type.value} run is empty",
                                          file=str(tmp), hint="the last checkpoint is in train/; please report this"))
             self.tokenizer.save_pretrained(tmp)
-            (tmp / "tunespec.json").write_text(json.dumps({"input_key": self.build.input_key, "final": last}, indent=2))
+            (tmp / STAMP).write_text(stamp_text({"input_key": self.build.input_key, "final": last}))
             install(tmp, target)
             from .plots import plot_loss
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 from ..errors import BuildError, ModelError, Problem
+from ..build_layout import MANIFEST
 
 PAD_TO = 64
 
@@ -62,10 +63,10 @@ def extend_embeddings(model, build) -> None:
         got = _rows(model.get_input_embeddings().weight)
         if got != target:
             raise BuildError(Problem(f"the model's embeddings were resized to {got} rows, the build expects {target}",
-                                     file=str(build.path / "manifest.json"), hint="recompile the build"))
+                                     file=str(build.path / MANIFEST), hint="recompile the build"))
     elif old_rows > target:
         raise BuildError(Problem(f"the model has {old_rows} embedding rows, the build expects {target}",
-                                 file=str(build.path / "manifest.json"),
+                                 file=str(build.path / MANIFEST),
                                  hint="the base model changed since the compile: recompile the build"))
     original = min(int(vocab["base_tokens"]), old_rows)
     fresh = sorted({int(a["id"]) for a in vocab["added"] if a["new"]} | set(range(old_rows, target)))

@@ -61,6 +61,11 @@ class LoadedSpec:
     origins: dict[Loc, Origin] = field(repr=False, default_factory=dict)
     extends: list[Path] = field(default_factory=list)  # every file merged in, base first
     overrides: list[str] = field(default_factory=list)  # the --set arguments, in order
+    # path fields (dotted, e.g. "data.sources.0.path") written as absolute paths: the lock keeps them absolute
+    written_absolute: frozenset = frozenset()
+    # path fields whose relative form in the lock is relative to another directory than the spec file's
+    # (a rerun that found an input under --root or beside the old spec file); dotted -> that directory
+    bases: dict = field(default_factory=dict)
 
     def locate(self, problem: Problem) -> Problem:
         """`problem`, which names a spec field (``path``), at the file position that field was written at."""
@@ -545,8 +550,9 @@ def _matches(loc: Loc, pattern: Loc) -> bool:
     return len(loc) == len(pattern) and all(p == "*" or p == q for p, q in zip(pattern, loc))
 
 
-def _resolve_paths(doc: dict, origins: dict[Loc, Origin]) -> dict:
-    """Copy of `doc` with relative path fields made absolute against the file that set them."""
+def _resolve_paths(doc: dict, origins: dict[Loc, Origin], absolute: set | None = None) -> dict:
+    """Copy of `doc` with relative path fields made absolute against the file that set them; the dotted
+    locations of paths written absolute (or with ``~``) are added to `absolute`."""
 
     def base_dir(loc: Loc) -> Path:
         o = origins.get(loc)
@@ -565,6 +571,8 @@ def _resolve_paths(doc: dict, origins: dict[Loc, Origin]) -> dict:
                 if not isinstance(src, dict) or src.get("hub") not in HUB_BUILDERS:
                     return node  # data files of a hub repository: relative to the repository
             p = Path(node).expanduser()
+            if absolute is not None and p.is_absolute():
+                absolute.add(dotted(loc))
             return str(p if p.is_absolute() else (base_dir(loc) / p).resolve())
         return node
 
@@ -1043,7 +1051,8 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     doc, origins, files, problems = _load_composed(path, ())
     for arg in overrides:
         _apply_set(doc, origins, arg)
-    resolved = _resolve_paths(doc, origins)
+    written_absolute: set = set()
+    resolved = _resolve_paths(doc, origins, written_absolute)
     root = _shown(path)
     try:
         spec = Spec.model_validate(resolved)
@@ -1056,7 +1065,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     if problems or rule_problems:
         raise SpecError(_dedupe(problems) + rule_problems)
     return LoadedSpec(spec=spec, file=path.resolve(), raw=resolved, origins=origins,
-                      extends=files[:-1], overrides=list(overrides))
+                      extends=files[:-1], overrides=list(overrides), written_absolute=frozenset(written_absolute))
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
