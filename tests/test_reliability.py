@@ -206,13 +206,13 @@ def prepare(case: dict, root: Path, env: dict) -> Prepared:
     d.mkdir(parents=True, exist_ok=True)
     out = d / "out"
     ctx = {**env, "tmp": d, "out": out}
-    if case.get("setup"):
-        _run_setup(case, d, ctx)
     file = case.get("file")
     if file and file.startswith("generated:"):
         ctx["file"] = _big_row_file(d / file.split(":", 1)[1])
     elif file:
         ctx["file"] = CORPUS / file
+    if case.get("setup"):  # after {file} is known: a setup may read it (or replace it)
+        _run_setup(case, d, ctx)
     kind = case["kind"]
     if kind in ("data", "template", "model"):
         overrides: dict = {}

@@ -1023,8 +1023,33 @@ def _problem_for(err: dict, loc: Loc, origins: dict[Loc, Origin], root: str, doc
             msg, hint = f"needs at least {least} item(s)", "add an item"
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         msg = f"{_describe(value)}: {err['msg'].lower()}"
-        hint = "change the value to fit the bound"
+        allowed = _bounds_text(loc, doc)
+        hint = (f"use a value in {allowed}" if allowed[0] in "[(" else f"use a value {allowed}") if allowed \
+            else "change the value to fit the bound"
     return Problem(msg, file=where.file, line=where.line, column=where.column, path=path, hint=hint)
+
+
+def _bounds_text(loc: Loc, doc: Any) -> str | None:
+    """The range the schema allows a numeric field, as ``[0, 4294967295]`` / ``(0, 10]`` (from its Field bounds)."""
+    import annotated_types as at
+
+    for model in _models_at(loc[:-1], doc) if loc else []:
+        info = model.model_fields.get(loc[-1])
+        if info is None:
+            continue
+        low = high = None
+        for m in info.metadata:
+            if isinstance(m, (at.Ge, at.Gt)):
+                low = ("[" if isinstance(m, at.Ge) else "(") + _describe(getattr(m, "ge", getattr(m, "gt", None)))
+            elif isinstance(m, (at.Le, at.Lt)):
+                high = _describe(getattr(m, "le", getattr(m, "lt", None))) + ("]" if isinstance(m, at.Le) else ")")
+        if low and high:
+            return f"{low}, {high}"
+        if low:
+            return ("at least " if low[0] == "[" else "more than ") + low[1:]
+        if high:
+            return ("at most " if high[-1] == "]" else "below ") + high[:-1]
+    return None
 
 
 def _locate(problem: Problem, origins: dict[Loc, Origin], root: str) -> Problem:
