@@ -28,6 +28,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 from ..errors import Problem, SpecError
 from .base import discriminator_default, discriminator_field, field_discriminator
 from .root import Spec
+from .resolve import resolve
 from .rules import HUB_BUILDERS, check_rules
 
 Loc = tuple  # a path into the spec: ("data", "sources", 0, "path")
@@ -61,6 +62,7 @@ class LoadedSpec:
     origins: dict[Loc, Origin] = field(repr=False, default_factory=dict)
     extends: list[Path] = field(default_factory=list)  # every file merged in, base first
     overrides: list[str] = field(default_factory=list)  # the --set arguments, in order
+    warnings: list[Problem] = field(default_factory=list)  # settings with no effect (resolve.py), located
 
     def locate(self, problem: Problem) -> Problem:
         """`problem`, which names a spec field (``path``), at the file position that field was written at."""
@@ -514,6 +516,10 @@ def _parse_set(arg: str) -> tuple[list[str], Any]:
 def _apply_set(doc: dict, origins: dict[Loc, Origin], arg: str) -> None:
     parts, value = _parse_set(arg)
     where = "--set " + arg
+    if parts[0] == "extends":  # bases are merged while the files are read: a --set comes after, and would do nothing
+        raise SpecError(Problem("`extends` cannot be set with --set: bases are merged while the spec files are read",
+                                file=where, path="extends",
+                                hint="write `extends:` in the spec file, or --set the values themselves"))
     node: Any = doc
     loc: Loc = ()
     for i, part in enumerate(parts):
@@ -1077,11 +1083,13 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         flagged = {p.path for p in problems if p.path and p.message.startswith("YAML tag")}  # not re-judged
         found = [p for p in found if not any(p.path == f or (p.path or "").startswith(f + ".") for f in flagged)]
         raise SpecError(_dedupe(problems + found)) from None
-    rule_problems = [_locate(p, origins, root) for p in check_rules(spec)]
+    unresolved, ignored = resolve(spec)  # names that point at nothing; settings with no effect
+    rule_problems = [_locate(p, origins, root) for p in check_rules(spec) + unresolved]
     if problems or rule_problems:
         raise SpecError(_dedupe(problems) + rule_problems)
     return LoadedSpec(spec=spec, file=path.resolve(), raw=resolved, origins=origins,
-                      extends=files[:-1], overrides=list(overrides))
+                      extends=files[:-1], overrides=list(overrides),
+                      warnings=[_locate(p, origins, root) for p in ignored])
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
