@@ -14,7 +14,7 @@ class EvaluationSpec(Section):
 
     split: Literal["train", "validation", "test"] = Field("test", description="Split evaluated (`--split` overrides it).")
     metrics: list[Literal["rouge", "loss"]] = Field(
-        default_factory=lambda: ["rouge", "loss"],
+        default_factory=lambda: ["rouge", "loss"], min_length=1,
         description="rouge: generate answers and score them against references; loss: loss and perplexity.",
     )
     limit: int | None = Field(None, ge=1, le=ROWS_MAX, description="Evaluate at most this many rows.")
@@ -26,7 +26,7 @@ class EvaluationSpec(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (do_sample only).")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Sampling seed (do_sample only).")
     reference_fields: list[str] | None = Field(
-        None, description="Columns of the source rows holding references (several for multi-reference, e.g. summary1, "
+        None, min_length=1, description="Columns of the source rows holding references (several for multi-reference, e.g. summary1, "
         "summary2, summary3), or canonical fields; kept for evaluation, never trained; a name no row has is an "
         "error; default: the format's answer field."
     )

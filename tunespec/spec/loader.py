@@ -540,7 +540,9 @@ def _apply_set(doc: dict, origins: dict[Loc, Origin], arg: str) -> None:
             origins[loc] = Origin(where)
         else:
             if isinstance(node, dict) and node.get(key) is None:
-                node[key] = {}  # absent (or null): created, as a mapping
+                node[key] = {}  # absent (or null): created, as a mapping, by this --set (errors about it point here)
+                _drop_origins_under(origins, loc)
+                origins[loc] = Origin(where)
             node = node[key]
 
 

@@ -101,6 +101,8 @@ def _errors(spec: Spec) -> Iterator[Problem]:
                  "(no source or holdout produces it)",
                  _split_hint("validation", produced) + "; or set eval_strategy: no")
 
+    yield from _column_maps(spec)
+
     if e.set_to_non_default("split") and e.split not in produced:
         yield _p("evaluation.split", f"no source or holdout produces the {e.split} split",
                  _split_hint(e.split, produced) + "; or evaluate another split")
@@ -143,3 +145,21 @@ def _ignored(spec: Spec) -> Iterator[Problem]:
     if ln.num_machines == 1:
         yield from off(ln, "main_process_ip", "launch", "num_machines is 1",
                        "remove main_process_ip, or set launch.num_machines")
+
+
+def _column_maps(spec: Spec) -> Iterator[Problem]:
+    """column_map keys name fields of the format each source is read as (data.column_map: of every source)."""
+    from ..compiler.formats import FORMATS, column_map_problems
+
+    d = spec.data
+    used = [s.format or d.format for s in d.sources]
+    formats = dict.fromkeys(sorted(used, key=lambda f: f != d.format))  # data.format's words first
+    seen: set[str] = set()
+    for fmt in formats:
+        for p in column_map_problems(FORMATS[fmt], d.column_map):
+            if p.path not in seen:
+                seen.add(p.path)
+                yield _p(f"data.{p.path}", p.message, p.hint)
+    for i, s in enumerate(d.sources):
+        for p in column_map_problems(FORMATS[s.format or d.format], s.column_map or {}):
+            yield _p(f"data.sources.{i}.{p.path}", p.message, p.hint)
