@@ -631,7 +631,7 @@ def test_reference_markdown_covers_every_section():
                     "### `evaluation`", "### `output`"):
         assert heading in text
     assert "| `optimizer` | one of: `adamw_torch`," in text
-    assert "| `learning_rate` | number > 0 | `0.0002` | Peak learning rate. |" in text
+    assert "| `learning_rate` | number > 0, ≤ 10 | `0.0002` | Peak learning rate. |" in text
     assert "| `name` | string matching" in text and "**required**" in text
     assert text == reference_markdown()  # deterministic
 

@@ -114,8 +114,45 @@ def clean_stale(target: Path) -> list[Path]:
     return removed
 
 
+# What a temporary sibling adds to an output's name: "." + NAME + ".tmp-<pid>-<8 hex>" (a pid has up to 7 digits).
+TEMP_NAME_EXTRA = len(".") + len(".tmp-") + 7 + len("-") + 8
+
+
+def check_output_name(target: Path) -> None:
+    """Refuse (exit 2) an output path the file system cannot hold: a NUL byte, a component over the name limit
+    (NAME_MAX, 255 bytes on most), or a last name too long for its temporary sibling ``.NAME.tmp-...``."""
+    t = Path(target).expanduser()
+    text = str(t)
+    if "\0" in text:
+        raise TunespecError(Problem("the output path holds a NUL byte", file=repr(text),
+                                    hint="name the output with printable characters"))
+    try:
+        limit = os.pathconf(next((p for p in [t.parent, *t.parent.parents] if _exists(p)), Path("/")), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    parts = [part for part in t.parts if part not in ("/", ".", "..")]
+    for i, part in enumerate(parts):
+        size = len(os.fsencode(part))
+        room = limit - (TEMP_NAME_EXTRA if i == len(parts) - 1 else 0)
+        if size > room:
+            shown = part if len(part) <= 40 else part[:20] + "..." + part[-10:]
+            raise TunespecError(Problem(f"the name {shown!r} is {size} bytes long; this file system allows names of "
+                                        f"{limit} bytes" + (f", and an output's name needs {TEMP_NAME_EXTRA} more for "
+                                        "its temporary copy" if room < limit else ""), file=text if len(text) <= 120 else text[:60] + "..." + text[-40:],
+                                        hint=f"choose a shorter name (at most {room} bytes)"))
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists, False where the path cannot even be looked up (too long, no permission)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def temp_path(target: Path) -> Path:
     target = Path(target)
+    check_output_name(target)
     return target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
@@ -185,11 +222,11 @@ def _inside(child: Path, parent: Path) -> bool:
     c, p = child.resolve(), parent.resolve()
     if c == p or p in c.parents:
         return True
-    if not parent.exists():
+    if not _exists(parent):
         return False
     probe = c
     while True:
-        if probe.exists() and _same(probe, parent):
+        if _exists(probe) and _same(probe, parent):
             return True
         if probe.parent == probe:
             return False
@@ -200,6 +237,7 @@ def refuse_overlap(output: Path, inputs, *, is_dir: bool) -> None:
     """Raise (exit 2) when ``output`` is an input, a link to one, or (for a directory output) holds one or is
     inside one; a directory output may never be the working directory, a parent of it, or the home directory."""
     out = Path(output).expanduser()
+    check_output_name(out)
     if is_dir:
         cwd, home = Path.cwd(), Path.home()
         for special, name in ((cwd, "the working directory"), (home, "the home directory")):

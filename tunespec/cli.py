@@ -91,6 +91,8 @@ def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], deep: bool) ->
     for path in specs:
         try:
             loaded = load_spec(path, overrides)
+            for w in loaded.warnings:
+                click.echo("warning: " + w.render(), err=True)
             if deep:
                 from .compiler.deepcheck import deep_check
 

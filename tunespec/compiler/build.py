@@ -48,7 +48,8 @@ from .references import check_reference_fields, short_of_references
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_names, sources_inputs
 from .templates import Template, chat_generation_prompt, check_chat_template, load_template
 from .tools import IGNORED, DROPPED, manifest_tools, place_calls, place_tools
-from .tokenize import context_length, first_doubled, manifest_prefix, special_prefix, tokenize_examples
+from .tokenize import (RENDER_REASONS, context_length, first_doubled, manifest_prefix, special_prefix,
+                       tokenize_examples)
 
 FORMAT_VERSION = layout.FORMAT_VERSION
 RUNTIME_DIRS = layout.RUNTIME_DIRS
@@ -229,7 +230,8 @@ def compile_build(
     clean_stale(out)  # a killed earlier compile's temporaries (or its old build, moved aside)
     existing = _check_target(out, key, force)
     if existing is not None:
-        return BuildResult(out, True, existing, [f"{out}: up to date (input key {key[:12]})"])
+        return BuildResult(out, True, existing, [f"{out}: up to date (input key {key[:12]})"]
+                           + ["  warning: " + p.render() for p in loaded.warnings])
 
     t0 = time.perf_counter()
     ref = ModelRef.from_spec(spec.model)
@@ -311,13 +313,15 @@ def compile_build(
                 short_refs[split] = short_of_references([records[i] for i in tok.kept], ref_fields)
             prefixed += tok.prefixed
             _check_specials(tok, special_prefix(tokenizer), tokenizer.eos_token_id, template, records, by_name, split)
-            if tok.dropped:
+            if tok.dropped:  # one accounting: the manifest's counts, and a warning per reason at its first row
                 all_drops[f"split:{split}"] = dict(sorted(tok.dropped.items()))
-                located = Drops(tok.dropped)
-                for reason, i in tok.first_dropped.items():
-                    name, _, index = records[i].source.rpartition("#")
-                    located.where[reason] = by_name[name].location(int(index))
-                problems += drop_problems(located, f"data.tokenization ({split})")
+                for stage, reasons in (("data.template", RENDER_REASONS),
+                                       ("data.tokenization", set(tok.dropped) - RENDER_REASONS)):
+                    located = Drops({r: n for r, n in tok.dropped.items() if r in reasons})
+                    for reason in located:
+                        name, _, index = records[tok.first_dropped[reason]].source.rpartition("#")
+                        located.where[reason] = by_name[name].location(int(index))
+                    problems += drop_problems(located, f"{stage} ({split})")
             with open(tmp / layout.data_file(split), "w", encoding="utf-8", newline="\n") as f:
                 for i in tok.kept:
                     row = _record_row(records[i], template, fmts[i], rendered[i], tokenizer, ref_fields_of[fmts[i]],
@@ -456,7 +460,7 @@ def compile_build(
                 f"{n} of {split_stats.get(split, {}).get('rows', n)} {split} rows have fewer references than the "
                 f"{len(ref_fields)} fields named", path="evaluation.reference_fields",
                 hint="those rows are scored against the references they have; fill the empty columns")))
-    for p in problems + _tool_problems(data.tools, tool_counts, first_tool_row, by_name):
+    for p in loaded.warnings + problems + _tool_problems(data.tools, tool_counts, first_tool_row, by_name):
         messages.append("  warning: " + p.render())
     return BuildResult(out, False, manifest, messages)
 

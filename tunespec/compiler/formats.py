@@ -652,6 +652,13 @@ def _is_wrapped_tool(tool: object) -> bool:
 
 
 def _check_column_map(info: FormatInfo, column_map: dict) -> None:
+    problems = column_map_problems(info, column_map)
+    if problems:
+        raise DataError(problems)
+
+
+def column_map_problems(info: FormatInfo, column_map: dict) -> list[Problem]:
+    """What is wrong with a column_map for this format (paths ``column_map.KEY``); run at validate time too."""
     problems = []
     for key, value in column_map.items():
         if key not in info.map_keys:
@@ -661,9 +668,9 @@ def _check_column_map(info: FormatInfo, column_map: dict) -> None:
                 Problem(f"{key!r} is not a field of format {info.name!r}", path=f"column_map.{key}", hint=hint)
             )
         elif not isinstance(value, str) or not value:
-            problems.append(Problem(f"must be a column name (got {value!r})", path=f"column_map.{key}"))
-    if problems:
-        raise DataError(problems)
+            problems.append(Problem(f"must be a column name (got {value!r})", path=f"column_map.{key}",
+                                    hint="write the data's column name, e.g. {summary: abstract}"))
+    return problems
 
 
 def _did_you_mean(word: str, choices, *, what: str = "choose from") -> str:

@@ -272,6 +272,11 @@ def _ends_with_eos(ids, eos: int, blank) -> bool:
     return False
 
 
+# Drop reasons of the rendered text (the template's doing, reported under data.template) rather than of its tokens.
+EMPTY_COMPLETION = "empty completion after rendering"
+RENDER_REASONS = frozenset({EMPTY_COMPLETION})
+
+
 def tokenize_examples(
     examples: Iterable[list[Segment]],
     tokenizer,
@@ -348,6 +353,11 @@ def _assemble(examples: list[list[Segment]], codes: list[int], encoder: _Encoder
     prefixed = 0
     pos = 0
     for row, segments in enumerate(examples):
+        if not any(s.text.strip() for s in segments if s.trained):  # nothing of the row's own to learn
+            pos += len(segments)
+            dropped[EMPTY_COMPLETION] += 1
+            first_dropped.setdefault(EMPTY_COMPLETION, row)
+            continue
         last = -1
         if last_turn:
             last = max((i for i, s in enumerate(segments) if s.trained), default=-1)

@@ -14,7 +14,7 @@ class LoraSpec(Section):
 
     method: Literal["lora"] = Field("lora", description="LoRA (the default when `method` is left out).")
     r: int = Field(16, description="LoRA rank (1..1024).")
-    alpha: float = Field(32, description="LoRA scaling numerator; the update is scaled by alpha/r (alpha/sqrt(r) with rslora).")
+    alpha: float = Field(32, le=1e6, description="LoRA scaling numerator; the update is scaled by alpha/r (alpha/sqrt(r) with rslora).")
     dropout: float = Field(0.05, description="Dropout on the LoRA input, in [0, 1).")
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases are trained.")
     target_modules: Literal["all-linear"] | list[str] = Field(
@@ -45,7 +45,7 @@ class PrefixTuningSpec(Section):
         False, description="Reparameterise the prefix through a two-layer MLP (ChatGLM's `prefix_projection`)."
     )
     encoder_hidden_size: int | None = Field(
-        None, description="Hidden size of the projection MLP (only with prefix_projection; default: the model's hidden size)."
+        None, le=1_000_000, description="Hidden size of the projection MLP (only with prefix_projection; default: the model's hidden size)."
     )
 
 

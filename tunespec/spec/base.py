@@ -7,6 +7,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Discriminator
 
 
+# Bounds every numeric setting declares in its Field (the schema refuses a value out of them, at validate time):
+SEED_MAX = 2**32 - 1  # seeds: numpy (and so shuffles, holdouts, sampling) takes 0 .. 2**32 - 1
+STEPS_MAX = 10**9  # optimizer steps, warm-up, logging/saving/evaluation intervals: more is a typo
+ROWS_MAX = 10**12  # row counts (limits, holdouts)
+BATCH_MAX = 65536  # sequences in a (micro-)batch, micro-batches accumulated, prompts generated together
+TOKENS_MAX = 10**7  # lengths in tokens (max_length, max_new_tokens)
+
+
 class Section(BaseModel):
     """A spec section.
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import Section
+from .base import ROWS_MAX, SEED_MAX, TOKENS_MAX, Section
 
 FormatName = Literal[
     "alpaca", "summarization", "qa", "input_output", "text", "prompt_completion", "sharegpt", "messages"
@@ -32,7 +32,7 @@ class SourceSpec(Section):
         None, description="Canonical field -> this source's column (overrides data.column_map)."
     )
     id_column: str | None = Field(None, description="Column holding a stable row id (default: `id` or `fname` if present).")
-    limit: int | None = Field(None, description="Keep at most this many rows (after shuffling, if on).")
+    limit: int | None = Field(None, le=ROWS_MAX, description="Keep at most this many rows (after shuffling, if on).")
     fraction: float | None = Field(None, description="Keep this fraction (0, 1] of the rows.")
     shuffle: bool = Field(False, description="Shuffle (seeded by data.seed) before limit/fraction.")
 
@@ -51,15 +51,15 @@ class TemplateSpec(Section):
 class HoldoutSpec(Section):
     """Splits carved out of the train rows with a seeded shuffle (when no source feeds them)."""
 
-    test: float | int = Field(0, description="Fraction (0..1) or row count of train rows moved to test.")
-    validation: float | int = Field(0, description="Fraction (0..1) or row count of train rows moved to validation.")
+    test: float | int = Field(0, le=ROWS_MAX, description="Fraction (0..1) or row count of train rows moved to test.")
+    validation: float | int = Field(0, le=ROWS_MAX, description="Fraction (0..1) or row count of train rows moved to validation.")
 
 
 class TokenizationSpec(Section):
     """How templated rows become token ids and loss masks."""
 
     max_length: int | None = Field(
-        None, description="Longest tokenized row; default: the model's context length."
+        None, le=TOKENS_MAX, description="Longest tokenized row; default: the model's context length."
     )
     overlong: Literal["drop", "truncate_prompt"] = Field(
         "drop", description="Rows over max_length: drop them (counted), or cut the prompt from the left."
@@ -88,5 +88,5 @@ class DataSpec(Section):
     )
     tokenization: TokenizationSpec = Field(default_factory=TokenizationSpec, description="Token limits and loss masking.")
     holdout: HoldoutSpec = Field(default_factory=HoldoutSpec, description="Test/validation rows carved out of train.")
-    seed: int = Field(42, description="Seed for shuffling and holdout splits.")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed for shuffling and holdout splits.")
     strict: bool = Field(False, description="Make any dropped row an error instead of a counted warning.")

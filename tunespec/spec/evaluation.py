@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import Section
+from .base import BATCH_MAX, ROWS_MAX, SEED_MAX, TOKENS_MAX, Section
 
 
 class EvaluationSpec(Section):
@@ -14,19 +14,19 @@ class EvaluationSpec(Section):
 
     split: Literal["train", "validation", "test"] = Field("test", description="Split evaluated (`--split` overrides it).")
     metrics: list[Literal["rouge", "loss"]] = Field(
-        default_factory=lambda: ["rouge", "loss"],
+        default_factory=lambda: ["rouge", "loss"], min_length=1,
         description="rouge: generate answers and score them against references; loss: loss and perplexity.",
     )
-    limit: int | None = Field(None, ge=1, description="Evaluate at most this many rows.")
-    max_new_tokens: int = Field(128, ge=1, description="Longest generated answer, in tokens.")
-    batch_size: int = Field(16, ge=1, description="Prompts generated together.")
-    num_beams: int = Field(1, ge=1, description="Beam search width; 1 = greedy (or sampling).")
+    limit: int | None = Field(None, ge=1, le=ROWS_MAX, description="Evaluate at most this many rows.")
+    max_new_tokens: int = Field(128, ge=1, le=TOKENS_MAX, description="Longest generated answer, in tokens.")
+    batch_size: int = Field(16, ge=1, le=BATCH_MAX, description="Prompts generated together.")
+    num_beams: int = Field(1, ge=1, le=1024, description="Beam search width; 1 = greedy (or sampling).")
     do_sample: bool = Field(False, description="Sample instead of decoding greedily; uses temperature, top_p and seed.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature (do_sample only).")
+    temperature: float = Field(1.0, gt=0, le=100, description="Sampling temperature (do_sample only).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (do_sample only).")
-    seed: int = Field(0, description="Sampling seed (do_sample only).")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Sampling seed (do_sample only).")
     reference_fields: list[str] | None = Field(
-        None, description="Columns of the source rows holding references (several for multi-reference, e.g. summary1, "
+        None, min_length=1, description="Columns of the source rows holding references (several for multi-reference, e.g. summary1, "
         "summary2, summary3), or canonical fields; kept for evaluation, never trained; a name no row has is an "
         "error; default: the format's answer field."
     )

@@ -13,12 +13,12 @@ GpuName = Literal["h100", "h100_pcie", "h100_nvl", "h200", "a100", "a10", "a10g"
 
 
 class _Launch(Section):
-    num_processes: int = Field(1, ge=1, description="Processes (GPUs) per machine.")
-    num_machines: int = Field(1, ge=1, description="Machines taking part; more than 1 needs main_process_ip.")
+    num_processes: int = Field(1, ge=1, le=4096, description="Processes (GPUs) per machine.")
+    num_machines: int = Field(1, ge=1, le=100_000, description="Machines taking part; more than 1 needs main_process_ip.")
     machine_rank: int = Field(0, ge=0, description="This machine's index, 0 .. num_machines - 1 (0 runs the main process).")
     main_process_ip: str | None = Field(None, description="Address of machine 0 (several machines).")
     main_process_port: int = Field(29500, ge=1, le=65535, description="Port machine 0 listens on for the others.")
-    gpu_memory_gib: float | None = Field(None, gt=0, description="Per-GPU memory; compile fails if the estimate exceeds it.")
+    gpu_memory_gib: float | None = Field(None, gt=0, le=1e5, description="Per-GPU memory; compile fails if the estimate exceeds it.")
     gpu: GpuName | None = Field(
         None, description="The GPU model trained on, for the compile report's expected wall time (h100 is the SXM "
         "card); left out: the report gives the training FLOPs only."

@@ -28,6 +28,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 from ..errors import Problem, SpecError
 from .base import discriminator_default, discriminator_field, field_discriminator
 from .root import Spec
+from .resolve import resolve
 from .rules import HUB_BUILDERS, check_rules
 
 Loc = tuple  # a path into the spec: ("data", "sources", 0, "path")
@@ -66,6 +67,7 @@ class LoadedSpec:
     # path fields whose relative form in the lock is relative to another directory than the spec file's
     # (a rerun that found an input under --root or beside the old spec file); dotted -> that directory
     bases: dict = field(default_factory=dict)
+    warnings: list[Problem] = field(default_factory=list)  # settings with no effect (resolve.py), located
 
     def locate(self, problem: Problem) -> Problem:
         """`problem`, which names a spec field (``path``), at the file position that field was written at."""
@@ -519,6 +521,10 @@ def _parse_set(arg: str) -> tuple[list[str], Any]:
 def _apply_set(doc: dict, origins: dict[Loc, Origin], arg: str) -> None:
     parts, value = _parse_set(arg)
     where = "--set " + arg
+    if parts[0] == "extends":  # bases are merged while the files are read: a --set comes after, and would do nothing
+        raise SpecError(Problem("`extends` cannot be set with --set: bases are merged while the spec files are read",
+                                file=where, path="extends",
+                                hint="write `extends:` in the spec file, or --set the values themselves"))
     node: Any = doc
     loc: Loc = ()
     for i, part in enumerate(parts):
@@ -539,7 +545,9 @@ def _apply_set(doc: dict, origins: dict[Loc, Origin], arg: str) -> None:
             origins[loc] = Origin(where)
         else:
             if isinstance(node, dict) and node.get(key) is None:
-                node[key] = {}  # absent (or null): created, as a mapping
+                node[key] = {}  # absent (or null): created, as a mapping, by this --set (errors about it point here)
+                _drop_origins_under(origins, loc)
+                origins[loc] = Origin(where)
             node = node[key]
 
 
@@ -1031,8 +1039,33 @@ def _problem_for(err: dict, loc: Loc, origins: dict[Loc, Origin], root: str, doc
             msg, hint = f"needs at least {least} item(s)", "add an item"
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         msg = f"{_describe(value)}: {err['msg'].lower()}"
-        hint = "change the value to fit the bound"
+        allowed = _bounds_text(loc, doc)
+        hint = (f"use a value in {allowed}" if allowed[0] in "[(" else f"use a value {allowed}") if allowed \
+            else "change the value to fit the bound"
     return Problem(msg, file=where.file, line=where.line, column=where.column, path=path, hint=hint)
+
+
+def _bounds_text(loc: Loc, doc: Any) -> str | None:
+    """The range the schema allows a numeric field, as ``[0, 4294967295]`` / ``(0, 10]`` (from its Field bounds)."""
+    import annotated_types as at
+
+    for model in _models_at(loc[:-1], doc) if loc else []:
+        info = model.model_fields.get(loc[-1])
+        if info is None:
+            continue
+        low = high = None
+        for m in info.metadata:
+            if isinstance(m, (at.Ge, at.Gt)):
+                low = ("[" if isinstance(m, at.Ge) else "(") + _describe(getattr(m, "ge", getattr(m, "gt", None)))
+            elif isinstance(m, (at.Le, at.Lt)):
+                high = _describe(getattr(m, "le", getattr(m, "lt", None))) + ("]" if isinstance(m, at.Le) else ")")
+        if low and high:
+            return f"{low}, {high}"
+        if low:
+            return ("at least " if low[0] == "[" else "more than ") + low[1:]
+        if high:
+            return ("at most " if high[-1] == "]" else "below ") + high[:-1]
+    return None
 
 
 def _locate(problem: Problem, origins: dict[Loc, Origin], root: str) -> Problem:
@@ -1061,11 +1094,13 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         flagged = {p.path for p in problems if p.path and p.message.startswith("YAML tag")}  # not re-judged
         found = [p for p in found if not any(p.path == f or (p.path or "").startswith(f + ".") for f in flagged)]
         raise SpecError(_dedupe(problems + found)) from None
-    rule_problems = [_locate(p, origins, root) for p in check_rules(spec)]
+    unresolved, ignored = resolve(spec)  # names that point at nothing; settings with no effect
+    rule_problems = [_locate(p, origins, root) for p in check_rules(spec) + unresolved]
     if problems or rule_problems:
         raise SpecError(_dedupe(problems) + rule_problems)
     return LoadedSpec(spec=spec, file=path.resolve(), raw=resolved, origins=origins,
-                      extends=files[:-1], overrides=list(overrides), written_absolute=frozenset(written_absolute))
+                      extends=files[:-1], overrides=list(overrides), written_absolute=frozenset(written_absolute),
+                      warnings=[_locate(p, origins, root) for p in ignored])
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

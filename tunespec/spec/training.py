@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from .base import Section
+from .base import BATCH_MAX, SEED_MAX, STEPS_MAX, TOKENS_MAX, Section
 
 Optimizer = Literal[
     "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"
@@ -17,23 +17,23 @@ class TrainingSpec(Section):
     """Optimisation: batch sizes, length, learning rate and schedule, precision, checkpoints, evaluation."""
 
     micro_batch_size: int | None = Field(
-        None, ge=1, description="Rows per device per forward pass (bins with packing, default 8). Unset: micro-batches "
-        "are sized by tokens (micro_batch_tokens).")
-    micro_batch_tokens: Annotated[int, Field(ge=64)] | Literal["auto"] | None = Field(
+        None, ge=1, le=BATCH_MAX, description="Rows per device per forward pass (bins with packing, default 8). Unset: "
+        "micro-batches are sized by tokens (micro_batch_tokens).")
+    micro_batch_tokens: Annotated[int, Field(ge=64, le=TOKENS_MAX)] | Literal["auto"] | None = Field(
         "auto", description="With micro_batch_size unset: rows packed first-fit into micro-batches of up to this "
         "many tokens, attention kept inside each row; auto = 16,384 tokens, fewer where an epoch would get under "
         "64 micro-batches (tunespec/micro_batches.py); null = 8 rows.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    epochs: float | None = Field(3, gt=0, description="Passes over the train split (ignored when max_steps is set).")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=BATCH_MAX, description="Micro-batches per optimizer step.")
+    epochs: float | None = Field(3, gt=0, le=100_000, description="Passes over the train split (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, le=STEPS_MAX, description="Optimizer steps; overrides epochs.")
+    learning_rate: float = Field(2e-4, gt=0, le=10, description="Peak learning rate.")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate curve after warm-up (decay to 0 for cosine and linear)."
     )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up.")
-    warmup_steps: int = Field(0, ge=0, description="Warm-up steps; overrides warmup_ratio when > 0.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on weight matrices (not biases or norms).")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null = off.")
+    warmup_steps: int = Field(0, ge=0, le=STEPS_MAX, description="Warm-up steps; overrides warmup_ratio when > 0.")
+    weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay on weight matrices (not biases or norms).")
+    max_grad_norm: float | None = Field(1.0, gt=0, le=1e6, description="Gradient clipping norm; null = off.")
     optimizer: Optimizer = Field(
         "adamw_torch", description="8bit and paged variants use bitsandbytes (CUDA); adafactor saves optimizer memory."
     )
@@ -58,23 +58,24 @@ class TrainingSpec(Section):
         "unless the adapter (prefix/prompt tuning) or the model's attention (sliding window, soft-capping) rules it out.",
     )
     group_by_length: bool = Field(True, description="Batch rows of similar length to waste less padding.")
-    logging_steps: int = Field(10, ge=1, description="Log loss and learning rate every N optimizer steps.")
+    logging_steps: int = Field(10, ge=1, le=STEPS_MAX, description="Log loss and learning rate every N optimizer steps.")
     save_strategy: Literal["steps", "epoch", "no"] = Field(
         "steps", description="When checkpoints are saved: every save_steps, every epoch, or never."
     )
-    save_steps: int = Field(100, ge=1, description="Save a checkpoint every N optimizer steps (save_strategy: steps).")
-    save_total_limit: int | None = Field(2, ge=1, description="Keep the newest N checkpoints (plus the best).")
+    save_steps: int = Field(100, ge=1, le=STEPS_MAX, description="Save a checkpoint every N optimizer steps (save_strategy: steps).")
+    save_total_limit: int | None = Field(2, ge=1, le=1_000_000, description="Keep the newest N checkpoints (plus the best).")
     eval_strategy: Literal["no", "steps", "epoch"] = Field(
         "no", description="When the validation loss is computed during training: never, every eval_steps, every epoch."
     )
-    eval_steps: int | None = Field(None, ge=1, description="Default: save_steps.")
-    eval_batch_size: int | None = Field(None, ge=1, description="Rows per validation batch. Default: micro_batch_size, or 8.")
+    eval_steps: int | None = Field(None, ge=1, le=STEPS_MAX, description="Default: save_steps.")
+    eval_batch_size: int | None = Field(None, ge=1, le=BATCH_MAX, description="Rows per validation batch. Default: "
+                                        "micro_batch_size, or 8.")
     load_best_model_at_end: bool = Field(
         False, description="Finish with the checkpoint best by metric_for_best_model (needs evaluation)."
     )
     metric_for_best_model: str = Field("eval_loss", description="Metric that picks the best checkpoint.")
     greater_is_better: bool = Field(False, description="Whether a higher metric_for_best_model is better.")
-    seed: int = Field(42, description="Seed for initialisation, dropout and batch order.")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed for initialisation, dropout and batch order.")
     report_to: list[Literal["tensorboard", "wandb", "none"]] = Field(
         default_factory=lambda: ["tensorboard"], description="Where metrics go besides metrics.jsonl."
     )
