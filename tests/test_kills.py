@@ -447,3 +447,33 @@ def test_kill_evaluate_over_an_old_evaluation(zygote, trained, tmp_path):
 
     _kill_over_old(zygote, old, tmp_path, ["evaluate", "{r}/build", "--model", "adapter"], "eval", state,
                    ["build/notes.txt"])
+
+
+def test_kill_publish_over_a_folder_with_a_users_git(zygote, merged_old, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(merged_old, old)
+    zygote.ok(["publish", old / "build", "--to-folder", old / "pub", "--what", "adapter"])
+    user = {".git/HEAD": "ref: refs/heads/main\n", ".git/objects/ab/cdef": "blob", ".git/config": "[core]\n",
+            "notes.txt": "publish notes\n"}
+    for rel, text in user.items():
+        (old / "pub" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (old / "pub" / rel).write_text(text)
+    os.symlink("notes.txt", old / "pub" / "notes-link")
+
+    def state(root: Path) -> str:
+        from tunespec.verify import verify_output
+
+        pub = root / "pub"
+        verify_output(pub, hint="publish again")
+        files = sealed(pub)
+        for rel, text in user.items():
+            assert (pub / rel).read_text() == text, f"the user's {rel} is gone or changed"
+        assert os.readlink(pub / "notes-link") == "notes.txt"
+        kinds = {"adapter_model.safetensors" in files, "model.safetensors" in files}
+        assert kinds == {True, False}, files
+        listed = {p.name for p in pub.iterdir()} - {".git", "notes.txt", "notes-link", ".tunespec"}
+        assert listed == files, "a file of the other publish is left in the folder"
+        return "new" if "model.safetensors" in files else "old"
+
+    _kill_over_old(zygote, old, tmp_path, ["publish", "{r}/build", "--to-folder", "{r}/pub", "--what", "merged"],
+                   "pub", state, ["pub/.git/HEAD", "pub/notes.txt", "build/notes.txt"])
