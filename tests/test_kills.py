@@ -477,3 +477,39 @@ def test_kill_publish_over_a_folder_with_a_users_git(zygote, merged_old, tmp_pat
 
     _kill_over_old(zygote, old, tmp_path, ["publish", "{r}/build", "--to-folder", "{r}/pub", "--what", "merged"],
                    "pub", state, ["pub/.git/HEAD", "pub/notes.txt", "build/notes.txt"])
+
+
+# --------------------------------------------------------------------------- invariant 2: what is read back is checked
+
+
+DAMAGED = [
+    (["merge", "{r}/build"], "adapter/adapter_model.safetensors", "flip"),
+    (["evaluate", "{r}/build", "--model", "adapter"], "adapter/adapter_config.json", "flip"),
+    (["evaluate", "{r}/build", "--model", "merged"], "merged/model.safetensors", "truncate"),
+    (["generate", "{r}/build", "--prompt", "Hello"], "merged/config.json", "flip"),  # the default model: merged
+    (["generate", "{r}/build", "--prompt", "Hello", "--model", "adapter"], "adapter/tokenizer.json", "delete"),
+    (["publish", "{r}/build", "--to-folder", "{r}/pub"], "adapter/tokenizer_config.json", "delete"),
+    (["publish", "{r}/build", "--to-folder", "{r}/pub", "--what", "merged"], "merged/tunespec.json", "flip"),
+]
+
+
+def test_every_reader_refuses_a_damaged_output(zygote, merged_old, tmp_path):
+    """A file of adapter/ or merged/ changed (one byte), cut short or deleted after its install: every command
+    that reads it refuses (exit 2, the file named, a fix), before writing anything."""
+    for i, (args, rel, how) in enumerate(DAMAGED):
+        root = tmp_path / f"d{i}"
+        shutil.copytree(merged_old, root, symlinks=True)
+        f = root / "build" / rel
+        data = f.read_bytes()
+        if how == "flip":
+            f.write_bytes(data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 1]) + data[len(data) // 2 + 1:])
+        elif how == "truncate":
+            f.write_bytes(data[:-1])
+        else:
+            f.unlink()
+        before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+        rc, text = zygote.run([a.format(r=root) for a in args])
+        errors = [line for line in text.splitlines() if line.startswith("error: ")]
+        assert rc == 2 and "Traceback" not in text and errors, (args, rel, text[-3000:])
+        assert str(f) in errors[0] and " — " in errors[0], (args, rel, errors)
+        assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before, f"{args} wrote something"

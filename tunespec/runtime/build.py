@@ -115,9 +115,9 @@ class Build:
 
         d = self.path / name
         peft = is_peft(self.spec.adapter)
-        again = {"adapter": f"train again: tunespec train {self.path} --restart",
+        again = {"adapter": f"train again: tunespec train {self.path} (it rewrites adapter/ from the newest checkpoint)",
                  "merged": (f"merge again: tunespec merge {self.path}" if peft
-                            else f"train again: tunespec train {self.path} --restart"),
+                            else f"train again: tunespec train {self.path}"),
                  "eval": f"evaluate again: tunespec evaluate {self.path}"}.get(name, RECOMPILE)
         if not d.is_dir():
             raise BuildError(Problem(f"the build has no {name}/ yet", file=str(d), hint=again))
