@@ -172,6 +172,20 @@ def trained(fresh, zygote, tmp_path_factory) -> tuple[Path, list[str]]:
     return b, zygote.steps(["train", b], b.parent / "writes.log")
 
 
+@pytest.fixture(scope="module")
+def fresh_pruned(fresh, tmp_path_factory, tiny_model_dir, _session_cache) -> Path:
+    """`fresh` keeping one checkpoint (checkpoint-1 is pruned once checkpoint-2 is written)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNESPEC_CACHE", str(_session_cache))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        root = tmp_path_factory.mktemp("kills-pruned")
+        spec = helpers.write_spec(root / "spec.yaml", tiny_model_dir, {
+            "training.max_steps": 2, "training.save_steps": 1, "training.save_total_limit": 1,
+            "data.sources.0.limit": 16, "data.sources.1.limit": 2, "evaluation.max_new_tokens": 4})
+        helpers.compile_spec(spec, root / "fresh")
+        return root / "fresh"
+
+
 # --------------------------------------------------------------------------- checks, independent of the code under test
 
 
@@ -265,16 +279,16 @@ def user_files_kept(build: Path) -> None:
 
 
 def _train_state(b: Path, steps: list[str], n: int) -> list[int]:
-    """After a kill at step n of a training run: every output old or new as the step says; returns the steps
-    of the checkpoints there."""
+    """After a kill at step n of a training run on a fresh build: every output old (absent) or new (whole), as
+    the step says; returns the steps of the checkpoints there."""
     have = []
     for name in ("checkpoint-1", "checkpoint-2"):
         c = b / "train" / name
-        if f"install {name}" in steps and is_new(steps, n, f"install {name}"):
+        pruned = f"removed {name}" in steps and steps.index(f"removed {name}") + 1 <= n  # renamed away at n
+        if is_new(steps, n, f"install {name}") and not pruned:
             have.append(checkpoint_ok(c))
-        elif c.exists():
-            assert not c.is_dir() or checkpoint_ok(c), c  # an older complete one (resume tests start with some)
-            have.append(int(name.split("-")[1]))
+        else:
+            assert not c.exists(), f"kill at {n} ({steps[n - 1]}): {name} is there"
     if is_new(steps, n, "install adapter"):
         output_ok(b, "adapter")
     else:
@@ -290,12 +304,15 @@ def _train_state(b: Path, steps: list[str], n: int) -> list[int]:
     return have
 
 
-def _rerun_and_check(zygote, b: Path, reference: Path, newest: int | None) -> str:
+def _rerun_and_check(zygote, b: Path, reference: Path, newest: int | None, checkpoints=(1, 2)) -> str:
     text = zygote.ok(["train", b])
     if newest is not None:
         assert f"resuming from checkpoint-{newest}" in text, text[-2000:]
+    else:
+        assert "resuming" not in text
     output_ok(b, "adapter")
-    for s in (1, 2):
+    assert sorted(p.name for p in (b / "train").glob("checkpoint-*")) == [f"checkpoint-{s}" for s in checkpoints]
+    for s in checkpoints:
         checkpoint_ok(b / "train" / f"checkpoint-{s}")
     png_ok(b / "train" / "loss.png")
     assert same_tensors(b / "adapter" / "adapter_model.safetensors",
@@ -308,20 +325,25 @@ def _rerun_and_check(zygote, b: Path, reference: Path, newest: int | None) -> st
     return text
 
 
-def test_kill_train_at_every_write(zygote, fresh, trained, tmp_path):
-    """train on a fresh build: checkpoint-1, checkpoint-2, adapter/, loss.png, metrics.jsonl."""
-    reference, steps = trained
+def test_kill_train_at_every_write(zygote, fresh_pruned, trained, tmp_path):
+    """train on a fresh build keeping 1 checkpoint: checkpoint-1, checkpoint-2 (checkpoint-1 pruned), adapter/,
+    loss.png, metrics.jsonl. The reference is the uninterrupted run of the same spec keeping 2 (save_total_limit
+    changes nothing trained)."""
+    reference, _ = trained
+    b = tmp_path / "count" / "build"
+    shutil.copytree(fresh_pruned, b)
+    steps = zygote.steps(["train", b], tmp_path / "writes.log")
     assert steps == ["appended metrics.jsonl", "wrote the payload of checkpoint-1", "install checkpoint-1",
                      "appended metrics.jsonl", "wrote the payload of checkpoint-2", "install checkpoint-2",
-                     "install adapter", "wrote loss.png", "replaced loss.png"], steps
+                     "removed checkpoint-1", "install adapter", "wrote loss.png", "replaced loss.png"], steps
     for n in range(1, len(steps) + 1):
         b = tmp_path / f"k{n}" / "build"
-        shutil.copytree(fresh, b)
+        shutil.copytree(fresh_pruned, b)
         add_user_files(b)
         zygote.killed(["train", b], n)
         have = _train_state(b, steps, n)
         user_files_kept(b)
-        _rerun_and_check(zygote, b, reference, max(have) if have else None)
+        _rerun_and_check(zygote, b, reference, max(have) if have else None, checkpoints=(2,))
 
 
 def _interrupted(reference: Path, dst: Path) -> Path:

@@ -292,6 +292,7 @@ def evaluate(build: Path, which: str | None, split: str | None, limit: int | Non
                                  path="--split", file=str(build), hint="choose one of the build's splits"))
     run_eval(b, model=which, split=split, limit=limit, multi_ref=multi_ref,
                        log=lambda s: click.echo(s, err=True))
+    b.output("eval")  # read back through the seal, like every output
     click.echo((b.eval_dir / "report.md").read_text(encoding="utf-8").split("## Best")[0].rstrip())
 
 
