@@ -608,7 +608,8 @@ def test_training_killed_at_random_moments_resumes_from_the_newest_complete_chec
         f"step:{rng.randint(1, 2)}:{rng.uniform(0.0, 0.05):.2f}",  # a random moment a little after step 1 or 2
         "fsync|/.checkpoint-|2|before",  # the second checkpoint written, its state.json not yet synced
         "rename|/.checkpoint-|1|before",  # a complete checkpoint not yet renamed into place
-        f"unlink|/train/checkpoint-&optimizer.pt|{rng.randint(1, 2)}|after",  # pruning an old one, half deleted
+        # pruning an old one, half deleted (atomic.remove_dir renames it to a temporary name first)
+        f"unlink|/train/.checkpoint-&optimizer.pt|{rng.randint(1, 2)}|after",
         f"step:{rng.randint(1, 2)}:{rng.uniform(0.0, 0.05):.2f}",
     ]
     report = []
@@ -641,6 +642,7 @@ def test_training_killed_at_random_moments_resumes_from_the_newest_complete_chec
             _checkpoint_ok(newest)  # the one a resume takes is complete
         files = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
         half = sorted(p.name for p in train_dir.glob("checkpoint-*") if not all((p / n).is_file() for n in files))
+        assert not half, f"after {kill}: half-deleted checkpoints under their real names: {half}"
         report.append(f"{kill} (exit {rc}): newest complete checkpoint {newest.name if newest else None}; "
                       f"temporary: {sorted(p.name for p in train_dir.glob('.checkpoint-*'))}; half-pruned: {half}")
         newest_before = newest

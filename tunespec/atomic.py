@@ -17,10 +17,15 @@ Every file or directory tunespec writes for the user goes through this module:
 * ``refuse_overlap(output, inputs)``: an output that is, holds, or lies inside an input (same path, symlink,
   hardlink) is refused, exit 2.
 * ``MARKER`` (``.tunespec``): a directory tunespec makes carries it; ``check_replaceable`` refuses to replace
-  a non-empty directory without it.
+  a non-empty directory without it. ``install`` seals it: just before the rename the marker is rewritten to
+  list every file of the new directory with its size and sha256 (each file fsynced), so a reader checks an
+  output whole with ``verify.verify_output`` (the runtime's one check of what it reads back).
+* ``remove_dir(path)``: a directory tunespec made is renamed to a temporary name first, then deleted, so a
+  kill mid-delete never leaves a partial directory under its real name.
+* ``append_line(path, line)``: one ``O_APPEND`` write of a whole line (logs such as ``metrics.jsonl``).
 
 Test hook: with ``TUNESPEC_KILL_AT_WRITE=N`` the process SIGKILLs itself at the Nth write step (each file
-written, each rename); ``TUNESPEC_COUNT_WRITES=FILE`` appends one line per step to FILE, so tests can enumerate
+written, each rename, each directory finished in its temporary place); ``TUNESPEC_COUNT_WRITES=FILE`` appends one line per step to FILE, so tests can enumerate
 every kill point of a command.
 """
 
@@ -177,6 +182,43 @@ def mark(directory: Path, files: list[str] | None = None) -> None:
                                           encoding="utf-8")
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_table(directory: Path, files: list[str] | None = None, skip: tuple[str, ...] = (MARKER,)) -> dict:
+    """``{relative path: {"size": n, "sha256": hex}}`` of every regular file under ``directory`` (or of
+    ``files``), each fsynced: what a seal records and ``verify`` checks."""
+    from .verify import hash_file
+
+    d = Path(directory)
+    names = sorted(files) if files is not None else sorted(
+        str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and not p.is_symlink())
+    table = {}
+    for name in names:
+        if name in skip:
+            continue
+        p = d / name
+        _fsync_file(p)
+        table[name] = {"size": p.stat().st_size, "sha256": hash_file(p)}
+    return table
+
+
+def seal(directory: Path, files: list[str] | None = None) -> None:
+    """Rewrite the marker with the size and sha256 of every file (or of ``files``: a shared folder's own)."""
+    d = Path(directory)
+    data = json.dumps({"tunespec": True, "files": file_table(d, files)}, indent=1, sort_keys=True) + "\n"
+    with open(d / MARKER, "w", encoding="utf-8") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(d)
+
+
 def marker_files(directory: Path) -> list[str] | None:
     """The files the marker lists, or None when the directory has no marker."""
     p = Path(directory) / MARKER
@@ -296,11 +338,19 @@ def _fsync_dir(d: Path) -> None:
             os.close(fd)
 
 
-def install(tmp: Path, target: Path) -> None:
+def install(tmp: Path, target: Path, *, files: list[str] | None = None) -> None:
     """Move the finished directory ``tmp`` to ``target``; an old ``target`` is swapped out in one step
-    (or, without RENAME_EXCHANGE, renamed aside first: see the module docstring), then deleted."""
+    (or, without RENAME_EXCHANGE, renamed aside first: see the module docstring), then deleted.
+
+    A ``tmp`` with the marker is sealed first (``seal``: every file, or ``files``, with its sha256)."""
     tmp, target = Path(tmp), Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if (tmp / MARKER).is_file():
+        seal(tmp, files)
+    else:
+        for p in tmp.rglob("*"):
+            if p.is_file() and not p.is_symlink():
+                _fsync_file(p)
     recover(target)
     kill_point(f"install {target.name}")
     if target.exists() or target.is_symlink():
@@ -342,3 +392,26 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+def remove_dir(path: Path) -> None:
+    """Delete a directory tunespec made: renamed to a temporary name first (which ``clean_stale`` removes if
+    this process dies), so no partial directory is ever left under its real name."""
+    path = Path(path)
+    if not path.exists():
+        return
+    trash = temp_path(path)
+    os.rename(path, trash)
+    kill_point(f"removed {path.name}")
+    _remove(trash)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line to a log with a single ``O_APPEND`` write (a reader skips a line a kill cut short)."""
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    kill_point(f"appended {Path(path).name}")

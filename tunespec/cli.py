@@ -58,7 +58,9 @@ def _write_crash(e: BaseException) -> str | None:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.txt"
         text = f"tunespec {__version__}\ncommand: {_command_line()}\n\n" + "".join(traceback.format_exception(e))
-        path.write_text(text, encoding="utf-8", errors="backslashreplace")
+        from .atomic import write_bytes
+
+        write_bytes(path, text.encode("utf-8", "backslashreplace"))
         return str(path)
     except Exception:  # noqa: BLE001 - nowhere to write it: say so on the one line
         return None
@@ -302,6 +304,7 @@ def evaluate(build: Path, which: str | None, split: str | None, limit: int | Non
                                  path="--split", file=str(build), hint="choose one of the build's splits"))
     run_eval(b, model=which, split=split, limit=limit, multi_ref=multi_ref,
                        log=lambda s: click.echo(s, err=True))
+    b.output("eval")  # read back through the seal, like every output
     click.echo((b.eval_dir / "report.md").read_text(encoding="utf-8").split("## Best")[0].rstrip())
 
 

@@ -25,6 +25,16 @@ def _stamp(path: Path) -> dict | None:
         return None
 
 
+def _fresh_output(build, name: str, after: Path | None = None) -> bool:
+    """BUILD/<name> is whole (its seal checks out), made from this build, and newer than ``after``."""
+    try:
+        build.output(name)
+    except BuildError:
+        return False
+    stamp_file = build.path / name / ("rouge.json" if name == "eval" else "tunespec.json")
+    return after is None or not after.exists() or stamp_file.stat().st_mtime >= after.stat().st_mtime
+
+
 def _fresh(stamp_file: Path, key: str, after: Path | None = None) -> bool:
     stamp = _stamp(stamp_file)
     if not stamp or stamp.get("input_key") != key:
@@ -57,7 +67,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
     final = build.adapter_dir if lora else build.merged_dir
     log(f"[2/{stages}] train")
     t = time.perf_counter()
-    if _fresh(final / STAMP, build.input_key):
+    if _fresh_output(build, final.name):
         log(f"  {final.name}/ is up to date: skipped")
     elif build.spec.launch.topology == "single":
         from .runtime.train import train
@@ -76,7 +86,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
         log("  full fine-tune: the model is already complete in merged/")
     elif not isinstance(build.spec.adapter, MERGEABLE_SPECS):
         log(f"  {build.spec.adapter.method}: adds virtual tokens, nothing to merge; serve base + adapter")
-    elif _fresh(build.merged_dir / STAMP, build.input_key, after=build.adapter_dir / STAMP):
+    elif _fresh_output(build, "merged", after=build.adapter_dir / STAMP):
         log("  merged/ is up to date: skipped")
     else:
         from .runtime.merge import merge
@@ -87,11 +97,9 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
     log(f"[4/{stages}] evaluate")
     t = time.perf_counter()
     rouge_file = build.eval_dir / "rouge.json"
-    stamp = _stamp(rouge_file)
-    if stamp and stamp.get("settings", {}).get("input_key") == build.input_key and \
-            rouge_file.stat().st_mtime >= (final / STAMP).stat().st_mtime:
+    if _fresh_output(build, "eval", after=final / STAMP):
         log("  eval/ is up to date: skipped")
-        summary = stamp
+        summary = _stamp(rouge_file)
     else:
         from .runtime.evaluate import evaluate
 

@@ -82,7 +82,8 @@ def _save_cache(path: Path, data: dict) -> None:
         pass  # a cache that cannot be written only costs a re-hash next time
 
 
-def verify_files(build: Path, files: dict, *, manifest_sha: str | None = None) -> int:
+def verify_files(build: Path, files: dict, *, manifest_sha: str | None = None, hint: str = RECOMPILE,
+                 made: str = "compiled", lister: str = "the manifest") -> int:
     """Check every file the manifest lists; returns how many were hashed (the rest matched the cache)."""
     cache_path = _cache_file(build)
     cache = _load_cache(cache_path)
@@ -97,9 +98,9 @@ def verify_files(build: Path, files: dict, *, manifest_sha: str | None = None) -
         try:
             st = path.stat()
         except FileNotFoundError:
-            raise BuildError(Problem("is missing (the manifest lists it)", file=shown, hint=RECOMPILE)) from None
+            raise BuildError(Problem(f"is missing ({lister} lists it)", file=shown, hint=hint)) from None
         except OSError as e:
-            raise BuildError(Problem(f"cannot be read: {e.strerror}", file=shown, hint=RECOMPILE)) from None
+            raise BuildError(Problem(f"cannot be read: {e.strerror}", file=shown, hint=hint)) from None
         stamp = [st.st_size, st.st_mtime_ns, st.st_ino, want]
         if known.get(name) == stamp:
             fresh[name] = stamp
@@ -107,12 +108,12 @@ def verify_files(build: Path, files: dict, *, manifest_sha: str | None = None) -
         try:
             got = hash_file(path)
         except OSError as e:
-            raise BuildError(Problem(f"cannot be read: {e.strerror}", file=shown, hint=RECOMPILE)) from None
+            raise BuildError(Problem(f"cannot be read: {e.strerror}", file=shown, hint=hint)) from None
         hashed += 1
         if got != want:
             _save_cache(cache_path, {"manifest_sha256": manifest_sha, "files": fresh})
-            raise BuildError(Problem(f"changed since it was compiled (sha256 {got[:12]}…, the manifest says "
-                                     f"{str(want)[:12]}…)", file=shown, hint=f"restore it, or {RECOMPILE}"))
+            raise BuildError(Problem(f"changed since it was {made} (sha256 {got[:12]}…, {lister} says "
+                                     f"{str(want)[:12]}…)", file=shown, hint=f"restore it, or {hint}"))
         fresh[name] = stamp
     if fresh != known:
         _save_cache(cache_path, {"manifest_sha256": manifest_sha, "files": fresh})
@@ -136,3 +137,58 @@ def check_manifest(manifest, file: str) -> None:
     for name, sha in manifest["files"].items():
         if not isinstance(sha, str) or Path(name).is_absolute() or ".." in Path(name).parts:
             raise BuildError(Problem(f"`files` has a bad entry {name!r}", file=file, hint=RECOMPILE))
+
+
+# ---------------------------------------------------------------------------------------------- runtime outputs
+
+SEAL_FILE = ".tunespec"  # atomic.MARKER: the seal atomic.install writes into every directory it installs
+
+
+def table_problem(directory: Path, table) -> str | None:
+    """Why the files of ``directory`` differ from ``table`` (``{name: {"size", "sha256"}}``, what
+    ``atomic.file_table`` recorded), e.g. ``"model.safetensors truncated (1024 of 4096 bytes)"``; None when
+    every file is there with its size and sha256."""
+    if not isinstance(table, dict):
+        return "its file list is not a JSON object"
+    for name, want in sorted(table.items()):
+        if not isinstance(want, dict) or Path(name).is_absolute() or ".." in Path(name).parts:
+            return f"its file list has a bad entry {name!r}"
+        path = Path(directory) / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name} missing"
+        if size != want.get("size"):
+            return f"{name} truncated ({size} of {want.get('size')} bytes)" if size < (want.get("size") or 0) \
+                else f"{name} has {size} bytes, {want.get('size')} were written"
+        try:
+            if hash_file(path) != want.get("sha256"):
+                return f"{name} changed (its sha256 differs from the one recorded when it was written)"
+        except OSError as e:
+            return f"{name} unreadable ({e.strerror})"
+    return None
+
+
+def verify_output(directory: Path, *, hint: str) -> dict:
+    """Check a directory tunespec installed (``adapter/``, ``merged/``, ``eval/``, a publish folder): its seal
+    lists every file it wrote with the sha256; each must be there with that hash (hashes of unchanged files
+    are cached as for builds). Returns the table; raises BuildError naming the first bad file."""
+    d = Path(directory)
+    seal_path = d / SEAL_FILE
+    try:
+        raw = seal_path.read_bytes()
+        files = json.loads(raw.decode("utf-8")).get("files")
+    except FileNotFoundError:
+        raise BuildError(Problem(f"has no {SEAL_FILE} seal: it was not written whole by this tunespec",
+                                 file=str(d), hint=hint)) from None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
+        raise BuildError(Problem(f"cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})",
+                                 file=str(seal_path), hint=hint)) from None
+    if not isinstance(files, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str)
+                                              and ".." not in Path(k).parts and not Path(k).is_absolute()
+                                              for k, v in files.items()):
+        raise BuildError(Problem("lists no sha256 of its files (written by an older tunespec, or edited)",
+                                 file=str(seal_path), hint=hint))
+    verify_files(d, {k: v["sha256"] for k, v in files.items()}, manifest_sha=hashlib.sha256(raw).hexdigest(),
+                 hint=hint, made="written", lister=f"its {SEAL_FILE} seal")
+    return files

@@ -14,8 +14,6 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import BuildError, Problem
 from .. import build_layout as layout
 
@@ -28,7 +26,8 @@ OPEN, CLOSE = "[[", "]]"
 def _load_row(build: Path, split: str, index: int):
     from ..runtime.build import Build
 
-    manifest = Build(build).manifest  # checks every file against the manifest's sha256s
+    b = Build(build)  # checks every file against the manifest's sha256s
+    manifest = b.manifest
     splits = manifest.get("splits") or {}
     if split not in splits:
         raise BuildError(Problem(f"the build has no `{split}` split", path="--split",
@@ -38,11 +37,9 @@ def _load_row(build: Path, split: str, index: int):
         raise BuildError(Problem(f"index {index} is out of range: the {split} split has {n} row{'s' if n != 1 else ''}"
                                  f" (0..{n - 1})", path="--index", hint=f"pick an index from 0 to {n - 1}"))
     index %= n
-    tokens = build / layout.TOKENS_DIR
-    offsets = np.load(tokens / f"{split}.offsets.npy", mmap_mode="r")
-    a, b = int(offsets[index]), int(offsets[index + 1])
-    ids = np.load(tokens / f"{split}.ids.npy", mmap_mode="r")[a:b].tolist()
-    trained = np.load(tokens / f"{split}.trained.npy", mmap_mode="r")[a:b].astype(bool).tolist()
+    row_ids, row_trained = b.tokens(split).row(index)  # the runtime's reader: offsets, ids and mask checked
+    ids = row_ids.tolist()
+    trained = row_trained.astype(bool).tolist()
     with open(build / layout.data_file(split), encoding="utf-8") as f:
         for i, line in enumerate(f):
             if i == index:

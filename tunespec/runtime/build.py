@@ -20,7 +20,7 @@ from .. import build_layout as layout
 from ..errors import BuildError, Problem
 from ..models import ModelRef
 from ..spec.root import Spec
-from ..verify import RECOMPILE, check_lock_seal, check_manifest, verify_files
+from ..verify import RECOMPILE, check_lock_seal, check_manifest, verify_files, verify_output
 
 
 @dataclass
@@ -121,6 +121,35 @@ class Build:
     @property
     def eval_dir(self) -> Path:
         return self.path / "eval"
+
+    def output(self, name: str) -> dict:
+        """Read back one of the runtime's outputs (``adapter``, ``merged``, ``eval``) after checking it: its seal
+        (every file its install wrote, with the sha256: ``verify.verify_output``) and its stamp's input key
+        (made from this compile of the build). Returns the stamp (``tunespec.json``; ``rouge.json`` for eval)."""
+        from ..spec.adapter import is_peft
+
+        d = self.path / name
+        peft = is_peft(self.spec.adapter)
+        again = {"adapter": f"train again: tunespec train {self.path} (it rewrites adapter/ from the newest checkpoint)",
+                 "merged": (f"merge again: tunespec merge {self.path}" if peft
+                            else f"train again: tunespec train {self.path}"),
+                 "eval": f"evaluate again: tunespec evaluate {self.path}"}.get(name, RECOMPILE)
+        if not d.is_dir():
+            raise BuildError(Problem(f"the build has no {name}/ yet", file=str(d), hint=again))
+        verify_output(d, hint=again)
+        stamp_file = d / ("rouge.json" if name == "eval" else "tunespec.json")
+        try:
+            stamp = json.loads(stamp_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise BuildError(Problem(f"cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})",
+                                     file=str(stamp_file), hint=again)) from None
+        key = (stamp.get("settings") or {}).get("input_key") if name == "eval" and isinstance(stamp, dict) \
+            else stamp.get("input_key") if isinstance(stamp, dict) else None
+        if key != self.input_key:
+            raise BuildError(Problem(f"{name}/ was made from another compile of this build (input key "
+                                     f"{str(key)[:12]}…, the build's is {self.input_key[:12]}…)",
+                                     file=str(stamp_file), hint=again))
+        return stamp
 
     @property
     def tokenizer_dir(self) -> Path:

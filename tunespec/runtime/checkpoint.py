@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import install, temp_dir
+from ..atomic import install, kill_point, remove_dir, temp_dir
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -56,11 +56,11 @@ FILES = "files.json"
 
 
 def record_files(checkpoint: Path) -> None:
-    """Write ``files.json``: the size and sha256 of every file written so far (read back by ``check``)."""
-    from ..verify import hash_file
+    """Write ``files.json``: the size and sha256 of every file written so far, each fsynced (read back by
+    ``check``; the same table ``atomic.install`` seals an output with)."""
+    from ..atomic import file_table
 
-    files = {str(p.relative_to(checkpoint)): {"size": p.stat().st_size, "sha256": hash_file(p)}
-             for p in sorted(checkpoint.rglob("*")) if p.is_file()}
+    files = file_table(checkpoint, skip=())
     with open(checkpoint / FILES, "w", encoding="utf-8") as f:
         json.dump(files, f, indent=1, sort_keys=True)
         f.flush()
@@ -71,8 +71,8 @@ def check(checkpoint: Path) -> str | None:
     """Why `checkpoint` cannot be resumed from (``"model.safetensors truncated (1024 of 4096 bytes)"``), or None.
 
     Checks state.json parses and every file ``files.json`` records is there with its size and sha256
-    (checkpoints of older versions, without files.json, are checked for state.json only)."""
-    from ..verify import hash_file
+    (``verify.table_problem``)."""
+    from ..verify import table_problem
 
     try:
         state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
@@ -81,27 +81,13 @@ def check(checkpoint: Path) -> str | None:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return f"state.json unreadable ({getattr(e, 'strerror', None) or type(e).__name__})"
     if not (checkpoint / FILES).exists():
-        return None
+        return f"{FILES} missing (every checkpoint records its files before it is renamed into place)"
     try:
         files = json.loads((checkpoint / FILES).read_text(encoding="utf-8"))
         assert isinstance(files, dict)
     except (OSError, UnicodeDecodeError, ValueError, AssertionError):
         return f"{FILES} unreadable"
-    for name, want in sorted(files.items()):
-        path = checkpoint / name
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return f"{name} missing"
-        if size != want.get("size"):
-            return f"{name} truncated ({size} of {want.get('size')} bytes)" if size < (want.get("size") or 0) \
-                else f"{name} has {size} bytes, {want.get('size')} were written"
-        try:
-            if hash_file(path) != want.get("sha256"):
-                return f"{name} changed (its sha256 differs from the one recorded when it was written)"
-        except OSError as e:
-            return f"{name} unreadable ({e.strerror})"
-    return None
+    return table_problem(checkpoint, files)
 
 
 def newest_intact(train_dir: Path, log=print) -> Path | None:
@@ -114,12 +100,28 @@ def newest_intact(train_dir: Path, log=print) -> Path | None:
     return None
 
 
-def clean_partial(train_dir: Path) -> None:
-    """Remove leftovers of interrupted writes."""
+TEMPORARY = re.compile(r"^\.checkpoint-\d+\.tmp-(\d+)(?:-[0-9a-z_]+)?$")
+
+
+def clean_partial(train_dir: Path) -> list[Path]:
+    """Remove leftovers of interrupted writes (``.checkpoint-*``): temporaries of a process that is still
+    running (the pid in the name is alive, as ``atomic.clean_stale`` judges) are kept. Returns what was removed."""
+    from ..atomic import _alive
+
+    removed = []
     if train_dir.is_dir():
-        for p in train_dir.iterdir():
-            if p.name.startswith(".checkpoint-"):
+        for p in sorted(train_dir.iterdir()):
+            if not p.name.startswith(".checkpoint-"):
+                continue
+            m = TEMPORARY.match(p.name)
+            if m and _alive(int(m.group(1))):
+                continue
+            if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def rng_state() -> dict:
@@ -158,6 +160,7 @@ def write_checkpoint(train_dir: Path, step: int, write_files, state: dict) -> Pa
     tmp = temp_dir(final, marker=False)  # .checkpoint-<step>.tmp-<pid>-<hex>; stale ones of dead pids removed
     try:
         write_files(tmp)
+        kill_point(f"wrote the payload of {final.name}")  # a kill here leaves a partial temporary, never a checkpoint
         record_files(tmp)
         with open(tmp / "state.json", "w", encoding="utf-8") as f:
             json.dump(state, f, indent=2, sort_keys=True)
@@ -188,4 +191,4 @@ def prune(train_dir: Path, keep: int | None, best: Path | None) -> None:
     found = list_checkpoints(train_dir)
     for _, path in found[:-keep] if keep else found:
         if best is None or path.resolve() != best.resolve():
-            shutil.rmtree(path, ignore_errors=True)
+            remove_dir(path)  # renamed away first: never a partial checkpoint under its real name

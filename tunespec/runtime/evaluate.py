@@ -45,6 +45,7 @@ def _load_variant(build: Build, which: str, base=None):
         if not (build.adapter_dir / "adapter_config.json").is_file():
             raise BuildError(Problem("the build has no trained adapter", file=str(build.adapter_dir),
                                      hint=f"train first: tunespec train {build.path}"))
+        build.output("adapter")  # every file its install wrote, with its sha256; made from this build
         from peft import PeftModel
 
         if base is None:
@@ -54,6 +55,8 @@ def _load_variant(build: Build, which: str, base=None):
     path = build.merged_dir if which == "merged" else Path(which)
     if not (path / "config.json").is_file():
         raise BuildError(Problem(f"no model at {path}", hint="merge first (tunespec merge BUILD) or pass a model directory"))
+    if which == "merged":
+        build.output("merged")
     from transformers import AutoModelForCausalLM
 
     from .modeling import pick_dtype

@@ -332,6 +332,7 @@ def check_model_choice(build: Build, which: str) -> None:
         if not (build.adapter_dir / "adapter_config.json").is_file():
             raise BuildError(Problem("the build has no trained adapter", file=str(build.adapter_dir), path="--model",
                                      hint=f"train first (tunespec train {build.path}), or pass --model base"))
+        build.output("adapter")  # checked whole before anything loads
         return
     if which == "base":
         return
@@ -340,6 +341,8 @@ def check_model_choice(build: Build, which: str) -> None:
         hint = (f"merge first (tunespec merge {build.path}), or choose base or adapter" if which == "merged"
                 else "--model is base, adapter, merged or a model directory (with config.json)")
         raise BuildError(Problem(f"no model at {path}", path="--model", hint=hint))
+    if which == "merged":
+        build.output("merged")
 
 
 @dataclass

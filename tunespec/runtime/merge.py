@@ -46,6 +46,7 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
     if not (build.adapter_dir / "adapter_config.json").is_file():
         raise BuildError(Problem("the build has no trained adapter yet", file=str(build.adapter_dir),
                                  hint=f"train first: tunespec train {build.path}"))
+    build.output("adapter")  # every file training wrote there, with its sha256
     from transformers import AutoConfig
 
     from ..models import resolve

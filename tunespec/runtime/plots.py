@@ -12,7 +12,10 @@ def plot_loss(metrics_path: Path, out: Path) -> Path | None:
         return None
     train, evals = [], []
     for line in metrics_path.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line a kill cut short
+            continue
         if "loss" in rec:
             train.append((rec["step"], rec["loss"]))
         if "eval_loss" in rec:
@@ -33,6 +36,12 @@ def plot_loss(metrics_path: Path, out: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out)
+    import io
+
+    from ..atomic import write_bytes
+
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    write_bytes(out, png.getvalue())  # whole or not at all
     return out

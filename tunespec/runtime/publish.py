@@ -27,14 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import MARKER as ATOMIC_MARKER
-from ..atomic import (install, is_tunespec_made, kill_point, mark, marker_files, refuse_overlap, temp_dir,
-                      write_text)
+from ..atomic import install, is_tunespec_made, mark, marker_files, refuse_overlap, temp_dir, write_text
 from ..errors import BuildError, Problem
 from ..spec.adapter import FullSpec, IA3Spec, LoraSpec, PrefixTuningSpec, PromptTuningSpec, is_peft
 from ..spec.output import HUB_REPO_ID
 from ..spec.rules import HUB_BUILDERS
 from .build import Build
-from ..build_layout import LOCK, STAMP, read_stamp
+from ..build_layout import LOCK, STAMP
 
 PACKAGED_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 """The hub repository each packaged model was converted from (its GGUF file is a quantized copy)."""
@@ -70,40 +69,32 @@ def resolve_what(build: Build, what: str | None, *, origin: str = "output.push_t
     return what
 
 
-def _stamp(directory: Path) -> dict | None:
-    return read_stamp(directory / STAMP)
-
-
 def source_dir(build: Build, what: str) -> Path:
-    """The directory whose files are published, checked to be complete and made from this build."""
+    """The directory whose files are published, checked whole (``Build.output``: every file its install wrote,
+    with the sha256) and made from this build."""
     train = f"tunespec train {build.path}"
     if what == "adapter":
         d = build.adapter_dir
-        stamp = _stamp(d)
-        if stamp is None or not (d / "adapter_config.json").is_file():
+        if not (d / "adapter_config.json").is_file():
             raise BuildError(Problem("the build has no trained adapter yet (no training output)", file=str(d),
                                      hint=f"train first: {train}"))
-        if stamp.get("input_key") != build.input_key:
-            raise BuildError(Problem("the adapter was trained from another compile of this build", file=str(d),
-                                     hint=f"train again: {train} --restart"))
+        build.output("adapter")
         return d
     d = build.merged_dir
-    stamp = _stamp(d)
     if not is_peft(build.spec.adapter):  # a full fine-tune: training writes merged/
-        if stamp is None or not (d / "config.json").is_file():
+        if not (d / "config.json").is_file():
             raise BuildError(Problem("the build has no trained model yet (no training output)", file=str(d),
                                      hint=f"train first: {train}"))
-    else:
-        source_dir(build, "adapter")  # the adapter must exist before a merge of it can
-        if stamp is None or not (d / "config.json").is_file():
-            raise BuildError(Problem("the merged model was asked for, but the build has none", file=str(d),
-                                     hint=f"merge first: tunespec merge {build.path}, or publish the adapter"))
-        if (d / STAMP).stat().st_mtime < (build.adapter_dir / STAMP).stat().st_mtime:
-            raise BuildError(Problem("the merged model is older than the adapter (trained again since the merge)",
-                                     file=str(d), hint=f"merge again: tunespec merge {build.path}"))
-    if stamp.get("input_key") != build.input_key:
-        raise BuildError(Problem("the merged model was made from another compile of this build", file=str(d),
-                                 hint=f"train and merge again: {train} --restart"))
+        build.output("merged")
+        return d
+    source_dir(build, "adapter")  # the adapter must exist before a merge of it can
+    if not (d / "config.json").is_file():
+        raise BuildError(Problem("the merged model was asked for, but the build has none", file=str(d),
+                                 hint=f"merge first: tunespec merge {build.path}, or publish the adapter"))
+    build.output("merged")
+    if (d / STAMP).stat().st_mtime < (build.adapter_dir / STAMP).stat().st_mtime:
+        raise BuildError(Problem("the merged model is older than the adapter (trained again since the merge)",
+                                 file=str(d), hint=f"merge again: tunespec merge {build.path}"))
     return d
 
 
@@ -121,13 +112,18 @@ def fresh_rouge(build: Build) -> dict | None:
     """``eval/rouge.json`` when evaluation ran on this build after its training finished (else None)."""
     path = build.eval_dir / "rouge.json"
     trained = (build.adapter_dir if is_peft(build.spec.adapter) else build.merged_dir) / STAMP
+    if not build.eval_dir.is_dir():
+        return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = build.output("eval")  # checked whole: rouge.json and report.md of one evaluation
+    except BuildError as e:
+        if "another compile" in e.problems[0].message:
+            return None  # it scored an earlier compile
+        raise
+    try:
         if path.stat().st_mtime < trained.stat().st_mtime:
             return None  # it scored an earlier training
-    except (OSError, ValueError):
-        return None
-    if data.get("settings", {}).get("input_key") != build.input_key:
+    except OSError:
         return None
     return data
 
@@ -377,14 +373,41 @@ def _check_target(folder: Path) -> bool:
     return False
 
 
+def _keep_user_files(folder: Path, tmp: Path, ours: set[str]) -> None:
+    """Give ``tmp`` everything of ``folder`` that is not tunespec's (``ours``: the files an earlier publish
+    wrote, per its marker, and those this one writes): hard links where the file system allows (so the same
+    files, at no cost), copies elsewhere; directories and symlinks recreated. ``folder`` itself is untouched
+    until ``install`` swaps the two in one step."""
+    def walk(src: Path, dst: Path, rel: str) -> None:
+        for entry in sorted(src.iterdir()):
+            r = f"{rel}{entry.name}"
+            if r in ours or r == ATOMIC_MARKER:
+                continue
+            target = dst / entry.name
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry), target)
+            elif entry.is_dir():
+                target.mkdir(exist_ok=True)
+                walk(entry, target, r + "/")
+                shutil.copystat(entry, target)
+            elif entry.is_file():
+                _place(entry, target)
+            else:
+                raise BuildError(Problem(f"{entry} is not a file, directory or symlink: publish cannot keep it",
+                                         hint="move it out of the folder, or choose another --to-folder"))
+
+    walk(folder, tmp, "")
+    shutil.copystat(folder, tmp)
+
+
 def write_folder(build: Build, folder: Path, what: str, *, repo_id: str | None = None) -> list[str]:
     """Write the publishable folder and return the files tunespec wrote there, sorted.
 
-    A new (or empty) folder is built whole in a temporary sibling and renamed into place. A folder an earlier
-    publish wrote keeps everything that is not tunespec's (``.git/``, a user's notes): the new files are
-    staged in a temporary sibling, then each is renamed over its old version (``os.replace``, atomic per
-    file); files the marker (``.tunespec``) lists from the earlier publish that this one no longer writes are
-    removed; the marker, listing this publish's files, is written last."""
+    The folder is built whole in a temporary sibling and put in place in one step (``atomic.install``), so
+    at every instant it is the earlier publish or the new one. Over a folder an earlier publish wrote,
+    everything that is not tunespec's (``.git/``, a user's notes) is carried into the new folder first (hard
+    links, else copies); files the earlier marker (``.tunespec``) lists that this publish no longer writes are
+    left out; the new marker lists this publish's files with their sha256."""
     source = source_dir(build, what)
     folder = Path(folder)
     refuse_overlap(folder, [p for p in build.path.iterdir() if p.name != "publish"], is_dir=True)
@@ -409,22 +432,10 @@ def write_folder(build: Build, folder: Path, what: str, *, repo_id: str | None =
                 _place(src, dst)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        if not update:
-            mark(tmp, files)
-            install(tmp, folder)
-            return files
-        old = marker_files(folder) or []
-        for rel in files:
-            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp / rel, folder / rel)
-            kill_point(f"replaced {rel}")
-        for rel in sorted(set(old) - set(files)):
-            gone = folder / rel
-            if gone.is_file() and not gone.is_symlink():
-                gone.unlink()
-                kill_point(f"removed {rel}")
-        write_text(folder / ATOMIC_MARKER, json.dumps({"tunespec": True, "files": files}) + "\n")
-        shutil.rmtree(tmp, ignore_errors=True)
+        if update:
+            _keep_user_files(folder, tmp, set(marker_files(folder) or []) | set(files))
+        mark(tmp, files)
+        install(tmp, folder, files=files)  # sealed: this publish's files with their sha256
         return files
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

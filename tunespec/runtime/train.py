@@ -42,7 +42,7 @@ from pathlib import Path
 
 import click
 
-from ..atomic import check_replaceable, install, temp_dir
+from ..atomic import append_line, check_replaceable, install, remove_dir, temp_dir, write_text
 from ..errors import BuildError, Problem, TunespecError
 from ..spec.adapter import is_peft
 from . import checkpoint as ckpt
@@ -382,9 +382,12 @@ class Trainer:
         self.acc.wait_for_everyone()
         if self.restart:
             if self.acc.is_main_process and train_dir.exists():
-                import shutil
-
-                shutil.rmtree(train_dir)
+                # what training wrote, newest checkpoint first (a kill midway leaves older, complete ones);
+                # anything else a user put in train/ is kept
+                for _, path in reversed(ckpt.list_checkpoints(train_dir)):
+                    remove_dir(path)
+                for name in ("metrics.jsonl", "loss.png"):
+                    (train_dir / name).unlink(missing_ok=True)
             self.acc.wait_for_everyone()
             return 0
         latest = ckpt.newest_intact(train_dir, log=self.log)
@@ -661,8 +664,7 @@ class Trainer:
     def _log_metrics(self, record: dict, path: Path, writer) -> None:
         if not self.acc.is_main_process:
             return
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(path, json.dumps(record))
         if writer is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
@@ -703,6 +705,11 @@ class Trainer:
         import torch
         from safetensors.torch import load_file
 
+        problem = ckpt.check(checkpoint)  # read back only what checks out against its files.json
+        if problem is not None:
+            self.log(f"warning: the best checkpoint {checkpoint.name} cannot be loaded: {problem} — keeping the "
+                     "last weights")
+            return
         if (checkpoint / "accelerate").is_dir() and self._sharded():
             self.acc.load_state(str(checkpoint / "accelerate"))  # every process loads its shards
             self.log(f"loaded the best checkpoint, {checkpoint.name}")
@@ -728,7 +735,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue
         if record.get("step", 0) <= step:
             keep.append(line + "\n")
-    path.write_text("".join(keep), encoding="utf-8")
+    write_text(path, "".join(keep))
 
 
 def _drop_checkpoint_wrappers(model) -> None:
