@@ -697,6 +697,32 @@ def test_evaluate_writes_rouge_and_predictions(trained, tmp_path):
     assert (build / "eval" / "report.md").is_file()
 
 
+def test_evaluate_scores_the_merged_model_where_one_is_current(trained, tmp_path):
+    """The tuned model evaluated by default is what a user ships: merged/ when it is current (with how far it
+    agrees with base+adapter, measured at the merge), base+adapter before a merge or after training again."""
+    import os
+
+    from tunespec.runtime.build import Build
+    from tunespec.runtime.evaluate import evaluate
+    from tunespec.runtime.merge import merge
+
+    build = tmp_path / "build"
+    shutil.copytree(trained, build)
+    assert evaluate(Build(build), log=lambda s: None)["tuned"]["model"] == "adapter"
+    merge(Build(build), log=lambda s: None)
+    stamp = json.loads((build / "merged" / "tunespec.json").read_text())
+    assert stamp["positions_checked"] > 0 and stamp["top1_agreement"] >= 0.99  # fp32 on the CPU
+    tuned = evaluate(Build(build), log=lambda s: None)["tuned"]
+    assert tuned["model"] == "merged"
+    assert tuned["merged_vs_adapter"]["top1_agreement"] == stamp["top1_agreement"]
+    assert "merged model (what you would ship)" in (build / "eval" / "report.md").read_text()
+    later = (build / "merged" / "tunespec.json").stat().st_mtime + 10
+    os.utime(build / "adapter" / "tunespec.json", (later, later))  # trained again after the merge
+    said = []
+    assert evaluate(Build(build), log=said.append)["tuned"]["model"] == "adapter"
+    assert any("merged/ is older than adapter/" in line for line in said)
+
+
 def test_cut_strips_at_the_stop_marker():
     from tunespec.runtime.evaluate import _cut
 

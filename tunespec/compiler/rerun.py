@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import build_layout as layout
+from ..atomic import MARKER
 from ..errors import BuildError, Problem, TunespecError
 
 Log = Callable[[str], None]
@@ -549,7 +550,9 @@ def _adapter_differences(old: Path, new: Path, tolerance: float) -> tuple[list[s
     stamp and the generated README are left out."""
     import numpy as np
 
-    skip = {layout.STAMP, "README.md"}
+    # the stamp (input key, time), peft's card and the install's seal (sha256 of those same files) name the run,
+    # not what it learned: the tensors and configs are compared themselves
+    skip = {layout.STAMP, "README.md", MARKER}
     names = sorted({p.name for d in (old, new) if d.is_dir() for p in d.iterdir() if p.is_file()} - skip)
     out, largest = [], 0.0
     for name in names:

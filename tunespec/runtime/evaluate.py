@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..build_layout import STAMP
 from ..micro_batches import DEFAULT_ROWS
 from ..atomic import check_replaceable, install, temp_dir
 from ..errors import BuildError, Problem
@@ -30,6 +31,25 @@ class Generated:
     predictions: list[str]
     seconds: float
     new_tokens: int
+
+
+def _shipped(build: Build, log) -> tuple[str, dict | None]:
+    """What the tuned model is by default: the merged model where a current one exists (what a user ships and
+    serves; faster to generate with), else base + adapter. Returns (variant, merged stamp or None)."""
+    if not is_peft(build.spec.adapter):
+        return "merged", None
+    if not (build.merged_dir / STAMP).is_file():
+        return "adapter", None
+    try:
+        stamp = build.output("merged")
+    except BuildError as e:
+        log(f"warning: evaluating base + adapter, not merged/: {e.problems[0].message}")
+        return "adapter", None
+    if (build.merged_dir / STAMP).stat().st_mtime < (build.adapter_dir / STAMP).stat().st_mtime:
+        log("warning: merged/ is older than adapter/ (trained again since the merge): evaluating base + adapter; "
+            f"merge again (tunespec merge {build.path}) to evaluate what you would ship")
+        return "adapter", None
+    return "merged", stamp
 
 
 def _load_variant(build: Build, which: str, base=None):
@@ -174,8 +194,9 @@ def evaluate(build: Build, *, model: str | None = None, split: str | None = None
     tokenizer = build.load_tokenizer()
     tokenizer.padding_side = "left"
 
+    merged_stamp = None
     if model is None:
-        tuned = "adapter" if is_peft(build.spec.adapter) else "merged"
+        tuned, merged_stamp = _shipped(build, log)
         variants = ["base", tuned]
     else:
         variants = [model]
@@ -189,6 +210,10 @@ def evaluate(build: Build, *, model: str | None = None, split: str | None = None
         if which == "base":
             base_model = m
         info: dict = {"model": which}
+        if which == "merged" and merged_stamp and "top1_agreement" in merged_stamp:
+            # how far the merged weights (what is served) follow base+adapter (what was trained), from the merge
+            info["merged_vs_adapter"] = {k: merged_stamp[k] for k in
+                                         ("top1_agreement", "max_logit_diff", "positions_checked", "dtype")}
         if want_rouge:
             g = generate(m, tokenizer, build, prompts, log=log)
             preds[label] = g.predictions
@@ -249,6 +274,12 @@ def _report(build: Build, summary: dict, scores: dict, preds: dict, rows: list[d
             lines.append(f"- {label}: eval loss {info['eval_loss']:.4f}, perplexity {info['perplexity']:.2f}")
         if isinstance(info, dict) and "generation_seconds" in info:
             lines.append(f"- {label}: generated {info['new_tokens']} tokens in {info['generation_seconds']} s")
+        if isinstance(info, dict) and info.get("model") in ("merged", "adapter") and label == "tuned":
+            agree = info.get("merged_vs_adapter")
+            lines.append(f"- {label} is the {'merged model (what you would ship)' if info['model'] == 'merged' else 'base + adapter'}"
+                         + (f"; at the merge it chose base+adapter's next token at {agree['top1_agreement']:.2%} of "
+                            f"{agree['positions_checked']} positions (largest logit difference "
+                            f"{agree['max_logit_diff']:.3g}, {agree['dtype']})" if agree else ""))
     g = s["generation"]
     lines += ["", "Generation: " + ", ".join(f"{k}={v}" for k, v in sorted(g.items())) + f", stop={s['stop']!r}", ""]
     label = "tuned" if "tuned" in scores else next(iter(scores), None)

@@ -77,6 +77,10 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
     with torch.no_grad():
         after = [merged(r).logits.float() for r in rows]
     max_diff = max(float((a - b).abs().max()) for a, b in zip(before, after)) if rows else 0.0
+    # how often the merged model's next-token choice is base+adapter's, over every position of the rows checked
+    same = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(before, after))
+    positions = sum(int(a.shape[1]) for a in before)
+    agreement = round(same / positions, 6) if positions else 1.0
     target = build.merged_dir
     check_replaceable(target, also=(STAMP,), what="merged model")
     tmp = temp_dir(target)
@@ -85,9 +89,9 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
     if merged.generation_config is not None:
         merged.generation_config.save_pretrained(tmp)
     report = {"dtype": str(torch_dtype).replace("torch.", ""), "max_logit_diff": max_diff, "rows_checked": len(rows),
-              "input_key": build.input_key}
+              "positions_checked": positions, "top1_agreement": agreement, "input_key": build.input_key}
     (tmp / STAMP).write_text(stamp_text(report), encoding="utf-8")
     install(tmp, target)
-    log(f"merged into {target} ({report['dtype']}); largest logit difference vs base+adapter on "
-        f"{len(rows)} rows: {max_diff:.3g}")
+    log(f"merged into {target} ({report['dtype']}); vs base+adapter on {len(rows)} rows: largest logit difference "
+        f"{max_diff:.3g}, same next token at {agreement:.2%} of {positions} positions")
     return report
