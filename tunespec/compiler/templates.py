@@ -143,6 +143,7 @@ class Template:
     _compiled: jinja2.Template | None = None
     system: str | None = None
     _globals: dict | None = field(default=None, repr=False, compare=False)  # the compiled template's globals
+    reads: frozenset[str] | None = None  # the variables a Jinja template reads (None: unknown, e.g. `tokenizer`)
 
     @property
     def sha256(self) -> str:
@@ -510,7 +511,8 @@ def load_template(
     else:
         raise TemplateError(Problem("a template needs `prompt` and `completion` blocks (or chat role blocks)",
                                     file=label, hint="see templates/alpaca.jinja for the shape"))
-    template = Template(name=label, kind=kind, source=source, stop=None, _compiled=compiled, system=system)
+    template = Template(name=label, kind=kind, source=source, stop=None, _compiled=compiled, system=system,
+                        reads=frozenset(meta.find_undeclared_variables(ast)))
     if kind == "fields" and fields is not None:
         allowed = fields | {"instruction", "input", "output"} | ALWAYS_AVAILABLE
         for var, line in sorted(_undeclared_with_lines(ast).items(), key=lambda kv: kv[1]):

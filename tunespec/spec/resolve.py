@@ -163,3 +163,14 @@ def _column_maps(spec: Spec) -> Iterator[Problem]:
     for i, s in enumerate(d.sources):
         for p in column_map_problems(FORMATS[s.format or d.format], s.column_map or {}):
             yield _p(f"data.sources.{i}.{p.path}", p.message, p.hint)
+
+
+def ignored_by_template(spec: Spec, template) -> list[Problem]:
+    """Template settings the loaded template (compiler/templates.Template) never reads: warnings, as above."""
+    t = spec.data.template
+    out = []
+    if getattr(t, "system", None) and template.kind == "fields" and template.reads is not None \
+            and "system" not in template.reads:
+        out.append(_p("data.template.system", f"is ignored: template {template.name} never reads `system`",
+                      "write {{ system }} in the template's prompt block, or remove data.template.system"))
+    return out
