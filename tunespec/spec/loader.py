@@ -1030,6 +1030,10 @@ def _problem_for(err: dict, loc: Loc, origins: dict[Loc, Origin], root: str, doc
         want = {"string_type": "text", "list_type": "a list", "dict_type": "a mapping"}.get(kind, "a mapping")
         msg = f"expected {want}, got {_describe(value)}"
         hint = "quote it to make it text" if kind == "string_type" else f"write {want} here"
+    elif kind == "string_too_long":
+        most = err.get("ctx", {}).get("max_length")
+        msg = f"is {len(value) if isinstance(value, str) else '?'} characters long, more than the {most} allowed"
+        hint = f"use at most {most} characters"
     elif kind == "string_pattern_mismatch":
         msg = f"{_describe(value)} is not allowed here"
         hint = "use letters, digits, '.', '_' and '-' only"

@@ -142,6 +142,18 @@ def _ignored(spec: Spec) -> Iterator[Problem]:
     elif len(e.reference_fields or ()) < 2:
         yield from off(e, "multi_ref", "evaluation", "there is one reference per row (it combines several)",
                        "list several evaluation.reference_fields, or remove multi_ref")
+    if t.eval_strategy == "no" and "loss" not in e.metrics:
+        yield from off(t, "eval_batch_size", "training", "nothing computes a loss on held-out rows (eval_strategy is "
+                       "`no` and evaluation.metrics has no loss)", "remove eval_batch_size, or add loss to evaluation.metrics")
+    if t.max_steps is not None:
+        if t.warmup_steps >= t.max_steps:
+            yield _p("training.warmup_steps", f"{t.warmup_steps} is not below max_steps {t.max_steps}: training ends "
+                     "before the learning rate reaches learning_rate", f"use fewer warm-up steps than {t.max_steps}")
+        every = t.eval_steps or t.save_steps
+        if t.eval_strategy == "steps" and every > t.max_steps:
+            key, what = ("eval_steps", f"{every}") if t.eval_steps else ("eval_strategy", f"save_steps ({every})")
+            yield _p(f"training.{key}", f"evaluates every {what} steps, but training stops after max_steps "
+                     f"{t.max_steps}: it never evaluates", f"set training.eval_steps to at most {t.max_steps}")
     if ln.num_machines == 1:
         yield from off(ln, "main_process_ip", "launch", "num_machines is 1",
                        "remove main_process_ip, or set launch.num_machines")
