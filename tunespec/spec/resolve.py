@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 from ..errors import Problem
 from .root import Spec
+from .rules import CHAT_FORMATS
 
 # What the training loop computes when it evaluates (runtime/train.py: Trainer.evaluate_loss), and which way is
 # better. `tunespec evaluate` scores ROUGE after training; nothing else is computed during it.
@@ -95,6 +96,14 @@ def _errors(spec: Spec) -> Iterator[Problem]:
                  f"{metric} is a loss: lower is better, so greater_is_better: true would keep the worst checkpoint",
                  "remove greater_is_better (it is false by default)")
 
+    if "train" not in produced:
+        yield _p("data.sources", f"no source feeds the train split (they feed {', '.join(sorted(produced))})",
+                 "give at least one source split: train (the default)")
+    if "none" in t.report_to and len(set(t.report_to)) > 1:
+        others = ", ".join(r for r in t.report_to if r != "none")
+        yield _p("training.report_to", f"lists `none` beside {others}: `none` means no reporting",
+                 f"remove none (to report to {others}), or list none alone")
+
     if t.eval_strategy != "no" and "validation" not in produced:
         yield _p("training.eval_strategy",
                  f"`{t.eval_strategy}` computes the validation loss during training, but there is no validation split "
@@ -154,6 +163,9 @@ def _ignored(spec: Spec) -> Iterator[Problem]:
             key, what = ("eval_steps", f"{every}") if t.eval_steps else ("eval_strategy", f"save_steps ({every})")
             yield _p(f"training.{key}", f"evaluates every {what} steps, but training stops after max_steps "
                      f"{t.max_steps}: it never evaluates", f"set training.eval_steps to at most {t.max_steps}")
+    if not any((src.format or spec.data.format) in CHAT_FORMATS for src in spec.data.sources):  # they carry tools
+        yield from off(spec.data, "tools", "data", f"format `{spec.data.format}` has no tool definitions "
+                       "(only chat formats, sharegpt and messages, carry them)", "remove data.tools")
     if ln.num_machines == 1:
         yield from off(ln, "main_process_ip", "launch", "num_machines is 1",
                        "remove main_process_ip, or set launch.num_machines")
