@@ -80,6 +80,18 @@ def library_names() -> list[str]:
     return sorted([p.stem for p in library_dir().glob("*.jinja")] + [TOKENIZER])
 
 
+def unknown_template_problem(name: str, path: str = "data.template") -> Problem | None:
+    """The problem of a template name the library does not have (None when it has it); validate and compile."""
+    names = library_names()
+    if name in names:
+        return None
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=1)
+    return Problem(f"no template named `{name}` in the library", path=path,
+                   hint=(f"did you mean `{close[0]}`? " if close else "") + "available: " + ", ".join(names))
+
+
 MAX_REPEAT = 1_000_000  # longest string or list `*` may build in a template
 MAX_EXPONENT = 10_000  # largest exponent `**` may raise a number (other than 0, 1, -1) to
 
@@ -462,12 +474,7 @@ def load_template(
     if name is not None:
         path = library_dir() / f"{name}.jinja"
         if not path.is_file():
-            import difflib
-
-            close = difflib.get_close_matches(name, library_names(), n=1)
-            raise TemplateError(Problem(f"no template named `{name}` in the library", path="data.template",
-                                        hint=(f"did you mean `{close[0]}`? " if close else "")
-                                        + "available: " + ", ".join(library_names())))
+            raise TemplateError(unknown_template_problem(name))
         source, label = path.read_text(encoding="utf-8"), name
     elif file is not None:
         try:

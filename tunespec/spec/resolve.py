@@ -111,6 +111,14 @@ def _errors(spec: Spec) -> Iterator[Problem]:
                  _split_hint("validation", produced) + "; or set eval_strategy: no")
 
     yield from _column_maps(spec)
+    t_spec = spec.data.template
+    name = t_spec if isinstance(t_spec, str) else getattr(t_spec, "name", None)
+    if name is not None:
+        from ..compiler.templates import unknown_template_problem
+
+        unknown = unknown_template_problem(name, "data.template" if isinstance(t_spec, str) else "data.template.name")
+        if unknown is not None:
+            yield unknown
 
     if e.set_to_non_default("split") and e.split not in produced:
         yield _p("evaluation.split", f"no source or holdout produces the {e.split} split",
