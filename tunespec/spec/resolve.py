@@ -174,6 +174,11 @@ def _ignored(spec: Spec) -> Iterator[Problem]:
     if not any((src.format or spec.data.format) in CHAT_FORMATS for src in spec.data.sources):  # they carry tools
         yield from off(spec.data, "tools", "data", f"format `{spec.data.format}` has no tool definitions "
                        "(only chat formats, sharegpt and messages, carry them)", "remove data.tools")
+    m = spec.model
+    if m.hub is None and (m.path is not None or m.packaged is not None):
+        what = "model.path is a local directory" if m.path is not None else "model.packaged ships its own files"
+        yield from off(m, "revision", "model", f"a revision pins a hub model; {what}",
+                       "remove model.revision, or name the model by model.hub")
     if ln.num_machines == 1:
         yield from off(ln, "main_process_ip", "launch", "num_machines is 1",
                        "remove main_process_ip, or set launch.num_machines")
