@@ -35,9 +35,10 @@ import numpy as np
 from .. import __version__
 from .. import build_layout as layout
 from ..atomic import clean_stale, install, refuse_overlap, temp_dir
-from ..errors import BuildError, DataError, Problem, TemplateError
+from ..errors import BuildError, DataError, Problem, TemplateError, TunespecError
 from ..models import PACKAGED, ModelRef, model_pins, resolve, sha256_file
 from ..spec.loader import LoadedSpec
+from ..spec.resolve import ignored_by_template
 from ..spec.render import to_yaml
 from .. import micro_batches
 from ..verify import seal_lock
@@ -218,9 +219,21 @@ def compile_build(
     loaded: LoadedSpec, out: Path, *, force: bool = False, log: Log = lambda s: print(s, file=sys.stderr),
     command: str | None = None,
 ) -> BuildResult:
+    """Compile `loaded` into the build directory `out`. A problem that names a spec field (the model's modules,
+    a source's id_column, ...) is shown at the position that field was written at."""
+    try:
+        return _compile(loaded, out, force=force, log=log, command=command)
+    except TunespecError as e:
+        e.problems = [loaded.locate_spec_field(p) for p in e.problems]
+        e.args = (e.render(),)
+        raise
+
+
+def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: str | None) -> BuildResult:
     spec = loaded.spec
     data = spec.data
     template = template_of(loaded)
+    spec_warnings = loaded.warnings + [loaded.locate(p) for p in ignored_by_template(spec, template)]
     inputs = sources_inputs(data.sources)
     key = input_key(loaded, template, inputs)
     out = Path(out)
@@ -231,7 +244,7 @@ def compile_build(
     existing = _check_target(out, key, force)
     if existing is not None:
         return BuildResult(out, True, existing, [f"{out}: up to date (input key {key[:12]})"]
-                           + ["  warning: " + p.render() for p in loaded.warnings])
+                           + ["  warning: " + p.render() for p in spec_warnings])
 
     t0 = time.perf_counter()
     ref = ModelRef.from_spec(spec.model)
@@ -240,6 +253,9 @@ def compile_build(
     plain = template.kind != "tokenizer" and not (getattr(spec.model, "added_tokens", None)
                                                   or getattr(spec.model, "added_special_tokens", None))
     tokenizer, config = load_for_compile(ref, model_dir, plain=plain)
+    from .deepcheck import check_saved_modules
+
+    check_saved_modules(spec, ref, model_dir)  # names peft would skip silently
     if template.kind == "tokenizer" and not template.source and isinstance(getattr(tokenizer, "chat_template", None), str):
         check_chat_template(tokenizer.chat_template, "the tokenizer's chat template")
     from .vocabulary import extend_vocabulary
@@ -297,7 +313,7 @@ def compile_build(
             if not records:
                 continue
             fmts = [fmt_of[r.source.rsplit("#", 1)[0]] for r in records]
-            records, outcomes, call_outcomes = _placed_tools(records, fmts, template, tokenizer, data.tools)
+            records, outcomes, call_outcomes = _placed_tools(records, fmts, template, tokenizer, data.tools, by_name)
             rendering = (_render_row(template, r, f, tokenizer, data.tokenization.add_eos, by_name)
                          for r, f in zip(records, fmts))  # encoded as rendered
             tok = tokenize_examples(rendering, tokenizer, max_length=max_length, overlong=data.tokenization.overlong,
@@ -460,15 +476,20 @@ def compile_build(
                 f"{n} of {split_stats.get(split, {}).get('rows', n)} {split} rows have fewer references than the "
                 f"{len(ref_fields)} fields named", path="evaluation.reference_fields",
                 hint="those rows are scored against the references they have; fill the empty columns")))
-    for p in loaded.warnings + problems + _tool_problems(data.tools, tool_counts, first_tool_row, by_name):
+    for p in spec_warnings + problems + _tool_problems(data.tools, tool_counts, first_tool_row, by_name):
         messages.append("  warning: " + p.render())
     return BuildResult(out, False, manifest, messages)
 
 
 def _render_row(template: Template, rec: Record, fmt: str, tokenizer, add_eos: bool, by_name) -> list:
     """``template.render`` of one record; a template error names the template and the row it failed on."""
+    return _at_row(template, rec, by_name, lambda: template.render(rec, fmt, tokenizer, add_eos=add_eos))
+
+
+def _at_row(template: Template, rec: Record, by_name, fn):
+    """``fn()``, which renders `rec` with `template`; a template error names the template and the row."""
     try:
-        return template.render(rec, fmt, tokenizer, add_eos=add_eos)
+        return fn()
     except TemplateError as e:
         name, _, index = rec.source.rpartition("#")
         data_file, data_line, row = by_name[name].location(int(index))
@@ -479,12 +500,14 @@ def _render_row(template: Template, rec: Record, fmt: str, tokenizer, add_eos: b
 
 
 def _placed_tools(records: list[Record], fmts: list[str], template: Template, tokenizer,
-                  mode: str) -> tuple[list[Record], list[str | None], list[str | None]]:
+                  mode: str, by_name) -> tuple[list[Record], list[str | None], list[str | None]]:
     """The records as rendered under ``data.tools`` (tools.place_tools) with their tool calls as the chat
     template renders them (tools.place_calls), and what happened to each one's tool definitions and calls
     (None: it had none)."""
-    placed = [place_tools(template, rec, fmt, tokenizer, mode) for rec, fmt in zip(records, fmts)]
-    calls = [place_calls(template, rec, fmt, tokenizer) for (rec, _), fmt in zip(placed, fmts)]
+    placed = [_at_row(template, rec, by_name, lambda: place_tools(template, rec, fmt, tokenizer, mode))
+              for rec, fmt in zip(records, fmts)]
+    calls = [_at_row(template, rec, by_name, lambda: place_calls(template, rec, fmt, tokenizer))
+             for (rec, _), fmt in zip(placed, fmts)]
     return [c[0] for c in calls], [p[1] for p in placed], [c[1] for c in calls]
 
 

@@ -107,12 +107,39 @@ def _target_problems(spec, modules: dict[str, str]) -> list[Problem]:
                 problems.append(Problem(f"`{target}` is a {kinds}, which LoRA cannot adapt",
                                         path=f"adapter.target_modules.{i}",
                                         hint=f"name linear layers: {shown}"))
-    for i, name in enumerate(adapter.modules_to_save):
+    return problems + saved_module_problems(adapter, modules)
+
+
+def saved_module_problems(adapter, modules: dict[str, str]) -> list[Problem]:
+    """``adapter.modules_to_save`` entries that name no module: peft would skip them without a word (it checks
+    them with ``strict_module_check=False``), so nothing would be trained or saved for them."""
+    problems = []
+    linear = linear_names(modules)
+    for i, name in enumerate(getattr(adapter, "modules_to_save", None) or []):
         if not any(_matches(n, name) for n in modules):
             tops = sorted({n.rsplit(".", 1)[-1] for n, k in modules.items() if k == "Embedding"} | {"lm_head"} & set(linear))
             problems.append(Problem(f"no module named `{name}` in this model", path=f"adapter.modules_to_save.{i}",
                                     hint="e.g. " + ", ".join(tops or linear[:5])))
     return problems
+
+
+def check_saved_modules(spec, ref, model_dir: str) -> None:
+    """``compile``'s check of adapter.modules_to_save against the model's modules (built on the meta device)."""
+    if not getattr(spec.adapter, "modules_to_save", None):
+        return
+    from ..models import load_config
+
+    try:
+        modules = module_types(load_config(ref, model_dir), ref.trust_remote_code)
+    except TunespecError:
+        raise
+    except Exception as e:  # an architecture transformers cannot build: say so, do not crash
+        raise SpecError(Problem(f"cannot build the model on the meta device to check adapter.modules_to_save: "
+                                f"{type(e).__name__}: {e}".split("\n")[0], path="adapter.modules_to_save",
+                                hint="check the model reference (and trust_remote_code for custom code)")) from None
+    problems = saved_module_problems(spec.adapter, modules)
+    if problems:
+        raise SpecError(problems)
 
 
 def _template_problems(loaded, tokenizer) -> list[Problem]:

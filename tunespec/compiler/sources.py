@@ -165,7 +165,8 @@ def load_source(src: SourceSpec, index: int, data: DataSpec, name: str, inputs: 
                                         id_column=src.id_column, first_dropped=first)
     except DataError as e:  # a column no row has: name the file (or the pattern) it is missing from
         shown = str(tables[0][1].path) if len(tables) == 1 else (src.path or f"hub dataset {src.hub}")
-        raise DataError([p if p.file else replace(p, file=shown) for p in e.problems]) from None
+        raise DataError([p if p.file else replace(p, file=shown, path=_spec_path(p.path, src, index))
+                         for p in e.problems]) from None
     if reference_fields:
         records = [replace(r, references=row_references(rows[int(r.source.rsplit("#", 1)[1])], r, reference_fields))
                    for r in records]
@@ -182,6 +183,16 @@ def load_source(src: SourceSpec, index: int, data: DataSpec, name: str, inputs: 
         records = records[: src.limit]
     result.records = records
     return result
+
+
+def _spec_path(path: str | None, src: SourceSpec, index: int) -> str | None:
+    """A converter's field path (``id_column``, ``column_map.summary``) as the spec field that set it."""
+    if path == "id_column":
+        return f"data.sources.{index}.id_column"
+    if path and path.startswith("column_map."):
+        key = path.split(".", 1)[1]
+        return f"data.sources.{index}.{path}" if key in (src.column_map or {}) else f"data.{path}"
+    return path
 
 
 def _holdout_count(value: float | int, n: int) -> int:

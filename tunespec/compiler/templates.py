@@ -80,6 +80,18 @@ def library_names() -> list[str]:
     return sorted([p.stem for p in library_dir().glob("*.jinja")] + [TOKENIZER])
 
 
+def unknown_template_problem(name: str, path: str = "data.template") -> Problem | None:
+    """The problem of a template name the library does not have (None when it has it); validate and compile."""
+    names = library_names()
+    if name in names:
+        return None
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=1)
+    return Problem(f"no template named `{name}` in the library", path=path,
+                   hint=(f"did you mean `{close[0]}`? " if close else "") + "available: " + ", ".join(names))
+
+
 MAX_REPEAT = 1_000_000  # longest string or list `*` may build in a template
 MAX_EXPONENT = 10_000  # largest exponent `**` may raise a number (other than 0, 1, -1) to
 
@@ -143,6 +155,7 @@ class Template:
     _compiled: jinja2.Template | None = None
     system: str | None = None
     _globals: dict | None = field(default=None, repr=False, compare=False)  # the compiled template's globals
+    reads: frozenset[str] | None = None  # the variables a Jinja template reads (None: unknown, e.g. `tokenizer`)
 
     @property
     def sha256(self) -> str:
@@ -461,12 +474,7 @@ def load_template(
     if name is not None:
         path = library_dir() / f"{name}.jinja"
         if not path.is_file():
-            import difflib
-
-            close = difflib.get_close_matches(name, library_names(), n=1)
-            raise TemplateError(Problem(f"no template named `{name}` in the library", path="data.template",
-                                        hint=(f"did you mean `{close[0]}`? " if close else "")
-                                        + "available: " + ", ".join(library_names())))
+            raise TemplateError(unknown_template_problem(name))
         source, label = path.read_text(encoding="utf-8"), name
     elif file is not None:
         try:
@@ -510,7 +518,8 @@ def load_template(
     else:
         raise TemplateError(Problem("a template needs `prompt` and `completion` blocks (or chat role blocks)",
                                     file=label, hint="see templates/alpaca.jinja for the shape"))
-    template = Template(name=label, kind=kind, source=source, stop=None, _compiled=compiled, system=system)
+    template = Template(name=label, kind=kind, source=source, stop=None, _compiled=compiled, system=system,
+                        reads=frozenset(meta.find_undeclared_variables(ast)))
     if kind == "fields" and fields is not None:
         allowed = fields | {"instruction", "input", "output"} | ALWAYS_AVAILABLE
         for var, line in sorted(_undeclared_with_lines(ast).items(), key=lambda kv: kv[1]):

@@ -73,6 +73,16 @@ class LoadedSpec:
         """`problem`, which names a spec field (``path``), at the file position that field was written at."""
         return _locate(problem, self.origins, _shown(self.file))
 
+    def locate_spec_field(self, problem: Problem) -> Problem:
+        """`problem` at its spec field's file position when it names one of this spec's fields (its path starts
+        with a section: model, data.sources.0.id_column, ...) and has no file yet; else unchanged."""
+        if problem.file or not problem.path:
+            return problem
+        loc = tuple(int(p) if p.isdigit() else p for p in problem.path.split(".") if p)
+        if not loc or loc[0] not in Spec.model_fields or not any(loc[:n] in self.origins for n in range(len(loc), 0, -1)):
+            return problem
+        return self.locate(problem)
+
     @property
     def build_dir(self) -> Path:
         """The default build directory: output.dir, else runs/<name> in the current directory."""
@@ -1028,6 +1038,10 @@ def _problem_for(err: dict, loc: Loc, origins: dict[Loc, Origin], root: str, doc
         want = {"string_type": "text", "list_type": "a list", "dict_type": "a mapping"}.get(kind, "a mapping")
         msg = f"expected {want}, got {_describe(value)}"
         hint = "quote it to make it text" if kind == "string_type" else f"write {want} here"
+    elif kind == "string_too_long":
+        most = err.get("ctx", {}).get("max_length")
+        msg = f"is {len(value) if isinstance(value, str) else '?'} characters long, more than the {most} allowed"
+        hint = f"use at most {most} characters"
     elif kind == "string_pattern_mismatch":
         msg = f"{_describe(value)} is not allowed here"
         hint = "use letters, digits, '.', '_' and '-' only"

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 from ..errors import Problem
 from .root import Spec
+from .rules import CHAT_FORMATS
 
 # What the training loop computes when it evaluates (runtime/train.py: Trainer.evaluate_loss), and which way is
 # better. `tunespec evaluate` scores ROUGE after training; nothing else is computed during it.
@@ -95,6 +96,14 @@ def _errors(spec: Spec) -> Iterator[Problem]:
                  f"{metric} is a loss: lower is better, so greater_is_better: true would keep the worst checkpoint",
                  "remove greater_is_better (it is false by default)")
 
+    if "train" not in produced:
+        yield _p("data.sources", f"no source feeds the train split (they feed {', '.join(sorted(produced))})",
+                 "give at least one source split: train (the default)")
+    if "none" in t.report_to and len(set(t.report_to)) > 1:
+        others = ", ".join(r for r in t.report_to if r != "none")
+        yield _p("training.report_to", f"lists `none` beside {others}: `none` means no reporting",
+                 f"remove none (to report to {others}), or list none alone")
+
     if t.eval_strategy != "no" and "validation" not in produced:
         yield _p("training.eval_strategy",
                  f"`{t.eval_strategy}` computes the validation loss during training, but there is no validation split "
@@ -102,6 +111,14 @@ def _errors(spec: Spec) -> Iterator[Problem]:
                  _split_hint("validation", produced) + "; or set eval_strategy: no")
 
     yield from _column_maps(spec)
+    t_spec = spec.data.template
+    name = t_spec if isinstance(t_spec, str) else getattr(t_spec, "name", None)
+    if name is not None:
+        from ..compiler.templates import unknown_template_problem
+
+        unknown = unknown_template_problem(name, "data.template" if isinstance(t_spec, str) else "data.template.name")
+        if unknown is not None:
+            yield unknown
 
     if e.set_to_non_default("split") and e.split not in produced:
         yield _p("evaluation.split", f"no source or holdout produces the {e.split} split",
@@ -142,6 +159,26 @@ def _ignored(spec: Spec) -> Iterator[Problem]:
     elif len(e.reference_fields or ()) < 2:
         yield from off(e, "multi_ref", "evaluation", "there is one reference per row (it combines several)",
                        "list several evaluation.reference_fields, or remove multi_ref")
+    if t.eval_strategy == "no" and "loss" not in e.metrics:
+        yield from off(t, "eval_batch_size", "training", "nothing computes a loss on held-out rows (eval_strategy is "
+                       "`no` and evaluation.metrics has no loss)", "remove eval_batch_size, or add loss to evaluation.metrics")
+    if t.max_steps is not None:
+        if t.warmup_steps >= t.max_steps:
+            yield _p("training.warmup_steps", f"{t.warmup_steps} is not below max_steps {t.max_steps}: training ends "
+                     "before the learning rate reaches learning_rate", f"use fewer warm-up steps than {t.max_steps}")
+        every = t.eval_steps or t.save_steps
+        if t.eval_strategy == "steps" and every > t.max_steps:
+            key, what = ("eval_steps", f"{every}") if t.eval_steps else ("eval_strategy", f"save_steps ({every})")
+            yield _p(f"training.{key}", f"evaluates every {what} steps, but training stops after max_steps "
+                     f"{t.max_steps}: it never evaluates", f"set training.eval_steps to at most {t.max_steps}")
+    if not any((src.format or spec.data.format) in CHAT_FORMATS for src in spec.data.sources):  # they carry tools
+        yield from off(spec.data, "tools", "data", f"format `{spec.data.format}` has no tool definitions "
+                       "(only chat formats, sharegpt and messages, carry them)", "remove data.tools")
+    m = spec.model
+    if m.hub is None and (m.path is not None or m.packaged is not None):
+        what = "model.path is a local directory" if m.path is not None else "model.packaged ships its own files"
+        yield from off(m, "revision", "model", f"a revision pins a hub model; {what}",
+                       "remove model.revision, or name the model by model.hub")
     if ln.num_machines == 1:
         yield from off(ln, "main_process_ip", "launch", "num_machines is 1",
                        "remove main_process_ip, or set launch.num_machines")
@@ -163,3 +200,14 @@ def _column_maps(spec: Spec) -> Iterator[Problem]:
     for i, s in enumerate(d.sources):
         for p in column_map_problems(FORMATS[s.format or d.format], s.column_map or {}):
             yield _p(f"data.sources.{i}.{p.path}", p.message, p.hint)
+
+
+def ignored_by_template(spec: Spec, template) -> list[Problem]:
+    """Template settings the loaded template (compiler/templates.Template) never reads: warnings, as above."""
+    t = spec.data.template
+    out = []
+    if getattr(t, "system", None) and template.kind == "fields" and template.reads is not None \
+            and "system" not in template.reads:
+        out.append(_p("data.template.system", f"is ignored: template {template.name} never reads `system`",
+                      "write {{ system }} in the template's prompt block, or remove data.template.system"))
+    return out

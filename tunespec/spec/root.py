@@ -19,7 +19,8 @@ from .training import TrainingSpec
 class Spec(Section):
     """A tunespec experiment: model, data, what to train, how, where, and how to evaluate it."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Experiment name (letters, digits, . _ -).")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128,
+                      description="Experiment name (letters, digits, . _ -; at most 128), the default build directory runs/NAME.")
     description: str | None = Field(None, description="Free text about the experiment (recorded, not used).")
     extends: str | list[str] | None = Field(
         None, description="Base spec file(s) deep-merged under this one (paths relative to this file)."
