@@ -16,11 +16,11 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TUNESPEC_CACHE=${TUNESPEC_CACHE:-/tmp
 case $PART in
   throughput)
     python3 benchmarks/train_throughput.py --data "$DATA/dev.jsonl" --model-dir "$CONFIG" --random-weights --timeout 200 \
-      --steps 20 --systems trl_packing,tunespec,tunespec_packing,tunespec_defaults,tunespec_16k \
+      --steps ${STEPS:-20} --systems ${SYSTEMS:-trl_packing,tunespec,tunespec_packing,tunespec_defaults,tunespec_16k} \
       --out "$OUT/throughput-defaults.json" > "$OUT/throughput.log" 2>&1
     tail -5 "$OUT/throughput.log" ;;
   quality)
-    python3 benchmarks/quality_defaults.py --gguf-dir "$GGUF_DIR" --data "$DATA/dev.jsonl" --parallel 6 \
+    python3 benchmarks/quality_defaults.py --gguf-dir "$GGUF_DIR" --data "$DATA/dev.jsonl" --parallel 5 \
       --out "$OUT/quality-defaults.json" > "$OUT/quality.log" 2>&1
     tail -20 "$OUT/quality.log" ;;
   *) echo "unknown part $PART" >&2; exit 2 ;;
