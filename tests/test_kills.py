@@ -535,3 +535,31 @@ def test_every_reader_refuses_a_damaged_output(zygote, merged_old, tmp_path):
         assert rc == 2 and "Traceback" not in text and errors, (args, rel, text[-3000:])
         assert str(f) in errors[0] and " — " in errors[0], (args, rel, errors)
         assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before, f"{args} wrote something"
+
+
+def test_a_damaged_build_of_the_same_spec_is_never_up_to_date(fresh, tmp_path, tunespec_env):
+    """compile over its own build with a token file changed: rebuilt (was: "up to date", so the runtime's
+    "recompile ... --force" could never repair it); with runtime outputs there, only --force replaces it."""
+    from tunespec.errors import BuildError
+    from tunespec.runtime.build import Build
+
+    b = tmp_path / "build"
+    shutil.copytree(fresh, b)
+    spec = fresh.parent / "spec.yaml"
+    f = b / "tokens" / "train.ids.npy"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(BuildError, match="changed since it was compiled"):
+        Build(b)
+    assert not helpers.compile_spec(spec, b).reused, "a damaged build was taken as up to date"
+    Build(b)  # whole again
+    assert helpers.compile_spec(spec, b).reused  # and now it is up to date
+    (b / "adapter").mkdir()
+    (b / "adapter" / "x").write_text("trained")
+    f.write_bytes(bytes(data))
+    with pytest.raises(BuildError, match="damaged .*train.ids.npy.*pass --force"):
+        helpers.compile_spec(spec, b)
+    assert (b / "adapter" / "x").exists(), "refused: nothing replaced"
+    helpers.compile_spec(spec, b, force=True)
+    Build(b)
