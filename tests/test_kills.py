@@ -409,20 +409,34 @@ def test_resume_skips_a_checkpoint_missing_a_file(zygote, trained, tmp_path):
 # --------------------------------------------------------------------------- merge, evaluate, publish: over an old output
 
 
-def _kill_over_old(zygote, old: Path, work: Path, args, target: str, check_old_or_new, user: list[str]):
+def _kill_over_old(zygote, old: Path, work: Path, args, target: str, check_old_or_new, user: list[str],
+                   exchange: bool = True):
     """`args` ({r}: a copy of the folder `old`, which holds build/) replaces `target` (in that folder, or
     build/): run once to count its write steps, then killed at each; `check_old_or_new(root)` says which."""
     def argv(root: Path) -> list[str]:
         return [str(a).format(r=root) for a in args]
 
     shutil.copytree(old, work / "count", symlinks=True)
-    steps = zygote.steps(argv(work / "count"), work / "writes.log")
-    assert steps == [f"install {target}", f"exchanged {target}"], steps
+    if not exchange:  # atomic.install's fallback: the old one renamed aside, the new one renamed in
+        zygote.env["TUNESPEC_NO_EXCHANGE"] = "1"
+    try:
+        steps = zygote.steps(argv(work / "count"), work / "writes.log")
+        assert steps == ([f"install {target}", f"exchanged {target}"] if exchange else
+                         [f"install {target}", f"aside {target}", f"renamed {target}"]), steps
+        _kill_each(zygote, old, work, argv, steps, target, check_old_or_new, user)
+    finally:
+        zygote.env.pop("TUNESPEC_NO_EXCHANGE", None)
+    return steps
+
+
+def _kill_each(zygote, old, work, argv, steps, target, check_old_or_new, user):
     for n in range(1, len(steps) + 1):
         root = work / f"k{n}"
         shutil.copytree(old, root, symlinks=True)
         zygote.killed(argv(root), n)
-        assert check_old_or_new(root) == ("new" if is_new(steps, n, f"install {target}") else "old"), n
+        # without the exchange a kill between the renames leaves no target: the reader puts the old one back
+        new = is_new(steps, n, f"aside {target}" if f"aside {target}" in steps else f"install {target}")
+        assert check_old_or_new(root) == ("new" if new else "old"), n
         for rel in user:
             assert (root / rel).exists(), f"the user's {rel} is gone"
         zygote.ok(argv(root))
@@ -430,7 +444,6 @@ def _kill_over_old(zygote, old: Path, work: Path, args, target: str, check_old_o
         assert temporaries(root, root / "build") == [], "the dead run's temporaries are still there"
         for rel in user:
             assert (root / rel).exists(), f"the user's {rel} is gone"
-    return steps
 
 
 @pytest.fixture(scope="module")
@@ -443,13 +456,14 @@ def merged_old(trained, zygote, tmp_path_factory) -> Path:
     return root
 
 
-def test_kill_merge_over_an_old_merge(zygote, merged_old, tmp_path):
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "rename-aside"])
+def test_kill_merge_over_an_old_merge(zygote, merged_old, tmp_path, exchange):
     def state(root: Path) -> str:
         stamp = output_ok(root / "build", "merged")
         return {"bfloat16": "old", "float32": "new"}[stamp["dtype"]]
 
     _kill_over_old(zygote, merged_old, tmp_path, ["merge", "{r}/build", "--dtype", "float32"], "merged", state,
-                   ["build/notes.txt", "build/adapter/adapter_model.safetensors"])
+                   ["build/notes.txt", "build/adapter/adapter_model.safetensors"], exchange=exchange)
 
 
 def test_kill_evaluate_over_an_old_evaluation(zygote, trained, tmp_path):
