@@ -577,3 +577,29 @@ def test_a_damaged_build_of_the_same_spec_is_never_up_to_date(fresh, tmp_path, t
     assert (b / "adapter" / "x").exists(), "refused: nothing replaced"
     helpers.compile_spec(spec, b, force=True)
     Build(b)
+
+
+def test_a_killed_gguf_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
+    """The de-quantized copy of a GGUF model is built in a `.NAME.tmp-PID-*` sibling in the cache: one a killed
+    conversion left (its pid gone) is removed by the next conversion (was: `mkdtemp` names nothing ever
+    removed, a full model's size each)."""
+    from tunespec import models
+
+    monkeypatch.setenv("TUNESPEC_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF fake")
+
+    def dequantize(src, out):
+        (out / "config.json").write_text("{}")
+        (out / "tokenizer.json").write_text("{}")
+
+    monkeypatch.setattr(models, "_dequantize_gguf", dequantize)
+    ref = models.ModelRef(path=str(tmp_path), gguf_file="m.gguf")
+    target = Path(models.cache_root() / "models" / f"m-{models.sha256_file(gguf)[:16]}")
+    target.parent.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = target.with_name(f".{target.name}.tmp-{dead.pid}-0123abcd")
+    (stale / "half").mkdir(parents=True)
+    assert models.resolve(ref) == str(target) and (target / "config.json").is_file()
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
