@@ -603,3 +603,19 @@ def test_a_killed_gguf_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
     (stale / "half").mkdir(parents=True)
     assert models.resolve(ref) == str(target) and (target / "config.json").is_file()
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
+
+
+def test_restart_deletes_only_what_training_wrote(zygote, trained, tmp_path):
+    """train --restart starts over: checkpoints, metrics and the plot go (each checkpoint renamed away first),
+    a user's files in train/ stay (was: train/ deleted whole)."""
+    reference, _ = trained
+    b = tmp_path / "build"
+    shutil.copytree(reference, b)
+    add_user_files(b)
+    text = zygote.ok(["train", b, "--restart"])
+    assert "resuming" not in text
+    user_files_kept(b)
+    output_ok(b, "adapter")
+    assert same_tensors(b / "adapter" / "adapter_model.safetensors", reference / "adapter" / "adapter_model.safetensors")
+    assert [json.loads(x)["step"] for x in (b / "train" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert temporaries(b, b / "train") == []
