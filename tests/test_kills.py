@@ -409,20 +409,34 @@ def test_resume_skips_a_checkpoint_missing_a_file(zygote, trained, tmp_path):
 # --------------------------------------------------------------------------- merge, evaluate, publish: over an old output
 
 
-def _kill_over_old(zygote, old: Path, work: Path, args, target: str, check_old_or_new, user: list[str]):
+def _kill_over_old(zygote, old: Path, work: Path, args, target: str, check_old_or_new, user: list[str],
+                   exchange: bool = True):
     """`args` ({r}: a copy of the folder `old`, which holds build/) replaces `target` (in that folder, or
     build/): run once to count its write steps, then killed at each; `check_old_or_new(root)` says which."""
     def argv(root: Path) -> list[str]:
         return [str(a).format(r=root) for a in args]
 
     shutil.copytree(old, work / "count", symlinks=True)
-    steps = zygote.steps(argv(work / "count"), work / "writes.log")
-    assert steps == [f"install {target}", f"exchanged {target}"], steps
+    if not exchange:  # atomic.install's fallback: the old one renamed aside, the new one renamed in
+        zygote.env["TUNESPEC_NO_EXCHANGE"] = "1"
+    try:
+        steps = zygote.steps(argv(work / "count"), work / "writes.log")
+        assert steps == ([f"install {target}", f"exchanged {target}"] if exchange else
+                         [f"install {target}", f"aside {target}", f"renamed {target}"]), steps
+        _kill_each(zygote, old, work, argv, steps, target, check_old_or_new, user)
+    finally:
+        zygote.env.pop("TUNESPEC_NO_EXCHANGE", None)
+    return steps
+
+
+def _kill_each(zygote, old, work, argv, steps, target, check_old_or_new, user):
     for n in range(1, len(steps) + 1):
         root = work / f"k{n}"
         shutil.copytree(old, root, symlinks=True)
         zygote.killed(argv(root), n)
-        assert check_old_or_new(root) == ("new" if is_new(steps, n, f"install {target}") else "old"), n
+        # without the exchange a kill between the renames leaves no target: the reader puts the old one back
+        new = is_new(steps, n, f"aside {target}" if f"aside {target}" in steps else f"install {target}")
+        assert check_old_or_new(root) == ("new" if new else "old"), n
         for rel in user:
             assert (root / rel).exists(), f"the user's {rel} is gone"
         zygote.ok(argv(root))
@@ -430,7 +444,6 @@ def _kill_over_old(zygote, old: Path, work: Path, args, target: str, check_old_o
         assert temporaries(root, root / "build") == [], "the dead run's temporaries are still there"
         for rel in user:
             assert (root / rel).exists(), f"the user's {rel} is gone"
-    return steps
 
 
 @pytest.fixture(scope="module")
@@ -443,13 +456,14 @@ def merged_old(trained, zygote, tmp_path_factory) -> Path:
     return root
 
 
-def test_kill_merge_over_an_old_merge(zygote, merged_old, tmp_path):
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "rename-aside"])
+def test_kill_merge_over_an_old_merge(zygote, merged_old, tmp_path, exchange):
     def state(root: Path) -> str:
         stamp = output_ok(root / "build", "merged")
         return {"bfloat16": "old", "float32": "new"}[stamp["dtype"]]
 
     _kill_over_old(zygote, merged_old, tmp_path, ["merge", "{r}/build", "--dtype", "float32"], "merged", state,
-                   ["build/notes.txt", "build/adapter/adapter_model.safetensors"])
+                   ["build/notes.txt", "build/adapter/adapter_model.safetensors"], exchange=exchange)
 
 
 def test_kill_evaluate_over_an_old_evaluation(zygote, trained, tmp_path):
@@ -535,3 +549,73 @@ def test_every_reader_refuses_a_damaged_output(zygote, merged_old, tmp_path):
         assert rc == 2 and "Traceback" not in text and errors, (args, rel, text[-3000:])
         assert str(f) in errors[0] and " — " in errors[0], (args, rel, errors)
         assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before, f"{args} wrote something"
+
+
+def test_a_damaged_build_of_the_same_spec_is_never_up_to_date(fresh, tmp_path, tunespec_env):
+    """compile over its own build with a token file changed: rebuilt (was: "up to date", so the runtime's
+    "recompile ... --force" could never repair it); with runtime outputs there, only --force replaces it."""
+    from tunespec.errors import BuildError
+    from tunespec.runtime.build import Build
+
+    b = tmp_path / "build"
+    shutil.copytree(fresh, b)
+    spec = fresh.parent / "spec.yaml"
+    f = b / "tokens" / "train.ids.npy"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(BuildError, match="changed since it was compiled"):
+        Build(b)
+    assert not helpers.compile_spec(spec, b).reused, "a damaged build was taken as up to date"
+    Build(b)  # whole again
+    assert helpers.compile_spec(spec, b).reused  # and now it is up to date
+    (b / "adapter").mkdir()
+    (b / "adapter" / "x").write_text("trained")
+    f.write_bytes(bytes(data))
+    with pytest.raises(BuildError, match="damaged .*train.ids.npy.*pass --force"):
+        helpers.compile_spec(spec, b)
+    assert (b / "adapter" / "x").exists(), "refused: nothing replaced"
+    helpers.compile_spec(spec, b, force=True)
+    Build(b)
+
+
+def test_a_killed_gguf_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
+    """The de-quantized copy of a GGUF model is built in a `.NAME.tmp-PID-*` sibling in the cache: one a killed
+    conversion left (its pid gone) is removed by the next conversion (was: `mkdtemp` names nothing ever
+    removed, a full model's size each)."""
+    from tunespec import models
+
+    monkeypatch.setenv("TUNESPEC_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF fake")
+
+    def dequantize(src, out):
+        (out / "config.json").write_text("{}")
+        (out / "tokenizer.json").write_text("{}")
+
+    monkeypatch.setattr(models, "_dequantize_gguf", dequantize)
+    ref = models.ModelRef(path=str(tmp_path), gguf_file="m.gguf")
+    target = Path(models.cache_root() / "models" / f"m-{models.sha256_file(gguf)[:16]}")
+    target.parent.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = target.with_name(f".{target.name}.tmp-{dead.pid}-0123abcd")
+    (stale / "half").mkdir(parents=True)
+    assert models.resolve(ref) == str(target) and (target / "config.json").is_file()
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
+
+
+def test_restart_deletes_only_what_training_wrote(zygote, trained, tmp_path):
+    """train --restart starts over: checkpoints, metrics and the plot go (each checkpoint renamed away first),
+    a user's files in train/ stay (was: train/ deleted whole)."""
+    reference, _ = trained
+    b = tmp_path / "build"
+    shutil.copytree(reference, b)
+    add_user_files(b)
+    text = zygote.ok(["train", b, "--restart"])
+    assert "resuming" not in text
+    user_files_kept(b)
+    output_ok(b, "adapter")
+    assert same_tensors(b / "adapter" / "adapter_model.safetensors", reference / "adapter" / "adapter_model.safetensors")
+    assert [json.loads(x)["step"] for x in (b / "train" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert temporaries(b, b / "train") == []

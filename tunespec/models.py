@@ -15,7 +15,6 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +126,9 @@ def resolve(ref: ModelRef) -> str:
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    from .atomic import temp_dir
+
+    tmp = temp_dir(target, marker=False)  # .NAME.tmp-<pid>-<hex>: a killed conversion's leftovers are removed
     try:
         _dequantize_gguf(gguf, tmp)
         try:

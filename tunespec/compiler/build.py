@@ -135,9 +135,21 @@ def _check_target(path: Path, key: str, force: bool) -> dict | None:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except ValueError:
         manifest = {}
-    if manifest.get("input_key") == key and all((path / f).is_file() for f in manifest.get("files", {})):
-        return manifest
     outputs = _runtime_outputs(path)
+    if manifest.get("input_key") == key:
+        from ..runtime.build import Build
+
+        try:
+            Build(path)  # the runtime's reader: the lock's seal, the manifest's hash, every file's sha256
+            return manifest
+        except BuildError as e:  # same spec and data, but damaged: never "up to date"
+            if outputs and not force:
+                raise BuildError(Problem(
+                    f"{path} is this spec's build, damaged ({e.problems[0].file or path}: {e.problems[0].message}), "
+                    f"and holds runtime outputs "
+                    f"({', '.join(outputs)}/)", hint="pass --force to compile it again (its runtime outputs go too), "
+                    "or compile to a new directory with -o")) from None
+            return None
     if outputs and not force:
         raise BuildError(Problem(
             f"{path} holds a build of a different spec or data, with runtime outputs ({', '.join(outputs)}/)",

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..models import ModelRef, cache_root, load_config, load_tokenizer, sha256_file
@@ -177,7 +176,9 @@ def _store_entry(entry: Path, tokenizer, config, model_dir: str) -> None:
                 "text_config": _config_values(text) if text is not config else None,
             }
             entry.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+            from ..atomic import temp_dir
+
+            tmp = temp_dir(entry, marker=False)  # a killed compile's leftover temporaries are removed
             tokenizer.save_pretrained(tmp / "tokenizer")
         finally:
             hf_logging.set_verbosity(verbosity)

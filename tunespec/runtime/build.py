@@ -134,6 +134,10 @@ class Build:
                  "merged": (f"merge again: tunespec merge {self.path}" if peft
                             else f"train again: tunespec train {self.path}"),
                  "eval": f"evaluate again: tunespec evaluate {self.path}"}.get(name, RECOMPILE)
+        if not d.exists():
+            from ..atomic import recover
+
+            recover(d)  # an install without RENAME_EXCHANGE killed between its two renames: the old one back
         if not d.is_dir():
             raise BuildError(Problem(f"the build has no {name}/ yet", file=str(d), hint=again))
         verify_output(d, hint=again)

@@ -386,6 +386,7 @@ class Trainer:
                 # anything else a user put in train/ is kept
                 for _, path in reversed(ckpt.list_checkpoints(train_dir)):
                     remove_dir(path)
+                remove_dir(train_dir / "tensorboard")  # the old run's curves (report_to: tensorboard)
                 for name in ("metrics.jsonl", "loss.png"):
                     (train_dir / name).unlink(missing_ok=True)
             self.acc.wait_for_everyone()
