@@ -364,6 +364,11 @@ def test_rerun_train_reproduces_the_loss_curve_and_adapter_exactly_on_the_cpu(tm
     shutil.move(a, moved)  # trained in one place, retrained from the moved checkout
     build = moved / "build"
 
+    # the moved build still finds its base model (relative to the spec directory seen from the build)
+    g = cli("generate", build, "--model", "adapter", "--prompt", "#Person1#: Hi.", "--json")
+    assert g.exit_code == 0, g.stderr
+    assert json.loads(g.stdout)["model"] == "adapter"
+
     r = cli("rerun", build, "-o", moved / "again", "--train")
     assert r.exit_code == 0, r.stderr
     assert "reproduced: " in r.stderr
