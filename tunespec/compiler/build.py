@@ -393,7 +393,8 @@ def compile_build(
             input_key=key,
             spec=portable,
             inputs={
-                "sources": [{"name": r.name, "split": r.split, "format": r.format, "rows_read": r.read, "entries": e}
+                "sources": [{"name": r.name, "split": r.split, "format": r.format, "rows_read": r.read, "entries": e,
+                             **({"hub": r.pins} if r.pins else {})}
                             for r, e in zip(results, layout.portable_inputs(loaded, inputs))],
                 "template": {"name": template_label(loaded, template), "sha256": template_sha, "stop": template.stop},
                 "tokenizer": {"sha256": tokenizer_sha},

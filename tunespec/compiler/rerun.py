@@ -269,8 +269,9 @@ def input_changes(loaded, lock: dict) -> tuple[list[str], list[str]]:
 
 
 def model_changes(old: dict, new: dict) -> list[str]:
-    """What changed in the model between two locks' ``inputs``: its weight files (sha256 of each), the GGUF
-    file it was converted from, a hub model's commit, and the chat template of ``template: tokenizer``."""
+    """What changed between two locks' ``inputs`` that the old build's files cannot show: the model's weight
+    files (sha256 of each), the GGUF file it was converted from, a hub model's commit, a hub dataset's commit
+    and rows, and the chat template of ``template: tokenizer``."""
     out = []
     om, nm = old.get("model") or {}, new.get("model") or {}
     if om.get("reference") != nm.get("reference"):
@@ -283,6 +284,15 @@ def model_changes(old: dict, new: dict) -> list[str]:
                    f"now {_short(ng.get('sha256'))})")
     if isinstance(om.get("files"), list) and isinstance(nm.get("files"), list):
         out += _compare_files("model weights", om["files"], nm["files"], None)
+    for i, (os_, ns) in enumerate(zip(old.get("sources") or [], new.get("sources") or [])):
+        oh = os_.get("hub") if isinstance(os_, dict) and isinstance(os_.get("hub"), dict) else {}
+        nh = ns.get("hub") if isinstance(ns, dict) and isinstance(ns.get("hub"), dict) else {}
+        label = f"source {ns.get('name') or i}"
+        if oh.get("commit") != nh.get("commit") and (oh.get("commit") or nh.get("commit")):
+            out.append(f"{label}: hub dataset commit {oh.get('commit')} → {nh.get('commit')}")
+        if oh.get("rows_sha256") and oh.get("rows_sha256") != nh.get("rows_sha256"):
+            out.append(f"{label}: the hub dataset's rows changed ({oh.get('rows')} rows, sha256 "
+                       f"{_short(oh.get('rows_sha256'))} → {nh.get('rows')} rows, {_short(nh.get('rows_sha256'))})")
     ot, nt = old.get("template") or {}, new.get("template") or {}
     if ot.get("sha256") != nt.get("sha256") and ot.get("name") == "tokenizer":
         out.append(f"the model's chat template changed (sha256 was {_short(ot.get('sha256'))}, "
@@ -491,7 +501,7 @@ def _rerun_build(lock_path: Path, output: Path, log: Log, root: Path | None, che
         log(f"reproduced: {len(new_files)} files identical")
         return True
     if not differ and old_files:
-        log(f"not reproduced: the build's {len(new_files)} files are identical, but the model it trains changed "
+        log(f"not reproduced: the build's {len(new_files)} files are identical, but an input they cannot show changed "
             "(see above)")
         return False
     log(f"not reproduced: {len(differ)} of {len(set(old_files) | set(new_files))} files differ")
