@@ -213,7 +213,7 @@ def test_weights_and_config_are_pinned_and_a_changed_weight_file_is_named(tmp_pa
     r = cli("rerun", build, "-o", tmp_path / "new-weights")
     assert r.exit_code == 1
     assert "changed: model weights: model.safetensors sha256 changed (was " in r.stderr
-    assert "not reproduced: the build's" in r.stderr and "files are identical, but the model it trains changed" in r.stderr
+    assert "not reproduced: the build's" in r.stderr and "files are identical, but an input they cannot show changed" in r.stderr
     assert differing(build, tmp_path / "new-weights") == ["lock.yaml"]  # the compile itself reads no weights
 
 
@@ -364,6 +364,11 @@ def test_rerun_train_reproduces_the_loss_curve_and_adapter_exactly_on_the_cpu(tm
     shutil.move(a, moved)  # trained in one place, retrained from the moved checkout
     build = moved / "build"
 
+    # the moved build still finds its base model (relative to the spec directory seen from the build)
+    g = cli("generate", build, "--model", "adapter", "--prompt", "#Person1#: Hi.", "--json")
+    assert g.exit_code == 0, g.stderr
+    assert json.loads(g.stdout)["model"] == "adapter"
+
     r = cli("rerun", build, "-o", moved / "again", "--train")
     assert r.exit_code == 0, r.stderr
     assert "reproduced: " in r.stderr
@@ -417,3 +422,29 @@ def test_adapter_comparison_names_a_changed_tensor_and_ignores_the_base_models_p
     assert _adapter_differences(old, new, 1e-3)[0] == []  # within a GPU tolerance
     (new / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "x", "r": 16}), encoding="utf-8")
     assert "adapter_config.json: differs" in _adapter_differences(old, new, 1e-3)[0]
+
+
+def test_a_hub_source_pins_the_rows_it_read(tmp_path):
+    """`hub: json` with data_files (read by `datasets`, offline): the lock pins the sha256 of the rows read,
+    the data files by their portable paths; a changed row is named."""
+    a = tmp_path / "repro"
+    spec = checkout(a)
+    doc = json.loads(spec.read_text())
+    doc["data"]["sources"] = [{"hub": "json", "data_files": ["data/qa.jsonl"], "split": "train"}]
+    doc["data"].pop("holdout")
+    spec.write_text(json.dumps(doc), encoding="utf-8")
+    build = compile_spec(spec, a / "build").path
+    source = lock_of(build)["inputs"]["sources"][0]
+    assert source["hub"]["rows"] == 30 and len(source["hub"]["rows_sha256"]) == 64
+    assert source["entries"][0]["files"][0]["file"] == "data/qa.jsonl"
+    moved = tmp_path / "moved"
+    shutil.move(a, moved)
+    r = cli("rerun", moved / "build", "-o", moved / "again")
+    assert r.exit_code == 0, r.stderr
+    assert differing(moved / "build", moved / "again") == ["lock.yaml"]
+    q = moved / "specs" / "data" / "qa.jsonl"
+    q.write_text(q.read_text(encoding="utf-8").replace("eight legs", "8 legs"), encoding="utf-8")
+    r = cli("rerun", moved / "build", "-o", moved / "changed")
+    assert r.exit_code == 1
+    assert "the hub dataset's rows changed (30 rows, sha256 " in r.stderr
+    assert "changed: id qa-000" in r.stderr

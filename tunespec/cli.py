@@ -300,7 +300,7 @@ def evaluate(build: Path, which: str | None, split: str | None, limit: int | Non
     if split and not b.has_split(split):
         from .errors import BuildError, Problem
 
-        raise BuildError(Problem(f"the build has no `{split}` split (it has {', '.join(b.manifest['splits'])})",
+        raise BuildError(Problem(f"the build has no `{split}` split (it has {', '.join(b.splits)})",
                                  path="--split", file=str(build), hint="choose one of the build's splits"))
     run_eval(b, model=which, split=split, limit=limit, multi_ref=multi_ref,
                        log=lambda s: click.echo(s, err=True))

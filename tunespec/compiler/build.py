@@ -1,18 +1,13 @@
 """`tunespec compile`: spec -> build directory.
 
-Layout of a build (everything the runtime needs, nothing outside it)::
-
-    BUILD/lock.yaml            resolved spec, input hashes, versions, how to reproduce
-    BUILD/manifest.json        sha256 of every file, rows, drops by reason, token statistics
-    BUILD/data/<split>.jsonl   one rendered record per row (TRL prompt/completion or messages)
-    BUILD/tokens/<split>.{ids,trained,offsets}.npy   the tokenized rows
-    BUILD/tokenizer/           the tokenizer the rows were tokenized with
-    BUILD/accelerate.yaml, launch.sh, launch.slurm (+ deepspeed.json)
+The layout of a build and the schema of its records (lock.yaml, manifest.json, template.jinja, data/,
+tokens/, tokenizer/, launch files) are tunespec/build_layout.py's; this module writes them.
 
 The build is written to a temporary sibling directory and renamed into place, so a failed or killed
 compile leaves no build (and never a half one). The same spec and inputs give byte-identical files
-wherever the build goes; only lock.yaml records when it was made. An unchanged recompile notices the
-same input key in the manifest and returns at once.
+wherever the build goes and in whichever checkout (paths enter the records relative to the spec file's
+directory); lock.yaml differs only in `created` and `hints`. An unchanged recompile notices the same input
+key in the manifest and returns at once.
 """
 
 from __future__ import annotations
@@ -446,7 +441,8 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
             input_key=key,
             spec=portable,
             inputs={
-                "sources": [{"name": r.name, "split": r.split, "format": r.format, "rows_read": r.read, "entries": e}
+                "sources": [{"name": r.name, "split": r.split, "format": r.format, "rows_read": r.read, "entries": e,
+                             **({"hub": r.pins} if r.pins else {})}
                             for r, e in zip(results, layout.portable_inputs(loaded, inputs))],
                 "template": {"name": template_label(loaded, template), "sha256": template_sha, "stop": template.stop},
                 "tokenizer": {"sha256": tokenizer_sha},

@@ -1,18 +1,24 @@
-"""`tunespec rerun BUILD/lock.yaml -o NEW_BUILD`: rebuild from a lock file and check it reproduces.
+"""`tunespec rerun BUILD/lock.yaml -o NEW_BUILD [--root DIR] [--train]`: rebuild from a lock and check it reproduces.
 
-1. Read the lock file. A missing or garbled lock is a ``BuildError`` located in it (file, line, field).
-2. Compare every input the lock recorded with what is there now and say exactly which changed: each
-   source file's sha256 (a file gone, a glob matching new files), hub coordinates, the template's
-   sha256, and the versions of tunespec (a change of the build's inputs) and of the libraries
-   (warnings: a new transformers or tokenizers may tokenize differently).
-3. Compile the lock's spec into the new directory. The lock holds the *resolved* spec (defaults
-   filled in, paths absolute), so it is validated as it is, with ``Spec.model_validate``: the loader's
-   rules about which fields a spec file wrote do not apply to it.
-4. Compare the new build's file hashes with those of the old build's manifest (beside the lock) and
-   print ``reproduced: N files identical``, or every file that differs. The tokenizer's sha256 and the
-   input key are compared too, and the old build's own files are checked against its manifest.
+1. Read the lock file. A missing or garbled lock, or one of another build format, is a ``BuildError``
+   located in it (file, line, field): exit 2.
+2. Find the inputs again. The lock's paths are relative to the spec file's directory (build_layout); each
+   is looked for under ``--root``, the spec directory as seen from the lock (``hints.spec_dir_from_build``:
+   a moved checkout, or a copy holding the build), then where it was compiled (``hints.spec_dir``). One found
+   nowhere is exit 2, naming where it looked.
+3. Compare every input the lock recorded with what is there now and say exactly which changed: each
+   source file's sha256 (a file gone, a glob matching new files), hub coordinates, the template's sha256,
+   tunespec's version (a change of the build's inputs) and every pinned package's (warnings).
+4. Compile the lock's spec into the new directory (validated as it is, with ``Spec.model_validate``: the
+   loader's rules about which fields a spec file wrote do not apply to it).
+5. Compare the new build's file hashes with the old build's manifest (beside the lock) and print
+   ``reproduced: N files identical``, or every file that differs and the rows that changed, by id
+   (``row_changes``). The tokenizer, the model's weight files / GGUF / hub commit and a ``template:
+   tokenizer`` chat template are compared between the two locks (``model_changes``).
+6. With ``--train``: train the new build and compare the loss curve and the final adapter with the old
+   build's training (``rerun_training``).
 
-``rerun_lock`` returns True iff every file of the new build is identical to the old build's.
+``rerun_lock`` returns True iff the build (and, with --train, its training) reproduced: exit 0; else 1.
 """
 
 from __future__ import annotations
@@ -264,8 +270,9 @@ def input_changes(loaded, lock: dict) -> tuple[list[str], list[str]]:
 
 
 def model_changes(old: dict, new: dict) -> list[str]:
-    """What changed in the model between two locks' ``inputs``: its weight files (sha256 of each), the GGUF
-    file it was converted from, a hub model's commit, and the chat template of ``template: tokenizer``."""
+    """What changed between two locks' ``inputs`` that the old build's files cannot show: the model's weight
+    files (sha256 of each), the GGUF file it was converted from, a hub model's commit, a hub dataset's commit
+    and rows, and the chat template of ``template: tokenizer``."""
     out = []
     om, nm = old.get("model") or {}, new.get("model") or {}
     if om.get("reference") != nm.get("reference"):
@@ -278,6 +285,15 @@ def model_changes(old: dict, new: dict) -> list[str]:
                    f"now {_short(ng.get('sha256'))})")
     if isinstance(om.get("files"), list) and isinstance(nm.get("files"), list):
         out += _compare_files("model weights", om["files"], nm["files"], None)
+    for i, (os_, ns) in enumerate(zip(old.get("sources") or [], new.get("sources") or [])):
+        oh = os_.get("hub") if isinstance(os_, dict) and isinstance(os_.get("hub"), dict) else {}
+        nh = ns.get("hub") if isinstance(ns, dict) and isinstance(ns.get("hub"), dict) else {}
+        label = f"source {ns.get('name') or i}"
+        if oh.get("commit") != nh.get("commit") and (oh.get("commit") or nh.get("commit")):
+            out.append(f"{label}: hub dataset commit {oh.get('commit')} → {nh.get('commit')}")
+        if oh.get("rows_sha256") and oh.get("rows_sha256") != nh.get("rows_sha256"):
+            out.append(f"{label}: the hub dataset's rows changed ({oh.get('rows')} rows, sha256 "
+                       f"{_short(oh.get('rows_sha256'))} → {nh.get('rows')} rows, {_short(nh.get('rows_sha256'))})")
     ot, nt = old.get("template") or {}, new.get("template") or {}
     if ot.get("sha256") != nt.get("sha256") and ot.get("name") == "tokenizer":
         out.append(f"the model's chat template changed (sha256 was {_short(ot.get('sha256'))}, "
@@ -486,7 +502,7 @@ def _rerun_build(lock_path: Path, output: Path, log: Log, root: Path | None, che
         log(f"reproduced: {len(new_files)} files identical")
         return True
     if not differ and old_files:
-        log(f"not reproduced: the build's {len(new_files)} files are identical, but the model it trains changed "
+        log(f"not reproduced: the build's {len(new_files)} files are identical, but an input they cannot show changed "
             "(see above)")
         return False
     log(f"not reproduced: {len(differ)} of {len(set(old_files) | set(new_files))} files differ")

@@ -51,6 +51,7 @@ class SourceResult:
     inputs: list[dict] = field(default_factory=list)  # what the lock file records: files + sha256, or hub + revision
     tables: list[tuple[int, Table]] = field(default_factory=list)  # (index of its first row, table) per file read
     columns: frozenset[str] = frozenset()  # the columns some row of the source has
+    pins: dict = field(default_factory=dict)  # a hub source: the sha256 of the rows read, the dataset's commit
 
     def location(self, row: int) -> tuple[str | None, int | None, int]:
         """(file, line, row) of the source's row ``row`` (0-based over all its files)."""
@@ -127,6 +128,27 @@ def sources_inputs(sources: list[SourceSpec]) -> list[list[dict]]:
     return inputs
 
 
+def hub_pins(src: SourceSpec, rows: list[dict]) -> dict:
+    """What pins a hub source's rows: the sha256 of the rows read (canonical JSON, one line each) and, for a
+    hub repository in the local cache, the commit its snapshot is (offline: nothing is fetched)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8") + b"\n")
+    out: dict = {"rows_sha256": h.hexdigest(), "rows": len(rows)}
+    if src.hub not in HUB_BUILDERS:
+        try:
+            from huggingface_hub import snapshot_download
+
+            out["commit"] = Path(snapshot_download(src.hub, repo_type="dataset", revision=src.revision,
+                                                   local_files_only=True)).name
+        except Exception:  # noqa: BLE001 - not in the local cache (or a script dataset): the rows' hash pins it
+            pass
+    return out
+
+
 def _read_hub(src: SourceSpec) -> list[dict]:
     import datasets
 
@@ -171,7 +193,8 @@ def load_source(src: SourceSpec, index: int, data: DataSpec, name: str, inputs: 
         records = [replace(r, references=row_references(rows[int(r.source.rsplit("#", 1)[1])], r, reference_fields))
                    for r in records]
     columns = frozenset(k for row in rows if isinstance(row, dict) for k in row if isinstance(k, str))
-    result = SourceResult(name, src.split, fmt, records, len(rows), Drops(counted), inputs, tables, columns)
+    result = SourceResult(name, src.split, fmt, records, len(rows), Drops(counted), inputs, tables, columns,
+                          pins=hub_pins(src, rows) if not src.path else {})
     result.dropped.where = {reason: result.location(row) for reason, row in first.items()}
     records = result.records
     if src.shuffle:

@@ -160,6 +160,26 @@ class Build:
         return self.path / layout.TOKENIZER_DIR
 
     @property
+    def template(self) -> dict:
+        """The manifest's record of the template: name, kind, sha256, stop, file (build_layout.TemplateInfo)."""
+        return dict(self.manifest["template"])
+
+    @property
+    def batching(self) -> dict | None:
+        """How the compiler formed the train micro-batches (``micro_batches``; None in builds before it)."""
+        return self.manifest.get("batching")
+
+    @property
+    def splits(self) -> dict[str, dict]:
+        """Rows, tokens and length statistics per split (build_layout.SplitStats)."""
+        return dict(self.manifest["splits"])
+
+    @property
+    def spec_data(self) -> dict:
+        """The lock's portable spec (paths relative to the spec file's directory): what checkpoints record."""
+        return self.lock["spec"]
+
+    @property
     def template_file(self) -> Path | None:
         """The build's copy of its template's source (None for `template: tokenizer`)."""
         name = self.manifest["template"].get("file")

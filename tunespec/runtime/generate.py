@@ -72,7 +72,7 @@ def load_build_template(build: Build):
             stop = t.stop if t is not None and not isinstance(t, str) else None
             system = t.system if t is not None and not isinstance(t, str) else None
             template = load_template(file=str(copy), stop=stop, system=system, fields=fields,
-                                     shown=build.manifest["template"].get("name") or str(copy))
+                                     shown=build.template.get("name") or str(copy))
         elif t is None:
             defaults = {FORMATS[f].template for f in formats}
             template = load_template(name=sorted(defaults)[0], fields=fields)
@@ -85,7 +85,7 @@ def load_build_template(build: Build):
         raise BuildError([Problem("cannot re-load the build's template: " + p.message, file=p.file, line=p.line,
                                   hint=f"restore it, or recompile the build ({p.hint})" if p.hint else
                                   "restore it, or recompile the build") for p in e.problems]) from None
-    recorded = build.manifest.get("template", {})
+    recorded = build.template
     # `template: tokenizer` without a file: the build's tokenizer holds the chat template (checked with it)
     if recorded.get("sha256") and template.source and template.sha256 != recorded["sha256"]:
         raise BuildError(Problem(
@@ -442,7 +442,7 @@ def run_chat(build_path: str | Path, *, model: str | None = None, system: str | 
         log("note: --system is used only by chat templates; this build's template is a fields template")
     session = load_session(build, which, renderer, log)
     interactive = stdin.isatty()
-    kind = build.manifest["template"].get("kind", renderer.template.kind)
+    kind = build.template.get("kind", renderer.template.kind)
     if renderer.is_chat:
         log(f"chatting with the {which} model ({kind} template `{renderer.template.name}`); "
             "/reset clears the history, /exit or end of input quits")

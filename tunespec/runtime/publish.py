@@ -206,9 +206,8 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _batch_text(manifest: dict, t, ln) -> str:
+def _batch_text(b: dict | None, t, ln) -> str:
     world = ln.num_processes * ln.num_machines
-    b = manifest.get("batching")
     if not b:  # a build from before micro-batches were recorded
         return f"{t.micro_batch_size} rows x {t.gradient_accumulation_steps} accumulation x {world} process(es) per step"
     unit = (f"up to {b['bin_tokens']:,} tokens" if b["mode"] == "tokens" else
@@ -218,17 +217,17 @@ def _batch_text(manifest: dict, t, ln) -> str:
 
 
 def _training_lines(build: Build) -> list[str]:
-    spec, manifest = build.spec, build.manifest
+    spec = build.spec
     t, ln = spec.training, spec.launch
     metrics = read_metrics(build)
     losses = [m for m in metrics if "loss" in m]
     evals = [m for m in metrics if "eval_loss" in m]
-    train = manifest["splits"]["train"]
+    train = build.splits["train"]
     rows = [
         ("method", _method_text(build)),
         ("data", f"{train['rows']:,} train rows, {train['tokens']:,} tokens ({train['trained_fraction']:.0%} trained); "
-                 f"format `{spec.data.format}`, template `{manifest['template']['name']}`"),
-        ("batch", _batch_text(manifest, t, ln)),
+                 f"format `{spec.data.format}`, template `{build.template['name']}`"),
+        ("batch", _batch_text(build.batching, t, ln)),
         ("optimizer", f"{t.optimizer}, learning rate {t.learning_rate:g} ({t.lr_scheduler}), weight decay "
                       f"{t.weight_decay:g}"),
     ]
@@ -297,7 +296,7 @@ def _usage_lines(build: Build, what: str, repo_id: str | None) -> list[str]:
         lines += ["Tokens were added to the vocabulary: the embeddings grow to the tokenizer's length (rounded up to "
                   "a multiple of 64) before the adapter is loaded; tunespec starts new rows at the mean of the "
                   "original rows, and the added tokens' trained rows are in the adapter.", ""]
-    template = build.manifest["template"]
+    template = build.template
     stop = f"; generation stops at `{template['stop']}`" if template.get("stop") else ""
     lines.append(f"Prompts are written with the training template `{template['name']}`{stop} "
                  "(`tunespec generate BUILD` renders new inputs with it).")

@@ -334,7 +334,7 @@ class Trainer:
             "total_steps": self.plan.total_steps,
             "input_key": self.build.input_key,
             "world_size": self.acc.num_processes,
-            "spec": self.build.lock["spec"],
+            "spec": self.build.spec_data,
             "metrics": metrics,
             "best": self.best,
         }
@@ -401,7 +401,7 @@ class Trainer:
             return 0
         state = ckpt.read_state(latest)
         if state.get("input_key") != self.build.input_key:
-            diffs = spec_differences(state.get("spec", {}), self.build.lock["spec"])
+            diffs = spec_differences(state.get("spec", {}), self.build.spec_data)
             if diffs or not state.get("spec"):
                 raise BuildError(Problem(
                     f"{latest.name} was trained from a different build; changed: {', '.join(diffs[:12]) or 'the data'}",
@@ -791,7 +791,7 @@ class _Writers:
                 raise BuildError("report_to includes wandb, which is not installed",
                                  hint="pip install wandb (and set WANDB_API_KEY), or remove wandb from training.report_to") from None
             self.wandb = wandb.init(project=trainer.spec.name, id=trainer.build.input_key[:16], resume="allow",
-                                    dir=str(trainer.build.train_dir), config=trainer.build.lock["spec"])
+                                    dir=str(trainer.build.train_dir), config=trainer.build.spec_data)
 
     def add_scalar(self, name: str, value: float, step: int) -> None:
         if self.tb is not None:
