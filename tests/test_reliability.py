@@ -276,6 +276,11 @@ def check(case: dict, prep: Prepared, ran: Ran, before: dict[str, str]) -> None:
     if expected_exit != 0 and prep.ctx.get("tmp"):
         left = sorted(str(p) for p in Path(prep.ctx["tmp"]).rglob(".*.tmp-*"))
         assert not left, f"a temporary output was left: {left}\n{shown}"
+    for e in case.get("stdout") or []:  # exit-0 cases: what the output must or must not hold
+        if "has" in e:
+            assert _fill(e["has"], prep.ctx) in ran.stdout, f"stdout lacks {e['has']!r}\n{shown}"
+        if "lacks" in e:
+            assert _fill(e["lacks"], prep.ctx) not in ran.stdout, f"stdout holds {e['lacks']!r}\n{shown}"
     for path, digest in before.items():
         assert tree_digest(Path(path)) == digest, f"{path} was changed\n{shown}"
 
@@ -335,7 +340,7 @@ def test_corpus_size_and_shape():
     assert len(ids) == len(set(ids)), "two cases share an id"
     for c in CASES:
         assert c["kind"] in KINDS, c
-        assert c.get("errors") or c.get("warnings"), f"{c['id']}: nothing expected"
+        assert c.get("errors") or c.get("warnings") or c.get("stdout"), f"{c['id']}: nothing expected"
         if c.get("file") and not c["file"].startswith("generated:") and "*" not in c["file"] \
                 and "no-such" not in c["file"] and "dupliate" not in c["file"]:
             assert (CORPUS / c["file"]).exists(), f"{c['id']}: {c['file']} is missing"
