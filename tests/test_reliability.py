@@ -182,6 +182,13 @@ def _run_setup(case: dict, d: Path, ctx: dict) -> None:
             shutil.copytree(ctx["build"], target, symlinks=True)
         return target
 
+    def build_with(overrides: dict, name: str = "built") -> Path:
+        """A tiny build compiled from the valid spec with dotted `overrides` (for damaging its inputs after)."""
+        target = d / name
+        spec = helpers.write_spec(d / f"{name}.yaml", ctx["tiny"], overrides)
+        helpers.compile_spec(spec, target)
+        return target
+
     def spec_yaml(overrides: dict | None = None) -> str:
         """The valid tiny spec (with `overrides`, dotted keys) as block-style YAML text, for cases that edit it."""
         import io
@@ -196,7 +203,7 @@ def _run_setup(case: dict, d: Path, ctx: dict) -> None:
         return buf.getvalue()
 
     exec(compile(case["setup"], f"{case['corpus_file']}:{case['id']}:setup", "exec"),  # noqa: S102 - test input
-         {"ctx": ctx, "d": d, "copy_build": copy_build, "spec_yaml": spec_yaml, "Path": Path, "json": json,
+         {"ctx": ctx, "d": d, "copy_build": copy_build, "spec_yaml": spec_yaml, "build_with": build_with, "Path": Path, "json": json,
           "os": os, "shutil": shutil})
 
 
@@ -276,6 +283,13 @@ def check(case: dict, prep: Prepared, ran: Ran, before: dict[str, str]) -> None:
     if expected_exit != 0 and prep.ctx.get("tmp"):
         left = sorted(str(p) for p in Path(prep.ctx["tmp"]).rglob(".*.tmp-*"))
         assert not left, f"a temporary output was left: {left}\n{shown}"
+    for path in _fill(case.get("absent") or [], prep.ctx):  # what the command must not have made
+        assert not os.path.lexists(path), f"{path} exists\n{shown}"
+    for secret in _fill(case.get("never") or [], prep.ctx):  # in no output and no file the command wrote
+        assert secret not in ran.stdout + ran.stderr, f"{secret!r} was printed\n{shown}"
+        for f in Path(prep.ctx["tmp"]).rglob("*"):
+            if f.is_file() and not f.is_symlink() and f.name != "spec.yaml" and str(f) not in prep.args:
+                assert secret.encode() not in f.read_bytes(), f"{secret!r} is in {f}\n{shown}"
     for e in case.get("stdout") or []:  # exit-0 cases: what the output must or must not hold
         if "has" in e:
             assert _fill(e["has"], prep.ctx) in ran.stdout, f"stdout lacks {e['has']!r}\n{shown}"

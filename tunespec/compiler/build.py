@@ -203,10 +203,13 @@ def compile_build(
     t0 = time.perf_counter()
     ref = ModelRef.from_spec(spec.model)
     model_dir = resolve(ref)
+    if Path(model_dir).is_dir():  # the model directory is an input too (its files are hashed into the key)
+        refuse_overlap(out, [Path(model_dir)], is_dir=True)
     # without a chat template to apply or tokens to add, a model seen before loads without transformers
     plain = template.kind != "tokenizer" and not (getattr(spec.model, "added_tokens", None)
                                                   or getattr(spec.model, "added_special_tokens", None))
     tokenizer, config = load_for_compile(ref, model_dir, plain=plain)
+    custom_code = _custom_code_problem(config, ref)
     if template.kind == "tokenizer" and not template.source and isinstance(getattr(tokenizer, "chat_template", None), str):
         check_chat_template(tokenizer.chat_template, "the tokenizer's chat template")
     from .vocabulary import extend_vocabulary
@@ -396,7 +399,7 @@ def compile_build(
                 f"{n} of {split_stats.get(split, {}).get('rows', n)} {split} rows have fewer references than the "
                 f"{len(ref_fields)} fields named", path="evaluation.reference_fields",
                 hint="those rows are scored against the references they have; fill the empty columns")))
-    for p in problems + special_text + _tool_problems(data.tools, tool_counts, first_tool_row, by_name):
+    for p in problems + custom_code + special_text + _tool_problems(data.tools, tool_counts, first_tool_row, by_name):
         messages.append("  warning: " + p.render())
     return BuildResult(out, False, manifest, messages)
 
@@ -436,6 +439,19 @@ def _placed_tools(records: list[Record], fmts: list[str], template: Template, to
         outcomes.append(outcome)
         call_outcomes.append(call_outcome)
     return out, outcomes, call_outcomes
+
+
+def _custom_code_problem(config, ref: ModelRef) -> list[Problem]:
+    """A model directory whose config names its own code (``auto_map``: modeling_*.py beside the weights): that
+    code is never run unless model.trust_remote_code is set; say so, since the model then loads as transformers'
+    built-in class for its model_type (or not at all)."""
+    auto_map = getattr(config, "auto_map", None)
+    if not isinstance(auto_map, dict) or not auto_map or ref.trust_remote_code:
+        return []
+    names = ", ".join(sorted({str(v if isinstance(v, str) else (v[0] if v else "")) for v in auto_map.values()}))
+    return [Problem(f"the model directory has custom code (auto_map: {names}) that is not run: the model loads as "
+                    f"transformers' own {getattr(config, 'model_type', '?')} classes", path="model",
+                    hint="to run the model's code, read it and set model.trust_remote_code: true")]
 
 
 def _special_text_problem(splits: dict[str, list[Record]], tokenizer, by_name) -> list[Problem]:
