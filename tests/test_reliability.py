@@ -189,6 +189,40 @@ def _run_setup(case: dict, d: Path, ctx: dict) -> None:
         helpers.compile_spec(spec, target)
         return target
 
+    def trained_build(name: str = "trained") -> Path:
+        """A private copy of a tiny build trained 2 steps (checkpoint-1, checkpoint-2, adapter/), trained once per
+        session (8 rows, save every step)."""
+        template = Path(ctx["root"]) / "trained-template" / "build"
+        if not (template / "adapter").is_dir():
+            from tunespec.runtime.train import train
+
+            shutil.rmtree(template, ignore_errors=True)
+            spec = helpers.write_spec(template.parent / "spec.yaml", ctx["tiny"], {
+                "data.sources.0.limit": 8, "data.sources.1.limit": 2, "training.max_steps": 2,
+                "training.save_steps": 1, "training.save_total_limit": 2, "evaluation.max_new_tokens": 2})
+            helpers.compile_spec(spec, template)
+            train(template)
+        target = d / name
+        shutil.copytree(template, target, symlinks=True)
+        return target
+
+    def reseal(build: Path) -> None:
+        """Make a damaged build self-consistent again, as a tool rewriting it would: every file's sha256 in the
+        manifest, the manifest's in the lock, the lock's seal."""
+        import hashlib
+
+        from tunespec.verify import SEAL, seal_lock
+
+        m = json.loads((build / "manifest.json").read_text(encoding="utf-8"))
+        m["files"] = {n: hashlib.sha256((build / n).read_bytes()).hexdigest() for n in m["files"]
+                      if (build / n).is_file()}
+        (build / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        sha = hashlib.sha256((build / "manifest.json").read_bytes()).hexdigest()
+        text = (build / "lock.yaml").read_text(encoding="utf-8")
+        body = text[: text.rindex(SEAL)]
+        lines = [f"manifest_sha256: {sha}" if ln.startswith("manifest_sha256:") else ln for ln in body.splitlines()]
+        (build / "lock.yaml").write_text(seal_lock("\n".join(lines) + "\n"), encoding="utf-8")
+
     def spec_yaml(overrides: dict | None = None) -> str:
         """The valid tiny spec (with `overrides`, dotted keys) as block-style YAML text, for cases that edit it."""
         import io
@@ -203,7 +237,8 @@ def _run_setup(case: dict, d: Path, ctx: dict) -> None:
         return buf.getvalue()
 
     exec(compile(case["setup"], f"{case['corpus_file']}:{case['id']}:setup", "exec"),  # noqa: S102 - test input
-         {"ctx": ctx, "d": d, "copy_build": copy_build, "spec_yaml": spec_yaml, "build_with": build_with, "Path": Path, "json": json,
+         {"ctx": ctx, "d": d, "copy_build": copy_build, "spec_yaml": spec_yaml, "build_with": build_with,
+          "trained_build": trained_build, "reseal": reseal, "Path": Path, "json": json,
           "os": os, "shutil": shutil})
 
 

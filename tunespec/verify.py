@@ -119,6 +119,8 @@ def verify_files(build: Path, files: dict, *, manifest_sha: str | None = None) -
     return hashed
 
 
+FORMAT_VERSION = 1  # the build layout this tunespec writes and reads (manifest.json's `format_version`)
+
 MANIFEST_KEYS = {"format_version": int, "input_key": str, "max_length": int, "template": dict, "splits": dict,
                  "files": dict}
 
@@ -133,6 +135,14 @@ def check_manifest(manifest, file: str) -> None:
         if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
             raise BuildError(Problem(f"`{key}` should be a JSON {kind.__name__}, it is {type(manifest[key]).__name__}",
                                      file=file, hint=RECOMPILE))
+    version = manifest["format_version"]
+    if version > FORMAT_VERSION:
+        raise BuildError(Problem(f"was written by a newer tunespec (build format {version}; this one reads format "
+                                 f"{FORMAT_VERSION})", file=file, hint="upgrade tunespec, or recompile the spec with "
+                                 "this one: tunespec compile SPEC -o BUILD --force"))
+    if version < 1:
+        raise BuildError(Problem(f"build format {version} is not one this tunespec reads (format {FORMAT_VERSION})",
+                                 file=file, hint=RECOMPILE))
     for name, sha in manifest["files"].items():
         if not isinstance(sha, str) or Path(name).is_absolute() or ".." in Path(name).parts:
             raise BuildError(Problem(f"`files` has a bad entry {name!r}", file=file, hint=RECOMPILE))

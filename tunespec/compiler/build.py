@@ -48,8 +48,8 @@ from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, sou
 from .templates import Template, chat_generation_prompt, check_chat_template, load_template
 from .tools import IGNORED, DROPPED, manifest_tools, place_calls, place_tools
 from .tokenize import context_length, first_doubled, manifest_prefix, special_prefix, tokenize_examples
+from ..verify import FORMAT_VERSION
 
-FORMAT_VERSION = 1
 RUNTIME_DIRS = ("train", "adapter", "merged", "eval")
 Log = Callable[[str], None]
 

@@ -14,9 +14,8 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import BuildError, Problem
+from ..verify import RECOMPILE
 
 GREEN_BOLD = "\x1b[1;32m"
 DIM = "\x1b[2m"
@@ -27,7 +26,8 @@ OPEN, CLOSE = "[[", "]]"
 def _load_row(build: Path, split: str, index: int):
     from ..runtime.build import Build
 
-    manifest = Build(build).manifest  # checks every file against the manifest's sha256s
+    b = Build(build)  # checks every file against the manifest's sha256s, and the token files' contents
+    manifest = b.manifest
     splits = manifest.get("splits") or {}
     if split not in splits:
         raise BuildError(Problem(f"the build has no `{split}` split", path="--split",
@@ -37,19 +37,22 @@ def _load_row(build: Path, split: str, index: int):
         raise BuildError(Problem(f"index {index} is out of range: the {split} split has {n} row{'s' if n != 1 else ''}"
                                  f" (0..{n - 1})", path="--index", hint=f"pick an index from 0 to {n - 1}"))
     index %= n
-    tokens = build / "tokens"
-    offsets = np.load(tokens / f"{split}.offsets.npy", mmap_mode="r")
-    a, b = int(offsets[index]), int(offsets[index + 1])
-    ids = np.load(tokens / f"{split}.ids.npy", mmap_mode="r")[a:b].tolist()
-    trained = np.load(tokens / f"{split}.trained.npy", mmap_mode="r")[a:b].astype(bool).tolist()
+    tokens = b.tokens(split)
+    if len(tokens) != n:
+        raise BuildError(Problem(f"tokens/{split}.offsets.npy holds {len(tokens)} rows, the manifest says {n}",
+                                 file=str(build), hint=RECOMPILE))
+    ids, mask = tokens.row(index)
+    ids, trained = ids.tolist(), mask.astype(bool).tolist()
+    row, count = None, 0
     with open(build / "data" / f"{split}.jsonl", encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i == index:
+        for count, line in enumerate(f, start=1):
+            if count == index + 1:
                 row = json.loads(line)
                 break
-        else:  # pragma: no cover - a build whose files disagree with its manifest
-            raise BuildError(Problem(f"data/{split}.jsonl has fewer rows than the manifest says", file=str(build)))
-    return manifest, row, ids, trained, index, n
+    if row is None:
+        raise BuildError(Problem(f"data/{split}.jsonl has {count} rows, the manifest says {n}", file=str(build),
+                                 hint=RECOMPILE))
+    return b, manifest, row, ids, trained, index, n
 
 
 def _spans(ids: list[int], trained: list[bool]) -> list[tuple[bool, list[int]]]:
@@ -63,11 +66,9 @@ def _spans(ids: list[int], trained: list[bool]) -> list[tuple[bool, list[int]]]:
 
 
 def render_row(build: Path, *, split: str = "train", index: int = 0, as_json: bool = False, color: bool = False) -> str:
-    from transformers import AutoTokenizer
-
     build = Path(build)
-    manifest, row, ids, trained, index, n = _load_row(build, split, index)
-    tokenizer = AutoTokenizer.from_pretrained(build / "tokenizer")
+    b, manifest, row, ids, trained, index, n = _load_row(build, split, index)
+    tokenizer = b.load_tokenizer()
     labels = [t if m else -100 for t, m in zip(ids, trained)]
     if as_json:
         out: dict = {"id": row.get("id"), "split": split, "index": index}

@@ -88,6 +88,8 @@ def check(checkpoint: Path) -> str | None:
     except (OSError, UnicodeDecodeError, ValueError, AssertionError):
         return f"{FILES} unreadable"
     for name, want in sorted(files.items()):
+        if not isinstance(want, dict) or ".." in Path(name).parts or Path(name).is_absolute():
+            return f"{FILES} unreadable (a bad entry {name!r})"
         path = checkpoint / name
         try:
             size = path.stat().st_size
