@@ -26,6 +26,7 @@ data: a value containing ``{{ name }}`` is kept literally, never rendered.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import re
@@ -454,15 +455,51 @@ def _apply_template(tokenizer, messages: list[dict], *, add_generation_prompt: b
     if chat_template:
         kwargs["chat_template"] = chat_template
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                             **kwargs)
+        with _time_limit(CHAT_TEMPLATE_SECONDS):
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                                 **kwargs)
     except Exception as e:  # noqa: BLE001 - whatever the template's own code raises
         raise _chat_template_error(e, "chat template" if chat_template else "model's chat template") from None
+
+
+CHAT_TEMPLATE_SECONDS = 10.0  # longest one rendering of a Hugging Face chat template may take
+
+
+class TemplateTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """A Hugging Face chat template runs in transformers' sandbox, which bounds no loop: one rendering that runs
+    longer than `seconds` (``range(10**5)`` inside ``range(10**5)``) is stopped by SIGALRM (main thread only;
+    elsewhere, and where an alarm is already set, it runs unbounded)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer") \
+            or signal.getitimer(signal.ITIMER_REAL)[0]:
+        yield
+        return
+
+    def expired(signum, frame):
+        raise TemplateTimeout(f"it ran for more than {seconds:g} s on one row")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def _chat_template_error(e: Exception, who: str) -> TemplateError:
     """What a Hugging Face chat template raised (rendered by transformers' sandbox), as a TemplateError: its
     ``raise_exception`` message as it is, anything else with the exception's type."""
+    if isinstance(e, TemplateTimeout):
+        return TemplateError(f"the {who} takes too long: {e}", hint="a loop in the template runs away (nested "
+                             "range() loops?): bound it")
     if isinstance(e, RecursionError):
         return TemplateError(f"the {who} recurses too deeply", hint="a macro that calls itself needs a condition "
                              "that ends it")
@@ -520,9 +557,10 @@ def _render_generation_blocks(messages: list[dict[str, str]], tokenizer, tools: 
     hf, trained = _to_hf(messages)
     source = chat_template or tokenizer.get_chat_template(None, tools)
     try:
-        texts, spans = render_jinja_template(conversations=[hf], tools=tools, chat_template=source,
-                                             return_assistant_tokens_mask=True, add_generation_prompt=False,
-                                             **tokenizer.special_tokens_map)
+        with _time_limit(CHAT_TEMPLATE_SECONDS):
+            texts, spans = render_jinja_template(conversations=[hf], tools=tools, chat_template=source,
+                                                 return_assistant_tokens_mask=True, add_generation_prompt=False,
+                                                 **tokenizer.special_tokens_map)
     except Exception as e:  # noqa: BLE001 - whatever the template's own code raises
         raise _chat_template_error(e, "chat template") from None
     text, spans = texts[0], [(a, b) for a, b in spans[0] if b > a]
