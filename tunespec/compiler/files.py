@@ -206,6 +206,9 @@ def _decode_utf8(path: Path, data: bytes) -> str:
 
 def _missing_file_problem(path: Path) -> Problem:
     """'file not found', with a did-you-mean among the files next to it."""
+    if re.search(r"\$\{?[A-Za-z_]", str(path)):  # `$HOME/data.jsonl`: taken literally, as every spec path is
+        return Problem("file not found", file=str(path), hint="environment variables ($NAME) are not expanded in "
+                       "spec paths: write the path out, or relative to the spec file")
     parent = path.parent
     if not parent.is_dir():
         return Problem("file not found", file=str(path), hint=f"the directory {str(parent)!r} does not exist either")

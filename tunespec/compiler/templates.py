@@ -103,8 +103,8 @@ def _check_widths(*values) -> None:
     """A width, precision or count (an int argument, or digits in a format string's %-specs or {}-fields) a
     template asks for: refused above MAX_REPEAT, before the string is built (`'%0999999999d' % 1`)."""
     for v in values:
-        if isinstance(v, str):
-            specs = re.findall(r"%[-+ #0]*[0-9*]*(?:\.[0-9*]*)?", v) + re.findall(r"\{[^{}]*:([^{}]*)\}", v)
+        if isinstance(v, str):  # %-specs (with a (name)), and {}-fields' specs
+            specs = re.findall(r"%(?:\([^)]*\))?[-+ #0]*[0-9*]*(?:\.[0-9*]*)?", v) + re.findall(r"\{[^{}]*:([^{}]*)\}", v)
             numbers = [int(n) for spec in specs for n in _WIDTHS.findall(spec)]
         elif isinstance(v, bool) or not isinstance(v, int):
             continue
