@@ -573,9 +573,12 @@ def _render_generation_blocks(messages: list[dict[str, str]], tokenizer, tools: 
                             f"{len(turns)} assistant turn(s): text that is not the assistant's would be trained",
                             hint="put {% generation %} ... {% endgeneration %} around the assistant's text only")
     said = [m["content"].strip() for m in hf if m["role"] == "assistant" and isinstance(m.get("content"), str)]
+    others = [m["content"].strip() for m in hf if m["role"] != "assistant" and isinstance(m.get("content"), str)
+              and m["content"].strip()]
     if spans and len(said) == len(turns) and all(said):
-        for a, b in spans:
-            if not any(c in text[a:b] for c in said):
+        for a, b in spans:  # a block with no assistant text but another turn's: it marks the wrong turn (a
+            # template may rewrite an assistant turn, e.g. drop its reasoning: a block holding neither is left be)
+            if not any(c in text[a:b] for c in said) and any(c in text[a:b] for c in others):
                 raise TemplateError(f"a {{% generation %}} block holds no assistant turn's text (it holds "
                                     f"{text[a:b][:60]!r}): it would train text that is not the assistant's",
                                     hint="put {% generation %} ... {% endgeneration %} around the assistant's text")

@@ -315,7 +315,8 @@ def _read_file(path: Path, renderer: Renderer) -> list[PromptInput]:
         try:
             objects.append(_from_object(obj, renderer, f"line {number}"))
         except TunespecError as e:
-            raise TunespecError([Problem(p.message, file=str(path), line=number, path=p.path, hint=p.hint)
+            raise TunespecError([Problem(p.message, file=str(path), line=number,  # the flag is not what was given
+                                         path=None if p.path == "--field" else p.path, hint=p.hint)
                                  for p in e.problems]) from None
     return objects
 
