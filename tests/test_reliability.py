@@ -182,6 +182,47 @@ def _run_setup(case: dict, d: Path, ctx: dict) -> None:
             shutil.copytree(ctx["build"], target, symlinks=True)
         return target
 
+    def build_with(overrides: dict, name: str = "built") -> Path:
+        """A tiny build compiled from the valid spec with dotted `overrides` (for damaging its inputs after)."""
+        target = d / name
+        spec = helpers.write_spec(d / f"{name}.yaml", ctx["tiny"], overrides)
+        helpers.compile_spec(spec, target)
+        return target
+
+    def trained_build(name: str = "trained") -> Path:
+        """A private copy of a tiny build trained 2 steps (checkpoint-1, checkpoint-2, adapter/), trained once per
+        session (8 rows, save every step)."""
+        template = Path(ctx["root"]) / "trained-template" / "build"
+        if not (template / "adapter").is_dir():
+            from tunespec.runtime.train import train
+
+            shutil.rmtree(template, ignore_errors=True)
+            spec = helpers.write_spec(template.parent / "spec.yaml", ctx["tiny"], {
+                "data.sources.0.limit": 8, "data.sources.1.limit": 2, "training.max_steps": 2,
+                "training.save_steps": 1, "training.save_total_limit": 2, "evaluation.max_new_tokens": 2})
+            helpers.compile_spec(spec, template)
+            train(template)
+        target = d / name
+        shutil.copytree(template, target, symlinks=True)
+        return target
+
+    def reseal(build: Path) -> None:
+        """Make a damaged build self-consistent again, as a tool rewriting it would: every file's sha256 in the
+        manifest, the manifest's in the lock, the lock's seal."""
+        import hashlib
+
+        from tunespec.verify import SEAL, seal_lock
+
+        m = json.loads((build / "manifest.json").read_text(encoding="utf-8"))
+        m["files"] = {n: hashlib.sha256((build / n).read_bytes()).hexdigest() for n in m["files"]
+                      if (build / n).is_file()}
+        (build / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        sha = hashlib.sha256((build / "manifest.json").read_bytes()).hexdigest()
+        text = (build / "lock.yaml").read_text(encoding="utf-8")
+        body = text[: text.rindex(SEAL)]
+        lines = [f"manifest_sha256: {sha}" if ln.startswith("manifest_sha256:") else ln for ln in body.splitlines()]
+        (build / "lock.yaml").write_text(seal_lock("\n".join(lines) + "\n"), encoding="utf-8")
+
     def spec_yaml(overrides: dict | None = None) -> str:
         """The valid tiny spec (with `overrides`, dotted keys) as block-style YAML text, for cases that edit it."""
         import io
@@ -196,7 +237,8 @@ def _run_setup(case: dict, d: Path, ctx: dict) -> None:
         return buf.getvalue()
 
     exec(compile(case["setup"], f"{case['corpus_file']}:{case['id']}:setup", "exec"),  # noqa: S102 - test input
-         {"ctx": ctx, "d": d, "copy_build": copy_build, "spec_yaml": spec_yaml, "Path": Path, "json": json,
+         {"ctx": ctx, "d": d, "copy_build": copy_build, "spec_yaml": spec_yaml, "build_with": build_with,
+          "trained_build": trained_build, "reseal": reseal, "Path": Path, "json": json,
           "os": os, "shutil": shutil})
 
 
@@ -276,6 +318,18 @@ def check(case: dict, prep: Prepared, ran: Ran, before: dict[str, str]) -> None:
     if expected_exit != 0 and prep.ctx.get("tmp"):
         left = sorted(str(p) for p in Path(prep.ctx["tmp"]).rglob(".*.tmp-*"))
         assert not left, f"a temporary output was left: {left}\n{shown}"
+    for path in _fill(case.get("absent") or [], prep.ctx):  # what the command must not have made
+        assert not os.path.lexists(path), f"{path} exists\n{shown}"
+    for secret in _fill(case.get("never") or [], prep.ctx):  # in no output and no file the command wrote
+        assert secret not in ran.stdout + ran.stderr, f"{secret!r} was printed\n{shown}"
+        for f in Path(prep.ctx["tmp"]).rglob("*"):
+            if f.is_file() and not f.is_symlink() and f.name != "spec.yaml" and str(f) not in prep.args:
+                assert secret.encode() not in f.read_bytes(), f"{secret!r} is in {f}\n{shown}"
+    for e in case.get("stdout") or []:  # exit-0 cases: what the output must or must not hold
+        if "has" in e:
+            assert _fill(e["has"], prep.ctx) in ran.stdout, f"stdout lacks {e['has']!r}\n{shown}"
+        if "lacks" in e:
+            assert _fill(e["lacks"], prep.ctx) not in ran.stdout, f"stdout holds {e['lacks']!r}\n{shown}"
     for path, digest in before.items():
         assert tree_digest(Path(path)) == digest, f"{path} was changed\n{shown}"
 
@@ -343,7 +397,7 @@ def test_corpus_size_and_shape():
     assert len(ids) == len(set(ids)), "two cases share an id"
     for c in CASES:
         assert c["kind"] in KINDS, c
-        assert c.get("errors") or c.get("warnings"), f"{c['id']}: nothing expected"
+        assert c.get("errors") or c.get("warnings") or c.get("stdout"), f"{c['id']}: nothing expected"
         if c.get("file") and not c["file"].startswith("generated:") and "*" not in c["file"] \
                 and "no-such" not in c["file"] and "dupliate" not in c["file"]:
             assert (CORPUS / c["file"]).exists(), f"{c['id']}: {c['file']} is missing"

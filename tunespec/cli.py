@@ -74,6 +74,11 @@ def set_option(fn):
 @click.version_option(__version__, prog_name="tunespec")
 def main() -> None:
     """Compile a fine-tuning spec into a reproducible build, then train, merge and evaluate from it."""
+    # a path from the command line may hold bytes that are not UTF-8 (decoded as surrogates): printed back as
+    # the same bytes, not an encoding error after the work is done
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and getattr(stream, "errors", None) == "strict":
+            stream.reconfigure(errors="surrogateescape")
 
 
 # --------------------------------------------------------------------------- spec commands

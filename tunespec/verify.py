@@ -120,6 +120,8 @@ def verify_files(build: Path, files: dict, *, manifest_sha: str | None = None, h
     return hashed
 
 
+from .build_layout import check_format  # noqa: E402 - the build format is judged in build_layout
+
 MANIFEST_KEYS = {"format_version": int, "input_key": str, "max_length": int, "template": dict, "splits": dict,
                  "files": dict}
 
@@ -134,6 +136,7 @@ def check_manifest(manifest, file: str) -> None:
         if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
             raise BuildError(Problem(f"`{key}` should be a JSON {kind.__name__}, it is {type(manifest[key]).__name__}",
                                      file=file, hint=RECOMPILE))
+    check_format(manifest["format_version"], file, "build")  # build_layout: the one place formats are judged
     for name, sha in manifest["files"].items():
         if not isinstance(sha, str) or Path(name).is_absolute() or ".." in Path(name).parts:
             raise BuildError(Problem(f"`files` has a bad entry {name!r}", file=file, hint=RECOMPILE))

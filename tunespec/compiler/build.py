@@ -12,6 +12,7 @@ key in the manifest and returns at once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -75,19 +76,22 @@ def template_of(loaded: LoadedSpec) -> Template:
     formats = {s.format or data.format for s in data.sources}
     field_formats = [f for f in formats if FORMATS[f].kind == "fields"]
     fields: set[str] | None = None
+    answers: set[str] = set()
     if field_formats:
         fields = set.intersection(*[set(FORMATS[f].text_fields) for f in field_formats])
+        answers = {FORMATS[f].reference for f in field_formats if FORMATS[f].reference} | {"output"}
+        answers -= {x for f in field_formats for x in FORMATS[f].text_fields if x != FORMATS[f].reference}
     if t is None:
         defaults = {FORMATS[f].template for f in formats}
         if len(defaults) > 1:
             raise DataError(Problem(f"the sources' formats have different default templates ({', '.join(sorted(defaults))})",
                                     path="data.template", hint="name one template, e.g. chatml or tokenizer"))
-        return load_template(name=defaults.pop(), fields=fields)
+        return load_template(name=defaults.pop(), fields=fields, answers=answers)
     if isinstance(t, str):
-        return load_template(name=t, fields=fields)
+        return load_template(name=t, fields=fields, answers=answers)
     shown = os.path.relpath(t.file) if t.file else None
     return load_template(name=t.name, file=t.file, prompt=t.prompt, completion=t.completion, stop=t.stop,
-                         system=t.system, fields=fields, shown=shown)
+                         system=t.system, fields=fields, shown=shown, answers=answers)
 
 
 def template_label(loaded: LoadedSpec, template: Template) -> str:
@@ -256,6 +260,8 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
     t0 = time.perf_counter()
     ref = ModelRef.from_spec(spec.model)
     model_dir = resolve(ref)
+    if Path(model_dir).is_dir():  # the model directory is an input too (its files are hashed into the key)
+        refuse_overlap(out, [Path(model_dir)], is_dir=True)
     # without a chat template to apply or tokens to add, a model seen before loads without transformers
     plain = template.kind != "tokenizer" and not (getattr(spec.model, "added_tokens", None)
                                                   or getattr(spec.model, "added_special_tokens", None))
@@ -263,6 +269,7 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
     from .deepcheck import check_saved_modules
 
     check_saved_modules(spec, ref, model_dir)  # names peft would skip silently
+    custom_code = _custom_code_problem(config, ref)
     if template.kind == "tokenizer" and not template.source and isinstance(getattr(tokenizer, "chat_template", None), str):
         check_chat_template(tokenizer.chat_template, "the tokenizer's chat template")
     from .vocabulary import extend_vocabulary
@@ -315,6 +322,7 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
         tool_counts: Counter = Counter()  # rows kept with tool definitions, by what happened to them (tools.py)
         call_counts: Counter = Counter()  # rows kept with tool calls, by how the model's chat template renders them
         first_tool_row: dict[str, Record] = {}
+        special_text = _special_text_problem(splits, tokenizer, by_name)
         for split in SPLITS:
             records = splits[split]
             if not records:
@@ -484,20 +492,17 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
                 f"{n} of {split_stats.get(split, {}).get('rows', n)} {split} rows have fewer references than the "
                 f"{len(ref_fields)} fields named", path="evaluation.reference_fields",
                 hint="those rows are scored against the references they have; fill the empty columns")))
-    for p in spec_warnings + problems + _tool_problems(data.tools, tool_counts, first_tool_row, by_name):
+    for p in spec_warnings + problems + custom_code + special_text + _tool_problems(data.tools, tool_counts, first_tool_row, by_name):
         messages.append("  warning: " + p.render())
     return BuildResult(out, False, manifest, messages)
 
 
-def _render_row(template: Template, rec: Record, fmt: str, tokenizer, add_eos: bool, by_name) -> list:
-    """``template.render`` of one record; a template error names the template and the row it failed on."""
-    return _at_row(template, rec, by_name, lambda: template.render(rec, fmt, tokenizer, add_eos=add_eos))
-
-
-def _at_row(template: Template, rec: Record, by_name, fn):
-    """``fn()``, which renders `rec` with `template`; a template error names the template and the row."""
+@contextlib.contextmanager
+def _rendering(template: Template, rec: Record, by_name):
+    """Any template error raised while rendering `rec` (its tools, calls or segments) names the template and the
+    row it failed on: the one place a rendering error gets its row."""
     try:
-        return fn()
+        yield
     except TemplateError as e:
         name, _, index = rec.source.rpartition("#")
         data_file, data_line, row = by_name[name].location(int(index))
@@ -507,16 +512,73 @@ def _at_row(template: Template, rec: Record, by_name, fn):
                                                  f"{where})") for p in e.problems]) from None
 
 
+def _render_row(template: Template, rec: Record, fmt: str, tokenizer, add_eos: bool, by_name) -> list:
+    """``template.render`` of one record; a template error names the template and the row it failed on."""
+    with _rendering(template, rec, by_name):
+        return template.render(rec, fmt, tokenizer, add_eos=add_eos)
+
+
 def _placed_tools(records: list[Record], fmts: list[str], template: Template, tokenizer,
                   mode: str, by_name) -> tuple[list[Record], list[str | None], list[str | None]]:
     """The records as rendered under ``data.tools`` (tools.place_tools) with their tool calls as the chat
     template renders them (tools.place_calls), and what happened to each one's tool definitions and calls
     (None: it had none)."""
-    placed = [_at_row(template, rec, by_name, lambda: place_tools(template, rec, fmt, tokenizer, mode))
-              for rec, fmt in zip(records, fmts)]
-    calls = [_at_row(template, rec, by_name, lambda: place_calls(template, rec, fmt, tokenizer))
-             for (rec, _), fmt in zip(placed, fmts)]
-    return [c[0] for c in calls], [p[1] for p in placed], [c[1] for c in calls]
+    out, outcomes, call_outcomes = [], [], []
+    for rec, fmt in zip(records, fmts):
+        with _rendering(template, rec, by_name):
+            placed, outcome = place_tools(template, rec, fmt, tokenizer, mode)
+            called, call_outcome = place_calls(template, placed, fmt, tokenizer)
+        out.append(called)
+        outcomes.append(outcome)
+        call_outcomes.append(call_outcome)
+    return out, outcomes, call_outcomes
+
+
+def _custom_code_problem(config, ref: ModelRef) -> list[Problem]:
+    """A model directory whose config names its own code (``auto_map``: modeling_*.py beside the weights): that
+    code is never run unless model.trust_remote_code is set; say so, since the model then loads as transformers'
+    built-in class for its model_type (or not at all)."""
+    auto_map = getattr(config, "auto_map", None)
+    if not isinstance(auto_map, dict) or not auto_map or ref.trust_remote_code:
+        return []
+    names = ", ".join(sorted({str(v if isinstance(v, str) else (v[0] if v else "")) for v in auto_map.values()}))
+    return [Problem(f"the model directory has custom code (auto_map: {names}) that is not run: the model loads as "
+                    f"transformers' own {getattr(config, 'model_type', '?')} classes", path="model",
+                    hint="to run the model's code, read it and set model.trust_remote_code: true")]
+
+
+def _special_text_problem(splits: dict[str, list[Record]], tokenizer, by_name) -> list[Problem]:
+    """Rows whose data (not the template's text) holds the text of one of the tokenizer's special tokens
+    (``</s>``, ``<|im_start|>``): it tokenizes as that control token, as TRL and ``apply_chat_template`` would
+    tokenize it. The rows are kept (the data may mean it: a chat log with markup) and counted, the first located."""
+    import re
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or getattr(backend, "encode_special_tokens", False):  # split_special_tokens: plain text
+        return []
+    specials = sorted({t.content for t in backend.get_added_tokens_decoder().values() if t.special and len(t.content) > 1},
+                      key=len, reverse=True)
+    if not specials:
+        return []
+    pattern = re.compile("|".join(map(re.escape, specials)))
+    count, first, seen = 0, None, set()
+    for records in splits.values():
+        for rec in records:
+            values = list((rec.fields or {}).values()) + [m.get("content") for m in rec.messages or ()]
+            found = {m for v in values if isinstance(v, str) for m in pattern.findall(v)}
+            if found:
+                count += 1
+                first = first or rec
+                seen |= found
+    if not count:
+        return []
+    name, _, index = first.source.rpartition("#")
+    data_file, data_line, row = by_name[name].location(int(index))
+    listed = ", ".join(f"`{t}`" for t in sorted(seen))
+    return [Problem(f"{count} row{'s' if count != 1 else ''} hold the text of a special token ({listed}) in their "
+                    f"data (first: row {row}): it is encoded as the control token, not as text",
+                    file=data_file or name, line=data_line,
+                    hint="the rows are kept as they are; remove the token text from the data if it is not meant")]
 
 
 def _tool_problems(mode: str, counts: Counter, first: dict[str, Record], by_name) -> list[Problem]:

@@ -101,6 +101,7 @@ def read_table(path: Path, *, fmt: str | None = None) -> Table:
         lines = None
     else:
         data = _read_bytes(path)
+        _check_container(path, data, kind)
         text = _decode_utf8(path, data)
         if not text.strip():
             raise DataError(Problem("the file is empty", file=str(path), hint="it must hold at least one row"))
@@ -148,6 +149,33 @@ def _check_readable(path: Path) -> None:
                 "is a directory, not a data file", file=str(path), hint="name a file, or use a glob such as dir/*.jsonl"
             )
         )
+    if not path.is_file():
+        raise DataError(_not_regular(path))
+
+
+def _not_regular(path: Path) -> Problem:
+    """A FIFO, socket or device (``/dev/zero``, ``/dev/stdin``): reading it would block or never end."""
+    return Problem("is not a regular file (a FIFO, socket or device)", file=str(path),
+                   hint="save the data to a file and name that file")
+
+
+_CONTAINERS = ((b"PK\x03\x04", "a zip archive"), (b"PK\x05\x06", "a zip archive"), (b"\x1f\x8b", "a gzip-compressed file"),
+               (b"BZh", "a bzip2-compressed file"), (b"\xfd7zXZ\x00", "an xz-compressed file"),
+               (b"\x28\xb5\x2f\xfd", "a zstd-compressed file"), (b"7z\xbc\xaf\x27\x1c", "a 7-zip archive"),
+               (b"PAR1", "a Parquet file"))
+
+
+def _check_container(path: Path, data: bytes, kind: str) -> None:
+    """A file that is an archive or a compressed file whatever its name says (``data.jsonl`` that is a zip):
+    said so, rather than reported as its first byte that is not UTF-8."""
+    what = next((name for magic, name in _CONTAINERS if data.startswith(magic)), None)
+    if what is None and len(data) > 262 and data[257:262] == b"ustar":
+        what = "a tar archive"
+    if what is not None:
+        hint = "extract the data file from it first" if "archive" in what else "decompress it first"
+        if what == "a Parquet file":
+            hint = "name it .parquet, or set the source's file format to parquet"
+        raise DataError(Problem(f"is {what}, not a {kind.upper()} file", file=str(path), hint=hint))
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -178,6 +206,9 @@ def _decode_utf8(path: Path, data: bytes) -> str:
 
 def _missing_file_problem(path: Path) -> Problem:
     """'file not found', with a did-you-mean among the files next to it."""
+    if re.search(r"\$\{?[A-Za-z_]", str(path)):  # `$HOME/data.jsonl`: taken literally, as every spec path is
+        return Problem("file not found", file=str(path), hint="environment variables ($NAME) are not expanded in "
+                       "spec paths: write the path out, or relative to the spec file")
     parent = path.parent
     if not parent.is_dir():
         return Problem("file not found", file=str(path), hint=f"the directory {str(parent)!r} does not exist either")
@@ -479,8 +510,16 @@ def expand_glob(pattern: str, base_dir: Path) -> list[Path]:
                     hint=f"use a glob such as '{pattern.rstrip('/')}/*.jsonl'",
                 )
             )
+        if target.exists():
+            raise DataError(_not_regular(target))
         raise DataError(_missing_file_problem(target))
+    # `**` going round a link to a directory that holds the link (a loop) names each file again, ~40 times: the
+    # copies of a file the pattern also names by a loop-free path are the same file, matched once
     found = sorted(Path(p) for p in glob.glob(str(target), recursive=True))
+    looped = {p for p in found if _through_a_loop(p)}
+    if looped:
+        plain = {q.resolve() for q in found if q not in looped and q.exists()}
+        found = [p for p in found if p not in looped or not p.exists() or p.resolve() not in plain]
     dangling = [p for p in found if p.is_symlink() and not p.exists()]
     if dangling:  # refused, not skipped: the pattern names a file whose rows would silently be missing
         raise DataError([Problem(f"is a link to a missing file ({os.readlink(p)}), matched by {pattern!r}",
@@ -490,6 +529,19 @@ def expand_glob(pattern: str, base_dir: Path) -> list[Path]:
     if matches:
         return matches
     raise DataError(Problem(f"no file matches the pattern {pattern!r}", file=str(target), hint=_glob_hint(target)))
+
+
+def _through_a_loop(path: Path) -> bool:
+    """Whether `path` goes through a link to a directory that is one of the link's own ancestors."""
+    for parent in path.parents:
+        if parent.is_symlink():
+            try:
+                real = parent.resolve()
+            except (OSError, RuntimeError):
+                return True
+            if real == parent.parent.resolve() or real in parent.parent.resolve().parents:
+                return True
+    return False
 
 
 def _glob_hint(target: Path) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import BuildError, Problem
 from .. import build_layout as layout
+from ..verify import RECOMPILE
 
 GREEN_BOLD = "\x1b[1;32m"
 DIM = "\x1b[2m"
@@ -26,7 +27,7 @@ OPEN, CLOSE = "[[", "]]"
 def _load_row(build: Path, split: str, index: int):
     from ..runtime.build import Build
 
-    b = Build(build)  # checks every file against the manifest's sha256s
+    b = Build(build)  # checks every file against the manifest's sha256s, and the token files' contents
     manifest = b.manifest
     splits = manifest.get("splits") or {}
     if split not in splits:
@@ -37,17 +38,22 @@ def _load_row(build: Path, split: str, index: int):
         raise BuildError(Problem(f"index {index} is out of range: the {split} split has {n} row{'s' if n != 1 else ''}"
                                  f" (0..{n - 1})", path="--index", hint=f"pick an index from 0 to {n - 1}"))
     index %= n
-    row_ids, row_trained = b.tokens(split).row(index)  # the runtime's reader: offsets, ids and mask checked
-    ids = row_ids.tolist()
-    trained = row_trained.astype(bool).tolist()
+    tokens = b.tokens(split)
+    if len(tokens) != n:
+        raise BuildError(Problem(f"tokens/{split}.offsets.npy holds {len(tokens)} rows, the manifest says {n}",
+                                 file=str(build), hint=RECOMPILE))
+    ids, mask = tokens.row(index)
+    ids, trained = ids.tolist(), mask.astype(bool).tolist()
+    row, count = None, 0
     with open(build / layout.data_file(split), encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i == index:
+        for count, line in enumerate(f, start=1):
+            if count == index + 1:
                 row = json.loads(line)
                 break
-        else:  # pragma: no cover - a build whose files disagree with its manifest
-            raise BuildError(Problem(f"data/{split}.jsonl has fewer rows than the manifest says", file=str(build)))
-    return manifest, row, ids, trained, index, n
+    if row is None:
+        raise BuildError(Problem(f"data/{split}.jsonl has {count} rows, the manifest says {n}", file=str(build),
+                                 hint=RECOMPILE))
+    return b, manifest, row, ids, trained, index, n
 
 
 def _spans(ids: list[int], trained: list[bool]) -> list[tuple[bool, list[int]]]:
@@ -61,11 +67,9 @@ def _spans(ids: list[int], trained: list[bool]) -> list[tuple[bool, list[int]]]:
 
 
 def render_row(build: Path, *, split: str = "train", index: int = 0, as_json: bool = False, color: bool = False) -> str:
-    from transformers import AutoTokenizer
-
     build = Path(build)
-    manifest, row, ids, trained, index, n = _load_row(build, split, index)
-    tokenizer = AutoTokenizer.from_pretrained(build / "tokenizer")
+    b, manifest, row, ids, trained, index, n = _load_row(build, split, index)
+    tokenizer = b.load_tokenizer()
     labels = [t if m else -100 for t, m in zip(ids, trained)]
     if as_json:
         out: dict = {"id": row.get("id"), "split": split, "index": index}

@@ -26,6 +26,7 @@ data: a value containing ``{{ name }}`` is kept literally, never rendered.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import re
@@ -35,6 +36,7 @@ from pathlib import Path
 import jinja2
 import jinja2.ext
 import jinja2.runtime
+import jinja2.visitor
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -92,15 +94,65 @@ def unknown_template_problem(name: str, path: str = "data.template") -> Problem 
                    hint=(f"did you mean `{close[0]}`? " if close else "") + "available: " + ", ".join(names))
 
 
-MAX_REPEAT = 1_000_000  # longest string or list `*` may build in a template
+MAX_REPEAT = 1_000_000  # longest string or list `*` may build in a template, widest field a format may pad to
 MAX_EXPONENT = 10_000  # largest exponent `**` may raise a number (other than 0, 1, -1) to
+MAX_TEXT = 100_000_000  # most characters one render may write, or `~` / `+` may build
+MAX_STEPS = 1_000_000  # most loop iterations one render may take (all loops together)
+WIDTH_METHODS = {"center", "ljust", "rjust", "zfill", "expandtabs", "format", "format_map"}
+WIDTH_FILTERS = ("center", "indent", "wordwrap", "truncate", "slice", "batch", "format")
+_WIDTHS = re.compile(r"\d+")
+
+
+class TemplateRaised(Exception):
+    """``raise_exception(message)`` called by a template: its own message for the user."""
+
+
+def _raise_exception(message) -> None:
+    raise TemplateRaised(str(message))
+
+
+def _check_widths(*values) -> None:
+    """A width, precision or count (an int argument, or digits in a format string's %-specs or {}-fields) a
+    template asks for: refused above MAX_REPEAT, before the string is built (`'%0999999999d' % 1`)."""
+    for v in values:
+        if isinstance(v, str):  # %-specs (with a (name)), and {}-fields' specs
+            specs = re.findall(r"%(?:\([^)]*\))?[-+ #0]*[0-9*]*(?:\.[0-9*]*)?", v) + re.findall(r"\{[^{}]*:([^{}]*)\}", v)
+            numbers = [int(n) for spec in specs for n in _WIDTHS.findall(spec)]
+        elif isinstance(v, bool) or not isinstance(v, int):
+            continue
+        else:
+            numbers = [v]
+        for n in numbers:
+            if n > MAX_REPEAT:
+                raise jinja2.exceptions.SecurityError(f"a width or precision of {n} is too large")
+
+
+class _Bounded(jinja2.visitor.NodeTransformer):
+    """Rewrites a parsed template so that one render is bounded: every ``for`` loop's items are counted
+    (``_ts_steps``) and every ``~`` concatenation's length is checked before it is built (``_ts_concat``)."""
+
+    def visit_For(self, node):
+        node = self.generic_visit(node)
+        node.iter = nodes.Filter(node.iter, "_ts_steps", [], [], None, None, lineno=node.lineno)
+        return node
+
+    def visit_Concat(self, node):
+        node = self.generic_visit(node)
+        return nodes.Filter(nodes.List(node.nodes, lineno=node.lineno), "_ts_concat", [], [], None, None,
+                            lineno=node.lineno)
 
 
 class _Sandbox(SandboxedEnvironment):
-    """Jinja's sandbox, with `*` and `**` bounded so a template cannot exhaust memory or hang on one
-    expression (`{{ 'x' * 10**10 }}`); intercepting them also stops Jinja folding them at compile time."""
+    """Jinja's sandbox, with every way for a template to exhaust memory or time bounded: `*`, `**` and `+`
+    (intercepting them also stops Jinja folding them at compile time), `~`, widths and counts
+    (`'%0999999999d'`, `center(10**9)`, `'{:>999999999}'.format`), the loop iterations and the text
+    written by one render (``Template._blocks`` resets the budget)."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    steps = 0
+
+    def _parse(self, source, name, filename):
+        return _Bounded().visit(super()._parse(source, name, filename))
 
     def call_binop(self, context, operator, left, right):
         if operator == "**" and isinstance(left, (int, float)) and isinstance(right, (int, float)):
@@ -110,7 +162,47 @@ class _Sandbox(SandboxedEnvironment):
             for seq, times in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_REPEAT:
                     raise jinja2.exceptions.SecurityError(f"the repetition would make {len(seq) * times} items")
+        if operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+            _check_length(len(left) + len(right))
+        if operator == "%" and isinstance(left, str):
+            _check_widths(left, *(right if isinstance(right, tuple) and "*" in left else ()))
         return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's own signature
+        target = getattr(__obj, "__wrapped__", __obj)
+        owner = getattr(target, "__self__", None)
+        if isinstance(owner, str) and getattr(target, "__name__", None) in WIDTH_METHODS:
+            _check_widths(owner if target.__name__.startswith("format") else 0, *args, *kwargs.values())
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+def _check_length(n: int) -> None:
+    if n > MAX_TEXT:
+        raise jinja2.exceptions.SecurityError(f"the text would be {n} characters (at most {MAX_TEXT})")
+
+
+@jinja2.pass_environment
+def _steps(env, iterable):
+    """A loop's items, counted against the render's MAX_STEPS."""
+    for item in iterable:
+        env.steps += 1
+        if env.steps > MAX_STEPS:
+            raise jinja2.exceptions.SecurityError(f"the template loops more than {MAX_STEPS} times in one row")
+        yield item
+
+
+def _concat(parts) -> str:
+    parts = [str(p) for p in parts]
+    _check_length(sum(map(len, parts)))
+    return "".join(parts)
+
+
+def _width_checked(fn):
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        _check_widths(*args[1:], *kwargs.values())
+        return fn(*args, **kwargs)
+    return checked
 
 
 def _tojson(value, ensure_ascii: bool = False, indent=None, separators=None, sort_keys: bool = False) -> str:
@@ -127,15 +219,33 @@ def _env() -> SandboxedEnvironment:
         autoescape=False,
     )
     env.filters["tojson"] = _tojson
+    env.filters["_ts_steps"] = _steps
+    env.filters["_ts_concat"] = _concat
+    for name in WIDTH_FILTERS:
+        env.filters[name] = _width_checked(env.filters[name])
+    env.globals["raise_exception"] = _raise_exception
     return env
 
 
-def _template_line(compiled: jinja2.Template, tb) -> int | None:
-    """The template line an exception raised while rendering came from (the innermost template frame)."""
+def _template_line(compiled: jinja2.Template, tb, first: bool = False) -> int | None:
+    """The template line an exception raised while rendering came from (the innermost template frame; `first`:
+    the outermost, for a recursion)."""
     import traceback
 
-    frames = [f.lineno for f in traceback.extract_tb(tb) if f.filename == compiled.filename and f.lineno]
-    return compiled.get_corresponding_lineno(frames[-1]) if frames else None
+    frames = [f.lineno for f in traceback.extract_tb(tb, limit=None if not first else 200)
+              if f.filename == compiled.filename and f.lineno]
+    return compiled.get_corresponding_lineno(frames[0 if first else -1]) if frames else None
+
+
+def _bounded_join(pieces, written: list[int]) -> str:
+    """A block's rendered pieces joined, refused once the render has written more than MAX_TEXT characters."""
+    out = []
+    for piece in pieces:
+        written[0] += len(piece)
+        if written[0] > MAX_TEXT:
+            raise jinja2.exceptions.SecurityError(f"the template's text would exceed {MAX_TEXT} characters in one row")
+        out.append(piece)
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -156,6 +266,7 @@ class Template:
     system: str | None = None
     _globals: dict | None = field(default=None, repr=False, compare=False)  # the compiled template's globals
     reads: frozenset[str] | None = None  # the variables a Jinja template reads (None: unknown, e.g. `tokenizer`)
+    leak: Problem | None = field(default=None, repr=False, compare=False)  # the prompt reads the answer (load_template)
 
     @property
     def sha256(self) -> str:
@@ -171,6 +282,7 @@ class Template:
         assert self._compiled is not None
         context = None
         out: list[str] = []
+        written = [0]
         try:
             for block in blocks:
                 fn = self._compiled.blocks.get(block)
@@ -179,13 +291,31 @@ class Template:
                     continue
                 if context is None:
                     context = self._new_context(ctx)
-                out.append("".join(fn(context)))
+                    self._compiled.environment.steps = 0
+                out.append(_bounded_join(fn(context), written))
             return out
+        except TemplateRaised as e:
+            raise TemplateError(Problem(f"the template raised: {e}", file=self.name,
+                                        line=_template_line(self._compiled, e.__traceback__),
+                                        hint="the template's own check failed on this row: fix the row or the "
+                                        "template")) from None
+        except RecursionError as e:
+            raise TemplateError(Problem("the template recurses too deeply", file=self.name,
+                                        line=_template_line(self._compiled, e.__traceback__, first=True),
+                                        hint="a macro that calls itself needs a condition that ends it")) from None
         except jinja2.exceptions.SecurityError as e:
             raise TemplateError(Problem(f"unsafe template operation: {e}", file=self.name,
                                         line=_template_line(self._compiled, e.__traceback__),
                                         hint="templates may only read the record's fields")) from None
         except jinja2.exceptions.UndefinedError as e:
+            missing = re.fullmatch(r"'(\w+)' is undefined", e.message or "")
+            from .formats import FORMATS
+
+            if missing and missing.group(1) in {c for f in FORMATS.values() for c in f.optional}:
+                raise TemplateError(Problem(f"this row has no `{missing.group(1)}` (an optional field, not in every row)",
+                                            file=self.name, line=_template_line(self._compiled, e.__traceback__),
+                                            hint=f"write {{{{ {missing.group(1)} | default('') }}}} or test it with "
+                                            f"{{% if {missing.group(1)} is defined %}}")) from None
             raise TemplateError(Problem(f"{e.message}", file=self.name,
                                         line=_template_line(self._compiled, e.__traceback__),
                                         hint="use only fields the data format provides")) from None
@@ -209,6 +339,12 @@ class Template:
                 raise TemplateError(Problem(f"template {self.name} renders prompt/completion fields, but the data is chat",
                                             path="data.template", hint="use a chat template: chatml or tokenizer"))
             prompt, completion = self._blocks(FIELD_BLOCKS, self.fields_context(record, fmt))
+            if self.leak is not None:
+                raise TemplateError(self.leak)
+            if not prompt.strip() and fmt != "text":
+                raise TemplateError(Problem("the prompt block renders empty", file=self.name,
+                                            hint="the prompt must show the model the row's input (only format: text "
+                                            "trains without a prompt)"))
             return [Segment(prompt, False), Segment(completion, True)]
         messages = self.messages_of(record, fmt)
         tools = openai_tools(record.tools) or None
@@ -332,11 +468,61 @@ def _apply_template(tokenizer, messages: list[dict], *, add_generation_prompt: b
     if chat_template:
         kwargs["chat_template"] = chat_template
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                             **kwargs)
-    except jinja2.TemplateError as e:
-        who = "chat template" if chat_template else "model's chat template"
-        raise TemplateError(f"the {who} failed: {e}", hint="check the conversation's roles") from None
+        with _time_limit(CHAT_TEMPLATE_SECONDS):
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                                 **kwargs)
+    except Exception as e:  # noqa: BLE001 - whatever the template's own code raises
+        raise _chat_template_error(e, "chat template" if chat_template else "model's chat template") from None
+
+
+CHAT_TEMPLATE_SECONDS = 10.0  # longest one rendering of a Hugging Face chat template may take
+
+
+class TemplateTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """A Hugging Face chat template runs in transformers' sandbox, which bounds no loop: one rendering that runs
+    longer than `seconds` (``range(10**5)`` inside ``range(10**5)``) is stopped by SIGALRM (main thread only;
+    elsewhere, and where an alarm is already set, it runs unbounded)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer") \
+            or signal.getitimer(signal.ITIMER_REAL)[0]:
+        yield
+        return
+
+    def expired(signum, frame):
+        raise TemplateTimeout(f"it ran for more than {seconds:g} s on one row")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _chat_template_error(e: Exception, who: str) -> TemplateError:
+    """What a Hugging Face chat template raised (rendered by transformers' sandbox), as a TemplateError: its
+    ``raise_exception`` message as it is, anything else with the exception's type."""
+    if isinstance(e, TemplateTimeout):
+        return TemplateError(f"the {who} takes too long: {e}", hint="a loop in the template runs away (nested "
+                             "range() loops?): bound it")
+    if isinstance(e, RecursionError):
+        return TemplateError(f"the {who} recurses too deeply", hint="a macro that calls itself needs a condition "
+                             "that ends it")
+    if isinstance(e, jinja2.exceptions.SecurityError):
+        return TemplateError(f"the {who} failed: unsafe template operation: {e}", hint="templates may only read "
+                             "the conversation")
+    if isinstance(e, jinja2.TemplateError):
+        return TemplateError(f"the {who} failed: {e}", hint="check the conversation's roles")
+    text = f"{type(e).__name__}: {e}".split("\n")[0][:300]
+    return TemplateError(f"the {who} failed: {text}", hint="fix the template's expression (it fails on this row)")
 
 
 def _render_with_tokenizer(messages: list[dict[str, str]], tokenizer, tools: list[dict] | None,
@@ -384,16 +570,31 @@ def _render_generation_blocks(messages: list[dict[str, str]], tokenizer, tools: 
     hf, trained = _to_hf(messages)
     source = chat_template or tokenizer.get_chat_template(None, tools)
     try:
-        texts, spans = render_jinja_template(conversations=[hf], tools=tools, chat_template=source,
-                                             return_assistant_tokens_mask=True, add_generation_prompt=False,
-                                             **tokenizer.special_tokens_map)
-    except jinja2.TemplateError as e:
-        raise TemplateError(f"the chat template failed: {e}", hint="check the conversation's roles") from None
+        with _time_limit(CHAT_TEMPLATE_SECONDS):
+            texts, spans = render_jinja_template(conversations=[hf], tools=tools, chat_template=source,
+                                                 return_assistant_tokens_mask=True, add_generation_prompt=False,
+                                                 **tokenizer.special_tokens_map)
+    except Exception as e:  # noqa: BLE001 - whatever the template's own code raises
+        raise _chat_template_error(e, "chat template") from None
     text, spans = texts[0], [(a, b) for a, b in spans[0] if b > a]
     if text != _apply_template(tokenizer, hf, add_generation_prompt=False, tools=tools, chat_template=chat_template):
         raise TemplateError("the chat template renders differently with {% generation %} tracking",
                             hint="report this with the template; or remove the {% generation %} blocks")
     turns = [t for m, t in zip(hf, trained) if m["role"] == "assistant"]
+    if len(spans) > len(turns):
+        raise TemplateError(f"the chat template's {{% generation %}} blocks ({len(spans)}) are more than the row's "
+                            f"{len(turns)} assistant turn(s): text that is not the assistant's would be trained",
+                            hint="put {% generation %} ... {% endgeneration %} around the assistant's text only")
+    said = [m["content"].strip() for m in hf if m["role"] == "assistant" and isinstance(m.get("content"), str)]
+    others = [m["content"].strip() for m in hf if m["role"] != "assistant" and isinstance(m.get("content"), str)
+              and m["content"].strip()]
+    if spans and len(said) == len(turns) and all(said):
+        for a, b in spans:  # a block with no assistant text but another turn's: it marks the wrong turn (a
+            # template may rewrite an assistant turn, e.g. drop its reasoning: a block holding neither is left be)
+            if not any(c in text[a:b] for c in said) and any(c in text[a:b] for c in others):
+                raise TemplateError(f"a {{% generation %}} block holds no assistant turn's text (it holds "
+                                    f"{text[a:b][:60]!r}): it would train text that is not the assistant's",
+                                    hint="put {% generation %} ... {% endgeneration %} around the assistant's text")
     flagged = any("weight" in m for m in messages if m["role"] in ("assistant", "tool_call"))
     if flagged and len(spans) != len(turns):
         raise TemplateError(f"the chat template's {{% generation %}} blocks ({len(spans)}) do not match the row's "
@@ -450,6 +651,29 @@ def check_chat_template(source: str, label: str) -> None:
                                     "{{ }} / {% %} pairs")) from None
 
 
+def _read_template_file(path: Path, label: str) -> str:
+    """A template file's text: a regular file, UTF-8 (a UTF-8 byte-order mark is dropped: it is no text of the
+    template), its line ends as Python reads them (CRLF becomes LF)."""
+    try:
+        if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO or device would block or never end
+            raise TemplateError(Problem("is not a regular file (a FIFO, socket or device)", file=label,
+                                        hint="point data.template.file at a .jinja file"))
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise TemplateError(Problem("template file not found", file=label, hint="check data.template.file")) from None
+    except OSError as e:  # a directory, no permission, a symlink loop
+        raise TemplateError(Problem(f"cannot read the template file: {e.strerror or e}", file=label,
+                                    hint="point data.template.file at a .jinja file")) from None
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise TemplateError(Problem("template file is UTF-16 (it starts with a UTF-16 byte-order mark), not UTF-8",
+                                    file=label, hint="save it as UTF-8")) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TemplateError(Problem("template file is not UTF-8", file=label, hint="save it as UTF-8")) from None
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _undeclared_with_lines(ast: nodes.Template) -> dict[str, int]:
     """Variables a template reads but never sets, with the first line each is read on."""
     undeclared = meta.find_undeclared_variables(ast)
@@ -463,11 +687,13 @@ def _undeclared_with_lines(ast: nodes.Template) -> dict[str, int]:
 def load_template(
     *, name: str | None = None, file: str | None = None, prompt: str | None = None, completion: str | None = None,
     stop: str | None = None, system: str | None = None, fields: set[str] | None = None, shown: str | None = None,
+    answers: set[str] | None = None,
 ) -> Template:
     """Load a template from the library, a file, or inline parts, and check it against `fields`.
 
     `fields` is the set of field names the data format provides (None for chat data); a template reading
-    any other name fails here, with its line, rather than at render time.
+    any other name fails here, with its line, rather than at render time. `answers`: the fields that hold the
+    trained answer (the formats' reference fields and ``output``), which the prompt block may not read.
     """
     if name == TOKENIZER:
         return Template(name=TOKENIZER, kind="tokenizer", source="", stop=stop, system=system)
@@ -477,15 +703,7 @@ def load_template(
             raise TemplateError(unknown_template_problem(name))
         source, label = path.read_text(encoding="utf-8"), name
     elif file is not None:
-        try:
-            source, label = Path(file).read_text(encoding="utf-8"), shown or file
-        except FileNotFoundError:
-            raise TemplateError(Problem("template file not found", file=shown or file, hint="check data.template.file")) from None
-        except UnicodeDecodeError:
-            raise TemplateError(Problem("template file is not UTF-8", file=shown or file, hint="save it as UTF-8")) from None
-        except OSError as e:  # a directory, no permission
-            raise TemplateError(Problem(f"cannot read the template file: {e.strerror or e}", file=shown or file,
-                                        hint="point data.template.file at a .jinja file")) from None
+        source, label = _read_template_file(Path(file), shown or file), shown or file
     else:
         if prompt is None or completion is None:
             raise TemplateError(Problem("an inline template needs both prompt and completion", path="data.template"))
@@ -501,11 +719,21 @@ def load_template(
         ast = env.parse(source, name=label)
         compiled = env.from_string(source)
     except jinja2.TemplateSyntaxError as e:
+        hint = "check the {{ }} / {% %} pairs"
+        if "unknown tag 'generation'" in (e.message or ""):
+            hint = ("{% generation %} marks the trained text of a Hugging Face chat template (a loop over "
+                    "`messages`); in a tunespec template the completion or assistant block is what is trained")
         raise TemplateError(Problem(f"template syntax error: {e.message}", file=label, line=e.lineno,
-                                    hint="check the {{ }} / {% %} pairs")) from None
+                                    hint=hint)) from None
     except RecursionError:
         raise TemplateError(Problem("template nested too deeply to compile", file=label,
                                     hint="simplify the template's nested expressions")) from None
+    for node in ast.find_all((nodes.Filter, nodes.Test)):  # a test in an `if` fails only when it runs: find it now
+        kind_, known = ("filter", env.filters) if isinstance(node, nodes.Filter) else ("test", env.tests)
+        if node.name not in known:
+            raise TemplateError(Problem(f"template syntax error: No {kind_} named '{node.name}'", file=label,
+                                        line=node.lineno, hint=f"Jinja's built-in {kind_}s: "
+                                        + ", ".join(sorted(n for n in known if not n.startswith("_")))))
     blocks = set(compiled.blocks)
     unknown = blocks - KNOWN_BLOCKS
     if unknown:
@@ -520,6 +748,21 @@ def load_template(
                                     file=label, hint="see templates/alpaca.jinja for the shape"))
     template = Template(name=label, kind=kind, source=source, stop=None, _compiled=compiled, system=system,
                         reads=frozenset(meta.find_undeclared_variables(ast)))
+    if kind == "fields" and answers:
+        prompt_block = next(b for b in ast.find_all(nodes.Block) if b.name == "prompt")
+        for node in prompt_block.find_all(nodes.Name):
+            if node.ctx == "load" and node.name in answers:
+                template.leak = Problem(  # raised at the first render, after the sandbox's own checks
+                    f"the prompt block reads `{node.name}`, the text the completion trains on: the model would be "
+                    "shown the answer", file=label, line=node.lineno,
+                    hint="move it to the completion block, or read an input field in the prompt")
+                break
+    outside = {n.name: n.lineno for n in ast.body if isinstance(n, nodes.Macro)}
+    for var, line in sorted(_undeclared_with_lines(ast).items(), key=lambda kv: kv[1]):
+        if var in outside:  # blocks are rendered alone: what the top level defines is not there
+            raise TemplateError(Problem(f"uses the macro `{var}`, defined outside the blocks (line {outside[var]}), "
+                                        "which the blocks do not see", file=label, line=line,
+                                        hint="define the macro inside the block that calls it"))
     if kind == "fields" and fields is not None:
         allowed = fields | {"instruction", "input", "output"} | ALWAYS_AVAILABLE
         for var, line in sorted(_undeclared_with_lines(ast).items(), key=lambda kv: kv[1]):

@@ -24,12 +24,14 @@ The runtime side (resizing, initialising and training the rows) is ``tunespec.ru
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import re
 from dataclasses import dataclass, field
 
-from ..errors import ModelError, Problem, SpecError
-from .templates import Template, library_dir
+from ..errors import ModelError, Problem, SpecError, TemplateError
+from .templates import (CHAT_TEMPLATE_SECONDS, Template, TemplateTimeout, _chat_template_error, _time_limit,
+                        library_dir)
 
 SPECIAL_MARKER = re.compile(r"<\|[^|<>\s]{1,40}\|>")
 TAG = re.compile(r"</?[A-Za-z_][^<>\s]{0,40}>")  # a stop marker shaped like a tag: <end_of_turn>, </s>
@@ -180,7 +182,7 @@ def _library_file(template: Template):
     return None
 
 
-def _chat_template_probe(tokenizer, chat_template: str | None = None) -> str:
+def _chat_template_probe(tokenizer, chat_template: str | None = None, label: str | None = None) -> str:
     """The model's chat template (or `chat_template`, a chat template file's text) rendered on a short
     conversation (with a system turn when it takes one)."""
     conversations = (
@@ -190,7 +192,11 @@ def _chat_template_probe(tokenizer, chat_template: str | None = None) -> str:
     for messages in conversations:
         try:
             kwargs = {"chat_template": chat_template} if chat_template else {}
-            return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+            with _time_limit(CHAT_TEMPLATE_SECONDS):  # as every rendering of a chat template (templates.py)
+                return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+        except TemplateTimeout as e:
+            error = _chat_template_error(e, "chat template" if chat_template else "model's chat template")
+            raise TemplateError([dataclasses.replace(p, file=label) for p in error.problems]) from None
         except Exception:  # a template that refuses a system turn, or any other role: try the next
             continue
     return ""
@@ -202,7 +208,8 @@ def marker_problems(template: Template, tokenizer, spec=None) -> list[Problem]:
     if template.kind == "tokenizer":
         if not (template.source or getattr(tokenizer, "chat_template", None)):
             return []
-        probe = _chat_template_probe(tokenizer, template.source or None)
+        probe = _chat_template_probe(tokenizer, template.source or None,
+                                     template.name if template.source else "the tokenizer's chat template")
         found = [(mk, None, "data.template") for mk in dict.fromkeys(SPECIAL_MARKER.findall(probe))]
         what, file = ("the chat template file", template.name) if template.source else ("the model's chat template", None)
         hint = f"add it under {SPECIAL_FIELD}"

@@ -265,6 +265,9 @@ class Build:
             return BuildError(Problem(message, file=str(base / f"{split}.{part}.npy"), path=where or None,
                                       hint=RECOMPILE))
 
+        for part, arr, what in (("ids", t.ids, "token ids"), ("trained", t.trained, "the loss mask")):
+            if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+                raise bad(part, f"{what} must be a 1-D integer array (it is {arr.ndim}-D {arr.dtype})")
         off = np.asarray(t.offsets)
         if off.ndim != 1 or len(off) < 1 or not np.issubdtype(off.dtype, np.integer) or int(off[0]) != 0:
             raise bad("offsets", "offsets must be a 1-D integer array starting at 0")
@@ -313,7 +316,11 @@ class Build:
     def load_tokenizer(self):
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(self.tokenizer_dir)
+        try:
+            tok = AutoTokenizer.from_pretrained(self.tokenizer_dir)
+        except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, ... for bad files
+            raise BuildError(Problem(f"cannot load the build's tokenizer: {type(e).__name__}: {e}".split("\n")[0][:300],
+                                     file=str(self.tokenizer_dir), hint=RECOMPILE)) from None
         if tok.pad_token_id is None:
             # Padding is masked by position, never by id, so sharing EOS's id cannot hide a real EOS label.
             tok.pad_token = tok.eos_token

@@ -54,7 +54,7 @@ def _shipped(build: Build, log) -> tuple[str, dict | None]:
 
 def _load_variant(build: Build, which: str, base=None):
     """('base' | 'adapter' | 'merged' | a path) -> (model, label)."""
-    from .modeling import load_base_model
+    from .modeling import load_base_model, loading
     from .vocabulary import extend_embeddings
 
     if which == "base":
@@ -71,7 +71,8 @@ def _load_variant(build: Build, which: str, base=None):
         if base is None:
             base = load_base_model(build.spec)
         extend_embeddings(base, build)  # once per model: the rows the adapter was trained on
-        return PeftModel.from_pretrained(base, str(build.adapter_dir)), "tuned"
+        with loading("the adapter", file=str(build.adapter_dir)):
+            return PeftModel.from_pretrained(base, str(build.adapter_dir)), "tuned"
     path = build.merged_dir if which == "merged" else Path(which)
     if not (path / "config.json").is_file():
         raise BuildError(Problem(f"no model at {path}", hint="merge first (tunespec merge BUILD) or pass a model directory"))
@@ -84,7 +85,8 @@ def _load_variant(build: Build, which: str, base=None):
     import torch
 
     device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else None
-    return AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(build.spec), device_map=device_map), "tuned"
+    with loading("the model", file=str(path)):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(build.spec), device_map=device_map), "tuned"
 
 
 def _device(model):

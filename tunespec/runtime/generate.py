@@ -246,7 +246,8 @@ def _from_object(obj: dict, renderer: Renderer, where: str) -> PromptInput:
 def read_inputs(renderer: Renderer, *, prompt: str | None, input_file: Path | None, fields: dict[str, str],
                 raw: bool) -> list[PromptInput]:
     if prompt is not None and input_file is not None:
-        raise _err("give --prompt or --input, not both", path="--input")
+        raise _err("give --prompt or --input, not both", path="--input",
+                   hint="one prompt: --prompt TEXT; many: --input FILE")
     if raw:
         if fields:
             raise _err("--field cannot be used with --raw", path="--field", hint="--raw takes the rendered prompt")
@@ -275,17 +276,23 @@ def read_inputs(renderer: Renderer, *, prompt: str | None, input_file: Path | No
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO or device: would block or not end
+            raise _err("the input file is not a regular file (a FIFO, socket or device)", file=str(path),
+                       hint="save the prompts to a file and pass that")
+        return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise _err("no such input file", file=str(path), hint="check the path") from None
     except UnicodeDecodeError:
         raise _err("the input file is not UTF-8", file=str(path), hint="save it as UTF-8") from None
     except OSError as e:
-        raise _err(f"cannot read the input file: {e.strerror or e}", file=str(path)) from None
+        raise _err(f"cannot read the input file: {e.strerror or e}", file=str(path),
+                   hint="--input takes a text file: one prompt per line, or JSON lines") from None
 
 
 def _read_lines(path: Path) -> list[str]:
-    lines = [line for line in _read_text(path).splitlines() if line.strip()]
+    # lines end at \n only: str.splitlines would also cut at U+2028, U+0085, form feeds, which JSON strings hold
+    lines = [line.removesuffix("\r") for line in _read_text(path).split("\n")]
+    lines = [line for line in lines if line.strip()]
     if not lines:
         raise _err("the input file has no prompts", file=str(path), hint="one prompt per line, or JSON lines")
     return lines
@@ -294,25 +301,38 @@ def _read_lines(path: Path) -> list[str]:
 def _read_file(path: Path, renderer: Renderer) -> list[PromptInput]:
     """Plain text (one prompt per line) or JSON lines (objects with `prompt` or the format's fields)."""
     lines = _read_lines(path)
-    objects = []
-    for line in lines:
+    if not lines[0].lstrip().startswith("{"):  # plain text: one prompt per line
+        return [PromptInput(line, renderer.render_text(line)) for line in lines]
+    objects = []  # JSON lines: every line must be one object (a broken line is not turned into a prompt)
+    for number, line in enumerate(_numbered(path), start=1):
+        if not line.strip():
+            continue
+
+        def bad(message: str, hint: str, column: int | None = None) -> TunespecError:
+            return TunespecError(Problem(message, file=str(path), line=number, column=column, hint=hint))
+
         try:
             obj = json.loads(line)
-        except ValueError:
-            break
+        except json.JSONDecodeError as e:
+            raise bad(f"invalid JSON: {e.msg}", "the file's first line is a JSON object, so each line must be one "
+                      "(or give plain text prompts, one per line)", e.colno) from None
+        except RecursionError:
+            raise bad("JSON nested too deeply", "flatten the line's values") from None
+        except ValueError as e:  # a number too long to convert
+            raise bad(f"cannot load this JSON value: {e}".split("\n")[0][:200], "write the value as a string") from None
         if not isinstance(obj, dict):
-            break
-        objects.append(obj)
-    if len(objects) == len(lines):
-        out = []
-        for i, obj in enumerate(objects):
-            try:
-                out.append(_from_object(obj, renderer, f"line {i + 1}"))
-            except TunespecError as e:
-                raise TunespecError([Problem(p.message, file=str(path), path=p.path, hint=p.hint)
-                                     for p in e.problems]) from None
-        return out
-    return [PromptInput(line, renderer.render_text(line)) for line in lines]
+            raise bad("the line is JSON but not an object", 'each line must be one object such as {"prompt": "..."}')
+        try:
+            objects.append(_from_object(obj, renderer, f"line {number}"))
+        except TunespecError as e:
+            raise TunespecError([Problem(p.message, file=str(path), line=number,  # the flag is not what was given
+                                         path=None if p.path == "--field" else p.path, hint=p.hint)
+                                 for p in e.problems]) from None
+    return objects
+
+
+def _numbered(path: Path) -> list[str]:
+    return [line.removesuffix("\r") for line in _read_text(path).split("\n")]
 
 
 # --------------------------------------------------------------------------- the model

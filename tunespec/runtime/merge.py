@@ -27,7 +27,7 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
     import torch
     from peft import PeftModel
 
-    from .modeling import load_base_model, pick_dtype
+    from .modeling import load_base_model, loading, pick_dtype
 
     adapter = build.spec.adapter
     if isinstance(adapter, PrefixTuningSpec):
@@ -64,7 +64,8 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
     from .vocabulary import extend_embeddings
 
     extend_embeddings(base, build)  # added tokens: the rows the adapter was trained on (merged saves them)
-    model = PeftModel.from_pretrained(base, str(build.adapter_dir))
+    with loading("the adapter", file=str(build.adapter_dir)):
+        model = PeftModel.from_pretrained(base, str(build.adapter_dir))
     model.eval()
     tokenizer = build.load_tokenizer()
     tokens = build.tokens("train")

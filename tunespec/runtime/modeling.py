@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from ..errors import ModelError, Problem
 from ..models import ModelRef, resolve
 from ..spec.adapter import IA3Spec, LoraSpec, PrefixTuningSpec, PromptTuningSpec, is_peft
@@ -89,11 +91,26 @@ def load_base_model(spec: Spec, *, quantized: bool = True, dtype=None, device_ma
         kwargs["dtype"] = qconfig.bnb_4bit_compute_dtype if spec.quantization.load_in_4bit else kwargs["dtype"]
     if device_map is not None:
         kwargs["device_map"] = device_map
-    try:
+    with loading(f"model {ref.label}", path="model",
+                 hint="check the model reference and, for flash_attention_2 or 4-bit, the installed kernels"):
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except (OSError, ValueError, ImportError) as e:
-        raise ModelError(Problem(f"cannot load model {ref.label}: {e}".split("\n")[0], path="model",
-                                 hint="check the model reference and, for flash_attention_2 or 4-bit, the installed kernels")) from None
+
+
+@contextlib.contextmanager
+def loading(what: str, *, path: str | None = None, file: str | None = None, hint: str | None = None):
+    """Every load of weights (base model, adapter, merged or given model directory) in one place: a missing,
+    cut or hostile file (a safetensors header declaring 2**60 bytes, an adapter_config.json cut short, no
+    weights) is a ModelError naming what was loaded, not a traceback."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - transformers, peft and safetensors raise many types for a bad file
+        from safetensors import SafetensorError
+
+        if not isinstance(e, (OSError, ValueError, ImportError, KeyError, SafetensorError, EOFError)):
+            raise
+        text = f"{type(e).__name__}: {e}" if isinstance(e, (SafetensorError, KeyError, EOFError)) else str(e)
+        raise ModelError(Problem(f"cannot load {what}: {text}".split("\n")[0][:400], path=path, file=file,
+                                 hint=hint or "the files are damaged or incomplete: copy or produce them again")) from None
 
 
 def lora_config(adapter: LoraSpec, tokens: dict | None = None):

@@ -6,6 +6,7 @@ Every problem found is collected and raised together as one ``SpecError`` whose 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import difflib
 import math
@@ -1099,8 +1100,11 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     for arg in overrides:
         _apply_set(doc, origins, arg)
     written_absolute: set = set()
-    resolved = _resolve_paths(doc, origins, written_absolute)
     root = _shown(path)
+    secrets = _secret_problems(doc, origins, root)
+    if secrets:  # before anything else reads the values: a spec is copied into lock.yaml and printed by `show`
+        raise SpecError(secrets)
+    resolved = _resolve_paths(doc, origins, written_absolute)
     try:
         spec = Spec.model_validate(resolved)
     except pydantic.ValidationError as e:
@@ -1115,6 +1119,37 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     return LoadedSpec(spec=spec, file=path.resolve(), raw=resolved, origins=origins,
                       extends=files[:-1], overrides=list(overrides), written_absolute=frozenset(written_absolute),
                       warnings=[_locate(p, origins, root) for p in ignored])
+
+
+_TOKEN = re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}")
+
+
+def _secret_problems(doc, origins: dict[Loc, Origin], root: str) -> list[Problem]:
+    """Values (and keys) that look like a Hugging Face access token: a spec is copied into lock.yaml and the
+    manifest, shown by `show` and in error messages, so a token there would leak; the message never repeats it."""
+    found: list[Problem] = []
+
+    def walk(node, loc: tuple) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(k, str) and _TOKEN.search(k):
+                    found.append(Problem("a key looks like a Hugging Face access token", path=dotted(loc)))
+                walk(v, loc + (k,))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, loc + (i,))
+        elif isinstance(node, str) and _TOKEN.search(node):
+            found.append(Problem("looks like a Hugging Face access token (hf_…)", path=dotted(loc)))
+
+    walk(doc, ())
+    out = []
+    for p in found:
+        p = _locate(p, origins, root)
+        if p.file and p.file.startswith("--set "):  # the --set argument holds the token itself
+            p = dataclasses.replace(p, file="--set " + (p.path or "") + "=…")
+        out.append(dataclasses.replace(p, hint="never put a token in a spec: set HF_TOKEN in the environment "
+                                       "(or `hf auth login`); then revoke this token, it has been written down"))
+    return out
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
