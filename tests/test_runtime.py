@@ -402,9 +402,10 @@ def check_merge(build: Path, base_dir: Path, workdir: Path) -> float:
     from transformers import AutoModelForCausalLM
 
     run = run_to_end(tunespec_cmd("merge", build), workdir)
-    m = re.search(r"largest logit difference vs base\+adapter on (\d+) rows: (\S+)", run.stderr)
+    m = re.search(r"vs base\+adapter on (\d+) rows: largest logit difference (\S+), same next token at ([\d.]+)%",
+                  run.stderr)
     assert m, run.stderr[-3000:]
-    assert int(m.group(1)) > 0 and float(m.group(2)) < 1e-4
+    assert int(m.group(1)) > 0 and float(m.group(2)) < 1e-4 and float(m.group(3)) == 100.0
     report = json.loads((build / "merged" / "tunespec.json").read_text())
     assert report["max_logit_diff"] < 1e-4
 
