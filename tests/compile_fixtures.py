@@ -238,3 +238,17 @@ def check_build(build: Path, *, turn_end: str | None = None, splits=None) -> int
                 assert labels[:spans[0][0]] == [-100] * spans[0][0], where
             checked += 1
     return checked
+
+
+def cli(*args):
+    """`tunespec ARGS` in-process (click's CliRunner); a traceback in the output or an exception other than the
+    exit is a failure of the test, not a result."""
+    from click.testing import CliRunner
+
+    from tunespec.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result

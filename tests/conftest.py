@@ -72,13 +72,7 @@ def compile(tunespec_env):  # noqa: A001 - the brief's name for it
 @pytest.fixture(scope="session")
 def tiny_build_template(tmp_path_factory, tiny_model_dir, _session_cache) -> Path:
     """The default spec compiled once; tests get copies (``tiny_build``) since runtime outputs go inside."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TUNESPEC_CACHE", str(_session_cache))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        root = tmp_path_factory.mktemp("tiny-build")
-        spec = helpers.write_spec(root / "spec.yaml", tiny_model_dir)
-        helpers.compile_spec(spec, root / "build")
-        return root / "build"
+    return helpers.compiled_once(tmp_path_factory.mktemp("tiny-build"), tiny_model_dir, _session_cache)
 
 
 @pytest.fixture

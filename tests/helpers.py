@@ -133,6 +133,19 @@ def compile_spec(spec_path: Path, out: Path, *, force: bool = False):
     return compile_build(load_spec(spec_path), out, force=force, log=lambda s: None)
 
 
+def compiled_once(root: Path, model_dir: Path, cache: Path, overrides: dict | None = None, name: str = "build") -> Path:
+    """A spec for the tiny model (``overrides`` applied) compiled into ``root/name`` with the session's cache and
+    the hub offline: what session- and module-scoped build fixtures share."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNESPEC_CACHE", str(cache))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        spec = write_spec(root / "spec.yaml", model_dir, overrides)
+        compile_spec(spec, root / name)
+    return root / name
+
+
 # --------------------------------------------------------------------------- subprocesses
 
 # Installed as sitecustomize.py on PYTHONPATH: every Python process of the run (the accelerate launcher and

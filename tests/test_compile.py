@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from compile_fixtures import (
+    cli,
     SPECS_DATA,
     build_tokenizer,
     check_build,
@@ -33,7 +33,6 @@ from compile_fixtures import (
     write_jsonl,
     write_spec,
 )
-from tunespec.cli import main
 from tunespec.build_layout import FORMAT_VERSION
 from tunespec.compiler.build import compile_build
 from tunespec.errors import BuildError, DataError
@@ -42,14 +41,6 @@ from tunespec.spec.loader import load_spec
 QA = SPECS_DATA / "qa_sample.jsonl"
 INSTRUCTIONS = SPECS_DATA / "instructions_sample.json"
 CHAT = SPECS_DATA / "chat_sample.jsonl"
-
-
-def cli(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def sha(path: Path) -> str:

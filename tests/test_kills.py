@@ -153,15 +153,9 @@ def zygote(tmp_path_factory, _session_cache):
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory, tiny_model_dir, _session_cache) -> Path:
     """A compiled build that trains in 2 steps (a checkpoint after each), 16 train rows, 2 test rows."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TUNESPEC_CACHE", str(_session_cache))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        root = tmp_path_factory.mktemp("kills")
-        spec = helpers.write_spec(root / "spec.yaml", tiny_model_dir, {
-            "training.max_steps": 2, "training.save_steps": 1, "data.sources.0.limit": 16,
-            "data.sources.1.limit": 2, "evaluation.max_new_tokens": 4})
-        helpers.compile_spec(spec, root / "fresh")
-        return root / "fresh"
+    return helpers.compiled_once(tmp_path_factory.mktemp("kills"), tiny_model_dir, _session_cache, {
+        "training.max_steps": 2, "training.save_steps": 1, "data.sources.0.limit": 16,
+        "data.sources.1.limit": 2, "evaluation.max_new_tokens": 4}, name="fresh")
 
 
 @pytest.fixture(scope="module")
@@ -175,15 +169,9 @@ def trained(fresh, zygote, tmp_path_factory) -> tuple[Path, list[str]]:
 @pytest.fixture(scope="module")
 def fresh_pruned(fresh, tmp_path_factory, tiny_model_dir, _session_cache) -> Path:
     """`fresh` keeping one checkpoint (checkpoint-1 is pruned once checkpoint-2 is written)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TUNESPEC_CACHE", str(_session_cache))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        root = tmp_path_factory.mktemp("kills-pruned")
-        spec = helpers.write_spec(root / "spec.yaml", tiny_model_dir, {
-            "training.max_steps": 2, "training.save_steps": 1, "training.save_total_limit": 1,
-            "data.sources.0.limit": 16, "data.sources.1.limit": 2, "evaluation.max_new_tokens": 4})
-        helpers.compile_spec(spec, root / "fresh")
-        return root / "fresh"
+    return helpers.compiled_once(tmp_path_factory.mktemp("kills-pruned"), tiny_model_dir, _session_cache, {
+        "training.max_steps": 2, "training.save_steps": 1, "training.save_total_limit": 1,
+        "data.sources.0.limit": 16, "data.sources.1.limit": 2, "evaluation.max_new_tokens": 4}, name="fresh")
 
 
 # --------------------------------------------------------------------------- checks, independent of the code under test

@@ -14,22 +14,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from ruamel.yaml import YAML
 
-from compile_fixtures import SPECS_DATA, compile_spec, tiny_model_path
+from compile_fixtures import SPECS_DATA, cli, compile_spec, tiny_model_path
 from tunespec import build_layout as layout
-from tunespec.cli import main
 
 TEMPLATE = "{% block prompt %}Q: {{ question }}\nA:{% endblock %}{% block completion %} {{ answer }}{% endblock %}"
-
-
-def cli(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def files_of(build: Path) -> dict[str, bytes]:

@@ -185,14 +185,22 @@ def _hash_cached(path: Path) -> str:
         return hit[3]
     sha = sha256_file(path)
     known[key] = stamp + [sha]
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(known, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # a cache that cannot be written only costs a re-hash next time
+    save_cache_json(cache, known)
     return sha
+
+
+def save_cache_json(path: Path, data: dict) -> None:
+    """Write a cache file of tunespec's own (hashes already computed) whole; one that cannot be written only
+    costs a re-hash next time."""
+    import json
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def model_pins(ref: ModelRef, model_dir: str) -> dict:

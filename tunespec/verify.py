@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from .errors import BuildError, Problem
-from .models import cache_root
+from .models import cache_root, save_cache_json
 
 SEAL = "lock_sha256: "
 RECOMPILE = "recompile: tunespec compile SPEC -o BUILD --force"
@@ -72,14 +71,7 @@ def _load_cache(path: Path) -> dict:
         return {}
 
 
-def _save_cache(path: Path, data: dict) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a cache that cannot be written only costs a re-hash next time
+_save_cache = save_cache_json  # a cache that cannot be written only costs a re-hash next time
 
 
 def verify_files(build: Path, files: dict, *, manifest_sha: str | None = None, hint: str = RECOMPILE,
