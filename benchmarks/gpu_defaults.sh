@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TUNESPEC_CACHE=${TUNESPEC_CACHE:-/tmp
   date -u +%Y-%m-%dT%H:%M:%SZ; } > "$OUT/gpu-$PART.txt" 2>&1
 case $PART in
   throughput)
-    python3 benchmarks/train_throughput.py --data "$DATA/dev.jsonl" --model-dir "$CONFIG" --random-weights --timeout 200 \
+    python3 benchmarks/train_throughput.py --data "$DATA/dev.jsonl" --model-dir "$CONFIG" --random-weights --timeout ${TIMEOUT:-200} \
       --steps ${STEPS:-20} --systems ${SYSTEMS:-trl_packing,tunespec,tunespec_packing,tunespec_defaults,tunespec_16k} \
       --out "$OUT/throughput-defaults.json" > "$OUT/throughput.log" 2>&1
     tail -5 "$OUT/throughput.log" ;;

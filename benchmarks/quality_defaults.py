@@ -109,12 +109,13 @@ def trl_child(build: Path, out: Path) -> None:
     from tunespec.models import resolve
 
     src = resolve(b.model_ref)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16, device_map={"": 0})
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16,
+                                                 device_map={"": 0} if torch.cuda.is_available() else None)
     data = load_dataset("json", data_files=str(build / "data" / "train.jsonl"), split="train")
     keep = [c for c in data.column_names if c in ("messages", "prompt", "completion", "tools")]
     data = data.remove_columns([c for c in data.column_names if c not in keep])
     cfg = SFTConfig(output_dir=str(out) + "-trl", per_device_train_batch_size=8, num_train_epochs=3, learning_rate=2e-4,
-                    logging_steps=10, bf16=True, report_to=[], save_strategy="no", max_length=1024)
+                    logging_steps=10, bf16=torch.cuda.is_available(), report_to=[], save_strategy="no", max_length=1024)
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, peft_config=lora)
     trainer.train()

@@ -566,6 +566,10 @@ def trained(tmp_path_factory, tiny_model_dir, _session_cache):
 
         AcceleratorState._reset_state(True)
     assert last["step"] == 12
+    # off a terminal every step line but the last says the time left at the pace so far
+    lines = [line for line in logs if line.startswith("step ") and "step_time_s" in line]
+    assert lines and all(("; about " in line and line.endswith(" left")) == (not line.startswith("step 12/"))
+                         for line in lines)
     return root / "build"
 
 
@@ -722,6 +726,36 @@ def test_evaluate_scores_the_merged_model_where_one_is_current(trained, tmp_path
     said = []
     assert evaluate(Build(build), log=said.append)["tuned"]["model"] == "adapter"
     assert any("merged/ is older than adapter/" in line for line in said)
+
+
+def test_generation_reports_the_time_left_and_counts_every_token_step(trained, monkeypatch):
+    """evaluate's generation moves its progress once per new token and makes up the steps a batch that stopped
+    early (at EOS) did not take, so the bar ends full; off a terminal it writes a line with the time left."""
+    from tunespec.progress import Progress
+    from tunespec.runtime import evaluate as ev_mod
+    from tunespec.runtime.build import Build
+
+    build = Build(trained)
+    seen: list[Progress] = []
+    real_init = Progress.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        seen.append(self)
+
+    monkeypatch.setattr(Progress, "__init__", spy)
+    tokenizer = build.load_tokenizer()
+    tokenizer.padding_side = "left"
+    model, _ = ev_mod._load_variant(build, "base")
+    rows = build.rows("test")
+    said: list[str] = []
+    ev_mod.generate(model, tokenizer, build, [r["prompt"] for r in rows], log=said.append, every=0.0)
+    (p,) = seen
+    batch, new = build.spec.evaluation.batch_size, build.spec.evaluation.max_new_tokens
+    assert p.total == -(-len(rows) // batch) * new and p.done == p.total and p.upper
+    lines = [line for line in said if line.startswith("  generating: ")]
+    assert lines and all("token steps" in line and "at most" in line for line in lines)
+    assert len(lines) > -(-len(rows) // batch)  # moved token by token, not only once a batch
 
 
 def test_cut_strips_at_the_stop_marker():

@@ -21,6 +21,7 @@ from ..build_layout import STAMP
 from ..micro_batches import DEFAULT_ROWS
 from ..atomic import check_replaceable, install, temp_dir
 from ..errors import BuildError, Problem
+from ..progress import Progress
 from ..spec.adapter import is_peft
 from . import rouge
 from .build import Build
@@ -99,9 +100,26 @@ def _cut(text: str, stop: str | None) -> str:
     return text.strip()
 
 
-def generate(model, tokenizer, build: Build, prompts: list[str], *, log=print) -> Generated:
-    """Batched generation for `prompts`, in their order."""
+class _Counter:
+    """A stopping criterion that stops nothing: it moves `progress` one new token per generation step."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.steps = progress, 0
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        self.steps += 1
+        self.progress.advance()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def generate(model, tokenizer, build: Build, prompts: list[str], *, log=print, label: str = "generating",
+             every: float = 30.0) -> Generated:
+    """Batched generation for `prompts`, in their order, with the time left (an upper bound: a batch may stop
+    before max_new_tokens) on a bar or a line every `every` seconds."""
     import torch
+    from transformers import StoppingCriteriaList
 
     from .modeling import use_bf16
 
@@ -125,7 +143,10 @@ def generate(model, tokenizer, build: Build, prompts: list[str], *, log=print) -
     t0 = time.perf_counter()
     new_tokens = 0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(build.spec))
+    batches = -(-len(order) // ev.batch_size)
+    progress = Progress(label, batches * ev.max_new_tokens, "token step", log, upper=True, every=every)
     for start in range(0, len(order), ev.batch_size):
+        counter = _Counter(progress)
         idx = order[start : start + ev.batch_size]
         width = max(len(encoded[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -135,7 +156,9 @@ def generate(model, tokenizer, build: Build, prompts: list[str], *, log=print) -
             ids[r, width - n :] = torch.tensor(encoded[i])
             mask[r, width - n :] = 1
         with torch.no_grad(), autocast:
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 stopping_criteria=StoppingCriteriaList([counter]), **kwargs)
+        progress.advance(max(ev.max_new_tokens - counter.steps, 0))  # the steps a batch that stopped early did not take
         for r, i in enumerate(idx):
             new = gen[r, width:]
             keep = []
@@ -145,7 +168,8 @@ def generate(model, tokenizer, build: Build, prompts: list[str], *, log=print) -
                 keep.append(t)
             new_tokens += len(keep)
             out[i] = _cut(tokenizer.decode(keep, skip_special_tokens=True), build.stop)
-        log(f"  generated {min(start + ev.batch_size, len(order))}/{len(order)}")
+        progress.write(f"  generated {min(start + ev.batch_size, len(order))}/{len(order)}")
+    progress.close()
     return Generated(out, time.perf_counter() - t0, new_tokens)
 
 
@@ -217,7 +241,7 @@ def evaluate(build: Build, *, model: str | None = None, split: str | None = None
             info["merged_vs_adapter"] = {k: merged_stamp[k] for k in
                                          ("top1_agreement", "max_logit_diff", "positions_checked", "dtype")}
         if want_rouge:
-            g = generate(m, tokenizer, build, prompts, log=log)
+            g = generate(m, tokenizer, build, prompts, log=log, label=f"generating ({which})")
             preds[label] = g.predictions
             scores[label] = rouge.score_pairs(g.predictions, refs, multi_ref=multi_ref,
                                               tokenizer=ev.rouge_tokenizer)

@@ -50,6 +50,7 @@ from .. import micro_batches
 from .batching import collate_packed, collate_padded, count_positions, epoch_batches
 from .build import Build, TokenSet
 from ..build_layout import LOCK, MANIFEST, STAMP, stamp_text
+from ..progress import Progress, duration
 
 # Fields that may change between a checkpoint and its resume: they do not change the training math.
 RESUME_NEUTRAL = (
@@ -506,13 +507,11 @@ class Trainer:
                 metrics_path.unlink()
             elif metrics_path.exists():
                 _truncate_metrics(metrics_path, start)
-        bar = None
-        if self.acc.is_main_process and sys.stderr.isatty():  # a redrawn bar on a terminal; log lines elsewhere
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=plan.total_steps, initial=start, unit="step", dynamic_ncols=True, leave=False)
-            plain_log = self.log
-            self.log = lambda text: bar.write(text, file=sys.stderr)
+        # a redrawn bar on a terminal; elsewhere the step lines say the time left
+        self.progress = Progress("training", plan.total_steps, "step", self.log, initial=start, every=math.inf,
+                                 tty=self.acc.is_main_process and sys.stderr.isatty())
+        plain_log = self.log
+        self.log = self.progress.write
         self.log(f"training {plan.total_steps} steps × {plan.accum} {self.batching.describe()} "
                  f"on {self.acc.num_processes} process(es), {self.acc.device}; "
                  f"{len(self.train_set)} train rows in {plan.batches_per_epoch} micro-batches an epoch; "
@@ -572,8 +571,7 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
                 step += 1
-                if bar is not None:
-                    bar.update(1)
+                self.progress.advance()
                 stats = torch.cat([step_loss.reshape(1), torch.tensor(positions, dtype=torch.float64).to(self.acc.device)])
                 stats = self.acc.reduce(stats, reduction="sum").tolist()
                 step_loss = float(stats[0])
@@ -625,9 +623,8 @@ class Trainer:
                 signal.signal(s, h)
             if writer is not None:
                 writer.close()
-            if bar is not None:
-                bar.close()
-                self.log = plain_log
+            self.progress.close()
+            self.log = plain_log
         self.save(step, last)
         self.finish(last)
         return last
@@ -671,7 +668,9 @@ class Trainer:
                 if k != "step" and isinstance(v, (int, float)):
                     writer.add_scalar(f"train/{k}", v, record["step"])
         parts = [f"{k} {v}" for k, v in record.items() if k != "step"]
-        self.log(f"step {record['step']}/{self.plan.total_steps}: " + ", ".join(parts))
+        left = self.progress.left() if self.progress.bar is None and record["step"] < self.plan.total_steps else None
+        self.log(f"step {record['step']}/{self.plan.total_steps}: " + ", ".join(parts)
+                 + ("" if left is None else f"; about {duration(left)} left"))
 
     def finish(self, last: dict) -> None:
         """Save the final adapter (or full model) and the loss curve."""
