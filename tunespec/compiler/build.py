@@ -42,6 +42,7 @@ from .formats import FORMATS
 from .model_cache import load_for_compile
 from .records import Record, openai_messages, openai_tools
 from .references import check_reference_fields, short_of_references
+from .selection import select
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_names, sources_inputs
 from .templates import Template, chat_generation_prompt, check_chat_template, load_template
 from .tools import IGNORED, DROPPED, manifest_tools, place_calls, place_tools
@@ -299,6 +300,15 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
 
     fmt_of = {res.name: res.format for res in results}
     by_name = {res.name: res for res in results}
+    splits["train"], chosen_out, first_out = select(splits, lambda r: fmt_of[r.source.rsplit("#", 1)[0]],
+                                                    data.selection)
+    if chosen_out:  # the same accounting as every drop: manifest counts, a warning located at the first row
+        located = Drops(chosen_out)
+        for reason, rec in first_out.items():
+            name, _, index = rec.source.rpartition("#")
+            located.where[reason] = by_name[name].location(int(index))
+        all_drops["selection"] = dict(sorted(chosen_out.items()))
+        problems += drop_problems(located, "data.selection")
     ref_fields_of = {
         f: (spec.evaluation.reference_fields or ([FORMATS[f].reference] if FORMATS[f].reference else []))
         for f in set(fmt_of.values())

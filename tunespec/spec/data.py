@@ -71,6 +71,27 @@ class TokenizationSpec(Section):
     add_eos: bool = Field(True, description="Append EOS to every completion / assistant turn, and train it.")
 
 
+class SelectionSpec(Section):
+    """Which rows of the train split are kept, before templating (compiler/selection.py). Test and validation
+    rows are never dropped; a train row repeating one of them is (it would leak the evaluation into training)."""
+
+    dedup: Literal["none", "exact", "near"] = Field(
+        "none",
+        description="Drop train rows repeating an earlier row (in source order, across sources) or an evaluation "
+        "row: exact = the same text after whitespace and Unicode normalisation; near = also a MinHash estimate "
+        "of the Jaccard similarity of their word 5-grams at least near_threshold (counted, warned).",
+    )
+    near_threshold: float = Field(
+        0.85, gt=0.0, le=1.0, description="dedup: near: the estimated Jaccard similarity at which two rows are one."
+    )
+    min_words: int | None = Field(
+        None, ge=0, le=TOKENS_MAX, description="Drop train rows whose completion (the trained part) has fewer words."
+    )
+    max_words: int | None = Field(
+        None, ge=1, le=TOKENS_MAX, description="Drop train rows whose completion has more words."
+    )
+
+
 class DataSpec(Section):
     """Where rows come from, how they are read, templated, tokenized and split."""
 
@@ -88,5 +109,7 @@ class DataSpec(Section):
     )
     tokenization: TokenizationSpec = Field(default_factory=TokenizationSpec, description="Token limits and loss masking.")
     holdout: HoldoutSpec = Field(default_factory=HoldoutSpec, description="Test/validation rows carved out of train.")
+    selection: SelectionSpec = Field(default_factory=SelectionSpec,
+                                     description="Duplicate and length filters on the train rows (counted, warned).")
     seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed for shuffling and holdout splits.")
     strict: bool = Field(False, description="Make any dropped row an error instead of a counted warning.")

@@ -1,0 +1,165 @@
+"""``data.selection``: which train rows are kept, decided on the rows' text before templating.
+
+    kept, dropped = select(splits, fmt_of, spec.data.selection)
+
+* **Length**: ``min_words`` / ``max_words`` count the words (``\\w+`` runs) of the row's completion, the text
+  that is trained: the format's answer field, or a chat row's assistant turns (``text``: the whole text).
+* **Exact duplicates** (``dedup: exact`` or ``near``): the row's whole text (every field or turn, with its
+  name or role), Unicode NFC, case folded, whitespace runs as one space; its sha256.
+* **Near duplicates** (``dedup: near``): MinHash signatures of the set of word 5-grams (a row of fewer words is
+  one shingle), 128 hash functions ``h(x) = ((a·x + b) mod (2^61 - 1)) & (2^32 - 1)`` over the first 4 bytes of
+  each shingle's sha1 (little-endian), the scheme `datasketch` calls legacy, with its seed 1
+  (tests/test_selection.py holds the signatures equal to datasketch's). Candidates come from 16 bands of 8 rows (pairs at Jaccard
+  0.85 share a band with probability 0.994); a candidate is a duplicate when the share of equal signature
+  values is at least ``near_threshold``.
+
+Rows are taken in order (test and validation rows first, then train in source order); a train row is dropped
+when it repeats a row taken before it, so of a group of duplicates the first train row stays, and none stays
+that repeats an evaluation row. Deterministic: the same rows give the same choice. Every drop is counted by
+reason in ``Drops`` (manifest ``dropped.selection``), located at its first row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections import Counter
+
+import numpy as np
+
+from ..spec.data import SelectionSpec
+from .formats import FORMATS
+from .records import Record
+
+NUM_PERM = 128
+BANDS, ROWS_PER_BAND = 16, 8
+SHINGLE = 5
+_PRIME = np.uint64((1 << 61) - 1)
+_MAX32 = np.uint64((1 << 32) - 1)
+_WORD = re.compile(r"\w+")
+
+
+def _permutations(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    gen = np.random.RandomState(seed)
+    pairs = [(gen.randint(1, _PRIME, dtype=np.uint64), gen.randint(0, _PRIME, dtype=np.uint64)) for _ in range(NUM_PERM)]
+    a, b = np.array(pairs, dtype=np.uint64).T
+    return a, b
+
+
+_A, _B = _permutations()
+
+
+def normalized(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", text).casefold().split())
+
+
+def shingles(text: str) -> set[str]:
+    """The word 5-grams of a text (lowercased words); a text of fewer words is one shingle."""
+    words = _WORD.findall(unicodedata.normalize("NFC", text).casefold())
+    if len(words) <= SHINGLE:
+        return {" ".join(words)}
+    return {" ".join(words[i : i + SHINGLE]) for i in range(len(words) - SHINGLE + 1)}
+
+
+def signature(parts: set[str]) -> np.ndarray:
+    """The MinHash signature (NUM_PERM uint64 values under 2^32) of a set of strings."""
+    hv = np.array([int.from_bytes(hashlib.sha1(s.encode("utf-8")).digest()[:4], "little") for s in parts],
+                  dtype=np.uint64)
+    with np.errstate(over="ignore"):  # a·x wraps at 2^64, as in datasketch
+        values = ((np.outer(hv, _A) + _B) % _PRIME) & _MAX32
+    return values.min(axis=0) if len(hv) else np.full(NUM_PERM, _MAX32, dtype=np.uint64)
+
+
+def whole_text(rec: Record) -> str:
+    if rec.messages is not None:
+        return "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in rec.messages) + (rec.tools or "")
+    return "\n".join(f"{k}: {v}" for k, v in sorted((rec.fields or {}).items()))
+
+
+def completion_text(rec: Record, fmt: str) -> str:
+    if rec.messages is not None:
+        return "\n".join(m.get("content") or "" for m in rec.messages if m.get("role") == "assistant")
+    field = FORMATS[fmt].reference or "text"
+    return (rec.fields or {}).get(field, "")
+
+
+class _Index:
+    """Rows taken so far: their exact keys, and their signatures banded for near-duplicate candidates."""
+
+    def __init__(self, near: float | None) -> None:
+        self.near = near
+        self.exact: dict[str, int] = {}
+        self.bands: list[dict[bytes, list[int]]] = [{} for _ in range(BANDS)]
+        self.signatures: list[np.ndarray] = []
+
+    def match(self, text: str) -> tuple[int | None, str | None, np.ndarray | None]:
+        """(the index of the row this one repeats or None, "exact"/"near", this row's signature)."""
+        key = hashlib.sha256(normalized(text).encode("utf-8")).hexdigest()
+        if key in self.exact:
+            return self.exact[key], "exact", None
+        if self.near is None:
+            return None, None, None
+        sig = signature(shingles(text))
+        seen: set[int] = set()
+        for band, bucket in enumerate(self.bands):
+            for j in bucket.get(sig[band * ROWS_PER_BAND : (band + 1) * ROWS_PER_BAND].tobytes(), ()):
+                if j not in seen:
+                    seen.add(j)
+                    if float(np.mean(self.signatures[j] == sig)) >= self.near:
+                        return j, "near", sig
+        return None, None, sig
+
+    def add(self, text: str, sig: np.ndarray | None) -> int:
+        i = len(self.signatures) if self.near is not None else len(self.exact)
+        self.exact.setdefault(hashlib.sha256(normalized(text).encode("utf-8")).hexdigest(), i)
+        if self.near is not None:
+            sig = sig if sig is not None else signature(shingles(text))
+            self.signatures.append(sig)
+            for band, bucket in enumerate(self.bands):
+                bucket.setdefault(sig[band * ROWS_PER_BAND : (band + 1) * ROWS_PER_BAND].tobytes(), []).append(i)
+        return i
+
+
+def select(splits: dict[str, list[Record]], fmt_of, sel: SelectionSpec) -> tuple[list[Record], Counter, dict]:
+    """The train rows kept, the drops by reason, and the first dropped record of each reason.
+    ``fmt_of(record)`` gives a record's format name."""
+    drops: Counter = Counter()
+    first: dict[str, Record] = {}
+
+    def drop(reason: str, rec: Record) -> None:
+        drops[reason] += 1
+        first.setdefault(reason, rec)
+
+    kept: list[Record] = []
+    index = _Index(sel.near_threshold if sel.dedup == "near" else None) if sel.dedup != "none" else None
+    split_of: list[str] = []  # per row in the index: its split
+    if index is not None:
+        for split in ("test", "validation"):
+            for rec in splits.get(split, []):
+                text = whole_text(rec)
+                j, _, sig = index.match(text)
+                if j is None:
+                    index.add(text, sig)
+                    split_of.append(split)
+    for rec in splits["train"]:
+        if sel.min_words is not None or sel.max_words is not None:
+            words = len(_WORD.findall(completion_text(rec, fmt_of(rec))))
+            if sel.min_words is not None and words < sel.min_words:
+                drop(f"completion under data.selection.min_words ({sel.min_words} words)", rec)
+                continue
+            if sel.max_words is not None and words > sel.max_words:
+                drop(f"completion over data.selection.max_words ({sel.max_words} words)", rec)
+                continue
+        if index is not None:
+            text = whole_text(rec)
+            j, how, sig = index.match(text)
+            if j is not None:
+                what = "exact duplicate" if how == "exact" else (
+                    f"near duplicate (MinHash Jaccard >= {sel.near_threshold})")
+                drop(f"{what} of {'an earlier train' if split_of[j] == 'train' else 'a ' + split_of[j]} row", rec)
+                continue
+            index.add(text, sig)
+            split_of.append("train")
+        kept.append(rec)
+    return kept, drops, first
