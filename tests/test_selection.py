@@ -130,6 +130,10 @@ def test_compile_counts_selection_drops_locates_them_and_strict_refuses(tmp_path
     assert result.manifest["splits"]["train"]["rows"] == 20
     text = "\n".join(result.messages)
     assert f"{tmp_path / 'b.jsonl'}:1" in text and "5 row(s) dropped: exact duplicate of an earlier train row" in text
+    from tunespec.compiler.preview import render_row
+
+    shown = render_row(tmp_path / "build")
+    assert "rows the compile left out: 6" in shown and "  selection: 5 exact duplicate of an earlier train row" in shown
     strict = make_spec(tmp_path, "strict.yaml", **{"data.sources": sources, "data.selection": {"dedup": "near"},
                                                     "data.strict": True})
     with pytest.raises(DataError, match="exact duplicate of a test row"):

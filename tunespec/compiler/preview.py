@@ -110,6 +110,11 @@ def render_row(build: Path, *, split: str = "train", index: int = 0, as_json: bo
     ends = [i for i in range(len(ids)) if trained[i] and ids[i] == eos]
     lines.append(head(f"{len(ids)} tokens, {n_trained} trained ({n_trained / max(1, len(ids)):.0%}), "
                       f"{len(ids) - n_trained} masked (-100); EOS id {eos} trained {len(ends)}×"))
+    dropped = manifest.get("dropped") or {}  # the compile's one accounting of rows not in the build
+    if dropped:
+        lines.append(head(f"rows the compile left out: {sum(sum(r.values()) for r in dropped.values())}"))
+        for stage, reasons in dropped.items():
+            lines += [f"  {stage}: {n} {reason}" for reason, n in reasons.items()]
     return "\n".join(lines)
 
 
