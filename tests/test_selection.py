@@ -139,3 +139,83 @@ def test_compile_counts_selection_drops_locates_them_and_strict_refuses(tmp_path
     with pytest.raises(DataError, match="exact duplicate of a test row"):
         compile(strict, tmp_path / "strict")
     assert not (tmp_path / "strict").exists()
+
+
+# --------------------------------------------------------------------------- IFD
+
+
+def test_score_data_equals_the_models_own_loss_with_and_without_the_prompt(tmp_path, make_spec, tunespec_env):
+    """`tunespec score-data` against transformers' own loss (model(..., labels=...).loss, a mean over the
+    labelled tokens), row by row: after the whole row, and after only the build's prefix (or EOS)."""
+    import torch
+    from click.testing import CliRunner
+
+    from tunespec.cli import main
+    from tunespec.runtime.build import Build
+    from tunespec.runtime.evaluate import _load_variant
+
+    spec = make_spec(tmp_path, **{"data.sources.0.limit": 12})
+    out = tmp_path / "scores.jsonl"
+    r = CliRunner().invoke(main, ["score-data", str(spec), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    header, *rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert header["kind"] == "tunespec ifd scores" and header["rows"] == len(rows) == 12
+    helpers.compile_spec(spec, tmp_path / "build")
+    build = Build(tmp_path / "build")
+    assert header["input_key"] == build.input_key
+    model, _ = _load_variant(build, "base")
+    tokens, start = build.tokens("train"), build.prefix_ids or [build.eos_token_id]
+    for i, row in enumerate(rows):
+        ids, trained = tokens.row(i)
+        ids = torch.tensor(ids[None].astype(np.int64))
+        labels = torch.where(torch.tensor(trained[None].astype(bool)), ids, -100)
+        answer = ids[labels != -100].tolist()
+        alone = torch.tensor([start + answer])
+        alone_labels = torch.tensor([[-100] * len(start) + answer])
+        with torch.no_grad():
+            loss = float(model(input_ids=ids, labels=labels).loss)
+            loss_alone = float(model(input_ids=alone, labels=alone_labels).loss)
+        assert row["id"] == build.rows("train")[i]["id"]
+        assert row["loss"] == pytest.approx(loss, abs=2e-5) and row["loss_alone"] == pytest.approx(loss_alone, abs=2e-5)
+        assert row["ifd"] == pytest.approx(loss / loss_alone, abs=1e-5)
+
+
+def _scores(path: Path, ifd: dict[str, float]) -> Path:
+    lines = [{"kind": "tunespec ifd scores", "version": 1}] + [{"id": k, "ifd": v} for k, v in ifd.items()]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_ifd_keeps_the_share_with_the_highest_score_under_one(tmp_path, make_spec, compile):
+    ids = [r["id"] for r in OWN[:10]]
+    values = [0.5, 0.9, 1.2, 0.1, 0.95, 0.3, 1.0, 0.7, 0.2, 0.6]
+    scores = _scores(tmp_path / "s.jsonl", dict(zip(ids, values)))
+    spec = make_spec(tmp_path, **{"data.sources.0.limit": 10, "data.selection": {"ifd": {"file": str(scores), "keep": 0.4}}})
+    result = compile(spec, tmp_path / "build")
+    kept = [json.loads(line)["id"] for line in (tmp_path / "build" / "data" / "train.jsonl").read_text().splitlines()]
+    assert kept == [ids[1], ids[4], ids[7], ids[9]]  # 4 of 10: 0.9, 0.95, 0.7, 0.6, in source order
+    assert result.manifest["dropped"]["selection"] == {
+        "IFD >= 1 (its prompt does not lower the answer's loss)": 2,
+        "IFD under the kept share (data.selection.ifd.keep 0.4)": 4}
+    key = result.manifest["input_key"]
+    _scores(scores, dict(zip(ids, values[::-1])))  # other scores: another build, not "up to date"
+    again = compile(spec, tmp_path / "build", force=True)
+    assert not again.reused and again.manifest["input_key"] != key
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"kind": "something else"}'], "is not a scores file"),
+    (['{"kind": "tunespec ifd scores"}', '{"id": "train-0001", "ifd": "high"}'], "line 2 of the scores file"),
+    (['{"kind": "tunespec ifd scores"}', '{"id": "train-0001", "ifd": -1}'], "line 2 of the scores file"),
+    (['{"kind": "tunespec ifd scores"}', '{"id": "train-0001", "ifd": 0.5}', '{"id": "train-0001", "ifd": 0.5}'],
+     "scored twice"),
+    (['{"kind": "tunespec ifd scores"}', '{"id": "train-0001", "ifd": 0.5}'], "have no score"),
+])
+def test_a_bad_or_stale_scores_file_is_refused_at_its_line(tmp_path, make_spec, compile, lines, message):
+    (tmp_path / "s.jsonl").write_text("\n".join(lines) + "\n")
+    spec = make_spec(tmp_path, **{"data.sources.0.limit": 4, "data.selection": {"ifd": {"file": "s.jsonl"}}})
+    with pytest.raises(DataError, match=message) as e:
+        compile(spec, tmp_path / "build")
+    if "line" in message:
+        assert e.value.problems[0].line == 2 and e.value.problems[0].file == str(tmp_path / "s.jsonl")
+    assert not (tmp_path / "build").exists()

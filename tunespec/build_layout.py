@@ -85,6 +85,7 @@ PATH_FIELDS: tuple[tuple, ...] = (
     ("data", "sources", "*", "path"),
     ("data", "sources", "*", "data_files", "*"),
     ("data", "template", "file"),
+    ("data", "selection", "ifd", "file"),
     ("output", "dir"),
 )
 _GLOB = "*?["

@@ -231,6 +231,20 @@ def preview(target: Path, split: str, index: int, as_json: bool, overrides: tupl
                            color=sys.stdout.isatty()))
 
 
+@main.command(name="score-data")
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="The scores file to write (JSONL), for data.selection.ifd.file.")
+@set_option
+@user_errors
+def score_data(spec: Path, output: Path, overrides: tuple[str, ...]) -> None:
+    """Score each train row of SPEC by its instruction-following difficulty (IFD), with the spec's model."""
+    from .runtime.scoring import score_spec
+    from .spec.loader import load_spec
+
+    score_spec(load_spec(spec, overrides), output, log=lambda s: click.echo(s, err=True))
+
+
 @main.command()
 @click.argument("input_path", metavar="IN", type=click.Path(path_type=Path))
 @click.option("--from", "from_fmt", required=True, help="alpaca, sharegpt, messages or prompt_completion.")

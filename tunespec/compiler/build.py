@@ -42,7 +42,7 @@ from .formats import FORMATS
 from .model_cache import load_for_compile
 from .records import Record, openai_messages, openai_tools
 from .references import check_reference_fields, short_of_references
-from .selection import select
+from .selection import read_scores, select
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_names, sources_inputs
 from .templates import Template, chat_generation_prompt, check_chat_template, load_template
 from .tools import IGNORED, DROPPED, manifest_tools, place_calls, place_tools
@@ -115,6 +115,8 @@ def input_key(loaded: LoadedSpec, template: Template, sources: list[list[dict]])
         "sources": layout.portable_inputs(loaded, sources),
         "template": template.sha256,
     }
+    if loaded.spec.data.selection.ifd:  # the scores decide which rows are in: their content is an input
+        payload["ifd_scores"] = read_scores(loaded.spec.data.selection.ifd.file)[0]
     return _sha_bytes(json.dumps(payload, sort_keys=True).encode("utf-8"))
 
 
@@ -250,7 +252,8 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
     key = input_key(loaded, template, inputs)
     out = Path(out)
     refuse_overlap(out, [loaded.file, *loaded.extends, *(Path(f["file"]) for i in inputs for e in i
-                                                         for f in ([e] if "file" in e else e.get("files", [])))],
+                                                         for f in ([e] if "file" in e else e.get("files", []))),
+                         *([Path(data.selection.ifd.file)] if data.selection.ifd else [])],
                    is_dir=True)
     clean_stale(out)  # a killed earlier compile's temporaries (or its old build, moved aside)
     existing = _check_target(out, key, force)
@@ -300,8 +303,9 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
 
     fmt_of = {res.name: res.format for res in results}
     by_name = {res.name: res for res in results}
+    scores = read_scores(data.selection.ifd.file)[1] if data.selection.ifd else None
     splits["train"], chosen_out, first_out = select(splits, lambda r: fmt_of[r.source.rsplit("#", 1)[0]],
-                                                    data.selection)
+                                                    data.selection, scores)
     if chosen_out:  # the same accounting as every drop: manifest counts, a warning located at the first row
         located = Drops(chosen_out)
         for reason, rec in first_out.items():

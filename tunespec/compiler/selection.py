@@ -13,6 +13,13 @@
   0.85 share a band with probability 0.994); a candidate is a duplicate when the share of equal signature
   values is at least ``near_threshold``.
 
+* **IFD** (``ifd: {file, keep}``): the scores file of ``tunespec score-data`` (runtime/scoring.py) gives each
+  train row's instruction-following difficulty, the answer's mean loss after its prompt over its mean loss
+  alone (Li et al., 2024, "From Quantity to Quality"). Of the rows left by the filters above, those at 1 or
+  above go (the prompt does not help the model predict the answer), and of the rest the ``keep`` share of
+  all of them with the highest IFD stays. A row the file does not score is an error: the rows changed since
+  the scoring.
+
 Rows are taken in order (test and validation rows first, then train in source order); a train row is dropped
 when it repeats a row taken before it, so of a group of duplicates the first train row stays, and none stays
 that repeats an evaluation row. Deterministic: the same rows give the same choice. Every drop is counted by
@@ -26,7 +33,13 @@ import re
 import unicodedata
 from collections import Counter
 
+import json
+import math
+from pathlib import Path
+
 import numpy as np
+
+from ..errors import DataError, Problem
 
 from ..spec.data import SelectionSpec
 from .formats import FORMATS
@@ -121,9 +134,66 @@ class _Index:
         return i
 
 
-def select(splits: dict[str, list[Record]], fmt_of, sel: SelectionSpec) -> tuple[list[Record], Counter, dict]:
+SCORES_KIND = "tunespec ifd scores"
+
+
+def read_scores(path: str | Path) -> tuple[str, dict[str, float]]:
+    """(the file's sha256, row id -> IFD) of a scores file; a malformed one is a DataError at its line."""
+    path = Path(path)
+    where = "data.selection.ifd.file"
+    fix = "write it again: tunespec score-data SPEC -o " + path.name
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(Problem(f"cannot read the scores file {path}: {e.strerror or e}", path=where, hint=fix)) from None
+    scores: dict[str, float] = {}
+    for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if n == 1:
+            if not isinstance(row, dict) or row.get("kind") != SCORES_KIND:
+                raise DataError(Problem(f"{path} is not a scores file of tunespec score-data", path=where,
+                                        file=str(path), line=1, hint=fix))
+            continue
+        ifd = row.get("ifd") if isinstance(row, dict) else None
+        if not (isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(ifd, (int, float))
+                and not isinstance(ifd, bool) and math.isfinite(ifd) and ifd >= 0):
+            raise DataError(Problem(f"line {n} of the scores file is not {{\"id\": TEXT, \"ifd\": NUMBER >= 0, ...}}",
+                                    path=where, file=str(path), line=n, hint=fix))
+        if row["id"] in scores:
+            raise DataError(Problem(f"row id {row['id']!r} is scored twice", path=where, file=str(path), line=n,
+                                    hint=fix))
+        scores[row["id"]] = float(ifd)
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest(), scores
+
+
+def _by_ifd(rows: list[Record], scores: dict[str, float], keep: float, drop) -> list[Record]:
+    missing = [r for r in rows if r.id not in scores]
+    if missing:
+        raise DataError(Problem(f"{len(missing)} of {len(rows)} train rows have no score in data.selection.ifd.file "
+                                f"(first: {missing[0].id!r}): the rows changed since it was written",
+                                path="data.selection.ifd.file",
+                                hint="score them again: tunespec score-data SPEC -o FILE"))
+    quota = round(keep * len(rows))
+    helpful = sorted((i for i, r in enumerate(rows) if scores[r.id] < 1.0), key=lambda i: -scores[rows[i].id])
+    chosen = set(helpful[:quota])
+    for i, r in enumerate(rows):
+        if scores[r.id] >= 1.0:
+            drop("IFD >= 1 (its prompt does not lower the answer's loss)", r)
+        elif i not in chosen:
+            drop(f"IFD under the kept share (data.selection.ifd.keep {keep})", r)
+    return [r for i, r in enumerate(rows) if i in chosen]
+
+
+def select(splits: dict[str, list[Record]], fmt_of, sel: SelectionSpec,
+           scores: dict[str, float] | None = None) -> tuple[list[Record], Counter, dict]:
     """The train rows kept, the drops by reason, and the first dropped record of each reason.
-    ``fmt_of(record)`` gives a record's format name."""
+    ``fmt_of(record)`` gives a record's format name; ``scores`` the IFD of each row id (``read_scores``),
+    needed when ``sel.ifd`` is set."""
     drops: Counter = Counter()
     first: dict[str, Record] = {}
 
@@ -162,4 +232,6 @@ def select(splits: dict[str, list[Record]], fmt_of, sel: SelectionSpec) -> tuple
             index.add(text, sig)
             split_of.append("train")
         kept.append(rec)
+    if sel.ifd is not None:
+        kept = _by_ifd(kept, scores or {}, sel.ifd.keep, drop)
     return kept, drops, first

@@ -71,6 +71,15 @@ class TokenizationSpec(Section):
     add_eos: bool = Field(True, description="Append EOS to every completion / assistant turn, and train it.")
 
 
+class IfdSpec(Section):
+    """Instruction-following difficulty (IFD) from a scores file that `tunespec score-data` writes."""
+
+    file: str = Field(description="The scores file (JSONL) `tunespec score-data SPEC -o FILE` wrote; relative to "
+                      "the spec file. Its sha256 enters the build's input key.")
+    keep: float = Field(0.5, gt=0.0, le=1.0, description="The fraction of the scored train rows kept: those of "
+                        "highest IFD under 1 (a row at 1 or above learns nothing from its instruction).")
+
+
 class SelectionSpec(Section):
     """Which rows of the train split are kept, before templating (compiler/selection.py). Test and validation
     rows are never dropped; a train row repeating one of them is (it would leak the evaluation into training)."""
@@ -89,6 +98,10 @@ class SelectionSpec(Section):
     )
     max_words: int | None = Field(
         None, ge=1, le=TOKENS_MAX, description="Drop train rows whose completion has more words."
+    )
+    ifd: IfdSpec | None = Field(
+        None, description="Keep the train rows whose answer their instruction helps most (IFD: the answer's loss "
+        "with the prompt over its loss alone, from `tunespec score-data`); after dedup and the word bounds.",
     )
 
 

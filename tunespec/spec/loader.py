@@ -40,6 +40,7 @@ PATH_FIELDS: tuple[Loc, ...] = (
     ("data", "sources", "*", "path"),
     ("data", "sources", "*", "data_files", "*"),  # only for the json/csv/parquet/... builders
     ("data", "template", "file"),
+    ("data", "selection", "ifd", "file"),
     ("output", "dir"),
 )
 

@@ -1,0 +1,129 @@
+"""`tunespec score-data SPEC -o FILE`: each train row's instruction-following difficulty (IFD), for
+``data.selection.ifd``.
+
+    IFD(row) = mean loss of the answer's tokens after the prompt / mean loss of the same tokens alone
+
+(Li et al., 2024, "From Quantity to Quality"), by the build's base model. "The answer's tokens" are the row's
+trained tokens (the completion and its EOS, or the trained assistant turns); "alone" they follow only the
+build's special prefix (BOS for Llama-likes), or the EOS token where the tokenizer puts none before a row, so
+that both losses cover the same tokens. The spec is compiled first, without ``data.selection.ifd`` (the rows
+it would choose from), into a temporary directory; the file lists every train row of that build:
+
+    {"kind": "tunespec ifd scores", "version": 1, "input_key": "...", "model": "...", "rows": 240}
+    {"id": "train-0001", "ifd": 0.6134, "loss": 1.9021, "loss_alone": 3.1009}
+    ...
+
+written whole or not at all (``atomic.write_text``). The compile reads it (``selection.read_scores``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+
+from ..atomic import refuse_overlap, write_text
+from ..compiler.selection import SCORES_KIND
+from .build import Build
+
+BATCH_ROWS = 16
+
+
+def _row_losses(model, batch: dict) -> list[float]:
+    """Mean next-token loss of each row's labelled positions."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        where = labels != -100
+        # fp32 cross-entropy at the labelled positions only (a fifth of a row, or less, for an answer)
+        ce = torch.nn.functional.cross_entropy(logits[:, :-1][where].float(), labels[where], reduction="none")
+        rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[where]
+        total = torch.zeros(labels.shape[0], device=labels.device).index_add_(0, rows, ce)
+    return (total / where.sum(1).clamp(min=1)).tolist()
+
+
+def _alone(tokens, rows: list[int], start: list[int], pad: int) -> dict:
+    """Each row's trained tokens after `start` only, labelled where they are (the rest padding)."""
+    import numpy as np
+    import torch
+
+    seqs = []
+    for i in rows:
+        ids, trained = tokens.row(i)
+        seqs.append(start + [int(t) for t in ids[trained.astype(bool)]])
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad, dtype=np.int64)
+    labels = np.full((len(seqs), width), -100, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = s
+        labels[r, len(start) : len(s)] = s[len(start) :]
+        mask[r, : len(s)] = 1
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+            "labels": torch.from_numpy(labels)}
+
+
+def score_build(build: Build, *, log=print) -> list[dict]:
+    """One record per train row of `build`, in order: id, ifd, loss, loss_alone."""
+    import torch
+
+    from ..progress import Progress
+    from .batching import collate_padded
+    from .evaluate import _device, _load_variant
+    from .modeling import use_bf16
+
+    model, _ = _load_variant(build, "base")
+    model.eval()
+    device = _device(model)
+    tokens, rows = build.tokens("train"), build.rows("train")
+    start = build.prefix_ids or [build.eos_token_id]
+    pad = build.pad_token_id
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(build.spec))
+    progress = Progress("scoring", len(rows), "row", log)
+    out = []
+    for first in range(0, len(rows), BATCH_ROWS):
+        idx = list(range(first, min(len(rows), first + BATCH_ROWS)))
+        with autocast:
+            cond = _row_losses(model, {k: v.to(device) for k, v in collate_padded(tokens, idx, pad).items()})
+            alone = _row_losses(model, {k: v.to(device) for k, v in _alone(tokens, idx, start, pad).items()})
+        for i, c, a in zip(idx, cond, alone):
+            ifd = c / a if a > 0 else math.inf
+            out.append({"id": rows[i]["id"], "ifd": round(ifd, 6) if math.isfinite(ifd) else 1e9,
+                        "loss": round(c, 6), "loss_alone": round(a, 6)})
+        progress.advance(len(idx))
+    progress.close()
+    return out
+
+
+def score_spec(loaded, output: Path, *, log=print) -> dict:
+    """Compile `loaded` without its IFD selection, score its train rows, write `output`. The header."""
+    from ..compiler.build import compile_build
+    from ..models import ModelRef
+    from ..spec.loader import load_spec
+
+    from ..compiler.sources import sources_inputs
+
+    output = Path(output)
+    data_files = [Path(f["file"]) for i in sources_inputs(loaded.spec.data.sources) for e in i
+                  for f in ([e] if "file" in e else e.get("files", []))]
+    refuse_overlap(output, [loaded.file, *loaded.extends, *data_files], is_dir=False)
+    if loaded.spec.data.selection.ifd is not None:  # scored: the rows before the IFD choice
+        loaded = load_spec(loaded.file, list(loaded.overrides) + ["data.selection.ifd=null"])
+    with tempfile.TemporaryDirectory(prefix="tunespec-score-") as tmp:
+        result = compile_build(loaded, Path(tmp) / "build", log=lambda s: None,
+                               command=f"tunespec score-data {loaded.file}")
+        for line in result.messages[1:]:
+            if "warning" in line or "dropped" in line:
+                log(line)
+        build = Build(result.path)
+        scored = score_build(build, log=log)
+        header = {"kind": SCORES_KIND, "version": 1, "input_key": build.input_key,
+                  "model": ModelRef.from_spec(loaded.spec.model).label, "rows": len(scored)}
+    write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [header, *scored]))
+    helped = sum(r["ifd"] < 1 for r in scored)
+    log(f"wrote {output}: {len(scored)} train rows scored, {helped} with IFD under 1 "
+        f"(median IFD {sorted(r['ifd'] for r in scored)[len(scored) // 2]:.3f})")
+    return header
