@@ -219,3 +219,20 @@ def test_a_bad_or_stale_scores_file_is_refused_at_its_line(tmp_path, make_spec, 
     if "line" in message:
         assert e.value.problems[0].line == 2 and e.value.problems[0].file == str(tmp_path / "s.jsonl")
     assert not (tmp_path / "build").exists()
+
+
+def test_rerun_names_changed_scores(tmp_path, make_spec, tunespec_env):
+    """The lock records the scores file (portable path, sha256): a rerun after they changed says so."""
+    from click.testing import CliRunner
+
+    from tunespec.cli import main
+
+    ids = [r["id"] for r in OWN[:8]]
+    scores = _scores(tmp_path / "s.jsonl", dict(zip(ids, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])))
+    spec = make_spec(tmp_path, **{"data.sources.0.limit": 8, "data.selection": {"ifd": {"file": "s.jsonl", "keep": 0.5}}})
+    helpers.compile_spec(spec, tmp_path / "a")
+    run = CliRunner().invoke(main, ["rerun", str(tmp_path / "a" / "lock.yaml"), "-o", str(tmp_path / "b")])
+    assert run.exit_code == 0 and "reproduced" in run.output, run.output
+    _scores(scores, dict(zip(ids, [0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])))
+    run = CliRunner().invoke(main, ["rerun", str(tmp_path / "a" / "lock.yaml"), "-o", str(tmp_path / "c")])
+    assert run.exit_code == 1 and "changed: data.selection.ifd.file" in run.output, run.output

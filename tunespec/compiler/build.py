@@ -468,6 +468,9 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
                             for r, e in zip(results, layout.portable_inputs(loaded, inputs))],
                 "template": {"name": template_label(loaded, template), "sha256": template_sha, "stop": template.stop},
                 "tokenizer": {"sha256": tokenizer_sha},
+                **({"selection_scores": {
+                    "file": layout.portable_path(loaded, "data.selection.ifd.file", data.selection.ifd.file),
+                    "sha256": read_scores(data.selection.ifd.file)[0]}} if data.selection.ifd else {}),
                 "model": {"reference": _model_label(ref, portable), "revision": ref.revision,
                           "trust_remote_code": ref.trust_remote_code, **model_pins(ref, model_dir)},
             },
