@@ -103,7 +103,7 @@ def template_label(loaded: LoadedSpec, template: Template) -> str:
     return template.name
 
 
-def input_key(loaded: LoadedSpec, template: Template, sources: list[list[dict]]) -> str:
+def input_key(loaded: LoadedSpec, template: Template, sources: list[list[dict]], scores_sha: str | None = None) -> str:
     """A hash of everything the build depends on (spec, data files, template, model reference, version).
 
     Paths enter it in their portable form (build_layout): the same files in another checkout, or compiled
@@ -115,8 +115,8 @@ def input_key(loaded: LoadedSpec, template: Template, sources: list[list[dict]])
         "sources": layout.portable_inputs(loaded, sources),
         "template": template.sha256,
     }
-    if loaded.spec.data.selection.ifd:  # the scores decide which rows are in: their content is an input
-        payload["ifd_scores"] = read_scores(loaded.spec.data.selection.ifd.file)[0]
+    if scores_sha:  # data.selection.ifd: the scores decide which rows are in, so their content is an input
+        payload["ifd_scores"] = scores_sha
     return _sha_bytes(json.dumps(payload, sort_keys=True).encode("utf-8"))
 
 
@@ -249,7 +249,8 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
     template = template_of(loaded)
     spec_warnings = loaded.warnings + [loaded.locate(p) for p in ignored_by_template(spec, template)]
     inputs = sources_inputs(data.sources)
-    key = input_key(loaded, template, inputs)
+    scores_sha, scores = read_scores(data.selection.ifd.file) if data.selection.ifd else (None, None)
+    key = input_key(loaded, template, inputs, scores_sha)
     out = Path(out)
     refuse_overlap(out, [loaded.file, *loaded.extends, *(Path(f["file"]) for i in inputs for e in i
                                                          for f in ([e] if "file" in e else e.get("files", []))),
@@ -303,7 +304,6 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
 
     fmt_of = {res.name: res.format for res in results}
     by_name = {res.name: res for res in results}
-    scores = read_scores(data.selection.ifd.file)[1] if data.selection.ifd else None
     splits["train"], chosen_out, first_out = select(splits, lambda r: fmt_of[r.source.rsplit("#", 1)[0]],
                                                     data.selection, scores)
     if chosen_out:  # the same accounting as every drop: manifest counts, a warning located at the first row
@@ -470,7 +470,7 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
                 "tokenizer": {"sha256": tokenizer_sha},
                 **({"selection_scores": {
                     "file": layout.portable_path(loaded, "data.selection.ifd.file", data.selection.ifd.file),
-                    "sha256": read_scores(data.selection.ifd.file)[0]}} if data.selection.ifd else {}),
+                    "sha256": scores_sha}} if data.selection.ifd else {}),
                 "model": {"reference": _model_label(ref, portable), "revision": ref.revision,
                           "trust_remote_code": ref.trust_remote_code, **model_pins(ref, model_dir)},
             },

@@ -9,10 +9,9 @@
 * **Near duplicates** (``dedup: near``): MinHash signatures of the set of word 5-grams (a row of fewer words is
   one shingle), 128 hash functions ``h(x) = ((a·x + b) mod (2^61 - 1)) & (2^32 - 1)`` over the first 4 bytes of
   each shingle's sha1 (little-endian), the scheme `datasketch` calls legacy, with its seed 1
-  (tests/test_selection.py holds the signatures equal to datasketch's). Candidates come from 16 bands of 8 rows (pairs at Jaccard
-  0.85 share a band with probability 0.994); a candidate is a duplicate when the share of equal signature
-  values is at least ``near_threshold``.
-
+  (tests/test_selection.py holds the signatures equal to datasketch's). Candidates come from 16 bands of 8
+  rows (pairs at Jaccard 0.85 share a band with probability 0.994); a candidate is a duplicate when the
+  share of equal signature values is at least ``near_threshold``.
 * **IFD** (``ifd: {file, keep}``): the scores file of ``tunespec score-data`` (runtime/scoring.py) gives each
   train row's instruction-following difficulty, the answer's mean loss after its prompt over its mean loss
   alone (Li et al., 2024, "From Quantity to Quality"). Of the rows left by the filters above, those at 1 or
@@ -29,18 +28,16 @@ reason in ``Drops`` (manifest ``dropped.selection``), located at its first row.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
 import unicodedata
 from collections import Counter
-
-import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError, Problem
-
 from ..spec.data import SelectionSpec
 from .formats import FORMATS
 from .records import Record
@@ -97,41 +94,43 @@ def completion_text(rec: Record, fmt: str) -> str:
     return (rec.fields or {}).get(field, "")
 
 
+def _bands(sig: np.ndarray) -> list[bytes]:
+    return [sig[b * ROWS_PER_BAND : (b + 1) * ROWS_PER_BAND].tobytes() for b in range(BANDS)]
+
+
 class _Index:
-    """Rows taken so far: their exact keys, and their signatures banded for near-duplicate candidates."""
+    """Rows taken so far, each with its split: their exact keys, and their signatures banded for near-duplicate
+    candidates (``near``: the threshold; None for exact duplicates only)."""
 
     def __init__(self, near: float | None) -> None:
         self.near = near
+        self.splits: list[str] = []
         self.exact: dict[str, int] = {}
         self.bands: list[dict[bytes, list[int]]] = [{} for _ in range(BANDS)]
         self.signatures: list[np.ndarray] = []
 
-    def match(self, text: str) -> tuple[int | None, str | None, np.ndarray | None]:
-        """(the index of the row this one repeats or None, "exact"/"near", this row's signature)."""
+    def take(self, text: str, split: str) -> tuple[str | None, str | None]:
+        """(the split of the row taken before that this one repeats, "exact" or "near"), and this one is not
+        taken; or (None, None) and it is."""
         key = hashlib.sha256(normalized(text).encode("utf-8")).hexdigest()
         if key in self.exact:
-            return self.exact[key], "exact", None
-        if self.near is None:
-            return None, None, None
-        sig = signature(shingles(text))
-        seen: set[int] = set()
-        for band, bucket in enumerate(self.bands):
-            for j in bucket.get(sig[band * ROWS_PER_BAND : (band + 1) * ROWS_PER_BAND].tobytes(), ()):
-                if j not in seen:
-                    seen.add(j)
-                    if float(np.mean(self.signatures[j] == sig)) >= self.near:
-                        return j, "near", sig
-        return None, None, sig
-
-    def add(self, text: str, sig: np.ndarray | None) -> int:
-        i = len(self.signatures) if self.near is not None else len(self.exact)
-        self.exact.setdefault(hashlib.sha256(normalized(text).encode("utf-8")).hexdigest(), i)
-        if self.near is not None:
-            sig = sig if sig is not None else signature(shingles(text))
+            return self.splits[self.exact[key]], "exact"
+        sig = signature(shingles(text)) if self.near is not None else None
+        if sig is not None:
+            bands = _bands(sig)
+            seen: set[int] = set()
+            for bucket, band in zip(self.bands, bands):
+                for j in bucket.get(band, ()):
+                    if j not in seen:
+                        seen.add(j)
+                        if float(np.mean(self.signatures[j] == sig)) >= self.near:
+                            return self.splits[j], "near"
+            for bucket, band in zip(self.bands, bands):
+                bucket.setdefault(band, []).append(len(self.splits))
             self.signatures.append(sig)
-            for band, bucket in enumerate(self.bands):
-                bucket.setdefault(sig[band * ROWS_PER_BAND : (band + 1) * ROWS_PER_BAND].tobytes(), []).append(i)
-        return i
+        self.exact[key] = len(self.splits)
+        self.splits.append(split)
+        return None, None
 
 
 SCORES_KIND = "tunespec ifd scores"
@@ -166,8 +165,6 @@ def read_scores(path: str | Path) -> tuple[str, dict[str, float]]:
             raise DataError(Problem(f"row id {row['id']!r} is scored twice", path=where, file=str(path), line=n,
                                     hint=fix))
         scores[row["id"]] = float(ifd)
-    import hashlib
-
     return hashlib.sha256(data).hexdigest(), scores
 
 
@@ -203,15 +200,10 @@ def select(splits: dict[str, list[Record]], fmt_of, sel: SelectionSpec,
 
     kept: list[Record] = []
     index = _Index(sel.near_threshold if sel.dedup == "near" else None) if sel.dedup != "none" else None
-    split_of: list[str] = []  # per row in the index: its split
     if index is not None:
         for split in ("test", "validation"):
             for rec in splits.get(split, []):
-                text = whole_text(rec)
-                j, _, sig = index.match(text)
-                if j is None:
-                    index.add(text, sig)
-                    split_of.append(split)
+                index.take(whole_text(rec), split)
     for rec in splits["train"]:
         if sel.min_words is not None or sel.max_words is not None:
             words = len(_WORD.findall(completion_text(rec, fmt_of(rec))))
@@ -222,15 +214,12 @@ def select(splits: dict[str, list[Record]], fmt_of, sel: SelectionSpec,
                 drop(f"completion over data.selection.max_words ({sel.max_words} words)", rec)
                 continue
         if index is not None:
-            text = whole_text(rec)
-            j, how, sig = index.match(text)
-            if j is not None:
+            earlier, how = index.take(whole_text(rec), "train")
+            if earlier is not None:
                 what = "exact duplicate" if how == "exact" else (
                     f"near duplicate (MinHash Jaccard >= {sel.near_threshold})")
-                drop(f"{what} of {'an earlier train' if split_of[j] == 'train' else 'a ' + split_of[j]} row", rec)
+                drop(f"{what} of {'an earlier train' if earlier == 'train' else 'a ' + earlier} row", rec)
                 continue
-            index.add(text, sig)
-            split_of.append("train")
         kept.append(rec)
     if sel.ifd is not None:
         kept = _by_ifd(kept, scores or {}, sel.ifd.keep, drop)
