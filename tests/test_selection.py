@@ -47,8 +47,10 @@ def _records(texts: list[str], prefix: str = "t") -> list[Record]:
 
 
 def _dialogues() -> list[str]:
-    rows = [json.loads(line) for line in SHARED.read_text().splitlines()] if SHARED.exists() else OWN
-    return [r["dialogue"] for r in rows]
+    if SHARED.exists():
+        return [json.loads(line)["dialogue"] for line in SHARED.read_text().splitlines()]
+    # the project's own dialogues are shorter than DialogSum's: three of them make a text of DialogSum's length
+    return ["\n".join(OWN[(i + k) % len(OWN)]["dialogue"] for k in range(3)) for i in range(len(OWN))]
 
 
 def test_near_duplicates_are_the_pairs_whose_true_jaccard_is_high():
