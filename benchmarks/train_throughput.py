@@ -294,6 +294,8 @@ SYSTEMS = {
     "tunespec_packing": lambda a: run_tunespec(a, True),
     # the defaults: micro-batches sized by tokens (micro_batch_tokens auto), and a 16k-token budget
     "tunespec_defaults": lambda a: run_tunespec(a, False, extra=["training.micro_batch_size=null"]),
+    "tunespec_defaults_eager": lambda a: run_tunespec(a, False, extra=["training.micro_batch_size=null",
+                                                                       "training.torch_compile=false"]),
     "tunespec_16k": lambda a: run_tunespec(a, False, extra=["training.micro_batch_size=null",
                                                             "training.micro_batch_tokens=16384"]),
     "trl_qlora_packing": lambda a: run_trl(a, True, quantized=True),

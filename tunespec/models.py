@@ -104,8 +104,44 @@ def _dequantize_gguf(gguf: Path, out: Path) -> None:
     except Exception as e:
         raise ModelError(Problem(f"cannot read GGUF file {gguf}: {type(e).__name__}: {e}", path="model",
                                  hint="check that it is a GGUF model file (and that the `gguf` package is installed)")) from None
+    repair_special_tokens(tok, gguf_special_ids(gguf))
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+
+
+# Bumped when a conversion's output changes, so that an older conversion in the cache is made again. 2: the
+# tokenizer's BOS/EOS/PAD taken from the GGUF's own metadata (transformers 5.17 read SmolLM2's EOS as BOS).
+CONVERSION = "2"
+_MARKER = ".tunespec-conversion"
+
+
+def gguf_special_ids(gguf: Path) -> dict[str, int]:
+    """The special-token ids the GGUF file's own metadata names: {"bos_token": id, "eos_token": id, "pad_token": id},
+    from `tokenizer.ggml.{bos,eos,padding}_token_id`, read with the `gguf` package (those present only)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+    out = {}
+    for name, key in (("bos_token", "tokenizer.ggml.bos_token_id"), ("eos_token", "tokenizer.ggml.eos_token_id"),
+                      ("pad_token", "tokenizer.ggml.padding_token_id")):
+        f = fields.get(key)
+        if f is not None and f.data:
+            out[name] = int(f.parts[f.data[0]][0])
+    return out
+
+
+def repair_special_tokens(tok, ids: dict[str, int]) -> list[str]:
+    """Set the tokenizer's BOS/EOS/PAD to the tokens the GGUF names where transformers read others (seen:
+    transformers 5.17 gave SmolLM2's GGUF `eos_token` <|im_start|>, id 1, where the file says 2, <|im_end|>,
+    and no pad token). Returns what it changed, as "name: old -> new"."""
+    changed = []
+    for name, i in ids.items():
+        if not 0 <= i < len(tok) or getattr(tok, f"{name}_id", None) == i:
+            continue
+        token = tok.convert_ids_to_tokens(i)
+        changed.append(f"{name}: {getattr(tok, name, None)} -> {token}")
+        setattr(tok, name, token)
+    return changed
 
 
 def resolve(ref: ModelRef) -> str:
@@ -123,7 +159,7 @@ def resolve(ref: ModelRef) -> str:
         return ref.hub  # type: ignore[return-value]
     key = sha256_file(gguf)[:16]
     target = cache_root() / "models" / f"{gguf.stem}-{key}"
-    if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
+    if (target / "config.json").is_file() and (target / "tokenizer.json").is_file() and _current(target):
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     from .atomic import temp_dir
@@ -131,6 +167,11 @@ def resolve(ref: ModelRef) -> str:
     tmp = temp_dir(target, marker=False)  # .NAME.tmp-<pid>-<hex>: a killed conversion's leftovers are removed
     try:
         _dequantize_gguf(gguf, tmp)
+        (tmp / _MARKER).write_text(CONVERSION + "\n", encoding="utf-8")
+        if target.exists() and not _current(target):  # an older conversion (our cache, never a user's files)
+            old = temp_dir(target, marker=False)
+            target.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
         try:
             tmp.rename(target)
         except OSError:  # another process finished first
@@ -139,6 +180,14 @@ def resolve(ref: ModelRef) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
+
+
+def _current(converted: Path) -> bool:
+    """Whether a cached conversion was made by this CONVERSION."""
+    try:
+        return (converted / _MARKER).read_text(encoding="utf-8").strip() == CONVERSION
+    except OSError:
+        return False
 
 
 def load_tokenizer(ref: ModelRef, where: str | None = None):
