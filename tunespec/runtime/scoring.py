@@ -7,7 +7,7 @@
 trained tokens (the completion and its EOS, or the trained assistant turns); "alone" they follow only the
 build's special prefix (BOS for Llama-likes), or the EOS token where the tokenizer puts none before a row, so
 that both losses cover the same tokens. The spec is compiled first, without ``data.selection.ifd`` (the rows
-it would choose from), into a temporary directory; the file lists every train row of that build:
+it would choose from, nor ``data.selection.kcenter``), into a temporary directory; the file lists every train row of that build:
 
     {"kind": "tunespec ifd scores", "version": 1, "input_key": "...", "model": "...", "rows": 240}
     {"id": "train-0001", "ifd": 0.6134, "loss": 1.9021, "loss_alone": 3.1009}
@@ -19,7 +19,7 @@ With ``embeddings`` (``--embeddings``, or a spec that sets ``data.selection.kcen
 and rounded to 6 decimals, from the same forward pass as the loss after the prompt. The k-center choice
 (compiler/kcenter.py) measures cosine distances between them.
 
-written whole or not at all (``atomic.write_text``). The compile reads it (``selection.read_scores``).
+The file is written whole or not at all (``atomic.write_text``). The compile reads it (``selection.read_scores``).
 """
 
 from __future__ import annotations
