@@ -199,6 +199,7 @@ def test_every_rule_branch_has_a_bad_spec():
         "sources_well_formed": "a source needs exactly one",
         "template_well_formed": "an inline completion needs",
         "holdout_in_range": "leave no train rows",
+        "kcenter_has_embeddings": "nor data.selection.ifd.file names one",
         "tokenization_fits": "too short to train on",
         "quantization_consistent": "cannot be fully fine-tuned",
         "lora_in_range": "rank must be in",

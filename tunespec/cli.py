@@ -234,15 +234,17 @@ def preview(target: Path, split: str, index: int, as_json: bool, overrides: tupl
 @main.command(name="score-data")
 @click.argument("spec", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="The scores file to write (JSONL), for data.selection.ifd.file.")
+              help="The scores file to write (JSONL), for data.selection.ifd.file and data.selection.kcenter.")
+@click.option("--embeddings", is_flag=True,
+              help="Also write each row's embedding, for data.selection.kcenter (on when the spec sets it).")
 @set_option
 @user_errors
-def score_data(spec: Path, output: Path, overrides: tuple[str, ...]) -> None:
+def score_data(spec: Path, output: Path, embeddings: bool, overrides: tuple[str, ...]) -> None:
     """Score each train row of SPEC by its instruction-following difficulty (IFD), with the spec's model."""
     from .runtime.scoring import score_spec
     from .spec.loader import load_spec
 
-    score_spec(load_spec(spec, overrides), output, log=lambda s: click.echo(s, err=True))
+    score_spec(load_spec(spec, overrides), output, embeddings=embeddings, log=lambda s: click.echo(s, err=True))
 
 
 @main.command()

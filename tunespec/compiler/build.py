@@ -42,7 +42,7 @@ from .formats import FORMATS
 from .model_cache import load_for_compile
 from .records import Record, openai_messages, openai_tools
 from .references import check_reference_fields, short_of_references
-from .selection import read_scores, select
+from .selection import Scores, read_scores, select
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_names, sources_inputs
 from .templates import Template, chat_generation_prompt, check_chat_template, load_template
 from .tools import IGNORED, DROPPED, manifest_tools, place_calls, place_tools
@@ -103,7 +103,8 @@ def template_label(loaded: LoadedSpec, template: Template) -> str:
     return template.name
 
 
-def input_key(loaded: LoadedSpec, template: Template, sources: list[list[dict]], scores_sha: str | None = None) -> str:
+def input_key(loaded: LoadedSpec, template: Template, sources: list[list[dict]], scores_sha: str | None = None,
+              kcenter_sha: str | None = None) -> str:
     """A hash of everything the build depends on (spec, data files, template, model reference, version).
 
     Paths enter it in their portable form (build_layout): the same files in another checkout, or compiled
@@ -117,6 +118,8 @@ def input_key(loaded: LoadedSpec, template: Template, sources: list[list[dict]],
     }
     if scores_sha:  # data.selection.ifd: the scores decide which rows are in, so their content is an input
         payload["ifd_scores"] = scores_sha
+    if kcenter_sha:  # data.selection.kcenter: likewise its embeddings
+        payload["kcenter_scores"] = kcenter_sha
     return _sha_bytes(json.dumps(payload, sort_keys=True).encode("utf-8"))
 
 
@@ -243,18 +246,29 @@ def compile_build(
         raise
 
 
+def _selection_scores(sel) -> tuple[Scores | None, Scores | None]:
+    """The scores files of data.selection.ifd and .kcenter, read and checked (one file read once)."""
+    kc = sel.kcenter
+    shared = kc is not None and sel.ifd is not None and (
+        kc.file is None or Path(kc.file).resolve() == Path(sel.ifd.file).resolve())
+    ifd = read_scores(sel.ifd.file, "data.selection.ifd.file", embeddings=shared) if sel.ifd else None
+    if kc is None:
+        return ifd, None
+    return ifd, ifd if shared else read_scores(kc.file, "data.selection.kcenter.file", embeddings=True)
+
+
 def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: str | None) -> BuildResult:
     spec = loaded.spec
     data = spec.data
     template = template_of(loaded)
     spec_warnings = loaded.warnings + [loaded.locate(p) for p in ignored_by_template(spec, template)]
     inputs = sources_inputs(data.sources)
-    scores_sha, scores = read_scores(data.selection.ifd.file) if data.selection.ifd else (None, None)
-    key = input_key(loaded, template, inputs, scores_sha)
+    ifd_scores, kcenter_scores = _selection_scores(data.selection)
+    key = input_key(loaded, template, inputs, ifd_scores and ifd_scores.sha256, kcenter_scores and kcenter_scores.sha256)
     out = Path(out)
     refuse_overlap(out, [loaded.file, *loaded.extends, *(Path(f["file"]) for i in inputs for e in i
                                                          for f in ([e] if "file" in e else e.get("files", []))),
-                         *([Path(data.selection.ifd.file)] if data.selection.ifd else [])],
+                         *(s.path for s in (ifd_scores, kcenter_scores) if s)],
                    is_dir=True)
     clean_stale(out)  # a killed earlier compile's temporaries (or its old build, moved aside)
     existing = _check_target(out, key, force)
@@ -305,7 +319,7 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
     fmt_of = {res.name: res.format for res in results}
     by_name = {res.name: res for res in results}
     splits["train"], chosen_out, first_out = select(splits, lambda r: fmt_of[r.source.rsplit("#", 1)[0]],
-                                                    data.selection, scores)
+                                                    data.selection, ifd_scores, kcenter_scores)
     if chosen_out:  # the same accounting as every drop: manifest counts, a warning located at the first row
         located = Drops(chosen_out)
         for reason, rec in first_out.items():
@@ -469,8 +483,11 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
                 "template": {"name": template_label(loaded, template), "sha256": template_sha, "stop": template.stop},
                 "tokenizer": {"sha256": tokenizer_sha},
                 **({"selection_scores": {
-                    "file": layout.portable_path(loaded, "data.selection.ifd.file", data.selection.ifd.file),
-                    "sha256": scores_sha}} if data.selection.ifd else {}),
+                    "file": layout.portable_path(loaded, ifd_scores.where, str(ifd_scores.path)),
+                    "sha256": ifd_scores.sha256}} if ifd_scores else {}),
+                **({"selection_embeddings": {
+                    "file": layout.portable_path(loaded, kcenter_scores.where, str(kcenter_scores.path)),
+                    "sha256": kcenter_scores.sha256}} if kcenter_scores else {}),
                 "model": {"reference": _model_label(ref, portable), "revision": ref.revision,
                           "trust_remote_code": ref.trust_remote_code, **model_pins(ref, model_dir)},
             },

@@ -484,10 +484,12 @@ def _rerun_build(lock_path: Path, output: Path, log: Log, root: Path | None, che
     new_tok = ((new_lock.get("inputs") or {}).get("tokenizer") or {}).get("sha256")
     if old_tok and new_tok and old_tok != new_tok:
         log(f"  changed: tokenizer (sha256 was {_short(old_tok)}, now {_short(new_tok)})")
-    old_scores = (lock["inputs"].get("selection_scores") or {}).get("sha256")
-    new_scores = ((new_lock.get("inputs") or {}).get("selection_scores") or {}).get("sha256")
-    if old_scores != new_scores:
-        log(f"  changed: data.selection.ifd.file (sha256 was {_short(old_scores)}, now {_short(new_scores)})")
+    for entry, field in (("selection_scores", "data.selection.ifd.file"),
+                         ("selection_embeddings", "data.selection.kcenter's scores file")):
+        old_scores = (lock["inputs"].get(entry) or {}).get("sha256")
+        new_scores = ((new_lock.get("inputs") or {}).get(entry) or {}).get("sha256")
+        if old_scores != new_scores:
+            log(f"  changed: {field} (sha256 was {_short(old_scores)}, now {_short(new_scores)})")
     pins = model_changes(lock["inputs"], new_lock.get("inputs") or {})
     for c in pins:
         log(f"  changed: {c}")

@@ -18,6 +18,10 @@
   above go (the prompt does not help the model predict the answer), and of the rest the ``keep`` share of
   all of them with the highest IFD stays. A row the file does not score is an error: the rows changed since
   the scoring.
+* **k-center** (``kcenter: {file, keep}``, last, over the rows IFD kept): the same file's embedding of each
+  row (the header's ``embedding_dim`` numbers a row; runtime/scoring.py) and ``kcenter.kcenter_greedy``, which
+  picks ``keep`` rows (a fraction of those reaching it, or a count) each farthest in cosine distance from
+  those picked before it: the rows that cover the embedding space best. The kept rows stay in their order.
 
 Rows are taken in order (test and validation rows first, then train in source order); a train row is dropped
 when it repeats a row taken before it, so of a group of duplicates the first train row stays, and none stays
@@ -33,6 +37,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +45,7 @@ import numpy as np
 from ..errors import DataError, Problem
 from ..spec.data import SelectionSpec
 from .formats import FORMATS
+from .kcenter import kcenter_greedy
 from .records import Record
 
 NUM_PERM = 128
@@ -136,16 +142,39 @@ class _Index:
 SCORES_KIND = "tunespec ifd scores"
 
 
-def read_scores(path: str | Path) -> tuple[str, dict[str, float]]:
-    """(the file's sha256, row id -> IFD) of a scores file; a malformed one is a DataError at its line."""
+@dataclass(frozen=True)
+class Scores:
+    """A scores file of ``tunespec score-data``, read and checked: its sha256, each row's IFD, and each row's
+    embedding where the header declares ``embedding_dim``."""
+
+    path: Path
+    where: str  # the spec field naming it
+    sha256: str
+    ifd: dict[str, float]
+    embeddings: dict[str, np.ndarray]
+    dim: int | None
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def read_scores(path: str | Path, where: str = "data.selection.ifd.file", *, embeddings: bool = False) -> Scores:
+    """A scores file, every line checked (a malformed one is a DataError at its line); ``embeddings``: the file
+    must carry them (data.selection.kcenter)."""
     path = Path(path)
-    where = "data.selection.ifd.file"
     fix = "write it again: tunespec score-data SPEC -o " + path.name
     try:
         data = path.read_bytes()
     except OSError as e:
         raise DataError(Problem(f"cannot read the scores file {path}: {e.strerror or e}", path=where, hint=fix)) from None
+
+    def bad(n: int, message: str, hint: str = fix) -> DataError:
+        return DataError(Problem(message, path=where, file=str(path), line=n, hint=hint))
+
     scores: dict[str, float] = {}
+    vectors: dict[str, np.ndarray] = {}
+    dim = None
     for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
         try:
             row = json.loads(line)
@@ -153,28 +182,52 @@ def read_scores(path: str | Path) -> tuple[str, dict[str, float]]:
             row = None
         if n == 1:
             if not isinstance(row, dict) or row.get("kind") != SCORES_KIND:
-                raise DataError(Problem(f"{path} is not a scores file of tunespec score-data", path=where,
-                                        file=str(path), line=1, hint=fix))
+                raise bad(1, f"{path} is not a scores file of tunespec score-data")
+            dim = row.get("embedding_dim")
+            if dim is not None and not (isinstance(dim, int) and not isinstance(dim, bool) and dim > 0):
+                raise bad(1, f"the header's embedding_dim is {dim!r}, not a positive integer")
             continue
-        ifd = row.get("ifd") if isinstance(row, dict) else None
-        if not (isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(ifd, (int, float))
-                and not isinstance(ifd, bool) and math.isfinite(ifd) and ifd >= 0):
-            raise DataError(Problem(f"line {n} of the scores file is not {{\"id\": TEXT, \"ifd\": NUMBER >= 0, ...}}",
-                                    path=where, file=str(path), line=n, hint=fix))
+        if not (isinstance(row, dict) and isinstance(row.get("id"), str)):
+            raise bad(n, f"line {n} of the scores file is not {{\"id\": TEXT, \"ifd\": NUMBER >= 0, ...}}")
+        ifd = row.get("ifd")
+        if not (_number(ifd) and math.isfinite(ifd) and ifd >= 0):
+            raise bad(n, f"line {n} of the scores file is not {{\"id\": TEXT, \"ifd\": NUMBER >= 0, ...}}")
         if row["id"] in scores:
-            raise DataError(Problem(f"row id {row['id']!r} is scored twice", path=where, file=str(path), line=n,
-                                    hint=fix))
+            raise bad(n, f"row id {row['id']!r} is scored twice")
         scores[row["id"]] = float(ifd)
-    return hashlib.sha256(data).hexdigest(), scores
+        if dim is not None:
+            vec = row.get("embedding")
+            if not (isinstance(vec, list) and all(_number(x) for x in vec)):
+                raise bad(n, f"line {n} has no \"embedding\" (a list of {dim} numbers) though the header declares "
+                          f"embedding_dim {dim}")
+            if len(vec) != dim:
+                raise bad(n, f"line {n}: the embedding has {len(vec)} numbers, the header's embedding_dim is {dim}")
+            arr = np.array(vec, dtype=np.float64)
+            if not np.isfinite(arr).all():
+                raise bad(n, f"line {n}: the embedding holds a number that is not finite (NaN or infinity)")
+            if not arr.any():
+                raise bad(n, f"line {n}: the embedding is all zeros (it has no direction to measure distance by)")
+            vectors[row["id"]] = arr
+    if embeddings and dim is None:
+        raise DataError(Problem(f"the scores file {path} has no embeddings (its header declares no embedding_dim)",
+                                path=where, file=str(path), line=1,
+                                hint=f"write it again with them: tunespec score-data SPEC --embeddings -o {path.name} "
+                                     "(a spec that sets data.selection.kcenter gets them without the flag)"))
+    return Scores(path, where, hashlib.sha256(data).hexdigest(), scores, vectors, dim)
 
 
-def _by_ifd(rows: list[Record], scores: dict[str, float], keep: float, drop) -> list[Record]:
-    missing = [r for r in rows if r.id not in scores]
+def _unscored(rows: list[Record], have, scores: Scores, what: str) -> None:
+    missing = [r for r in rows if r.id not in have]
     if missing:
-        raise DataError(Problem(f"{len(missing)} of {len(rows)} train rows have no score in data.selection.ifd.file "
+        raise DataError(Problem(f"{len(missing)} of {len(rows)} train rows have no {what} in {scores.where} "
                                 f"(first: {missing[0].id!r}): the rows changed since it was written",
-                                path="data.selection.ifd.file",
-                                hint="score them again: tunespec score-data SPEC -o FILE"))
+                                path=scores.where, file=str(scores.path),
+                                hint=f"score them again: tunespec score-data SPEC -o {scores.path.name}"))
+
+
+def _by_ifd(rows: list[Record], file: Scores, keep: float, drop) -> list[Record]:
+    _unscored(rows, file.ifd, file, "score")
+    scores = file.ifd
     quota = round(keep * len(rows))
     helpful = sorted((i for i, r in enumerate(rows) if scores[r.id] < 1.0), key=lambda i: -scores[rows[i].id])
     chosen = set(helpful[:quota])
@@ -186,11 +239,21 @@ def _by_ifd(rows: list[Record], scores: dict[str, float], keep: float, drop) -> 
     return [r for i, r in enumerate(rows) if i in chosen]
 
 
-def select(splits: dict[str, list[Record]], fmt_of, sel: SelectionSpec,
-           scores: dict[str, float] | None = None) -> tuple[list[Record], Counter, dict]:
-    """The train rows kept, the drops by reason, and the first dropped record of each reason.
-    ``fmt_of(record)`` gives a record's format name; ``scores`` the IFD of each row id (``read_scores``),
-    needed when ``sel.ifd`` is set."""
+def _by_kcenter(rows: list[Record], file: Scores, keep: float | int, drop) -> list[Record]:
+    _unscored(rows, file.embeddings, file, "embedding")
+    quota = round(keep * len(rows)) if isinstance(keep, float) else keep
+    chosen = set(kcenter_greedy(np.stack([file.embeddings[r.id] for r in rows]), quota)) if rows else set()
+    for i, r in enumerate(rows):
+        if i not in chosen:
+            drop(f"not picked by k-center (data.selection.kcenter.keep {keep})", r)
+    return [r for i, r in enumerate(rows) if i in chosen]
+
+
+def select(splits: dict[str, list[Record]], fmt_of, sel: SelectionSpec, ifd: Scores | None = None,
+           kcenter: Scores | None = None) -> tuple[list[Record], Counter, dict]:
+    """The train rows kept (in their order), the drops by reason, and the first dropped record of each reason.
+    ``fmt_of(record)`` gives a record's format name; ``ifd`` and ``kcenter`` the scores files (``read_scores``)
+    of ``sel.ifd`` and ``sel.kcenter``, needed when they are set."""
     drops: Counter = Counter()
     first: dict[str, Record] = {}
 
@@ -222,5 +285,7 @@ def select(splits: dict[str, list[Record]], fmt_of, sel: SelectionSpec,
                 continue
         kept.append(rec)
     if sel.ifd is not None:
-        kept = _by_ifd(kept, scores or {}, sel.ifd.keep, drop)
+        kept = _by_ifd(kept, ifd, sel.ifd.keep, drop)
+    if sel.kcenter is not None:
+        kept = _by_kcenter(kept, kcenter, sel.kcenter.keep, drop)
     return kept, drops, first

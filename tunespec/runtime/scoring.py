@@ -7,13 +7,19 @@
 trained tokens (the completion and its EOS, or the trained assistant turns); "alone" they follow only the
 build's special prefix (BOS for Llama-likes), or the EOS token where the tokenizer puts none before a row, so
 that both losses cover the same tokens. The spec is compiled first, without ``data.selection.ifd`` (the rows
-it would choose from), into a temporary directory; the file lists every train row of that build:
+it would choose from, nor ``data.selection.kcenter``), into a temporary directory; the file lists every train row of that build:
 
     {"kind": "tunespec ifd scores", "version": 1, "input_key": "...", "model": "...", "rows": 240}
     {"id": "train-0001", "ifd": 0.6134, "loss": 1.9021, "loss_alone": 3.1009}
     ...
 
-written whole or not at all (``atomic.write_text``). The compile reads it (``selection.read_scores``).
+With ``embeddings`` (``--embeddings``, or a spec that sets ``data.selection.kcenter``) the header also says
+``"embedding_dim": D`` and each row carries ``"embedding": [D numbers]``: the base model's last hidden state
+(after its final norm) averaged over the row's tokens (prompt and answer, as trained), scaled to unit length
+and rounded to 6 decimals, from the same forward pass as the loss after the prompt. The k-center choice
+(compiler/kcenter.py) measures cosine distances between them.
+
+The file is written whole or not at all (``atomic.write_text``). The compile reads it (``selection.read_scores``).
 """
 
 from __future__ import annotations
@@ -30,18 +36,29 @@ from .build import Build
 BATCH_ROWS = 16
 
 
-def _row_losses(model, batch: dict) -> list[float]:
-    """Mean next-token loss of each row's labelled positions."""
+def _row_losses(model, batch: dict, pooled: list | None = None) -> list[float]:
+    """Mean next-token loss of each row's labelled positions; with ``pooled``, the mean of the decoder's last
+    hidden state over each row's tokens (its attention mask) goes into it (float32, one tensor a row)."""
     import torch
 
+    captured = []
+    hook = model.get_decoder().register_forward_hook(lambda m, i, o: captured.append(o[0])) if pooled is not None else None
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        if hook is not None:
+            hook.remove()
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
         where = labels != -100
         # fp32 cross-entropy at the labelled positions only (a fifth of a row, or less, for an answer)
         ce = torch.nn.functional.cross_entropy(logits[:, :-1][where].float(), labels[where], reduction="none")
         rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[where]
         total = torch.zeros(labels.shape[0], device=labels.device).index_add_(0, rows, ce)
+        if pooled is not None:
+            mask = batch["attention_mask"].to(torch.float32)[:, :, None]
+            pooled.extend(((captured[0].float() * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
     return (total / where.sum(1).clamp(min=1)).tolist()
 
 
@@ -66,8 +83,8 @@ def _alone(tokens, rows: list[int], start: list[int], pad: int) -> dict:
             "labels": torch.from_numpy(labels)}
 
 
-def score_build(build: Build, *, log=print) -> list[dict]:
-    """One record per train row of `build`, in order: id, ifd, loss, loss_alone."""
+def score_build(build: Build, *, embeddings: bool = False, log=print) -> list[dict]:
+    """One record per train row of `build`, in order: id, ifd, loss, loss_alone (and embedding)."""
     import torch
 
     from ..progress import Progress
@@ -86,20 +103,24 @@ def score_build(build: Build, *, log=print) -> list[dict]:
     out = []
     for first in range(0, len(rows), BATCH_ROWS):
         idx = list(range(first, min(len(rows), first + BATCH_ROWS)))
+        pooled = [] if embeddings else None
         with autocast:
-            cond = _row_losses(model, {k: v.to(device) for k, v in collate_padded(tokens, idx, pad).items()})
+            cond = _row_losses(model, {k: v.to(device) for k, v in collate_padded(tokens, idx, pad).items()}, pooled)
             alone = _row_losses(model, {k: v.to(device) for k, v in _alone(tokens, idx, start, pad).items()})
-        for i, c, a in zip(idx, cond, alone):
+        for n, (i, c, a) in enumerate(zip(idx, cond, alone)):
             ifd = c / a if a > 0 else math.inf
             out.append({"id": rows[i]["id"], "ifd": round(ifd, 6) if math.isfinite(ifd) else 1e9,
                         "loss": round(c, 6), "loss_alone": round(a, 6)})
+            if pooled is not None:
+                out[-1]["embedding"] = [round(x, 6) for x in (pooled[n] / pooled[n].norm().clamp(min=1e-12)).tolist()]
         progress.advance(len(idx))
     progress.close()
     return out
 
 
-def score_spec(loaded, output: Path, *, log=print) -> dict:
-    """Compile `loaded` without its IFD selection, score its train rows, write `output`. The header."""
+def score_spec(loaded, output: Path, *, embeddings: bool = False, log=print) -> dict:
+    """Compile `loaded` without its IFD and k-center selection, score its train rows (with ``embeddings``, or
+    when the spec sets data.selection.kcenter, each row's embedding too), write `output`. The header."""
     from ..compiler.build import compile_build
     from ..models import ModelRef
     from ..spec.loader import load_spec
@@ -110,8 +131,11 @@ def score_spec(loaded, output: Path, *, log=print) -> dict:
     data_files = [Path(f["file"]) for i in sources_inputs(loaded.spec.data.sources) for e in i
                   for f in ([e] if "file" in e else e.get("files", []))]
     refuse_overlap(output, [loaded.file, *loaded.extends, *data_files], is_dir=False)
-    if loaded.spec.data.selection.ifd is not None:  # scored: the rows before the IFD choice
-        loaded = load_spec(loaded.file, list(loaded.overrides) + ["data.selection.ifd=null"])
+    sel = loaded.spec.data.selection
+    embeddings = embeddings or sel.kcenter is not None
+    if sel.ifd is not None or sel.kcenter is not None:  # scored: the rows before the IFD and k-center choices
+        loaded = load_spec(loaded.file, list(loaded.overrides) + [f"data.selection.{k}=null" for k in ("ifd", "kcenter")
+                                                                  if getattr(sel, k) is not None])
     with tempfile.TemporaryDirectory(prefix="tunespec-score-") as tmp:
         result = compile_build(loaded, Path(tmp) / "build", log=lambda s: None,
                                command=f"tunespec score-data {loaded.file}")
@@ -119,11 +143,13 @@ def score_spec(loaded, output: Path, *, log=print) -> dict:
             if "warning" in line or "dropped" in line:
                 log(line)
         build = Build(result.path)
-        scored = score_build(build, log=log)
+        scored = score_build(build, embeddings=embeddings, log=log)
         header = {"kind": SCORES_KIND, "version": 1, "input_key": build.input_key,
                   "model": ModelRef.from_spec(loaded.spec.model).label, "rows": len(scored)}
+        if embeddings:
+            header["embedding_dim"] = len(scored[0]["embedding"]) if scored else 0
     write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [header, *scored]))
     helped = sum(r["ifd"] < 1 for r in scored)
-    log(f"wrote {output}: {len(scored)} train rows scored, {helped} with IFD under 1 "
+    log(f"wrote {output}: {len(scored)} train rows scored{' (with embeddings)' if embeddings else ''}, {helped} with IFD under 1 "
         f"(median IFD {sorted(r['ifd'] for r in scored)[len(scored) // 2]:.3f})")
     return header

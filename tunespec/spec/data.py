@@ -80,6 +80,18 @@ class IfdSpec(Section):
                         "highest IFD under 1 (a row at 1 or above learns nothing from its instruction).")
 
 
+class KCenterSpec(Section):
+    """Diversity: k-center greedy (farthest-point) on row embeddings from a scores file of `tunespec
+    score-data`, over the rows every other selection rule kept."""
+
+    file: str | None = Field(None, description="The scores file with embeddings (`tunespec score-data` writes "
+                             "them when data.selection.kcenter is set, or with --embeddings); relative to the spec "
+                             "file; default: data.selection.ifd.file. Its sha256 enters the build's input key.")
+    keep: float | int = Field(0.5, gt=0, le=ROWS_MAX, description="A fraction (0, 1] of the rows reaching "
+                              "k-center (after dedup, the word bounds and IFD), or a row count (an integer; more "
+                              "than there are keeps them all): the rows the greedy choice picks.")
+
+
 class SelectionSpec(Section):
     """Which rows of the train split are kept, before templating (compiler/selection.py). Test and validation
     rows are never dropped; a train row repeating one of them is (it would leak the evaluation into training)."""
@@ -102,6 +114,11 @@ class SelectionSpec(Section):
     ifd: IfdSpec | None = Field(
         None, description="Keep the train rows whose answer their instruction helps most (IFD: the answer's loss "
         "with the prompt over its loss alone, from `tunespec score-data`); after dedup and the word bounds.",
+    )
+    kcenter: KCenterSpec | None = Field(
+        None, description="Keep the rows spread widest over the embedding space: k-center greedy (each pick the "
+        "row farthest, in cosine distance, from those picked) on the embeddings of `tunespec score-data`; last, "
+        "over the rows IFD kept.",
     )
 
 

@@ -124,6 +124,21 @@ def holdout_in_range(spec: Spec) -> Iterator[Problem]:
 
 
 @rule
+def kcenter_has_embeddings(spec: Spec) -> Iterator[Problem]:
+    sel = spec.data.selection
+    if sel.kcenter is None:
+        return
+    keep = sel.kcenter.keep
+    if isinstance(keep, float) and keep > 1:
+        yield _p("data.selection.kcenter.keep", f"a fraction must be in (0, 1], got {keep}",
+                 "e.g. 0.5 for half the rows, or an integer row count such as 1000")
+    if sel.kcenter.file is None and sel.ifd is None:
+        yield _p("data.selection.kcenter.file", "k-center needs a scores file with embeddings, and neither "
+                 "data.selection.kcenter.file nor data.selection.ifd.file names one",
+                 "write one with `tunespec score-data SPEC -o scores.jsonl` and set data.selection.kcenter.file")
+
+
+@rule
 def tokenization_fits(spec: Spec) -> Iterator[Problem]:
     tok = spec.data.tokenization
     if tok.max_length is not None and tok.max_length < 16:
