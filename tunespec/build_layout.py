@@ -86,6 +86,7 @@ PATH_FIELDS: tuple[tuple, ...] = (
     ("data", "sources", "*", "data_files", "*"),
     ("data", "template", "file"),
     ("data", "selection", "ifd", "file"),
+    ("evaluation", "benchmarks", "*", "file"),
     ("output", "dir"),
 )
 _GLOB = "*?["

@@ -41,6 +41,7 @@ PATH_FIELDS: tuple[Loc, ...] = (
     ("data", "sources", "*", "data_files", "*"),  # only for the json/csv/parquet/... builders
     ("data", "template", "file"),
     ("data", "selection", "ifd", "file"),
+    ("evaluation", "benchmarks", "*", "file"),
     ("output", "dir"),
 )
 
