@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -46,9 +47,20 @@ def require(where: str = "evaluation.benchmarks") -> str:
 
 @contextlib.contextmanager
 def offline() -> Iterator[None]:
-    """HF_DATASETS_OFFLINE and HF_HUB_OFFLINE set (and lm-eval's info lines quiet) for the block, then restored."""
+    """HF_DATASETS_OFFLINE and HF_HUB_OFFLINE set (and lm-eval's info lines quiet) for the block, then restored.
+
+    datasets and huggingface_hub read those variables when they are imported, so their module flags are set
+    too (a process that imported them earlier would otherwise still try the network)."""
+    import datasets.config
+    import huggingface_hub.constants
+
     saved = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
+    flags = [(datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"),
+             (huggingface_hub.constants, "HF_HUB_OFFLINE")]
+    old_flags = [getattr(m, k) for m, k in flags]
     os.environ.update({k: "1" for k in saved})
+    for m, k in flags:
+        setattr(m, k, True)
     logger = logging.getLogger("lm_eval")
     level = logger.level
     logger.setLevel(logging.WARNING)
@@ -56,6 +68,8 @@ def offline() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+        for (m, k), v in zip(flags, old_flags):
+            setattr(m, k, v)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -173,10 +187,18 @@ def with_data_files(cfg: dict, files: Any) -> dict:
 
 
 def task_manager(defaults: bool):
-    """lm-eval's TaskManager: with its own task index (``defaults``; takes seconds) or without."""
+    """lm-eval's TaskManager: with its own task index (``defaults``: indexing its ~15,000 task files takes seconds,
+    so one is kept for the process) or without."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_defaults=defaults)
+    return _indexed() if defaults else TaskManager(include_defaults=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _indexed():
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_defaults=True)
 
 
 def check_harness_name(manager, name: str, where: str) -> None:

@@ -115,6 +115,7 @@ def check(items: list[BenchInput]) -> list[Problem]:
         if not docs:
             raise BuildError(Problem(f"the task `{b.name}` has no documents to evaluate", path=b.where,
                                      file=str(b.yaml) if b.yaml else None, hint="check its data and test_split"))
+        _render_first(task, docs[0], b)
         own = task.config.num_fewshot
         if b.spec.num_fewshot is not None and own == 0 and b.spec.num_fewshot != 0:
             raise BuildError(Problem(f"the task `{b.name}` fixes num_fewshot: 0 in its config, and lm-eval ignores "
@@ -132,6 +133,22 @@ def check(items: list[BenchInput]) -> list[Problem]:
                      "num_fewshot": shots,
                      "metrics": [m["metric"] if isinstance(m, dict) else str(m) for m in (task.config.metric_list or [])]}
     return warnings
+
+
+def _render_first(task, doc: dict, b: BenchInput) -> None:
+    """The task's prompt, target (and choices) rendered for its first document: a template that fails on the
+    data (an unknown field, a choice list that is not a list) is an error of the compile, not of the run."""
+    parts = [("doc_to_text", task.doc_to_text), ("doc_to_target", task.doc_to_target)]
+    if task.config.output_type == "multiple_choice":
+        parts.append(("doc_to_choice", task.doc_to_choice))
+    for key, render in parts:
+        try:
+            render(doc)
+        except Exception as e:  # noqa: BLE001 - Jinja, KeyError, TypeError, ... from the task's templates
+            raise BuildError(Problem(f"the task `{b.name}`'s {key} fails on its first document: "
+                                     f"{type(e).__name__}: {e}".split("\n")[0][:400],
+                                     file=str(b.yaml) if b.yaml else None, path=b.where,
+                                     hint=f"fix {key} in the task config (its fields: {', '.join(map(str, doc))})")) from None
 
 
 def _dir_name(name: str) -> str:
