@@ -87,6 +87,7 @@ PATH_FIELDS: tuple[tuple, ...] = (
     ("data", "template", "file"),
     ("data", "selection", "ifd", "file"),
     ("data", "selection", "kcenter", "file"),
+    ("evaluation", "benchmarks", "*", "file"),
     ("output", "dir"),
 )
 _GLOB = "*?["

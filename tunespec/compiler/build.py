@@ -38,6 +38,7 @@ from ..spec.resolve import ignored_by_template
 from ..spec.render import to_yaml
 from .. import micro_batches
 from ..verify import seal_lock
+from . import benchmarks as bench
 from .formats import FORMATS
 from .model_cache import load_for_compile
 from .records import Record, openai_messages, openai_tools
@@ -104,7 +105,7 @@ def template_label(loaded: LoadedSpec, template: Template) -> str:
 
 
 def input_key(loaded: LoadedSpec, template: Template, sources: list[list[dict]], scores_sha: str | None = None,
-              kcenter_sha: str | None = None) -> str:
+              kcenter_sha: str | None = None, benchmarks: list[dict] | None = None) -> str:
     """A hash of everything the build depends on (spec, data files, template, model reference, version).
 
     Paths enter it in their portable form (build_layout): the same files in another checkout, or compiled
@@ -120,6 +121,8 @@ def input_key(loaded: LoadedSpec, template: Template, sources: list[list[dict]],
         payload["ifd_scores"] = scores_sha
     if kcenter_sha:  # data.selection.kcenter: likewise its embeddings
         payload["kcenter_scores"] = kcenter_sha
+    if benchmarks:  # evaluation.benchmarks: the task files' and their data's hashes (compiler/benchmarks.py)
+        payload["benchmarks"] = benchmarks
     return _sha_bytes(json.dumps(payload, sort_keys=True).encode("utf-8"))
 
 
@@ -264,11 +267,14 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
     spec_warnings = loaded.warnings + [loaded.locate(p) for p in ignored_by_template(spec, template)]
     inputs = sources_inputs(data.sources)
     ifd_scores, kcenter_scores = _selection_scores(data.selection)
-    key = input_key(loaded, template, inputs, ifd_scores and ifd_scores.sha256, kcenter_scores and kcenter_scores.sha256)
+    benches, lm_eval_version = bench.read_inputs(spec.evaluation.benchmarks)
+    key = input_key(loaded, template, inputs, ifd_scores and ifd_scores.sha256, kcenter_scores and kcenter_scores.sha256,
+                    bench.key_payload(benches, lm_eval_version))
     out = Path(out)
     refuse_overlap(out, [loaded.file, *loaded.extends, *(Path(f["file"]) for i in inputs for e in i
                                                          for f in ([e] if "file" in e else e.get("files", []))),
-                         *(s.path for s in (ifd_scores, kcenter_scores) if s)],
+                         *(s.path for s in (ifd_scores, kcenter_scores) if s),
+                         *(p for b in benches for p in ([b.yaml] if b.yaml else []) + [f for f, _ in b.data])],
                    is_dir=True)
     clean_stale(out)  # a killed earlier compile's temporaries (or its old build, moved aside)
     existing = _check_target(out, key, force)
@@ -277,6 +283,8 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
                            + ["  warning: " + p.render() for p in spec_warnings])
 
     t0 = time.perf_counter()
+    # every benchmark task built by lm-eval, offline, before anything is written
+    bench_warnings = [loaded.locate_spec_field(p) for p in bench.check(benches)]
     ref = ModelRef.from_spec(spec.model)
     model_dir = resolve(ref)
     if Path(model_dir).is_dir():  # the model directory is an input too (its files are hashed into the key)
@@ -291,6 +299,11 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
     custom_code = _custom_code_problem(config, ref)
     if template.kind == "tokenizer" and not template.source and isinstance(getattr(tokenizer, "chat_template", None), str):
         check_chat_template(tokenizer.chat_template, "the tokenizer's chat template")
+    for b in benches:
+        if b.spec.apply_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise BuildError(Problem("apply_chat_template needs the tokenizer's chat template, and it has none",
+                                     path=f"evaluation.benchmarks.{b.index}.apply_chat_template",
+                                     hint="set apply_chat_template: false, or use a model whose tokenizer has one"))
     from .vocabulary import extend_vocabulary
 
     vocab, vocab_warnings = extend_vocabulary(loaded, tokenizer, config, template)  # model.added_tokens; template markers
@@ -436,6 +449,7 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
         from .launch import write_launch_files
 
         write_launch_files(spec, tmp)
+        bench_manifest, bench_lock = bench.install_files(benches, tmp, loaded, lm_eval_version)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         file_hashes = {f: sha256_file(tmp / f) for f in files}
         # `template: tokenizer`: the template is the model's chat template (its own hash, not the empty source's)
@@ -461,6 +475,7 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
             **({"tools": manifest_tools(data.tools, tool_counts)} if tool_counts else {}),
             **({"tool_calls": dict(sorted(call_counts.items()))} if call_counts else {}),
             **({"references": {"fields": list(ref_fields), "rows_with_fewer": short_refs}} if ref_fields else {}),
+            **({"benchmarks": bench_manifest} if benches else {}),
             "files": file_hashes,
         }
         layout.Manifest.model_validate(manifest)  # the schema the runtime reads it with
@@ -488,11 +503,13 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
                 **({"selection_embeddings": {
                     "file": layout.portable_path(loaded, kcenter_scores.where, str(kcenter_scores.path)),
                     "sha256": kcenter_scores.sha256}} if kcenter_scores else {}),
+                **({"benchmarks": bench_lock} if benches else {}),
                 "model": {"reference": _model_label(ref, portable), "revision": ref.revision,
                           "trust_remote_code": ref.trust_remote_code, **model_pins(ref, model_dir)},
             },
             vocabulary=vocab.to_dict() if vocab else None,
-            versions=_versions(PACKAGED[ref.packaged][0] if ref.packaged in PACKAGED else None),
+            versions={**_versions(PACKAGED[ref.packaged][0] if ref.packaged in PACKAGED else None),
+                      **({"lm_eval": lm_eval_version} if benches else {})},
             manifest_sha256=_sha_bytes((tmp / layout.MANIFEST).read_bytes()),
             hints=layout.Hints(spec_dir=str(sdir), build=str(out.resolve()), command=command, model_dir=str(model_dir),
                                spec_dir_from_build=layout._posix(os.path.relpath(sdir, out.resolve()))),
@@ -526,7 +543,10 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
                 f"{n} of {split_stats.get(split, {}).get('rows', n)} {split} rows have fewer references than the "
                 f"{len(ref_fields)} fields named", path="evaluation.reference_fields",
                 hint="those rows are scored against the references they have; fill the empty columns")))
-    for p in spec_warnings + problems + custom_code + special_text + _tool_problems(data.tools, tool_counts, first_tool_row, by_name):
+    for b in bench_manifest:
+        messages.append(f"  benchmark {b['task']}: {b['evaluated']} of {b['docs']} documents, {b['num_fewshot']}-shot "
+                        f"({b['output_type']}; {'chat template' if b['apply_chat_template'] else 'plain prompts'})")
+    for p in spec_warnings + problems + bench_warnings + custom_code + special_text + _tool_problems(data.tools, tool_counts, first_tool_row, by_name):
         messages.append("  warning: " + p.render())
     return BuildResult(out, False, manifest, messages)
 

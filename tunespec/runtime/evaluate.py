@@ -6,7 +6,11 @@ spec asks for beams or sampling; it stops at EOS and at the template's end marke
 from the prediction. ROUGE comes from ``rouge.score_pairs``; eval loss and perplexity from the split's
 tokenized rows.
 
-Outputs, in ``BUILD/eval/``: ``predictions.jsonl``, ``rouge.json`` and ``report.md``.
+The build's lm-evaluation-harness benchmarks (``evaluation.benchmarks``, runtime/benchmarks.py) are run on the
+same models: base and tuned, with their values, standard errors and the difference.
+
+Outputs, in ``BUILD/eval/``: ``predictions.jsonl``, ``rouge.json`` and ``report.md``; with benchmarks also
+``benchmarks.json`` and ``benchmark_samples.jsonl``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ..atomic import check_replaceable, install, temp_dir
 from ..errors import BuildError, Problem
 from ..progress import Progress
 from ..spec.adapter import is_peft
+from . import benchmarks as bench
 from . import rouge
 from .build import Build
 
@@ -230,6 +235,8 @@ def evaluate(build: Build, *, model: str | None = None, split: str | None = None
     preds: dict[str, list[str]] = {}
     scores: dict[str, rouge.RougeResult] = {}
     base_model = None
+    bench_results: dict[str, dict] = {}
+    bench_tokenizer = build.load_tokenizer() if build.manifest.get("benchmarks") else None
     for which in variants:
         log(f"evaluating {which} on {len(rows)} {split} rows")
         m, label = _load_variant(build, which, base=base_model)
@@ -254,6 +261,8 @@ def evaluate(build: Build, *, model: str | None = None, split: str | None = None
             loss = eval_loss(m, build, split, limit)
             info.update(eval_loss=None if loss is None else round(loss, 6),
                         perplexity=None if loss is None else round(math.exp(loss), 4))
+        if bench_tokenizer is not None:
+            bench_results[label] = bench.run(build, m, bench_tokenizer, label, log=log)
         results[label] = info
     target = build.eval_dir
     check_replaceable(target, also=("rouge.json",), what="evaluation")
@@ -278,17 +287,74 @@ def evaluate(build: Build, *, model: str | None = None, split: str | None = None
                 line[f"scores_{label}" if len(preds) > 1 else "scores"] = {
                     m: round(v["fmeasure"], 6) for m, v in scores[label].per_sample[i].items()}
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
-    (out_dir / "report.md").write_text(_report(build, summary, scores, preds, rows, refs), encoding="utf-8")
+    benchmarks = _benchmark_summary(build, bench_results) if bench_results else None
+    if benchmarks:
+        (out_dir / "benchmarks.json").write_text(json.dumps(benchmarks, indent=2) + "\n", encoding="utf-8")
+        with open(out_dir / "benchmark_samples.jsonl", "w", encoding="utf-8") as f:
+            for label, tasks in bench_results.items():
+                for task, res in tasks.items():
+                    for sample in res["samples"]:
+                        f.write(json.dumps({"task": task, "model": label, **sample}, ensure_ascii=False,
+                                           default=str) + "\n")
+    (out_dir / "report.md").write_text(_report(build, summary, scores, preds, rows, refs, benchmarks),
+                                       encoding="utf-8")
     install(out_dir, target)
-    log(f"wrote {target}/rouge.json, predictions.jsonl, report.md")
+    log(f"wrote {target}/rouge.json, predictions.jsonl, report.md"
+        + (", benchmarks.json, benchmark_samples.jsonl" if benchmarks else ""))
+    if benchmarks:
+        summary["benchmarks"] = benchmarks
     return summary
+
+
+def _benchmark_summary(build: Build, results: dict[str, dict]) -> dict:
+    """benchmarks.json: per task, each model's harness values and standard errors, tuned - base, and how it ran."""
+    from .. import harness
+
+    tasks: dict[str, dict] = {}
+    for record in build.manifest["benchmarks"]:
+        name = record["task"]
+        entry: dict = {label: res[name]["scores"] for label, res in results.items()}
+        if "base" in results and "tuned" in results:
+            b, t = results["base"][name]["scores"], results["tuned"][name]["scores"]
+            entry["delta"] = {m: round(t[m]["value"] - b[m]["value"], 6) for m in t if m in b}
+        entry["settings"] = {k: record[k] for k in ("source", "config_sha256", "docs", "evaluated", "docs_sha256",
+                                                     "num_fewshot", "limit", "apply_chat_template",
+                                                     "fewshot_as_multiturn", "seeds", "bootstrap_iters", "output_type")}
+        entry["settings"]["data_sha256"] = [d["sha256"] for d in record["data"]]
+        tasks[name] = entry
+    return {"input_key": build.input_key, "lm_eval": harness.require("manifest.json benchmarks"),
+            "stderr": "the harness's standard errors of each value (of the mean for acc/acc_norm; bootstrapped "
+                      "for other metrics); delta = tuned - base on the same documents",
+            "tasks": tasks}
 
 
 def _r(x: float | None) -> float | None:
     return None if x is None else round(float(x), 6)
 
 
-def _report(build: Build, summary: dict, scores: dict, preds: dict, rows: list[dict], refs: list) -> str:
+def _benchmark_lines(benchmarks: dict) -> list[str]:
+    lines = [f"## Benchmarks (lm-evaluation-harness {benchmarks['lm_eval']})", "",
+             "Values ×100 ± the harness's standard error; Δ = tuned − base on the same documents.", "",
+             "| task | metric | documents | shots | base | tuned | Δ |", "|---|---|---|---|---|---|---|"]
+
+    def cell(x):
+        if x is None:
+            return "–"
+        return f"{x['value'] * 100:.1f}" + (f" ± {x['stderr'] * 100:.1f}" if x["stderr"] is not None else "")
+
+    for name, t in benchmarks["tasks"].items():
+        s = t["settings"]
+        metrics = list((t.get("tuned") or t.get("base") or {}).keys())
+        for m in metrics:
+            d = (t.get("delta") or {}).get(m)
+            lines.append(f"| {name} | {m} | {s['evaluated']} of {s['docs']} | {s['num_fewshot']} | "
+                         f"{cell((t.get('base') or {}).get(m))} | {cell((t.get('tuned') or {}).get(m))} | "
+                         f"{'–' if d is None else f'{d * 100:+.1f}'} |")
+    return lines + [""]
+
+
+def _report(build: Build, summary: dict, scores: dict, preds: dict, rows: list[dict], refs: list,
+            benchmarks: dict | None = None) -> str:
     s = summary["settings"]
     lines = [f"# Evaluation of {build.spec.name}", "",
              f"Split `{s['split']}`, {s['rows']} rows; references combined by **{s['multi_ref']}** per sample; "
@@ -307,6 +373,8 @@ def _report(build: Build, summary: dict, scores: dict, preds: dict, rows: list[d
                             f"{agree['positions_checked']} positions (largest logit difference "
                             f"{agree['max_logit_diff']:.3g}, {agree['dtype']})" if agree else ""))
     g = s["generation"]
+    if benchmarks:
+        lines += [""] + _benchmark_lines(benchmarks)
     lines += ["", "Generation: " + ", ".join(f"{k}={v}" for k, v in sorted(g.items())) + f", stop={s['stop']!r}", ""]
     label = "tuned" if "tuned" in scores else next(iter(scores), None)
     if label:

@@ -42,6 +42,7 @@ PATH_FIELDS: tuple[Loc, ...] = (
     ("data", "template", "file"),
     ("data", "selection", "ifd", "file"),
     ("data", "selection", "kcenter", "file"),
+    ("evaluation", "benchmarks", "*", "file"),
     ("output", "dir"),
 )
 

@@ -104,6 +104,22 @@ def template_well_formed(spec: Spec) -> Iterator[Problem]:
 
 
 @rule
+def benchmarks_well_formed(spec: Spec) -> Iterator[Problem]:
+    """evaluation.benchmarks: each names its task once (a harness name or a local file); no task twice."""
+    seen: dict[str, str] = {}
+    for i, b in enumerate(spec.evaluation.benchmarks):
+        at = f"evaluation.benchmarks.{i}"
+        if (b.task is None) == (b.file is None):
+            yield _p(at, "a benchmark needs exactly one of `task` or `file`" if b.task is None
+                     else "sets both `task` and `file`",
+                     "give an lm-evaluation-harness task name (task:) or a local task YAML (file:)")
+        elif b.task is not None:
+            if b.task in seen:
+                yield _p(f"{at}.task", f"`{b.task}` is listed twice (also at {seen[b.task]})", "list each task once")
+            seen[b.task] = f"{at}.task"
+
+
+@rule
 def holdout_in_range(spec: Spec) -> Iterator[Problem]:
     for split in ("test", "validation"):
         v = getattr(spec.data.holdout, split)
