@@ -357,6 +357,24 @@ def run(spec: Path, output: Path | None, overrides: tuple[str, ...], force: bool
     run_all(spec, output, overrides, force=force, log=lambda s: click.echo(s, err=True))
 
 
+@main.command()
+@click.argument("builds", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUILD [OTHER]")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="The HTML file (default: BUILD/report.html).")
+@user_errors
+def report(builds: tuple[Path, ...], output: Path | None) -> None:
+    """One self-contained HTML page of BUILD: curves, ROUGE, predictions, data, lock; with OTHER, both compared.
+
+    It opens offline. A section whose input is not there yet (not trained, not evaluated) says which command
+    makes it; a damaged input is an error (exit 2) and nothing is written."""
+    from .errors import BuildError, Problem
+    from .runtime.report import write_report
+
+    if len(builds) > 2:
+        raise BuildError(Problem(f"{len(builds)} builds given; a report shows one build, or compares two",
+                                 path="BUILD", hint="tunespec report BUILD, or tunespec report A B"))
+    click.echo(str(write_report(list(builds), output, log=lambda s: click.echo(s, err=True))))
+
+
 MODEL_HELP = "base, adapter, merged or a model directory (default: merged if it exists, else adapter, else base)."
 
 
