@@ -415,6 +415,25 @@ def chat(build: Path, which: str | None, system: str | None) -> None:
 
 
 @main.command()
+@click.argument("build", type=click.Path(path_type=Path))
+@click.option("--model", "which", metavar="WHICH", help=MODEL_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on; anything but loopback lets other machines use the models.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default: gradio's, 7860 or the next free one).")
+@click.option("--share", is_flag=True, help="Also make a public gradio link (off unless asked).")
+@click.option("--no-base", is_flag=True, help="Only the tuned model (half the memory).")
+@user_errors
+def demo(build: Path, which: str | None, host: str, port: int | None, share: bool, no_base: bool) -> None:
+    """A local web page to chat with BUILD's tuned model beside the base (needs tunespec[demo]).
+
+    Messages are rendered with the build's template and generated with its evaluation settings, streaming."""
+    from .runtime.demo import run_demo
+
+    run_demo(build, which=which, host=host, port=port, share=share, with_base=not no_base,
+             log=lambda s: click.echo(s, err=True))
+
+
+@main.command()
 def templates() -> None:
     """List the template library."""
     from .compiler.templates import TOKENIZER, library_dir, library_names

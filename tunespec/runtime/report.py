@@ -140,11 +140,11 @@ def _evaluation(build: Build, final_name: str, missing: list[str], notes: list[s
 
 
 def _histogram(lengths: np.ndarray, max_length: int) -> dict:
+    """Rows per token-length bin, over the split's own range of lengths (at most HISTOGRAM_BINS bins)."""
     if len(lengths) == 0:
-        return {"edges": [], "counts": []}
-    hi = max(int(lengths.max()), 1)
-    bins = min(HISTOGRAM_BINS, hi)
-    counts, edges = np.histogram(lengths, bins=bins, range=(0, hi))
+        return {"edges": [], "counts": [], "max_length": max_length}
+    lo, hi = int(lengths.min()), int(lengths.max()) + 1
+    counts, edges = np.histogram(lengths, bins=min(HISTOGRAM_BINS, hi - lo), range=(lo, hi))
     return {"edges": [round(float(e), 2) for e in edges], "counts": [int(c) for c in counts], "max_length": max_length}
 
 
