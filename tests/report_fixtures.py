@@ -86,3 +86,42 @@ def browser_page(*, allow: tuple[str, ...] = ("file://",)):
             yield page
         finally:
             ctx.close()
+
+
+def with_varied_scores(build: Path) -> Path:
+    """Rewrite the build's eval/ (through the real temp dir, seal and install) with predictions made from each
+    row's reference, so rows score apart: the tiny random model's outputs all score 0, which no sort tests.
+
+    tuned: the first 2 + i words of the reference; base: its last 3 words on even rows, unrelated words on odd
+    ones. Scores, per row and aggregated, are computed by tunespec's ROUGE as evaluate computes them."""
+    import json
+
+    from tunespec.atomic import install, temp_dir
+    from tunespec.runtime import rouge
+
+    eval_dir = build / "eval"
+    rows = [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    summary = json.loads((eval_dir / "rouge.json").read_text(encoding="utf-8"))
+    preds = {"tuned": [], "base": []}
+    for i, r in enumerate(rows):
+        words = r["references"][0].split()
+        preds["tuned"].append(" ".join(words[: 2 + i]))
+        preds["base"].append(" ".join(words[-3:]) if i % 2 == 0 else "the weather is nice")
+    refs = [r["references"] for r in rows]
+    scores = {label: rouge.score_pairs(p, refs) for label, p in preds.items()}
+    for label, res in scores.items():
+        for metric, agg in res.aggregate.items():
+            summary[label][metric] = {"f1": agg["fmeasure"], "precision": agg["precision"], "recall": agg["recall"],
+                                      "ci_low": agg["ci_low"], "ci_high": agg["ci_high"]}
+    summary["delta"] = rouge.delta(scores["base"], scores["tuned"])
+    tmp = temp_dir(eval_dir)
+    with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as f:
+        for i, r in enumerate(rows):
+            for label in ("base", "tuned"):
+                r[f"prediction_{label}"] = preds[label][i]
+                r[f"scores_{label}"] = {m: v["fmeasure"] for m, v in scores[label].per_sample[i].items()}
+            f.write(json.dumps(r) + "\n")
+    (tmp / "rouge.json").write_text(json.dumps(summary), encoding="utf-8")
+    (tmp / "report.md").write_text((eval_dir / "report.md").read_text(encoding="utf-8"), encoding="utf-8")
+    install(tmp, eval_dir)
+    return build

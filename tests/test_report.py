@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import helpers
-from report_fixtures import artifacts_dir, browser_page, copy_build, trained_and_evaluated
+from report_fixtures import artifacts_dir, browser_page, copy_build, trained_and_evaluated, with_varied_scores
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tunespec_env")]
 
@@ -142,7 +142,7 @@ def _sorted_column(page, col: str) -> list[float]:
 
 
 def test_report_in_a_headless_browser(evaluated, evaluated_b, tmp_path):
-    build = copy_build(evaluated, tmp_path / "build")
+    build = with_varied_scores(copy_build(evaluated, tmp_path / "build"))
     code, _, err = cli("report", build)
     assert code == 0, err
     data = page_data((build / "report.html").read_text(encoding="utf-8"))
@@ -173,10 +173,12 @@ def test_report_in_a_headless_browser(evaluated, evaluated_b, tmp_path):
         # the prediction browser: every row, worst first by the tuned score, then sorted by a click
         assert page.locator("#pred-table tbody tr").count() == len(rows)
         tuned = _sorted_column(page, "score1")
-        assert tuned == sorted(tuned) and len(tuned) == len(rows)
+        assert tuned == sorted(tuned) and len(tuned) == len(rows) and len(set(tuned)) > 3
+        worst = min(rows, key=lambda r: (r["scores"]["tuned"]["rougeL"], r["id"]))
+        assert page.get_attribute("#pred-table tbody tr", "data-id") == worst["id"]
         page.click("#pred-table th[data-key='delta']")
         deltas = [float(v) for v in page.eval_on_selector_all("#pred-table td.delta", "els => els.map(e => e.dataset.value)")]
-        assert deltas == sorted(deltas)
+        assert deltas == sorted(deltas) and len(set(deltas)) > 3
         page.click("#pred-table th[data-key='delta']")
         deltas = [float(v) for v in page.eval_on_selector_all("#pred-table td.delta", "els => els.map(e => e.dataset.value)")]
         assert deltas == sorted(deltas, reverse=True)
