@@ -204,3 +204,18 @@ def test_report_in_a_headless_browser(evaluated, evaluated_b, tmp_path):
         assert page.locator("#spec-diff tr").count() >= 3
         assert "B tuned rougeL" in page.text_content("#pred-table thead")
         page.screenshot(path=str(shots / "report-compare.png"), full_page=True)
+
+
+def test_run_writes_the_report(make_spec, tmp_path):
+    from tunespec.pipeline import run_all
+
+    spec = make_spec(tmp_path, **{"training.max_steps": 2, "training.save_steps": 2})
+    logs: list[str] = []
+    try:
+        run_all(spec, tmp_path / "build", (), log=logs.append)
+    finally:
+        helpers.reset_accelerate()
+    page = tmp_path / "build" / "report.html"
+    assert any(str(page) in line for line in logs)
+    data = page_data(page.read_text(encoding="utf-8"))
+    assert data["missing"] == [] and len(data["runs"][0]["evaluation"]["rows"]) == 8
