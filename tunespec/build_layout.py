@@ -11,7 +11,7 @@ A build (``tunespec compile SPEC -o BUILD``) holds everything the runtime reads:
     BUILD/accelerate.yaml, launch.sh, launch.slurm (+ deepspeed.json)
 
 and the runtime writes only under ``train/``, ``adapter/``, ``merged/``, ``eval/`` (their stamp files are
-``tunespec.json``).
+``tunespec.json``), and ``report.html`` (``tunespec report``: made from the others, written whole).
 
 **Portable paths.** Every input path the lock records (the spec file, each data file, the template file,
 a local model directory) is relative to the spec file's directory, unless the spec wrote it absolute
@@ -46,6 +46,7 @@ DATA_DIR = "data"
 TOKENS_DIR = "tokens"
 TOKENIZER_DIR = "tokenizer"
 RUNTIME_DIRS = ("train", "adapter", "merged", "eval")
+REPORT = "report.html"  # tunespec report BUILD's default output (tunespec run writes it)
 STAMP = "tunespec.json"  # the stamp file of adapter/, merged/, train/checkpoint-*/
 TOKEN_PARTS = ("ids", "trained", "offsets")
 

@@ -359,6 +359,24 @@ def run(spec: Path, output: Path | None, overrides: tuple[str, ...], force: bool
     run_all(spec, output, overrides, force=force, log=lambda s: click.echo(s, err=True))
 
 
+@main.command()
+@click.argument("builds", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUILD [OTHER]")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="The HTML file (default: BUILD/report.html).")
+@user_errors
+def report(builds: tuple[Path, ...], output: Path | None) -> None:
+    """One self-contained HTML page of BUILD: curves, ROUGE, predictions, data, lock; with OTHER, both compared.
+
+    It opens offline. A section whose input is not there yet (not trained, not evaluated) says which command
+    makes it; a damaged input is an error (exit 2) and nothing is written."""
+    from .errors import BuildError, Problem
+    from .runtime.report import write_report
+
+    if len(builds) > 2:
+        raise BuildError(Problem(f"{len(builds)} builds given; a report shows one build, or compares two",
+                                 path="BUILD", hint="tunespec report BUILD, or tunespec report A B"))
+    click.echo(str(write_report(list(builds), output, log=lambda s: click.echo(s, err=True))))
+
+
 MODEL_HELP = "base, adapter, merged or a model directory (default: merged if it exists, else adapter, else base)."
 
 
@@ -396,6 +414,25 @@ def chat(build: Path, which: str | None, system: str | None) -> None:
     from .runtime.generate import run_chat
 
     run_chat(build, model=which, system=system, log=lambda s: click.echo(s, err=True))
+
+
+@main.command()
+@click.argument("build", type=click.Path(path_type=Path))
+@click.option("--model", "which", metavar="WHICH", help=MODEL_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on; anything but loopback lets other machines use the models.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default: gradio's, 7860 or the next free one).")
+@click.option("--share", is_flag=True, help="Also make a public gradio link (off unless asked).")
+@click.option("--no-base", is_flag=True, help="Only the tuned model (half the memory).")
+@user_errors
+def demo(build: Path, which: str | None, host: str, port: int | None, share: bool, no_base: bool) -> None:
+    """A local web page to chat with BUILD's tuned model beside the base (needs tunespec[demo]).
+
+    Messages are rendered with the build's template and generated with its evaluation settings, streaming."""
+    from .runtime.demo import run_demo
+
+    run_demo(build, which=which, host=host, port=port, share=share, with_base=not no_base,
+             log=lambda s: click.echo(s, err=True))
 
 
 @main.command()

@@ -123,6 +123,9 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
             published = publish(build, log=lambda s: log("  " + s)).url
         timings["publish"] = time.perf_counter() - t
 
+    from .runtime.report import write_report
+
+    html = write_report([out], log=lambda s: log("  " + s))  # BUILD/report.html: made from the outputs above
     report = (build.eval_dir / "report.md").read_text(encoding="utf-8").split("## Best")[0].rstrip()
     total = time.perf_counter() - t_start
     log("")
@@ -133,6 +136,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
     log(f"  adapter:   {build.adapter_dir if lora else '(full fine-tune)'}")
     log(f"  merged:    {build.merged_dir}")
     log(f"  report:    {build.eval_dir / 'report.md'}")
+    log(f"  html:      {html}   (tunespec report BUILD [OTHER] writes it again)")
     if published:
         log(f"  published: {published}")
     log(f"  loss plot: {build.train_dir / 'loss.png'}")

@@ -56,7 +56,8 @@ def _load_row(build: Path, split: str, index: int):
     return b, manifest, row, ids, trained, index, n
 
 
-def _spans(ids: list[int], trained: list[bool]) -> list[tuple[bool, list[int]]]:
+def trained_spans(ids: list[int], trained: list[bool]) -> list[tuple[bool, list[int]]]:
+    """The row's ids in runs of equal mask: [(trained, ids), ...] (the preview's and the HTML report's view)."""
     out: list[tuple[bool, list[int]]] = []
     for t, m in zip(ids, trained):
         if out and out[-1][0] == m:
@@ -99,7 +100,7 @@ def render_row(build: Path, *, split: str = "train", index: int = 0, as_json: bo
     lines.append(head(f"tokens: {len(ids)}, trained: {n_trained} "
                       + ("(trained in bold green)" if color else f"(trained between {OPEN} and {CLOSE})")))
     view = []
-    for is_trained, part in _spans(ids, trained):
+    for is_trained, part in trained_spans(ids, trained):
         text = decode(part)
         if is_trained:
             view.append(f"{GREEN_BOLD}{text}{RESET}" if color else f"{OPEN}{text}{CLOSE}")

@@ -120,9 +120,12 @@ class _Counter:
 
 
 def generate(model, tokenizer, build: Build, prompts: list[str], *, log=print, label: str = "generating",
-             every: float = 30.0) -> Generated:
+             every: float = 30.0, streamer=None) -> Generated:
     """Batched generation for `prompts`, in their order, with the time left (an upper bound: a batch may stop
-    before max_new_tokens) on a bar or a line every `every` seconds."""
+    before max_new_tokens) on a bar or a line every `every` seconds.
+
+    ``streamer`` (one prompt, no beam search): a transformers streamer handed the prompt's ids, then each new
+    token as it is chosen (``tunespec demo``); the returned prediction is the same as without it."""
     import torch
     from transformers import StoppingCriteriaList
 
@@ -145,6 +148,10 @@ def generate(model, tokenizer, build: Build, prompts: list[str], *, log=print, l
         kwargs.update(temperature=None, top_p=None, top_k=None)
     if build.stop:
         kwargs.update(stop_strings=[build.stop], tokenizer=tokenizer)
+    if streamer is not None:
+        if len(prompts) != 1 or ev.num_beams > 1:
+            raise ValueError("a streamer needs one prompt and num_beams 1")
+        kwargs.update(streamer=streamer)
     t0 = time.perf_counter()
     new_tokens = 0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(build.spec))

@@ -375,10 +375,11 @@ class Session:
     which: str
     log: Callable[[str], None] = field(default=lambda s: None)
 
-    def complete(self, prompts: list[str]) -> list[str]:
+    def complete(self, prompts: list[str], streamer=None) -> list[str]:
         from .evaluate import generate
 
-        return generate(self.model, self.renderer.tokenizer, self.build, prompts, log=lambda s: None).predictions
+        return generate(self.model, self.renderer.tokenizer, self.build, prompts, log=lambda s: None,
+                        streamer=streamer).predictions
 
     def prompt_tokens(self, prompt: str) -> int:
         tok = self.renderer.tokenizer
