@@ -219,3 +219,33 @@ def test_run_writes_the_report(make_spec, tmp_path):
     assert any(str(page) in line for line in logs)
     data = page_data(page.read_text(encoding="utf-8"))
     assert data["missing"] == [] and len(data["runs"][0]["evaluation"]["rows"]) == 8
+
+
+def test_the_quickstart_builds_report_in_a_headless_browser(tmp_path):
+    """The report of a real quickstart build (`tunespec run specs/quickstart.yaml`; set TUNESPEC_QUICKSTART_BUILD
+    to its build directory, since making one takes minutes): under 2 MB, offline, and the page shows its numbers."""
+    import os
+
+    where = os.environ.get("TUNESPEC_QUICKSTART_BUILD")
+    if not where:
+        pytest.skip("set TUNESPEC_QUICKSTART_BUILD to a quickstart build (tunespec run specs/quickstart.yaml)")
+    build = copy_build(Path(where), tmp_path / "build")
+    code, _, err = cli("report", build)
+    assert code == 0, err
+    html = build / "report.html"
+    assert html.stat().st_size < 2 * 2**20
+    summary = json.loads((build / "eval" / "rouge.json").read_text(encoding="utf-8"))
+    n_rows = len(jsonl(build / "eval" / "predictions.jsonl"))
+    with browser_page() as page:
+        page.goto(html.as_uri())
+        page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+        assert page.errors == [] and page.blocked == []
+        for metric in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+            for label in ("base", "tuned"):
+                cell = page.text_content(f"table.rouge td[data-metric='{metric}'][data-label='{label}']")
+                assert cell.startswith(f"{100 * summary[label][metric]['f1']:.1f}")
+        assert page.locator("#pred-table tbody tr").count() == n_rows
+        tuned = _sorted_column(page, "score1")
+        assert tuned == sorted(tuned) and len(set(tuned)) > 3
+        assert int(page.get_attribute("#chart-loss path.series[data-label='train loss (raw)']", "data-n")) >= 4
+        page.screenshot(path=str(artifacts_dir(tmp_path) / "quickstart-report.png"))
