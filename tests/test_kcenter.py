@@ -5,7 +5,6 @@ greedy choice must come within twice of (Gonzalez, 1985); through the compiler, 
 import itertools
 import json
 import math
-import random
 from pathlib import Path
 
 import numpy as np
