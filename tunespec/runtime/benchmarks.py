@@ -75,7 +75,7 @@ def run(build: Build, model, tokenizer, label: str, log=print) -> dict[str, dict
                 apply_chat_template=record["apply_chat_template"], fewshot_as_multiturn=record["fewshot_as_multiturn"],
                 random_seed=seeds["random"], numpy_random_seed=seeds["numpy"], torch_random_seed=seeds["torch"],
                 fewshot_random_seed=seeds["fewshot"], log_samples=True)
-            metrics = list(harness.scores(result, name))
+            scores = harness.scores(result, name)
             samples = [{"doc_id": s["doc_id"], "target": s["target"], "response": s["filtered_resps"],
                         **{m: s[m] for m in record["metrics"] if m in s}}
                        for s in sorted(result["samples"][name], key=lambda s: s["doc_id"])]
@@ -84,6 +84,6 @@ def run(build: Build, model, tokenizer, label: str, log=print) -> dict[str, dict
                 raise BuildError(Problem(f"lm-eval evaluated {n} documents of `{name}`, the build expected "
                                          f"{record['evaluated']}", path=f"manifest.json benchmarks ({name})",
                                          hint="recompile with this lm-eval"))
-            out[name] = {"scores": harness.scores(result, name), "metrics": metrics, "documents": n,
+            out[name] = {"scores": scores, "metrics": list(scores), "documents": n,
                          "num_fewshot": result["n-shot"].get(name, record["num_fewshot"]), "samples": samples}
     return out
