@@ -44,6 +44,7 @@ WORKLOADS = {  # name: (spec, what evaluate reports)
 }
 RUNS = {
     "ts-defaults": [],
+    "ts-packing": ["training.packing=true"],  # the fastest explicit setting (bins of max_length, 8 a micro-batch)
     "ts-rows8": ["training.micro_batch_size=8"],
     "ts-lr1e-3": ["training.learning_rate=1.0e-3"],
     "ts-lr2e-3": ["training.learning_rate=2.0e-3"],
@@ -96,8 +97,11 @@ def run_tunespec(name: str, sets: list[str], args, work: Path, env: dict) -> dic
     sh([sys.executable, "-m", "tunespec.cli", "evaluate", str(build), "--model", "adapter"], work / f"{name}.log", env)
     manifest = json.loads((build / "manifest.json").read_text())
     metrics = [json.loads(line) for line in (build / "train" / "metrics.jsonl").read_text().splitlines()]
+    peak = [m["peak_memory_gib"] for m in metrics if "peak_memory_gib" in m]
     return {"sets": sets, "batching": manifest["batching"], "steps": max(m["step"] for m in metrics),
-            "train_seconds": round(train_s, 1), "rouge": json.loads((build / "eval" / "rouge.json").read_text())}
+            "train_tokens": manifest["splits"]["train"]["tokens"], "train_seconds": round(train_s, 1),
+            "peak_memory_gib": max(peak) if peak else None,
+            "rouge": json.loads((build / "eval" / "rouge.json").read_text())}
 
 
 def headline(r: dict) -> str:

@@ -13,6 +13,7 @@ number of optimizer steps per system. Each system runs in its own process (clean
   one text (the loss covers the prompt; EOS is never a label). qlora: 4-bit NF4 double-quant base.
 * trl / trl_packing: TRL `SFTTrainer` on prompt/completion rows (completion-only loss), LoRA, batch 16,
   TRL's own defaults otherwise (gradient checkpointing on), with and without `packing=True`.
+* trl_liger / trl_liger_packing: the same with `use_liger_kernel=True` (liger-kernel's Triton kernels).
 * trl_qlora_packing: the same as trl_packing on a 4-bit NF4 double-quant base.
 * tunespec / tunespec_packing: compiled from `benchmarks/specs/dialogsum-dev-lora.yaml` with the same
   template and its defaults (padding-free micro-batches of 16 rows, logits only at trained positions,
@@ -47,6 +48,11 @@ SHAPES = {
     # Llama-3.2-1B-like shape with SmolLM2's vocabulary (the tokenizer is SmolLM2's)
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                num_key_value_heads=8, tie_word_embeddings=True),
+    # Llama-3-8B's shape (32 layers, hidden 4096, GQA with 8 KV heads, vocabulary 128,256); the tokenizer
+    # is still SmolLM2's, whose ids all lie inside that vocabulary
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0,
+               max_position_embeddings=8192),
 }
 
 
@@ -77,6 +83,9 @@ def load_model(args, quantized: bool):
         for k, v in SHAPES.get(args.shape, {}).items():
             setattr(config, k, v)
         torch.manual_seed(0)
+        if not quantized:  # initialised on the GPU: an 8B model's random init on the CPU takes minutes
+            with torch.device("cuda"):
+                return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         if quantized:
             tmp = Path("/tmp/bench-random-model")
@@ -185,7 +194,7 @@ def run_seed(args, quantized: bool) -> dict:
     return meter.result(model)
 
 
-def run_trl(args, packing: bool, quantized: bool = False) -> dict:
+def run_trl(args, packing: bool, quantized: bool = False, liger: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -197,7 +206,7 @@ def run_trl(args, packing: bool, quantized: bool = False) -> dict:
     meter = Meter()
     cfg = SFTConfig(output_dir="/tmp/bench-trl", per_device_train_batch_size=16, max_steps=args.steps, learning_rate=2e-4,
                     logging_steps=1, bf16=True, report_to=[], save_strategy="no", packing=packing, max_length=1024,
-                    warmup_steps=1)
+                    warmup_steps=1, use_liger_kernel=liger)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, peft_config=lora(),
                          callbacks=[hf_callback(meter)])
     trainer.data_collator = counting(trainer.data_collator, meter)
@@ -290,6 +299,10 @@ SYSTEMS = {
     "seed_lora": lambda a: run_seed(a, False),
     "trl": lambda a: run_trl(a, False),
     "trl_packing": lambda a: run_trl(a, True),
+    # TRL as its speed-minded users run it: Liger's fused kernels (RMSNorm, RoPE, SwiGLU, fused linear +
+    # cross-entropy) through `use_liger_kernel=True` (the liger-kernel package)
+    "trl_liger": lambda a: run_trl(a, False, liger=True),
+    "trl_liger_packing": lambda a: run_trl(a, True, liger=True),
     "tunespec": lambda a: run_tunespec(a, False),
     "tunespec_packing": lambda a: run_tunespec(a, True),
     # the defaults: micro-batches sized by tokens (micro_batch_tokens auto), and a 16k-token budget

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One GPU lease, in calls back to back (each under 10 minutes):
+#   bash benchmarks/gpu_lease.sh quality      # defaults vs packing vs TRL on DialogSum (ROUGE), Alpaca and
+#                                             # glaive (eval loss), real weights; and the quickstart on 2 of
+#                                             # the host's CPU cores with the GPU hidden (its CPU has AVX512-BF16)
+#   bash benchmarks/gpu_lease.sh selection    # benchmarks/selection.py on DialogSum
+#   bash benchmarks/gpu_lease.sh throughput   # train_throughput.py, one system at a time: 135M and 8B shapes
+# Expects: the wheels installed (PYTHONPATH=/tmp/site:$PWD), the GGUF joined at $GGUF_DIR, ../shared/data's
+# files at $DATA (dev.jsonl, alpaca_en_demo.json, glaive_toolcall_en_demo.json). Writes JSON and logs to $OUT.
+set -uo pipefail
+PART=${1:?usage: gpu_lease.sh quality|selection|throughput}
+OUT=${OUT:-/tmp/out}; DATA=${DATA:-$PWD/.gpu/data}; GGUF_DIR=${GGUF_DIR:-/tmp/gguf}
+GGUF=$(ls "$GGUF_DIR"/*.gguf | head -1)
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TUNESPEC_CACHE=${TUNESPEC_CACHE:-/tmp/tscache}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  lscpu | grep -E 'Model name|^CPU\(s\)'; grep -o -w -E 'avx512_bf16|amx_bf16' /proc/cpuinfo | sort | uniq -c
+  python3 -c "import torch, transformers, peft, accelerate, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'trl', trl.__version__)"
+  date -u +%Y-%m-%dT%H:%M:%SZ; } > "$OUT/gpu-$PART.txt" 2>&1
+LAST=$(( $(nproc) - 1 ))
+GPU_CPUS="0-$(( LAST - 2 ))"  # the GPU runs keep off the two cores the quickstart is timed on
+# the GGUF converted once, before runs in parallel read the cache
+taskset -c "$GPU_CPUS" python3 -c "from tunespec.models import ModelRef, resolve; resolve(ModelRef(path='$GGUF_DIR', gguf_file='$(basename "$GGUF")'))"
+q() { taskset -c "$GPU_CPUS" python3 benchmarks/quality_defaults.py --gguf-dir "$GGUF_DIR" --work /tmp/q "$@"; }
+case $PART in
+  quality)
+    ( start=$(date +%s)
+      CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 TUNESPEC_CACHE=/tmp/qs-cache taskset -c "$(( LAST - 1 )),$LAST" \
+        python3 -m tunespec.cli run specs/quickstart.yaml -o /tmp/qs-build --set model.packaged=null \
+        --set model.path="$GGUF_DIR" --set model.gguf_file="$(basename "$GGUF")"
+      echo "quickstart rc=$? wall_s=$(( $(date +%s) - start ))" ) > "$OUT/quickstart.log" 2>&1 &
+    q --workload dialogsum --data "$DATA/dev.jsonl" --runs ts-defaults,ts-packing,trl,ts-defaults-seed1 --parallel 3 \
+      --out "$OUT/quality-dialogsum.json" > "$OUT/quality-dialogsum.log" 2>&1 &
+    q --workload alpaca --data "$DATA/alpaca_en_demo.json" --runs ts-defaults,ts-packing,trl --parallel 2 \
+      --out "$OUT/quality-alpaca.json" > "$OUT/quality-alpaca.log" 2>&1 &
+    q --workload glaive --data "$DATA/glaive_toolcall_en_demo.json" --runs ts-defaults,ts-packing,trl --parallel 2 \
+      --out "$OUT/quality-glaive.json" > "$OUT/quality-glaive.log" 2>&1 &
+    wait
+    cp /tmp/qs-build/eval/rouge.json "$OUT/quickstart-rouge.json" 2>/dev/null
+    tail -n 5 "$OUT"/quality-*.log; tail -n 25 "$OUT/quickstart.log" ;;
+  selection)
+    taskset -c "$GPU_CPUS" python3 benchmarks/selection.py --gguf-dir "$GGUF_DIR" --data "$DATA/dev.jsonl" \
+      --parallel 5 --out "$OUT/selection-dialogsum.json" > "$OUT/selection.log" 2>&1
+    tail -n 8 "$OUT/selection.log" ;;
+  throughput)
+    T=(python3 benchmarks/train_throughput.py --data "$DATA/dev.jsonl" --model-dir "$GGUF_DIR" --timeout 200)
+    "${T[@]}" --steps 20 --systems trl,trl_packing,trl_liger_packing,tunespec_defaults,tunespec_packing \
+      --out "$OUT/throughput-135m.json" > "$OUT/throughput-135m.log" 2>&1
+    "${T[@]}" --steps 12 --shape 8b --systems trl_packing,trl_liger_packing,tunespec_packing \
+      --out "$OUT/throughput-8b.json" > "$OUT/throughput-8b.log" 2>&1
+    tail -n 8 "$OUT"/throughput-*.log ;;
+  *) echo "unknown part $PART" >&2; exit 2 ;;
+esac
