@@ -146,6 +146,21 @@ def test_compile_keeps_the_greedy_choice_counts_the_rest_and_strict_refuses(tmp_
     assert compile(spec, tmp_path / "build", force=True).manifest["input_key"] != result.manifest["input_key"]
 
 
+def test_a_count_over_the_rows_keeps_them_all_and_says_so(tmp_path, make_spec, compile):
+    ids = [r["id"] for r in OWN[:12]]
+    _scores_file(tmp_path / "s.jsonl", _clustered(ids, 3)[0])
+    over = make_spec(tmp_path, **{"data.sources.0.limit": 12,
+                                  "data.selection": {"kcenter": {"file": "s.jsonl", "keep": 50}}})
+    result = compile(over, tmp_path / "build")
+    assert _kept(tmp_path / "build") == ids and "selection" not in result.manifest["dropped"]
+    said = [m for m in result.messages if "k-center keeps 50 rows" in m]
+    assert len(said) == 1 and "warning:" in said[0] and "only 12 train rows reach it" in said[0], result.messages
+    assert "data.selection.kcenter.keep" in said[0]
+    exact = make_spec(tmp_path, "exact.yaml", **{"data.sources.0.limit": 12,
+                                                 "data.selection": {"kcenter": {"file": "s.jsonl", "keep": 12}}})
+    assert not [m for m in compile(exact, tmp_path / "exact").messages if "k-center keeps" in m]
+
+
 def test_ifd_first_then_kcenter_over_its_survivors_from_one_file(tmp_path, make_spec, compile):
     ids = [r["id"] for r in OWN[:12]]
     emb, _ = _clustered(ids, 4)

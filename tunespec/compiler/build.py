@@ -340,6 +340,12 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
             located.where[reason] = by_name[name].location(int(index))
         all_drops["selection"] = dict(sorted(chosen_out.items()))
         problems += drop_problems(located, "data.selection")
+    kc = data.selection.kcenter
+    if kc is not None and isinstance(kc.keep, int) and len(splits["train"]) < kc.keep:  # a count over the rows
+        problems.append(loaded.locate_spec_field(Problem(
+            f"k-center keeps {kc.keep} rows, but only {len(splits['train'])} train rows reach it: all of them are "
+            "kept", path="data.selection.kcenter.keep",
+            hint="lower the count, or write a fraction (e.g. 0.5) to keep a share of the rows")))
     ref_fields_of = {
         f: (spec.evaluation.reference_fields or ([FORMATS[f].reference] if FORMATS[f].reference else []))
         for f in set(fmt_of.values())
