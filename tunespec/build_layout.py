@@ -80,7 +80,7 @@ def check_format(found: Any, file: str, what: str) -> None:
 
 # --------------------------------------------------------------------------- portable paths
 
-# the spec's path fields, as in spec.loader.PATH_FIELDS ("*": any key or index)
+# the spec's path fields, as in spec.path_fields.PATH_FIELDS ("*": any key or index)
 PATH_FIELDS: tuple[tuple, ...] = (
     ("model", "path"),
     ("data", "sources", "*", "path"),

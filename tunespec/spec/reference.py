@@ -20,7 +20,7 @@ from pydantic_core import PydanticUndefined
 from .root import Spec, json_schema
 
 
-def _model_classes() -> dict[str, type[pydantic.BaseModel]]:
+def model_classes() -> dict[str, type[pydantic.BaseModel]]:
     """Every model class reachable from ``Spec``, by class name (the JSON Schema's ``$defs`` keys)."""
     found: dict[str, type[pydantic.BaseModel]] = {}
 
@@ -129,7 +129,7 @@ def reference_markdown() -> str:
     """The spec reference: one Markdown table per section (key, type, default, description)."""
     schema = json_schema()
     defs: dict[str, dict] = schema.get("$defs", {})
-    classes = _model_classes()
+    classes = model_classes()
 
     # Plan the tables first, so that a type can link to the table of its section.
     tables: list[tuple[str, str]] = []  # (heading, def name)
