@@ -62,7 +62,7 @@ def tag_with_default(field: str, default: str) -> Discriminator:
         return getattr(value, field, default)
 
     tag.__name__ = tag.__qualname__ = field
-    tag.tag_field = field  # type: ignore[attr-defined]  # read by the loader and the JSON Schema generator
+    tag.tag_field = field  # type: ignore[attr-defined]  # read by schema_lookup and the JSON Schema generator
     tag.default_tag = default  # type: ignore[attr-defined]
     return Discriminator(tag)
 
