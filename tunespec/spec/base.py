@@ -39,7 +39,7 @@ class Section(BaseModel):
         if not self.explicitly_set(field):
             return False
         info = type(self).model_fields[field]
-        return getattr(self, field) != info.get_default(call_default_factory=True)
+        return bool(getattr(self, field) != info.get_default(call_default_factory=True))
 
 
 def tag_with_default(field: str, default: str) -> Discriminator:

@@ -16,7 +16,7 @@ from .origins import Loc, Origin, Origins, dotted, shown_path
 from .yaml_positions import YamlSource, read_yaml, round_trip_yaml, to_plain, value_kind
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """Mappings merge key by key; lists and scalars in `over` replace those in `base`."""
     out = dict(base)
     for key, value in over.items():
@@ -32,7 +32,7 @@ def _drop_origins_under(origins: Origins, loc: Loc) -> None:
         del origins[k]
 
 
-def _merge_origins(base: Origins, over_doc: dict, over: Origins) -> Origins:
+def _merge_origins(base: Origins, over_doc: dict[str, Any], over: Origins) -> Origins:
     """Origins after merging: a replaced list or scalar takes all its positions from `over`."""
     out = dict(base)
 
@@ -49,18 +49,18 @@ def _merge_origins(base: Origins, over_doc: dict, over: Origins) -> Origins:
 
 
 
-def load_composed(path: Path, chain: tuple[Path, ...]) -> tuple[dict, Origins, list[Path], list[Problem]]:
+def load_composed(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], Origins, list[Path], list[Problem]]:
     """Read `path`, then merge it over the files its `extends` names (recursively)."""
     doc, origins, problems = read_yaml(path, shown_path(path))
     ext = doc.pop("extends", None)
     if ext is None:
         return doc, origins, [path], problems
     names = [ext] if isinstance(ext, str) else ext
-    at = origins.get(("extends",))
+    at = origins[("extends",)]  # read_yaml recorded where `extends` was written
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise SpecError(Problem("must be a file name or a list of file names", file=at.file, line=at.line,
                                 column=at.column, path="extends", hint="e.g. extends: base.yaml"))
-    merged: dict = {}
+    merged: dict[str, Any] = {}
     merged_origins: Origins = {}
     files: list[Path] = []
     base_problems: list[Problem] = []
@@ -111,7 +111,7 @@ def _parse_set(arg: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_set(doc: dict, origins: Origins, arg: str) -> None:
+def apply_set(doc: dict[str, Any], origins: Origins, arg: str) -> None:
     parts, value = _parse_set(arg)
     where = "--set " + arg
     if parts[0] == "extends":  # bases are merged while the files are read: a --set comes after, and would do nothing

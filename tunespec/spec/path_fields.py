@@ -25,7 +25,7 @@ def _matches(loc: Loc, pattern: Loc) -> bool:
     return len(loc) == len(pattern) and all(p == "*" or p == q for p, q in zip(pattern, loc))
 
 
-def resolve_paths(doc: dict, origins: Origins, absolute: set | None = None) -> dict:
+def resolve_paths(doc: dict[str, Any], origins: Origins, absolute: set[str] | None = None) -> dict[str, Any]:
     """Copy of `doc` with relative path fields made absolute against the file that set them; the dotted
     locations of paths written absolute (or with ``~``) are added to `absolute`."""
 
@@ -51,4 +51,5 @@ def resolve_paths(doc: dict, origins: Origins, absolute: set | None = None) -> d
             return str(p if p.is_absolute() else (base_dir(loc) / p).resolve())
         return node
 
-    return walk(doc, ())
+    resolved: dict[str, Any] = walk(doc, ())
+    return resolved

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import pydantic
 from pydantic import Tag
+from pydantic.fields import FieldInfo
 
 from .base import discriminator_default, discriminator_field, field_discriminator
 from .origins import Loc
@@ -40,6 +41,11 @@ def is_model(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, pydantic.BaseModel)
 
 
+def field_info(model: type[pydantic.BaseModel], key: str | int) -> FieldInfo | None:
+    """The field `key` of `model` (None for a key it does not have, or a list index)."""
+    return model.model_fields.get(key) if isinstance(key, str) else None
+
+
 def tag_of(member: Any, disc_field: str | None) -> Any:
     """The tag that selects a member of a tagged union (its ``Tag``, else its ``Literal`` tag field)."""
     if typing.get_origin(member) is typing.Annotated:
@@ -58,12 +64,15 @@ def _error_tag(member: Any) -> str:
     m = strip_annotated(member)
     origin = typing.get_origin(m)
     if is_model(m):
-        return m.__name__
+        model_name: str = m.__name__
+        return model_name
     if origin is Literal:
         return "literal["
     if origin in (list, dict):
-        return origin.__name__ + "["
-    return getattr(m, "__name__", str(m))
+        generic_name: str = origin.__name__
+        return generic_name + "["
+    name: str = getattr(m, "__name__", str(m))
+    return name
 
 
 def _member_for_error_tag(members: list[Any], part: Any) -> Any:
@@ -209,11 +218,13 @@ def tagged_union_at(loc: Loc, doc: Any) -> TaggedUnion | None:
     if not loc or not isinstance(loc[-1], str):
         return None
     for model in models_at(loc[:-1], doc):
-        info = model.model_fields.get(loc[-1])
-        disc = field_discriminator(info) if info is not None else None
-        if disc is None:
+        info = field_info(model, loc[-1])
+        if info is None:
             continue
+        disc = field_discriminator(info)
         name = discriminator_field(disc)
+        if name is None:  # not a tagged union (every tagged union of the schema names its tag key)
+            continue
         members = {tag_of(m, name): strip_annotated(m) for m in union_members(strip_annotated(info.annotation))}
         value = value_at(doc, loc)
         written = isinstance(value, dict) and name in value

@@ -13,20 +13,21 @@ import typing
 from typing import Any, Literal
 
 import annotated_types
+from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from ..errors import Problem
 from .origins import Loc, Origin, Origins, dotted, origin_of
-from .schema_lookup import (UnionStep, allowed_keys, is_model, models_at, strip_annotated, tagged_union_at, value_at,
-                            walk_error_loc)
+from .schema_lookup import (UnionStep, allowed_keys, field_info, is_model, models_at, strip_annotated, tagged_union_at,
+                            value_at, walk_error_loc)
 from .yaml_positions import scalar_text
 
 MEMBER_LABELS = {"lora": "LoRA", "none": "full fine-tune", "single": "single-process", "multi_gpu": "multi-GPU",
                  "fsdp": "FSDP", "deepspeed": "DeepSpeed"}
 
 # How a plain union's members are named in messages, where the general words would be vague.
-ACCEPTS = {
+ACCEPTS: dict[tuple[str | None, str], str] = {
     ("target_modules", "list"): "a list of module names",
     ("template", "str"): "a template name",
     ("template", "model"): "a template mapping (name, file or prompt)",
@@ -67,7 +68,7 @@ def _yaml_number(text: str) -> int | float | None:
 def _example(loc: Loc, doc: Any, integer: bool) -> str:
     """A value to show in "e.g. ...": the field's default when it is a number, else a typical one."""
     for model in models_at(loc[:-1], doc) if loc else []:
-        info = model.model_fields.get(loc[-1])
+        info = field_info(model, loc[-1])
         default = info.get_default(call_default_factory=True) if info is not None else None
         if isinstance(default, (int, float)) and not isinstance(default, bool) and math.isfinite(default) and default > 0:
             if not integer or float(default).is_integer():
@@ -148,10 +149,10 @@ def _union_problem(step: UnionStep, loc: Loc, value: Any, where: Origin) -> Prob
                    hint=hint)
 
 
-def validation_problems(errors: list[dict], origins: Origins, root: str, doc: dict) -> list[Problem]:
+def validation_problems(errors: list[ErrorDetails], origins: Origins, root: str, doc: dict[str, Any]) -> list[Problem]:
     """pydantic's errors as problems: one per field for a value that fits no member of a union."""
-    singles: list[tuple[dict, Loc]] = []
-    groups: dict[Loc, list[tuple[dict, Loc, list[UnionStep]]]] = {}
+    singles: list[tuple[ErrorDetails, Loc]] = []
+    groups: dict[Loc, list[tuple[ErrorDetails, Loc, list[UnionStep]]]] = {}
     for err in errors:
         loc, steps = walk_error_loc(tuple(err["loc"]))
         if steps:
@@ -181,7 +182,7 @@ def validation_problems(errors: list[dict], origins: Origins, root: str, doc: di
     return problems + [_problem_for(err, loc, origins, root, doc) for err, loc in singles]
 
 
-def _problem_for(err: dict, loc: Loc, origins: Origins, root: str, doc: dict) -> Problem:
+def _problem_for(err: ErrorDetails, loc: Loc, origins: Origins, root: str, doc: dict[str, Any]) -> Problem:
     kind = err["type"]
     value = err.get("input")
     where = origin_of(origins, loc, root)
@@ -195,7 +196,7 @@ def _problem_for(err: dict, loc: Loc, origins: Origins, root: str, doc: dict) ->
         owners = [t for t, m in union.members.items() if t != union.tag and key in m.model_fields] if union else []
         close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
         msg = f"unknown key `{key}`"
-        if owners:
+        if union is not None and owners:
             label = MEMBER_LABELS.get(owners[0], f"`{union.field}: {owners[0]}`")
             msg += f": it is a {label} option, not allowed with {union.field}: {union.tag}"
             verb = "use" if union.written else "set"
@@ -265,8 +266,8 @@ def _problem_for(err: dict, loc: Loc, origins: Origins, root: str, doc: dict) ->
             msg, hint = f"needs at least {least} item(s)", "add an item"
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         msg = f"{_describe(value)}: {err['msg'].lower()}"
-        allowed = _bounds_text(loc, doc)
-        hint = (f"use a value in {allowed}" if allowed[0] in "[(" else f"use a value {allowed}") if allowed \
+        bounds = _bounds_text(loc, doc)
+        hint = (f"use a value in {bounds}" if bounds[0] in "[(" else f"use a value {bounds}") if bounds \
             else "change the value to fit the bound"
     return Problem(msg, file=where.file, line=where.line, column=where.column, path=path, hint=hint)
 
@@ -274,7 +275,7 @@ def _problem_for(err: dict, loc: Loc, origins: Origins, root: str, doc: dict) ->
 def _bounds_text(loc: Loc, doc: Any) -> str | None:
     """The range the schema allows a numeric field, as ``[0, 4294967295]`` / ``(0, 10]`` (from its Field bounds)."""
     for model in models_at(loc[:-1], doc) if loc else []:
-        info = model.model_fields.get(loc[-1])
+        info = field_info(model, loc[-1])
         if info is None:
             continue
         low = high = None

@@ -140,7 +140,7 @@ def to_plain(node: Any, loc: Loc, src: YamlSource, active: frozenset[int] = froz
     tag = getattr(getattr(node, "tag", None), "value", None)
     if tag is not None and tag not in PLAIN_TAGS:
         o = src.origins.get(loc)
-        src.problem((o.line - 1, o.column - 1) if o and o.line else None, f"YAML tag `{tag.replace('tag:yaml.org,2002:', '!!')}` is not allowed", dotted(loc),
+        src.problem((o.line - 1, o.column - 1) if o and o.line is not None and o.column is not None else None, f"YAML tag `{tag.replace('tag:yaml.org,2002:', '!!')}` is not allowed", dotted(loc),
                     "remove the tag: a spec holds plain mappings, lists, text, numbers and booleans")
         return None
     if isinstance(node, (CommentedMap, CommentedSeq)):
@@ -149,7 +149,7 @@ def to_plain(node: Any, loc: Loc, src: YamlSource, active: frozenset[int] = froz
             return None
         active = active | {id(node)}
     if isinstance(node, CommentedMap):
-        out: dict = {}
+        out: dict[str, Any] = {}
         merged = bool(getattr(node, "merge", None))
         if merged:
             src.problem(src.merge_key_at(node), "merge keys (`<<`) are not supported", dotted(loc),
@@ -177,7 +177,7 @@ def to_plain(node: Any, loc: Loc, src: YamlSource, active: frozenset[int] = froz
     return plain_scalar(node)
 
 
-def plain_scalar(node):
+def plain_scalar(node: Any) -> Any:
     """A ruamel round-trip scalar as the plain Python value (ScalarBoolean, ScalarFloat, ... unwrapped)."""
     if isinstance(node, (bool, ScalarBoolean)):
         return bool(node)
@@ -293,8 +293,8 @@ def _yaml_problem(e: MarkedYAMLError, text: str, shown: str) -> Problem:
             msg = "bad indentation: this line does not fit the block above it"
         hint = "the keys of one mapping, and the `-` items of one list, start in the same column"
     elif "found undefined alias" in problem:
-        name = re.search(r"alias '(.*?)'", problem)
-        name = name.group(1) if name else "?"
+        alias = re.search(r"alias '(.*?)'", problem)
+        name = alias.group(1) if alias else "?"
         msg = f"`*{name}` refers to no anchor `&{name}` above it"
         hint = "define the anchor before using it, or write the value out"
     elif "expected a single document" in context:
@@ -306,7 +306,7 @@ def _yaml_problem(e: MarkedYAMLError, text: str, shown: str) -> Problem:
                    hint=hint)
 
 
-def read_yaml(path: Path, shown: str) -> tuple[dict, Origins, list[Problem]]:
+def read_yaml(path: Path, shown: str) -> tuple[dict[str, Any], Origins, list[Problem]]:
     """A spec file as plain data, with positions; problems that still let the rest be checked are returned."""
     try:
         data = path.read_bytes()
