@@ -6,7 +6,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator
 
-
 # Bounds every numeric setting declares in its Field (the schema refuses a value out of them, at validate time):
 SEED_MAX = 2**32 - 1  # seeds: numpy (and so shuffles, holdouts, sampling) takes 0 .. 2**32 - 1
 STEPS_MAX = 10**9  # optimizer steps, warm-up, logging/saving/evaluation intervals: more is a typo

@@ -28,6 +28,7 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _drop_origins_under(origins: Origins, loc: Loc) -> None:
+    """Forget where the values below `loc` were written (the value at `loc` is replaced whole)."""
     for k in [k for k in origins if k[: len(loc)] == loc and len(k) > len(loc)]:
         del origins[k]
 
@@ -48,9 +49,9 @@ def _merge_origins(base: Origins, over_doc: dict[str, Any], over: Origins) -> Or
     return out
 
 
-
 def load_composed(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], Origins, list[Path], list[Problem]]:
-    """Read `path`, then merge it over the files its `extends` names (recursively)."""
+    """Read `path`, then merge it over the files its `extends` names (recursively): (document, origins, every
+    file read with `path` last, problems that still let the rest be checked). `chain`: the files extending it."""
     doc, origins, problems = read_yaml(path, shown_path(path))
     ext = doc.pop("extends", None)
     if ext is None:
@@ -112,6 +113,7 @@ def _parse_set(arg: str) -> tuple[list[str], Any]:
 
 
 def apply_set(doc: dict[str, Any], origins: Origins, arg: str) -> None:
+    """Apply one ``--set dotted.path=VALUE`` to `doc` in place; the value's origin is the argument."""
     parts, value = _parse_set(arg)
     where = "--set " + arg
     if parts[0] == "extends":  # bases are merged while the files are read: a --set comes after, and would do nothing

@@ -197,6 +197,7 @@ def types_at(loc: Loc, doc: Any) -> list[Any]:
 
 
 def models_at(loc: Loc, doc: Any) -> list[type[pydantic.BaseModel]]:
+    """The models (sections) the schema allows at `loc`."""
     return [t for t in types_at(loc, doc) if is_model(t)]
 
 

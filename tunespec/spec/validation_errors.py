@@ -19,8 +19,17 @@ from ruamel.yaml.error import YAMLError
 
 from ..errors import Problem
 from .origins import Loc, Origin, Origins, dotted, origin_of
-from .schema_lookup import (UnionStep, allowed_keys, field_info, is_model, models_at, strip_annotated, tagged_union_at,
-                            value_at, walk_error_loc)
+from .schema_lookup import (
+    UnionStep,
+    allowed_keys,
+    field_info,
+    is_model,
+    models_at,
+    strip_annotated,
+    tagged_union_at,
+    value_at,
+    walk_error_loc,
+)
 from .yaml_positions import scalar_text
 
 MEMBER_LABELS = {"lora": "LoRA", "none": "full fine-tune", "single": "single-process", "multi_gpu": "multi-GPU",

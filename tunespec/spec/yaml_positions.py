@@ -2,7 +2,8 @@
 
 YAML 1.2 (ruamel's round-trip reader): ``no``/``on`` stay text, ``1e-4`` is a float. What a spec may not
 hold is reported, not dropped silently: merge keys (``<<``), keys that are not text, YAML tags, recursive
-aliases. A syntax error is explained in plain words at the position most useful to look at.
+aliases. A syntax error is explained in plain words at the position most useful to look at. ``read_yaml``
+reads a file; ``to_plain`` converts an already parsed value (a ``--set`` argument's).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from ..errors import Problem, SpecError
 from .origins import Loc, Origin, Origins, dotted
 from .schema_lookup import models_at
 
-MAX_NODES = 200_000
+MAX_NODES = 200_000  # values a spec may expand to (an alias bomb must not hang the loader)
+# The tags of plain mappings, lists and scalars: any other tag (`!!python/...`, `!include`) is refused.
 PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("map", "seq", "str", "int", "float", "bool", "null")} | {
     "!!map", "!!seq", "!!str", "!!int", "!!float", "!!bool", "!!null"}
 
@@ -63,6 +65,7 @@ def scalar_text(value: Any) -> str:
 
 
 def round_trip_yaml() -> YAML:
+    """ruamel's round-trip reader (it keeps every node's position), refusing duplicate keys."""
     y = YAML(typ="rt")  # YAML 1.2: `no`/`on` stay strings, `1e-4` is a float
     y.allow_duplicate_keys = False
     return y
