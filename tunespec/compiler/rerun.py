@@ -46,7 +46,7 @@ def _plain(node):
     """ruamel's round-trip nodes as plain Python values."""
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-    from ..spec.loader import plain_scalar
+    from ..spec.yaml_positions import plain_scalar
 
     if isinstance(node, CommentedMap):
         return {str(k) if not isinstance(k, (str, int)) else k: _plain(v) for k, v in node.items()}

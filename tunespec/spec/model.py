@@ -8,8 +8,6 @@ from pydantic import Field
 
 from .base import Section
 
-PACKAGED_MODELS = ("smollm2-135m-instruct",)
-
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
