@@ -56,7 +56,7 @@ def main() -> None:
 
     import torch
 
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.evaluate import _load_variant, generate
 
     build = Build(args.build)

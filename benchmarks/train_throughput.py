@@ -219,7 +219,7 @@ def run_tunespec(args, packing: bool, quantized: bool = False, extra: list[str] 
     import torch
 
     from tunespec.compiler.build import compile_build
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.train import Trainer
     from tunespec.spec.loader import load_spec
 

@@ -258,7 +258,7 @@ def test_score_data_writes_the_models_mean_pooled_state_and_compile_reads_it(tmp
     from click.testing import CliRunner
 
     from tunespec.cli import main
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.evaluate import _load_variant
 
     spec = make_spec(tmp_path, **{"data.sources.0.limit": 10,

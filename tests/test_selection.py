@@ -153,7 +153,7 @@ def test_score_data_equals_the_models_own_loss_with_and_without_the_prompt(tmp_p
     from click.testing import CliRunner
 
     from tunespec.cli import main
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.evaluate import _load_variant
 
     spec = make_spec(tmp_path, **{"data.sources.0.limit": 12})

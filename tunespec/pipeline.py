@@ -60,7 +60,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
         log("  " + line)
     timings["compile"] = time.perf_counter() - t
 
-    from .runtime.build import Build
+    from .runtime.build_reader import Build
 
     build = Build(out)
     lora = is_peft(build.spec.adapter)  # a peft adapter (BUILD/adapter), not a full fine-tune

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..micro_batches import MicroBatching, pack
-from .build import TokenSet
+from .build_reader import TokenSet
 
 PAD_MULTIPLE = 8
 

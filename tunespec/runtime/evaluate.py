@@ -29,7 +29,7 @@ from ..progress import Progress
 from ..spec.adapter import is_peft
 from . import benchmarks as bench
 from . import rouge
-from .build import Build
+from .build_reader import Build
 
 
 @dataclass
@@ -61,7 +61,7 @@ def _shipped(build: Build, log) -> tuple[str, dict | None]:
 def _load_variant(build: Build, which: str, base=None):
     """('base' | 'adapter' | 'merged' | a path) -> (model, label)."""
     from .modeling import load_base_model, loading
-    from .vocabulary import extend_embeddings
+    from .added_token_embeddings import extend_embeddings
 
     if which == "base":
         model = load_base_model(build.spec)

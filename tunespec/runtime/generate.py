@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from ..errors import BuildError, Problem, TunespecError
-from .build import Build
+from .build_reader import Build
 from ..build_layout import MANIFEST
 
 # The field a plain prompt text fills, per fields format.

@@ -17,7 +17,7 @@ from __future__ import annotations
 from ..atomic import check_replaceable, install, temp_dir
 from ..errors import BuildError, ModelError, Problem
 from ..spec.adapter import MERGEABLE_SPECS, PrefixTuningSpec, PromptTuningSpec
-from .build import Build
+from .build_reader import Build
 from ..build_layout import STAMP, stamp_text
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -61,7 +61,7 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
     if build.spec.quantization.enabled:
         log(f"the base is reloaded unquantized ({torch_dtype}) for the merge; 4-bit/8-bit was for training only")
     base = load_base_model(build.spec, quantized=False, dtype=torch_dtype)
-    from .vocabulary import extend_embeddings
+    from .added_token_embeddings import extend_embeddings
 
     extend_embeddings(base, build)  # added tokens: the rows the adapter was trained on (merged saves them)
     with loading("the adapter", file=str(build.adapter_dir)):

@@ -114,7 +114,7 @@ def loading(what: str, *, path: str | None = None, file: str | None = None, hint
 
 
 def lora_config(adapter: LoraSpec, tokens: dict | None = None):
-    """`tokens`: what trains the rows of added tokens (``vocabulary.token_training``): trainable_token_indices,
+    """`tokens`: what trains the rows of added tokens (``added_token_embeddings.token_training``): trainable_token_indices,
     and an LM head to save whole."""
     from peft import LoraConfig
 
@@ -215,7 +215,7 @@ def prepare_for_training(model, spec: Spec, vocabulary: dict | None = None):
             check_targets(model, a)
         name = {LoraSpec: "LoRA", PrefixTuningSpec: "prefix tuning", PromptTuningSpec: "prompt tuning",
                 IA3Spec: "IA3"}[type(a)]
-        from .vocabulary import token_training
+        from .added_token_embeddings import token_training
 
         tokens = token_training(model, a, vocabulary) if isinstance(a, LoraSpec) else {}
         try:

@@ -32,7 +32,7 @@ from ..errors import BuildError, Problem
 from ..spec.adapter import FullSpec, IA3Spec, LoraSpec, PrefixTuningSpec, PromptTuningSpec, is_peft
 from ..spec.output import HUB_REPO_ID
 from ..spec.rules import HUB_BUILDERS
-from .build import Build
+from .build_reader import Build
 from ..build_layout import LOCK, STAMP
 
 PACKAGED_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}

@@ -33,7 +33,7 @@ import numpy as np
 from .. import build_layout as layout
 from ..errors import BuildError, Problem
 from ..spec.adapter import is_peft
-from .build import Build
+from .build_reader import Build
 
 PAGE_DIR = Path(__file__).with_name("report_page")
 PREVIEW_ROWS = 3  # train rows whose loss mask the data section shows

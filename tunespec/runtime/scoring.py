@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..atomic import refuse_overlap, write_text
 from ..compiler.selection import SCORES_KIND
-from .build import Build
+from .build_reader import Build
 
 BATCH_ROWS = 16
 

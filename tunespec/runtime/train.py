@@ -48,7 +48,7 @@ from ..spec.adapter import is_peft
 from . import checkpoint as ckpt
 from .. import micro_batches
 from .batching import collate_packed, collate_padded, count_positions, epoch_batches
-from .build import Build, TokenSet
+from .build_reader import Build, TokenSet
 from ..build_layout import LOCK, MANIFEST, STAMP, stamp_text
 from ..progress import Progress, duration
 
@@ -211,7 +211,7 @@ class Trainer:
         accum = t.gradient_accumulation_steps
         self.plan = Plan(batches_per_epoch=n_batches, world=world, rank=self.acc.process_index, accum=accum,
                          total_steps=t.max_steps or max(1, math.ceil(t.epochs * n_batches / (world * accum))))
-        from .vocabulary import extend_embeddings
+        from .added_token_embeddings import extend_embeddings
 
         extend_embeddings(model, self.build)  # model.added_tokens: the new rows start as the mean row
         model = prepare_for_training(model, self.spec, vocabulary=self.build.vocabulary)
@@ -287,7 +287,7 @@ class Trainer:
         """torch.compile the decoder layers where the spec (or `auto`: CUDA, one GPU or DDP) says so."""
         import torch
 
-        from .compilation import compile_layers
+        from .torch_compile import compile_layers
 
         want = self.spec.training.torch_compile
         if want == "auto":
@@ -686,7 +686,7 @@ class Trainer:
         state_dict = self.acc.get_state_dict(self.model)
         if self.acc.is_main_process:
             _drop_checkpoint_wrappers(model)
-            from .vocabulary import adapter_save_kwargs
+            from .added_token_embeddings import adapter_save_kwargs
 
             model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, **adapter_save_kwargs(self.build))
             if is_peft(self.spec.adapter) and not _safetensors_keys(tmp / "adapter_model.safetensors"):
