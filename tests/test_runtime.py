@@ -746,7 +746,7 @@ def test_generation_reports_the_time_left_and_counts_every_token_step(trained, m
     monkeypatch.setattr(Progress, "__init__", spy)
     tokenizer = build.load_tokenizer()
     tokenizer.padding_side = "left"
-    model, _ = ev_mod._load_variant(build, "base")
+    model, _ = ev_mod.load_variant(build, "base")
     rows = build.rows("test")
     said: list[str] = []
     ev_mod.generate(model, tokenizer, build, [r["prompt"] for r in rows], log=said.append, every=0.0)

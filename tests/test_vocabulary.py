@@ -446,7 +446,8 @@ def test_generate_sees_the_added_tokens(build_from):
     import io
 
     from tunespec.runtime.build_reader import Build
-    from tunespec.runtime.generate import make_renderer, run_generate
+    from tunespec.runtime.generate import run_generate
+    from tunespec.runtime.session import make_renderer
 
     build = build_from(**{**FAST, "training.max_steps": 1})
     train_in_process(build)

@@ -411,7 +411,7 @@ def generate(build: Path, prompt: str | None, input_file: Path | None, fields: t
 @user_errors
 def chat(build: Path, which: str | None, system: str | None) -> None:
     """Chat with BUILD's model in the terminal: /reset clears the history, /exit or end of input quits."""
-    from .runtime.generate import run_chat
+    from .runtime.chat import run_chat
 
     run_chat(build, model=which, system=system, log=lambda s: click.echo(s, err=True))
 

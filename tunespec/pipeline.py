@@ -63,8 +63,8 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
     from .runtime.build_reader import Build
 
     build = Build(out)
-    lora = is_peft(build.spec.adapter)  # a peft adapter (BUILD/adapter), not a full fine-tune
-    final = build.adapter_dir if lora else build.merged_dir
+    has_adapter = is_peft(build.spec.adapter)  # any peft method (BUILD/adapter), not a full fine-tune
+    final = build.adapter_dir if has_adapter else build.merged_dir
     log(f"[2/{stages}] train")
     t = time.perf_counter()
     if _fresh_output(build, final.name):
@@ -82,7 +82,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
 
     log(f"[3/{stages}] merge")
     t = time.perf_counter()
-    if not lora:
+    if not has_adapter:
         log("  full fine-tune: the model is already complete in merged/")
     elif not isinstance(build.spec.adapter, MERGEABLE_SPECS):
         log(f"  {build.spec.adapter.method}: adds virtual tokens, nothing to merge; serve base + adapter")
