@@ -133,7 +133,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
     log("")
     log(f"done in {total:.0f}s (" + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + ")")
     log(f"  build:     {out}")
-    log(f"  adapter:   {build.adapter_dir if lora else '(full fine-tune)'}")
+    log(f"  adapter:   {build.adapter_dir if has_adapter else '(full fine-tune)'}")
     log(f"  merged:    {build.merged_dir}")
     log(f"  report:    {build.eval_dir / 'report.md'}")
     log(f"  html:      {html}   (tunespec report BUILD [OTHER] writes it again)")
