@@ -257,10 +257,6 @@ def check_targets(model, adapter: LoraSpec | IA3Spec) -> None:
                 + (" (or use all-linear)" if isinstance(adapter, LoraSpec) else " (or leave it out for peft's default)")))
 
 
-def trainable_parameters(model) -> list:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
 def load_variant(build: Build, which: str, base=None):
     """A build's model to generate with: ('base' | 'adapter' | 'merged' | a path) -> (model, label); `base`: an
     already loaded base model for the adapter."""
