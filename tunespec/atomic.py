@@ -68,7 +68,8 @@ def _temp_re(name: str) -> re.Pattern:
     return re.compile(rf"^\.{re.escape(name)}\.(?:tmp-(\d+)-[0-9a-z_]+|old-(\d+))$")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` is running (this process counts; a pid of another user too)."""
     if pid == os.getpid():
         return True
     try:
@@ -96,7 +97,7 @@ def recover(target: Path) -> None:
     pat = _temp_re(target.name)
     for p in target.parent.iterdir():
         m = pat.match(p.name)
-        if m and m.group(2) and not _alive(int(m.group(2))):
+        if m and m.group(2) and not alive(int(m.group(2))):
             with contextlib.suppress(OSError):
                 os.rename(p, target)
                 return
@@ -113,7 +114,7 @@ def clean_stale(target: Path) -> list[Path]:
     removed = []
     for p in sorted(target.parent.iterdir()):
         m = pat.match(p.name)
-        if m and not _alive(int(m.group(1) or m.group(2))):
+        if m and not alive(int(m.group(1) or m.group(2))):
             _remove(p)
             removed.append(p)
     return removed
