@@ -5,10 +5,11 @@
 #                                             # the host's CPU cores with the GPU hidden (its CPU has AVX512-BF16)
 #   bash benchmarks/gpu_lease.sh selection    # benchmarks/selection.py on DialogSum
 #   bash benchmarks/gpu_lease.sh throughput   # train_throughput.py, one system at a time: 135M and 8B shapes
+#   bash benchmarks/gpu_lease.sh all          # quality and selection at once, fewer runs (one call's time)
 # Expects: the wheels installed (PYTHONPATH=/tmp/site:$PWD), the GGUF joined at $GGUF_DIR, ../shared/data's
 # files at $DATA (dev.jsonl, alpaca_en_demo.json, glaive_toolcall_en_demo.json). Writes JSON and logs to $OUT.
 set -uo pipefail
-PART=${1:?usage: gpu_lease.sh quality|selection|throughput}
+PART=${1:?usage: gpu_lease.sh quality|selection|throughput|all}
 OUT=${OUT:-/tmp/out}; DATA=${DATA:-$PWD/.gpu/data}; GGUF_DIR=${GGUF_DIR:-/tmp/gguf}
 GGUF=$(ls "$GGUF_DIR"/*.gguf | head -1)
 mkdir -p "$OUT"
@@ -38,6 +39,22 @@ case $PART in
     wait
     cp /tmp/qs-build/eval/rouge.json "$OUT/quickstart-rouge.json" 2>/dev/null
     tail -n 5 "$OUT"/quality-*.log; tail -n 25 "$OUT/quickstart.log" ;;
+  all)  # quality and selection at once, fewer runs each: for a lease with time for one long call
+    ( start=$(date +%s)
+      CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 TUNESPEC_CACHE=/tmp/qs-cache taskset -c "$(( LAST - 1 )),$LAST" \
+        python3 -m tunespec.cli run specs/quickstart.yaml -o /tmp/qs-build --set model.packaged=null \
+        --set model.path="$GGUF_DIR" --set model.gguf_file="$(basename "$GGUF")"
+      echo "quickstart rc=$? wall_s=$(( $(date +%s) - start ))" ) > "$OUT/quickstart.log" 2>&1 &
+    q --workload dialogsum --data "$DATA/dev.jsonl" --runs ts-defaults,ts-packing,trl --parallel 2 \
+      --out "$OUT/quality-dialogsum.json" > "$OUT/quality-dialogsum.log" 2>&1 &
+    q --workload alpaca --data "$DATA/alpaca_en_demo.json" --runs ts-defaults,trl --parallel 1 \
+      --out "$OUT/quality-alpaca.json" > "$OUT/quality-alpaca.log" 2>&1 &
+    q --workload glaive --data "$DATA/glaive_toolcall_en_demo.json" --runs ts-defaults,trl --parallel 1 \
+      --out "$OUT/quality-glaive.json" > "$OUT/quality-glaive.log" 2>&1 &
+    taskset -c "$GPU_CPUS" python3 benchmarks/selection.py --gguf-dir "$GGUF_DIR" --data "$DATA/dev.jsonl" \
+      --runs all,ifd,kcenter,random0 --parallel 4 --out "$OUT/selection-dialogsum.json" > "$OUT/selection.log" 2>&1 &
+    wait
+    tail -n 5 "$OUT"/quality-*.log "$OUT/selection.log"; tail -n 25 "$OUT/quickstart.log" ;;
   selection)
     taskset -c "$GPU_CPUS" python3 benchmarks/selection.py --gguf-dir "$GGUF_DIR" --data "$DATA/dev.jsonl" \
       --parallel 5 --out "$OUT/selection-dialogsum.json" > "$OUT/selection.log" 2>&1
