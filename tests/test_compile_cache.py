@@ -101,7 +101,7 @@ def test_the_cached_tokenizer_encodes_exactly_like_transformers(which, cache):
     assert cached.convert_ids_to_tokens(ids) == auto.convert_ids_to_tokens(ids)
     assert all(cached.convert_tokens_to_string([t]) == auto.convert_tokens_to_string([t])
                for t in auto.convert_ids_to_tokens(ids))
-    from tunespec.compiler.memory import architecture_of
+    from tunespec.compiler.architecture import architecture_of
     from tunespec.compiler.tokenize import context_length
     from tunespec.models import load_config
 
