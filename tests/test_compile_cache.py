@@ -191,7 +191,7 @@ def test_a_damaged_entry_is_replaced_not_used(tmp_path, cache, damage):
         path = entry / "tokenizer" / "tokenizer.json"
         path.write_text(path.read_text(encoding="utf-8").replace('"</s>"', '"</S>"'), encoding="utf-8")
         if damage == "probe":  # the recorded hash updated too: only the probe's ids tell
-            from tunespec.models import sha256_file
+            from tunespec.hashing import sha256_file
 
             facts = json.loads((entry / "facts.json").read_text(encoding="utf-8"))
             facts["tokenizer"]["files"]["tokenizer.json"] = sha256_file(path)

@@ -134,7 +134,7 @@ def _set(doc: dict, loc: tuple, value) -> None:
     node[loc[-1]] = value
 
 
-def _posix(rel: str) -> str:
+def posix_path(rel: str) -> str:
     return rel.replace(os.sep, "/")
 
 
@@ -150,7 +150,7 @@ def portable_path(loaded, loc: tuple | str, value: str) -> str:
     rel = os.path.relpath(value, base)
     if dotted in loaded.written_absolute and rel.split(os.sep)[0] == "..":
         return value
-    return _posix(rel)
+    return posix_path(rel)
 
 
 def portable_spec(loaded) -> dict:

@@ -30,6 +30,13 @@ from typing import Callable
 from .. import build_layout as layout
 from ..atomic import MARKER
 from ..errors import BuildError, Problem, TunespecError
+from ..hashing import sha256_bytes, sha256_file
+from ..spec.loader import LoadedSpec, plain_scalar
+from ..spec.root import Spec
+from .build import compile_build
+from .pinned_versions import pinned_versions
+from .sources import source_inputs, source_names
+from .spec_template import template_of
 
 Log = Callable[[str], None]
 TOKENIZING = ("transformers", "tokenizers", "sentencepiece", "jinja2")  # a new version may tokenize differently
@@ -46,7 +53,6 @@ def _plain(node):
     """ruamel's round-trip nodes as plain Python values."""
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-    from ..spec.loader import plain_scalar
 
     if isinstance(node, CommentedMap):
         return {str(k) if not isinstance(k, (str, int)) else k: _plain(v) for k, v in node.items()}
@@ -140,8 +146,6 @@ def loaded_from_lock(lock: dict, doc, lock_path: Path, root: Path | None = None)
     paths found again (``search_bases``). An input found nowhere is a BuildError naming where it looked."""
     import pydantic
 
-    from ..spec.loader import LoadedSpec
-    from ..spec.root import Spec
 
     if root is not None and not Path(root).expanduser().is_dir():
         raise BuildError(Problem(f"--root {root} is not a directory", path="--root",
@@ -213,8 +217,6 @@ def _compare_files(label: str, old: list[dict], new: list[dict], pattern: str | 
 
 def input_changes(loaded, lock: dict) -> tuple[list[str], list[str]]:
     """(changes of the build's inputs, warnings about the environment) since the lock was written."""
-    from .build import _versions, template_of
-    from .sources import source_inputs, source_names
 
     changes: list[str] = []
     warnings: list[str] = []
@@ -256,10 +258,7 @@ def input_changes(loaded, lock: dict) -> tuple[list[str], list[str]]:
     except TunespecError as e:
         changes.append(f"template: {e.problems[0].render()}")
     old_v = lock.get("versions") or {}
-    from ..models import PACKAGED
-
-    ref = spec.model
-    now_v = _versions(PACKAGED[ref.packaged][0] if ref.packaged in PACKAGED else None)
+    now_v = pinned_versions(spec.model.packaged)
     if old_v.get("tunespec") != now_v.get("tunespec"):
         changes.append(f"tunespec version {old_v.get('tunespec')} → {now_v.get('tunespec')}")
     for lib in sorted(set(old_v) | set(now_v)):
@@ -406,7 +405,6 @@ def row_changes(old_build: Path, new_build: Path, splits: list[str]) -> list[str
 
 def _check_old_files(build: Path, files: dict) -> list[str]:
     """Files of the old build that no longer match its manifest."""
-    from ..models import sha256_file
 
     out = []
     for f, sha in sorted(files.items()):
@@ -433,7 +431,6 @@ def rerun_lock(lock_path: Path, output: Path, log: Log = print, root: Path | Non
 
 
 def _rerun_build(lock_path: Path, output: Path, log: Log, root: Path | None, check_trained: bool) -> bool:
-    from .build import _sha_bytes, compile_build
 
     lock, doc, lock_path = read_lock(Path(lock_path))
     old_build = lock_path.parent
@@ -471,7 +468,7 @@ def _rerun_build(lock_path: Path, output: Path, log: Log, root: Path | None, che
     except (OSError, ValueError):
         log(f"not reproduced: {old_manifest_path} is missing or unreadable, so there is nothing to compare with")
         return False
-    if lock.get("manifest_sha256") and _sha_bytes(old_bytes) != lock["manifest_sha256"]:
+    if lock.get("manifest_sha256") and sha256_bytes(old_bytes) != lock["manifest_sha256"]:
         log("  warning: the manifest beside the lock is not the one the lock recorded (its sha256 differs)")
     for problem in _check_old_files(old_build, old_manifest.get("files") or {}):
         log(f"  warning: old build: {problem}")
@@ -566,7 +563,7 @@ def _close(a, b, tolerance: float) -> bool:
     return abs(a - b) <= tolerance * max(abs(a), abs(b), 1e-12)
 
 
-def _adapter_differences(old: Path, new: Path, tolerance: float) -> tuple[list[str], float]:
+def adapter_differences(old: Path, new: Path, tolerance: float) -> tuple[list[str], float]:
     """Files of two trained outputs (adapter/ or merged/) that differ, and the largest tensor difference. Weights
     are compared tensor by tensor (safetensors); JSON configs as data without the base model's path; the
     stamp and the generated README are left out."""
@@ -659,7 +656,7 @@ def rerun_training(old_build: Path, new_build: Path, log: Log, tolerance: float 
                 break
     largest = 0.0
     for out in outputs:
-        diffs, big = _adapter_differences(out, new_build / out.name, tolerance)
+        diffs, big = adapter_differences(out, new_build / out.name, tolerance)
         largest = max(largest, big)
         problems += [f"{out.name}/{d}" for d in diffs]
     steps = len({s for s, _ in old_curve})

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, Problem
-from ..models import sha256_file
+from ..hashing import sha256_file
 from ..spec.data import DataSpec, SourceSpec
 from ..spec.rules import HUB_BUILDERS
 from .files import Table, expand_glob, read_table

@@ -468,11 +468,11 @@ def _apply_template(tokenizer, messages: list[dict], *, add_generation_prompt: b
     if chat_template:
         kwargs["chat_template"] = chat_template
     try:
-        with _time_limit(CHAT_TEMPLATE_SECONDS):
+        with time_limit(CHAT_TEMPLATE_SECONDS):
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
                                                  **kwargs)
     except Exception as e:  # noqa: BLE001 - whatever the template's own code raises
-        raise _chat_template_error(e, "chat template" if chat_template else "model's chat template") from None
+        raise chat_template_error(e, "chat template" if chat_template else "model's chat template") from None
 
 
 CHAT_TEMPLATE_SECONDS = 10.0  # longest one rendering of a Hugging Face chat template may take
@@ -483,7 +483,7 @@ class TemplateTimeout(Exception):
 
 
 @contextlib.contextmanager
-def _time_limit(seconds: float):
+def time_limit(seconds: float):
     """A Hugging Face chat template runs in transformers' sandbox, which bounds no loop: one rendering that runs
     longer than `seconds` (``range(10**5)`` inside ``range(10**5)``) is stopped by SIGALRM (main thread only;
     elsewhere, and where an alarm is already set, it runs unbounded)."""
@@ -507,7 +507,7 @@ def _time_limit(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
-def _chat_template_error(e: Exception, who: str) -> TemplateError:
+def chat_template_error(e: Exception, who: str) -> TemplateError:
     """What a Hugging Face chat template raised (rendered by transformers' sandbox), as a TemplateError: its
     ``raise_exception`` message as it is, anything else with the exception's type."""
     if isinstance(e, TemplateTimeout):
@@ -570,12 +570,12 @@ def _render_generation_blocks(messages: list[dict[str, str]], tokenizer, tools: 
     hf, trained = _to_hf(messages)
     source = chat_template or tokenizer.get_chat_template(None, tools)
     try:
-        with _time_limit(CHAT_TEMPLATE_SECONDS):
+        with time_limit(CHAT_TEMPLATE_SECONDS):
             texts, spans = render_jinja_template(conversations=[hf], tools=tools, chat_template=source,
                                                  return_assistant_tokens_mask=True, add_generation_prompt=False,
                                                  **tokenizer.special_tokens_map)
     except Exception as e:  # noqa: BLE001 - whatever the template's own code raises
-        raise _chat_template_error(e, "chat template") from None
+        raise chat_template_error(e, "chat template") from None
     text, spans = texts[0], [(a, b) for a, b in spans[0] if b > a]
     if text != _apply_template(tokenizer, hf, add_generation_prompt=False, tools=tools, chat_template=chat_template):
         raise TemplateError("the chat template renders differently with {% generation %} tracking",
