@@ -32,6 +32,7 @@ from .. import build_layout as layout
 from .. import micro_batches
 from ..atomic import clean_stale, install, refuse_overlap, temp_dir
 from ..errors import BuildError, DataError, Problem, TemplateError, TunespecError
+from ..format_table import FORMATS
 from ..hashing import sha256_bytes, sha256_file
 from ..models import ModelRef, model_pins, resolve
 from ..spec.loader import LoadedSpec
@@ -41,7 +42,6 @@ from ..verify import seal_lock
 from . import benchmarks as bench
 from .deepcheck import check_saved_modules
 from .flops import estimate_compute
-from .formats import FORMATS
 from .launch import write_launch_files
 from .memory import check_budget, estimate_memory
 from .model_cache import load_for_compile

@@ -19,7 +19,7 @@ import difflib
 import math
 
 from ..errors import DataError, Problem
-from .formats import FORMATS
+from ..format_table import FORMATS
 from .records import Record
 
 

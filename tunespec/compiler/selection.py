@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, Problem
+from ..format_table import FORMATS
 from ..spec.data import SelectionSpec
-from .formats import FORMATS
 from .kcenter import kcenter_greedy
 from .records import Record
 

@@ -21,7 +21,7 @@ from ..hashing import sha256_file
 from ..spec.data import DataSpec, SourceSpec
 from ..spec.rules import HUB_BUILDERS
 from .files import Table, expand_glob, read_table
-from .formats import convert_rows
+from .row_conversion import convert_rows
 from .records import Record
 from .references import row_references
 

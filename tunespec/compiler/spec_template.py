@@ -7,8 +7,8 @@ import os
 
 from .. import build_layout as layout
 from ..errors import DataError, Problem
+from ..format_table import FORMATS
 from ..spec.loader import LoadedSpec
-from .formats import FORMATS
 from .templates import Template, load_template
 
 

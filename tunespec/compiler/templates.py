@@ -41,6 +41,7 @@ from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from ..errors import Problem, TemplateError
+from ..format_table import FORMATS
 from .records import Record, openai_messages, openai_tools
 
 TOKENIZER = "tokenizer"
@@ -309,8 +310,6 @@ class Template:
                                         hint="templates may only read the record's fields")) from None
         except jinja2.exceptions.UndefinedError as e:
             missing = re.fullmatch(r"'(\w+)' is undefined", e.message or "")
-            from .formats import FORMATS
-
             if missing and missing.group(1) in {c for f in FORMATS.values() for c in f.optional}:
                 raise TemplateError(Problem(f"this row has no `{missing.group(1)}` (an optional field, not in every row)",
                                             file=self.name, line=_template_line(self._compiled, e.__traceback__),

@@ -58,7 +58,7 @@ def load_build_template(build: Build):
     """The build's template, loaded from the build's copy of its source (``template.jinja``; for
     ``template: tokenizer`` from the spec, the chat template being the build's tokenizer's), and checked
     against the manifest's sha256."""
-    from ..compiler.formats import FORMATS
+    from ..format_table import FORMATS
     from ..compiler.templates import load_template
 
     data = build.spec.data
@@ -118,7 +118,7 @@ class Renderer:
 
     @property
     def field_names(self) -> tuple[str, ...]:
-        from ..compiler.formats import FORMATS
+        from ..format_table import FORMATS
 
         return FORMATS[self.fmt].text_fields
 
