@@ -14,7 +14,7 @@ import pytest
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.utils import DistributedType
 
-from tunespec.compiler.launch import write_launch_files
+from tunespec.compiler.launch_files import write_launch_files
 from tunespec.spec import Spec
 
 BASE = {

@@ -8,7 +8,7 @@ weights) and builds the model on the meta device to learn its module names. Chec
 * ``data.tokenization.max_length`` is at most the model's context length;
 * every special-looking marker of the template (``<|im_start|>``, ``<|im_end|>``, ... any ``<|...|>``) is
   one token of the vocabulary extended with ``model.added_tokens`` / ``added_special_tokens`` (the same
-  check ``compile`` makes, ``compiler/vocabulary.py``), or the model would learn it as several pieces of
+  check ``compile`` makes, ``compiler/added_tokens.py``), or the model would learn it as several pieces of
   text; the ``tokenizer`` template needs a chat template in the tokenizer; added tokens need a method
   that trains their embedding rows (LoRA or full);
 * the tokenizer has an EOS token (without one the model never learns to stop).
@@ -19,12 +19,12 @@ Every problem is a ``SpecError`` located at the spec field to fix, with a hint.
 from __future__ import annotations
 
 from ..errors import ModelError, Problem, SpecError, TunespecError
-from ..models import ModelRef, load_config, load_tokenizer, resolve
+from ..model_resolver import ModelRef, load_config, load_tokenizer, resolve
 from ..spec.adapter import LoraSpec
 from .spec_locations import locate_in_spec
 from .spec_template import template_of
-from .tokenize import context_length
-from .vocabulary import add_tokens, adapter_problems, marker_problems
+from .tokenization import context_length
+from .added_tokens import add_tokens, adapter_problems, marker_problems
 
 ADAPTABLE = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention")
 

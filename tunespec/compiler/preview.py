@@ -132,7 +132,7 @@ def preview_row(target, *, split: str = "train", index: int = 0, as_json: bool =
                                      hint="preview the spec file instead, or recompile with --set"))
         return render_row(target, split=split, index=index, as_json=as_json, color=color)
     from ..spec.loader import load_spec
-    from .build import compile_build
+    from .build_writer import compile_build
 
     loaded = load_spec(target, list(overrides))
     with tempfile.TemporaryDirectory(prefix="tunespec-preview-") as tmp:

@@ -33,7 +33,7 @@ from ..errors import BuildError, Problem, TunespecError
 from ..hashing import sha256_bytes, sha256_file
 from ..spec.loader import LoadedSpec, plain_scalar
 from ..spec.root import Spec
-from .build import compile_build
+from .build_writer import compile_build
 from .pinned_versions import pinned_versions
 from .sources import source_inputs, source_names
 from .spec_template import template_of

@@ -18,7 +18,7 @@ from ruamel.yaml import YAML
 
 from .. import build_layout as layout
 from ..errors import BuildError, Problem
-from ..models import ModelRef
+from ..model_resolver import ModelRef
 from ..spec.root import Spec
 from ..verify import RECOMPILE, check_lock_seal, check_manifest, verify_files, verify_output
 
@@ -220,7 +220,7 @@ class Build:
         """The ids generation is given for each prompt: its text without special tokens, with the special
         prefix put before it exactly as the compiler put it before the rows (``with_prefix`` under the
         manifest's ``prefix_rule``; builds without one always got the prefix)."""
-        from ..compiler.tokenize import with_prefix
+        from ..compiler.tokenization import with_prefix
 
         if not prompts:
             return []

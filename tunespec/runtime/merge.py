@@ -49,7 +49,7 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
     build.output("adapter")  # every file training wrote there, with its sha256
     from transformers import AutoConfig
 
-    from ..models import resolve
+    from ..model_resolver import resolve
 
     base_config = AutoConfig.from_pretrained(resolve(build.model_ref), trust_remote_code=build.spec.model.trust_remote_code)
     if getattr(base_config, "quantization_config", None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from ..errors import ModelError, Problem
-from ..models import ModelRef, resolve
+from ..model_resolver import ModelRef, resolve
 from ..spec.adapter import IA3Spec, LoraSpec, PrefixTuningSpec, PromptTuningSpec, is_peft
 from ..spec.root import Spec
 

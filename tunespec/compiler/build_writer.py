@@ -34,7 +34,7 @@ from ..atomic import clean_stale, install, refuse_overlap, temp_dir
 from ..errors import BuildError, DataError, Problem, TemplateError, TunespecError
 from ..format_table import FORMATS
 from ..hashing import sha256_bytes, sha256_file
-from ..models import ModelRef, model_pins, resolve
+from ..model_resolver import ModelRef, model_pins, resolve
 from ..spec.loader import LoadedSpec
 from ..spec.render import to_yaml
 from ..spec.resolve import ignored_by_template
@@ -42,7 +42,7 @@ from ..verify import seal_lock
 from . import benchmarks as bench
 from .deepcheck import check_saved_modules
 from .flops import estimate_compute
-from .launch import write_launch_files
+from .launch_files import write_launch_files
 from .memory import check_budget, estimate_memory
 from .model_cache import load_for_compile
 from .pinned_versions import pinned_versions
@@ -52,10 +52,10 @@ from .selection import Scores, read_scores, select
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_names, sources_inputs
 from .spec_template import template_label, template_of
 from .templates import Template, chat_generation_prompt, check_chat_template
-from .tokenize import (RENDER_REASONS, context_length, first_doubled, manifest_prefix, special_prefix,
+from .tokenization import (RENDER_REASONS, context_length, first_doubled, manifest_prefix, special_prefix,
                        tokenize_examples)
 from .tools import DROPPED, IGNORED, manifest_tools, place_calls, place_tools
-from .vocabulary import extend_vocabulary
+from .added_tokens import extend_vocabulary
 
 Log = Callable[[str], None]
 
