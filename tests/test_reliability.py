@@ -868,7 +868,7 @@ SANDBOX_ESCAPES = [
 
 @pytest.mark.parametrize("source", SANDBOX_ESCAPES)
 def test_templates_refuse_sandbox_escapes(source):
-    from tunespec.compiler.records import Record
+    from tunespec.records import Record
     from tunespec.compiler.templates import load_template
     from tunespec.errors import TemplateError
 

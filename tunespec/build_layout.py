@@ -292,10 +292,6 @@ class Lock(_Record):
         return self.model_dump(mode="json", exclude_none=False)
 
 
-# fields a lock may differ in between two builds of the same inputs
-LOCK_VARYING = ("created", "hints")
-
-
 class Stamp(_Record):
     """``adapter/tunespec.json``, ``merged/tunespec.json``: which build a runtime output belongs to."""
 
@@ -308,15 +304,3 @@ def stamp_text(data: dict) -> str:
 
     Stamp.model_validate(data)
     return json.dumps(data, indent=2)
-
-
-def read_stamp(file: Path) -> dict | None:
-    """A runtime stamp as data; None when it is missing, unreadable or not a stamp (the output is stale)."""
-    import json
-
-    try:
-        data = json.loads(Path(file).read_text(encoding="utf-8"))
-        Stamp.model_validate(data)
-    except (OSError, ValueError):  # pydantic.ValidationError is a ValueError
-        return None
-    return data

@@ -24,7 +24,6 @@ from .hashing import sha256_file
 from .packaged_models import PACKAGED_MODELS
 
 
-
 @dataclass(frozen=True)
 class ModelRef:
     """Where a model comes from, as written in the lock file."""

@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from ..errors import ModelError, Problem, SpecError, TemplateError
 from ..spec.adapter import FullSpec, LoraSpec
 from .spec_locations import locate_in_spec
-from .templates import (CHAT_TEMPLATE_SECONDS, Template, TemplateTimeout, chat_template_error, time_limit,
-                        library_dir)
+from .templates import CHAT_TEMPLATE_SECONDS, Template, TemplateTimeout, chat_template_error, library_dir, time_limit
 
 SPECIAL_MARKER = re.compile(r"<\|[^|<>\s]{1,40}\|>")
 TAG = re.compile(r"</?[A-Za-z_][^<>\s]{0,40}>")  # a stop marker shaped like a tag: <end_of_turn>, </s>

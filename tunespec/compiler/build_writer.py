@@ -27,35 +27,40 @@ from typing import Callable
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, micro_batches
 from .. import build_layout as layout
-from .. import micro_batches
 from ..atomic import clean_stale, install, refuse_overlap, temp_dir
 from ..errors import BuildError, DataError, Problem, TemplateError, TunespecError
 from ..format_table import FORMATS
 from ..hashing import sha256_bytes, sha256_file
 from ..model_resolver import ModelRef, model_pins, resolve
+from ..records import Record, openai_messages, openai_tools
 from ..spec.loader import LoadedSpec
 from ..spec.render import to_yaml
 from ..spec.resolve import ignored_by_template
 from ..verify import seal_lock
 from . import benchmarks as bench
+from .added_tokens import extend_vocabulary
 from .deepcheck import check_saved_modules
 from .flops import estimate_compute
 from .launch_files import write_launch_files
 from .memory import check_budget, estimate_memory
 from .model_cache import load_for_compile
 from .pinned_versions import pinned_versions
-from .records import Record, openai_messages, openai_tools
 from .references import check_reference_fields, short_of_references
 from .selection import Scores, read_scores, select
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_names, sources_inputs
 from .spec_template import template_label, template_of
 from .templates import Template, chat_generation_prompt, check_chat_template
-from .tokenization import (RENDER_REASONS, context_length, first_doubled, manifest_prefix, special_prefix,
-                       tokenize_examples)
+from .tokenization import (
+    RENDER_REASONS,
+    context_length,
+    first_doubled,
+    manifest_prefix,
+    special_prefix,
+    tokenize_examples,
+)
 from .tools import DROPPED, IGNORED, manifest_tools, place_calls, place_tools
-from .added_tokens import extend_vocabulary
 
 Log = Callable[[str], None]
 

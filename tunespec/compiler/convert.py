@@ -55,8 +55,8 @@ from pathlib import Path
 
 from ..atomic import refuse_overlap, write_text
 from ..errors import DataError, Problem
+from ..records import NotOpenAI, Record, openai_messages, openai_tools
 from .files import read_table
-from .records import NotOpenAI, Record, openai_messages, openai_tools
 from .row_conversion import Dropped, RowConverter, drop_summary, join_instruction
 
 CONVERT_FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion")

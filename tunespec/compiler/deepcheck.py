@@ -21,10 +21,10 @@ from __future__ import annotations
 from ..errors import ModelError, Problem, SpecError, TunespecError
 from ..model_resolver import ModelRef, load_config, load_tokenizer, resolve
 from ..spec.adapter import LoraSpec
+from .added_tokens import adapter_problems, add_tokens, marker_problems
 from .spec_locations import locate_in_spec
 from .spec_template import template_of
 from .tokenization import context_length
-from .added_tokens import add_tokens, adapter_problems, marker_problems
 
 ADAPTABLE = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention")
 

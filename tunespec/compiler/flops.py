@@ -58,10 +58,10 @@ from typing import Any
 import numpy as np
 
 from ..micro_batches import DEFAULT_ROWS
+from ..padding_free import logits_where_trained
 from ..spec import Spec
 from ..spec.adapter import FullSpec, LoraSpec, PrefixTuningSpec, PromptTuningSpec
 from ..spec.launch import FsdpLaunch
-from ..padding_free import logits_where_trained
 from ..spec.training import checkpointing_on
 from .architecture import architecture_of
 from .trainable_parameters import lora_trainable, matches_target, saved_module

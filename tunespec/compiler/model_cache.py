@@ -59,8 +59,9 @@ _OMIT = object()
 def _model_files_key(model_dir: Path) -> str:
     """A hash of every non-weight file of the model directory (and `additional_chat_templates/`), the
     directory's path and the versions of what reads them."""
-    import tokenizers
     from importlib.metadata import version
+
+    import tokenizers
 
     files = {}
     for sub in ("", "additional_chat_templates"):

@@ -20,7 +20,7 @@ import math
 
 from ..errors import DataError, Problem
 from ..format_table import FORMATS
-from .records import Record
+from ..records import Record
 
 
 def _texts(value: object) -> list[str]:

@@ -80,7 +80,7 @@ from collections import Counter
 
 from ..errors import DataError, Problem
 from ..format_table import FORMATS, TAG_KEYS, FormatInfo, column_map_problems, did_you_mean, get_format
-from .records import NotOpenAI, Record, openai_calls
+from ..records import NotOpenAI, Record, openai_calls
 
 
 def join_instruction(instruction: str, input_text: str) -> str:

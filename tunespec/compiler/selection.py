@@ -46,7 +46,7 @@ from ..errors import DataError, Problem
 from ..format_table import FORMATS
 from ..spec.data import SelectionSpec
 from .kcenter import kcenter_greedy
-from .records import Record
+from ..records import Record
 
 NUM_PERM = 128
 BANDS, ROWS_PER_BAND = 16, 8

@@ -42,7 +42,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from ..errors import Problem, TemplateError
 from ..format_table import FORMATS
-from .records import Record, openai_messages, openai_tools
+from ..records import Record, openai_messages, openai_tools
 
 TOKENIZER = "tokenizer"
 FIELD_BLOCKS = ("prompt", "completion")

@@ -33,7 +33,7 @@ import json
 from collections import Counter
 from dataclasses import replace
 
-from .records import NotOpenAI, Record, openai_calls, openai_tools
+from ..records import NotOpenAI, Record, openai_calls, openai_tools
 
 MODES = ("auto", "system", "drop")
 

@@ -152,7 +152,7 @@ class Renderer:
 
     def render_fields(self, fields: dict[str, str]) -> str:
         """A fields template's prompt block for these fields (chat templates: the fields as one user turn)."""
-        from ..compiler.records import Record
+        from ..records import Record
 
         record = Record(id="generate", source="generate#0", fields=fields)
         if self.is_chat:
@@ -176,7 +176,7 @@ class Renderer:
     def render_chat(self, history: list[dict[str, str]]) -> str:
         """The conversation so far (ending with a user turn) up to the next assistant turn, as training rendered
         it: earlier assistant turns followed by EOS when tokenization appended one."""
-        from ..compiler.records import Record
+        from ..records import Record
 
         messages = list(history)
         if self.system is not None:
