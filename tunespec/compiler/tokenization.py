@@ -21,7 +21,7 @@ import numpy as np
 
 from ..constants import IGNORE_INDEX
 from ..errors import ModelError
-from .templates import Segment
+from .segments import Segment
 
 
 @dataclass
