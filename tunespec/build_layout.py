@@ -217,6 +217,24 @@ def locate_inputs(spec: dict, bases: list[Path]) -> tuple[dict, dict[str, Path],
     return doc, found, absolute, missing
 
 
+def search_bases(lock: dict, lock_path: Path, root: Path | None) -> list[Path]:
+    """Where the lock's relative paths are looked for, in order: --root, the spec directory as seen from the
+    lock (a moved or copied checkout that holds the build), the spec directory on the compiling machine."""
+    hints = lock.get("hints") if isinstance(lock.get("hints"), dict) else {}
+    bases: list[Path] = []
+    if root is not None:
+        bases.append(Path(root).expanduser())
+    if isinstance(hints.get("spec_dir_from_build"), str):
+        bases.append(lock_path.parent / hints["spec_dir_from_build"])
+    if isinstance(hints.get("spec_dir"), str):
+        bases.append(Path(hints["spec_dir"]))
+    out: list[Path] = []
+    for b in bases:
+        if b.is_dir() and all(b.resolve() != o.resolve() for o in out):
+            out.append(b)
+    return out
+
+
 # --------------------------------------------------------------------------- the records' schema
 
 

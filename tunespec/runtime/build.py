@@ -95,7 +95,7 @@ class Build:
     def resolved_spec(self) -> dict:
         """The lock's spec with its relative paths (the base model's directory, mainly) found again: relative
         to the spec directory as seen from the build, else where the build was compiled."""
-        from ..compiler.rerun import search_bases
+        from ..build_layout import search_bases
 
         return layout.locate_inputs(self.lock["spec"], search_bases(self.lock, self.path / layout.LOCK, None))[0]
 
