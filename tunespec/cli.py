@@ -51,7 +51,7 @@ def _write_crash(e: BaseException) -> str | None:
     import time
     import traceback
 
-    from .model_resolver import cache_root
+    from .cache import cache_root
 
     try:
         folder = cache_root() / "crashes"

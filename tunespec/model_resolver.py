@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import temp_dir
+from .cache import cache_root, save_cache_json
 from .errors import ModelError, Problem
 from .hashing import sha256_file
 from .packaged_models import PACKAGED_MODELS
@@ -43,10 +44,6 @@ class ModelRef:
     @property
     def label(self) -> str:
         return self.hub or self.packaged or self.path or "?"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNESPEC_CACHE") or Path.home() / ".cache" / "tunespec")
 
 
 def packaged_gguf(name: str) -> Path:
@@ -206,7 +203,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".h5
 def _hash_cached(path: Path) -> str:
     """sha256 of a (large) file, remembered by (size, mtime_ns, inode) in $TUNESPEC_CACHE/hashes.json so that
     a weight file is hashed once, not on every compile."""
-
     st = path.stat()
     stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
     cache = cache_root() / "hashes.json"
@@ -224,19 +220,6 @@ def _hash_cached(path: Path) -> str:
     known[key] = stamp + [sha]
     save_cache_json(cache, known)
     return sha
-
-
-def save_cache_json(path: Path, data: dict) -> None:
-    """Write a cache file of tunespec's own (hashes already computed) whole; one that cannot be written only
-    costs a re-hash next time."""
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass
 
 
 def model_pins(ref: ModelRef, model_dir: str) -> dict:

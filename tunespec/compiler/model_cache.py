@@ -17,7 +17,8 @@ from pathlib import Path
 from .. import __version__
 from ..atomic import temp_dir
 from ..hashing import sha256_file
-from ..model_resolver import ModelRef, cache_root, load_config, load_tokenizer
+from ..cache import cache_root
+from ..model_resolver import ModelRef, load_config, load_tokenizer
 
 # --------------------------------------------------------------------------- the compiler's model cache
 #
