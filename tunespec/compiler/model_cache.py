@@ -16,8 +16,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..atomic import temp_dir
-from ..hashing import sha256_file
 from ..cache import cache_root
+from ..hashing import sha256_file
 from ..model_resolver import ModelRef, load_config, load_tokenizer
 
 # --------------------------------------------------------------------------- the compiler's model cache
