@@ -57,7 +57,8 @@ def lora_trainable(lora: LoraSpec, arch: Architecture) -> Trainable:
     if lora.target_modules == "all-linear":
         targets = [m for m in layer if not saved_module(m[0], save)]
     else:
-        targets = [m for m in layer + others if matches_target(m[0], lora.target_modules) and not saved_module(m[0], save)]
+        targets = [m for m in layer + others
+                   if matches_target(m[0], lora.target_modules) and not saved_module(m[0], save)]
         if not targets:
             short = [lin.name.rsplit(".", 1)[-1] for lin in arch.linears]
             names = short + ["lm_head", arch.embedding_name.rsplit(".", 1)[-1]]
