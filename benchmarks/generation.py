@@ -56,15 +56,16 @@ def main() -> None:
 
     import torch
 
-    from tunespec.runtime.build import Build
-    from tunespec.runtime.evaluate import _load_variant, generate
+    from tunespec.runtime.build_reader import Build
+    from tunespec.runtime.evaluate import generate
+    from tunespec.runtime.modeling import load_variant
 
     build = Build(args.build)
     rows = build.rows(build.spec.evaluation.split)[: args.n]
     prompts = [r.get("prompt", r.get("eval_prompt")) for r in rows]
     tokenizer = build.load_tokenizer()
     tokenizer.padding_side = "left"
-    model, _ = _load_variant(build, args.model)
+    model, _ = load_variant(build, args.model)
     model.eval()
     # warm-up (kernels, cache allocator) for both paths
     generate(model, tokenizer, build, prompts[:2], log=lambda s: None)

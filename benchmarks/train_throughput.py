@@ -219,7 +219,7 @@ def run_tunespec(args, packing: bool, quantized: bool = False, extra: list[str] 
     import torch
 
     from tunespec.compiler.build_writer import compile_build
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.train import Trainer
     from tunespec.spec.loader import load_spec
 
@@ -232,38 +232,19 @@ def run_tunespec(args, packing: bool, quantized: bool = False, extra: list[str] 
     spec = ROOT / f"benchmarks/specs/dialogsum-dev-{'qlora' if quantized else 'lora'}.yaml"
     compile_build(load_spec(spec, sets), out, force=True)
     meter = Meter()
-    trainer = Trainer(Build(out), restart=True, log=lambda s: None)
-    original = trainer._collate
 
-    def collate(tokens, rows_, device=True):
-        batch = original(tokens, rows_, device=device)
-        meter.batch(batch)
-        return batch
-
-    trainer._collate = collate
-    original_log = trainer._log_metrics
-
-    def log_metrics(record, path, writer):
+    def on_metrics(record):
         if "loss" in record:
             meter.losses.append(record["loss"])
             meter.curve.append((meter.seen, round(record["loss"], 4)))
             meter.step_end()
-        original_log(record, path, writer)
 
-    trainer._log_metrics = log_metrics
+    hooks = {"on_batch": meter.batch, "on_metrics": on_metrics}
     if args.random_weights or args.shape != "smollm2":
-        import tunespec.runtime.modeling as modeling
-
-        modeling_load = modeling.load_base_model
-        modeling.load_base_model = lambda spec, **kw: load_model(args, quantized)
-        try:
-            torch.cuda.reset_peak_memory_stats()
-            trainer.run()
-        finally:
-            modeling.load_base_model = modeling_load
-    else:
-        torch.cuda.reset_peak_memory_stats()
-        trainer.run()
+        hooks["load_model"] = lambda spec, **kw: load_model(args, quantized)
+    trainer = Trainer(Build(out), restart=True, log=lambda s: None, **hooks)
+    torch.cuda.reset_peak_memory_stats()
+    trainer.run()
     return meter.result(trainer.model)
 
 

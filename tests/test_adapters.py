@@ -46,7 +46,7 @@ def _fresh_accelerate_state():
 def _row(build: Path):
     import torch
 
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
 
     tokens = Build(build).tokens("train")
     return torch.as_tensor(tokens.row(0)[0][:64].astype("int64"))[None]
@@ -55,7 +55,7 @@ def _row(build: Path):
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_trains_resumes_evaluates_and_merges(name, build_from):
     from tunespec.cli import main
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.evaluate import evaluate
 
     overrides = {**FAST, "adapter": METHODS[name]}
@@ -121,7 +121,7 @@ def _check_merged_matches(build: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.modeling import load_base_model
 
     b = Build(build)

@@ -379,7 +379,7 @@ def test_deepspeed_zero2_with_accumulation_trains_like_one_process(tmp_path, tin
 
 def test_plan_gives_the_same_rows_per_step_for_the_same_global_batch():
     """Which stream positions each step trains: a function of processes x accumulation only."""
-    from tunespec.runtime.train import Plan
+    from tunespec.runtime.plan import Plan
 
     def rows(world: int, accum: int, step: int, n: int = 7) -> set[tuple[int, int]]:
         return {Plan(n, world, r, accum, 10).position(step, k) for r in range(world) for k in range(accum)}

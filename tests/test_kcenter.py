@@ -258,8 +258,8 @@ def test_score_data_writes_the_models_mean_pooled_state_and_compile_reads_it(tmp
     from click.testing import CliRunner
 
     from tunespec.cli import main
-    from tunespec.runtime.build import Build
-    from tunespec.runtime.evaluate import _load_variant
+    from tunespec.runtime.build_reader import Build
+    from tunespec.runtime.modeling import load_variant
 
     spec = make_spec(tmp_path, **{"data.sources.0.limit": 10,
                                   "data.selection": {"kcenter": {"file": "scores.jsonl", "keep": 4}}})
@@ -272,7 +272,7 @@ def test_score_data_writes_the_models_mean_pooled_state_and_compile_reads_it(tmp
     helpers.compile_spec(plain, tmp_path / "all")
     build = Build(tmp_path / "all")
     assert header["input_key"] == build.input_key
-    model, _ = _load_variant(build, "base")
+    model, _ = load_variant(build, "base")
     tokens = build.tokens("train")
     for i, row in enumerate(rows):
         ids, _ = tokens.row(i)

@@ -396,3 +396,42 @@ def test_deterministic(tmp_path, name):
     b, _ = write(tmp_path / "b", TOPOLOGIES[name])
     for n in names:
         assert (a / n).read_bytes() == (b / n).read_bytes()
+
+
+# --------------------------------------------------------------------------- the FSDP example spec
+
+def test_the_70b_fsdp_qlora_example_fits_its_cards_and_compiles_to_what_accelerate_reads(tmp_path, tiny_model_dir):
+    """specs/llama3-70b-qlora-fsdp.yaml: its memory estimate on Llama-3-70B's shape fits the 80 GB it names, and
+    compiled (the tiny model and local rows in place of the gated hub ones) it gives accelerate an FSDP2 launch of
+    8 processes and the runtime a 4-bit config whose storage dtype FSDP can shard."""
+    import torch
+    from transformers import LlamaConfig
+
+    from tunespec.compiler.memory import estimate_memory
+    from tunespec.runtime.modeling import quantization_config
+    from tunespec.spec.loader import load_spec
+    from helpers import DATA, compile_spec
+
+    example = Path(__file__).resolve().parents[1] / "specs" / "llama3-70b-qlora-fsdp.yaml"
+    spec = load_spec(example).spec
+    llama3_70b = LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                             num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False)
+    est = estimate_memory(spec, llama3_70b, seq_len=16384, micro_batch_rows=1)  # the auto budget's 16k tokens
+    assert est.world_size == 8 and 60e9 < est.total_params < 75e9
+    assert est.per_gpu < spec.launch.gpu_memory_gib * 2**30, est.render()
+
+    q = quantization_config(spec)
+    assert q.bnb_4bit_quant_storage == torch.bfloat16 == q.bnb_4bit_compute_dtype
+
+    local = tmp_path / "local.yaml"
+    local.write_text(example.read_text(encoding="utf-8"), encoding="utf-8")
+    loaded = load_spec(local, ["model.hub=null", f"model.path={tiny_model_dir}", "data.template=instruct_output_end", "data.tokenization.max_length=256",
+                               f"data.sources=[{{path: {DATA / 'dialogues_train.jsonl'}}}, "
+                               f"{{path: {DATA / 'dialogues_test.jsonl'}, split: test}}]"])
+    from tunespec.compiler.build_writer import compile_build
+
+    compile_build(loaded, tmp_path / "build", log=lambda s: None)
+    config = load(tmp_path / "build")
+    assert config.distributed_type == DistributedType.FSDP and config.num_processes == 8
+    assert config.fsdp_config["fsdp_version"] == 2 and config.fsdp_config["fsdp_reshard_after_forward"] is True
+    assert config.fsdp_config["fsdp_cpu_ram_efficient_loading"] is True

@@ -60,7 +60,7 @@ def test_misspelled_reference_field_is_a_spec_error_with_its_position(tmp_path):
 
 def test_evaluation_scores_against_all_three_references(tmp_path, monkeypatch):
     from tunespec.runtime import evaluate as ev
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
 
     result = compile_spec(_spec(tmp_path), tmp_path / "build")
     rows = _rows()
@@ -68,7 +68,7 @@ def test_evaluation_scores_against_all_three_references(tmp_path, monkeypatch):
     preds = {r["fname"]: " ".join((r["summary3"] or r["summary2"]).split()[1:-1]) for r in rows}
     build = Build(result.path)
     order = [r["id"] for r in build.rows("train")]
-    monkeypatch.setattr(ev, "_load_variant", lambda build, which, base=None: (None, "tuned"))
+    monkeypatch.setattr(ev, "load_variant", lambda build, which, base=None: (None, "tuned"))
     monkeypatch.setattr(ev, "generate", lambda m, tok, build, prompts, log=print, **kw:
                         ev.Generated([preds[i] for i in order], 0.1, 1))
     summary = ev.evaluate(build, model="merged", log=lambda s: None)

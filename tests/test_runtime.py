@@ -40,7 +40,7 @@ def _fresh_accelerate_state():
 
 
 def train_inprocess(build: Path, *, restart: bool = False) -> tuple[dict, list[str]]:
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.train import Trainer
 
     logs: list[str] = []
@@ -60,7 +60,7 @@ def env_context(cache: Path):
 
 def token_set(lengths, *, seed: int = 0, eos: int = 2):
     """A TokenSet whose rows end in `eos`, with the second half of every row trained (EOS included)."""
-    from tunespec.runtime.build import TokenSet
+    from tunespec.runtime.build_reader import TokenSet
 
     rng = np.random.default_rng(seed)
     ids, trained, offsets = [], [], [0]
@@ -220,7 +220,7 @@ def test_packed_rows_do_not_attend_to_each_other(attn, tiny_model_dir, tiny_buil
     from transformers import AutoModelForCausalLM
 
     from tunespec.runtime.batching import collate_packed
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.modeling import prepare_for_training
 
     from tunespec.runtime import varlen
@@ -266,7 +266,7 @@ def test_trained_loss_gradients_equal_the_full_logits_loss(tiny_model_dir, tiny_
 
     from tunespec.runtime import varlen
     from tunespec.runtime.batching import collate_packed
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.modeling import prepare_for_training
 
     varlen.register()
@@ -306,7 +306,7 @@ def test_gradient_accumulation_matches_one_big_batch(build_from):
     import torch
 
     from tunespec.runtime.batching import collate_padded
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.train import Trainer
 
     big = build_from(**SGD_ONE_STEP, **{"training.micro_batch_size": 4, "training.gradient_accumulation_steps": 1})
@@ -409,7 +409,7 @@ def check_merge(build: Path, base_dir: Path, workdir: Path) -> float:
     report = json.loads((build / "merged" / "tunespec.json").read_text())
     assert report["max_logit_diff"] < 1e-4
 
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
 
     ids, _ = Build(build).tokens("test").row(0)
     x = torch.as_tensor(ids.astype(np.int64))[None]
@@ -450,7 +450,7 @@ def test_sigkill_resume_is_exact_then_merge(fp32_runs, tmp_path, tiny_model_dir)
 def test_4bit_sigkill_resume_is_exact_then_merge(tmp_path, make_spec, tiny_model_dir):
     import torch
 
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.modeling import load_base_model
 
     overrides = {"quantization": {"load_in_4bit": True, "compute_dtype": "float32"}, "training.bf16": False,
@@ -490,7 +490,7 @@ def test_4bit_base_keeps_bf16_weights_and_upcasts_fp16_ones(tmp_path, make_spec,
     import torch
 
     from tunespec.compiler.memory import precision_of
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.modeling import load_base_model, prepare_for_training
 
     build = tmp_path / "build"
@@ -681,7 +681,7 @@ def test_empty_train_split_is_a_clean_error(tiny_build, build_from):
 
 
 def test_evaluate_writes_rouge_and_predictions(trained, tmp_path):
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.evaluate import evaluate
 
     build = tmp_path / "build"
@@ -707,7 +707,7 @@ def test_evaluate_scores_the_merged_model_where_one_is_current(trained, tmp_path
     agrees with base+adapter, measured at the merge), base+adapter before a merge or after training again."""
     import os
 
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.evaluate import evaluate
     from tunespec.runtime.merge import merge
 
@@ -733,7 +733,7 @@ def test_generation_reports_the_time_left_and_counts_every_token_step(trained, m
     early (at EOS) did not take, so the bar ends full; off a terminal it writes a line with the time left."""
     from tunespec.progress import Progress
     from tunespec.runtime import evaluate as ev_mod
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
 
     build = Build(trained)
     seen: list[Progress] = []
@@ -746,7 +746,7 @@ def test_generation_reports_the_time_left_and_counts_every_token_step(trained, m
     monkeypatch.setattr(Progress, "__init__", spy)
     tokenizer = build.load_tokenizer()
     tokenizer.padding_side = "left"
-    model, _ = ev_mod._load_variant(build, "base")
+    model, _ = ev_mod.load_variant(build, "base")
     rows = build.rows("test")
     said: list[str] = []
     ev_mod.generate(model, tokenizer, build, [r["prompt"] for r in rows], log=said.append, every=0.0)
@@ -771,7 +771,7 @@ def test_generate_stops_at_eos_and_stop_marker(tiny_build):
     """generate() cuts the text at the template's stop marker and the tokens at EOS (a scripted model)."""
     import torch
 
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.evaluate import generate
 
     build = Build(tiny_build)
@@ -812,7 +812,7 @@ def test_full_finetune_writes_a_loadable_model(build_from, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     from tunespec.errors import BuildError
-    from tunespec.runtime.build import Build
+    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.merge import merge
 
     build = build_from(**{"adapter": {"method": "none"}, "training.max_steps": 3, "training.save_steps": 3})

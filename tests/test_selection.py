@@ -153,8 +153,8 @@ def test_score_data_equals_the_models_own_loss_with_and_without_the_prompt(tmp_p
     from click.testing import CliRunner
 
     from tunespec.cli import main
-    from tunespec.runtime.build import Build
-    from tunespec.runtime.evaluate import _load_variant
+    from tunespec.runtime.build_reader import Build
+    from tunespec.runtime.modeling import load_variant
 
     spec = make_spec(tmp_path, **{"data.sources.0.limit": 12})
     out = tmp_path / "scores.jsonl"
@@ -165,7 +165,7 @@ def test_score_data_equals_the_models_own_loss_with_and_without_the_prompt(tmp_p
     helpers.compile_spec(spec, tmp_path / "build")
     build = Build(tmp_path / "build")
     assert header["input_key"] == build.input_key
-    model, _ = _load_variant(build, "base")
+    model, _ = load_variant(build, "base")
     tokens, start = build.tokens("train"), build.prefix_ids or [build.eos_token_id]
     for i, row in enumerate(rows):
         ids, trained = tokens.row(i)

@@ -640,7 +640,7 @@ def test_reference_markdown_covers_every_section():
 
 def test_every_field_is_described():
     """Every key has a description: they make the README's spec reference."""
-    from tunespec.spec.reference import _model_classes
+    from tunespec.spec.reference import model_classes as _model_classes
 
     missing = [f"{name}.{key}" for name, cls in _model_classes().items()
                for key, f in cls.model_fields.items() if not (f.description or "").strip()]

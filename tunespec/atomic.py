@@ -68,7 +68,8 @@ def _temp_re(name: str) -> re.Pattern:
     return re.compile(rf"^\.{re.escape(name)}\.(?:tmp-(\d+)-[0-9a-z_]+|old-(\d+))$")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` is running (this process counts; a pid of another user too)."""
     if pid == os.getpid():
         return True
     try:
@@ -96,7 +97,7 @@ def recover(target: Path) -> None:
     pat = _temp_re(target.name)
     for p in target.parent.iterdir():
         m = pat.match(p.name)
-        if m and m.group(2) and not _alive(int(m.group(2))):
+        if m and m.group(2) and not alive(int(m.group(2))):
             with contextlib.suppress(OSError):
                 os.rename(p, target)
                 return
@@ -113,7 +114,7 @@ def clean_stale(target: Path) -> list[Path]:
     removed = []
     for p in sorted(target.parent.iterdir()):
         m = pat.match(p.name)
-        if m and not _alive(int(m.group(1) or m.group(2))):
+        if m and not alive(int(m.group(1) or m.group(2))):
             _remove(p)
             removed.append(p)
     return removed
@@ -280,6 +281,8 @@ def refuse_overlap(output: Path, inputs, *, is_dir: bool) -> None:
     inside one; a directory output may never be the working directory, a parent of it, or the home directory."""
     out = Path(output).expanduser()
     check_output_name(out)
+    if not is_dir:
+        refuse_directory(out)
     if is_dir:
         cwd, home = Path.cwd(), Path.home()
         for special, name in ((cwd, "the working directory"), (home, "the home directory")):
@@ -370,9 +373,17 @@ def install(tmp: Path, target: Path, *, files: list[str] | None = None) -> None:
     _fsync_dir(target.parent)
 
 
+def refuse_directory(path: Path) -> None:
+    """Raise (exit 2) when a file output ``path`` names a directory: it is never replaced by the file."""
+    if Path(path).is_dir():
+        raise TunespecError(Problem(f"{path} is a directory; the output is a file", file=str(path),
+                                    hint="name a file, not a directory (a new path, or one inside it)"))
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` whole or not at all (temp file beside it, fsync, os.replace)."""
     path = Path(path)
+    refuse_directory(path)
     clean_stale(path)
     temp = temp_path(path)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 less the umask, like any new file

@@ -31,11 +31,17 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import pydantic
 
 from .errors import BuildError, Problem
+
+if TYPE_CHECKING:
+    from .spec.loader import LoadedSpec
+
+Loc = tuple[Union[str, int], ...]
+"""A path into a spec: ("data", "sources", 0, "path")."""
 
 FORMAT_VERSION = 2
 
@@ -80,8 +86,8 @@ def check_format(found: Any, file: str, what: str) -> None:
 
 # --------------------------------------------------------------------------- portable paths
 
-# the spec's path fields, as in spec.loader.PATH_FIELDS ("*": any key or index)
-PATH_FIELDS: tuple[tuple, ...] = (
+# the spec's path fields, as in spec.path_fields.PATH_FIELDS ("*": any key or index)
+PATH_FIELDS: tuple[Loc, ...] = (
     ("model", "path"),
     ("data", "sources", "*", "path"),
     ("data", "sources", "*", "data_files", "*"),
@@ -94,22 +100,22 @@ PATH_FIELDS: tuple[tuple, ...] = (
 _GLOB = "*?["
 
 
-def _matches(loc: tuple, pattern: tuple) -> bool:
+def _matches(loc: Loc, pattern: Loc) -> bool:
     return len(loc) == len(pattern) and all(p == "*" or p == q for p, q in zip(pattern, loc))
 
 
-def _dotted(loc: tuple) -> str:
+def _dotted(loc: Loc) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def path_fields(spec: dict) -> list[tuple[tuple, str]]:
+def path_fields(spec: dict[str, Any]) -> list[tuple[Loc, str]]:
     """(location, value) of every file-system path in a spec dict (hub data_files, which name files inside
     a hub repository, are not paths here)."""
     from .spec.rules import HUB_BUILDERS
 
-    out: list[tuple[tuple, str]] = []
+    out: list[tuple[Loc, str]] = []
 
-    def walk(node, loc):
+    def walk(node: Any, loc: Loc) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, loc + (k,))
@@ -127,8 +133,8 @@ def path_fields(spec: dict) -> list[tuple[tuple, str]]:
     return out
 
 
-def _set(doc: dict, loc: tuple, value) -> None:
-    node = doc
+def _set(doc: dict[str, Any], loc: Loc, value: Any) -> None:
+    node: Any = doc
     for part in loc[:-1]:
         node = node[part]
     node[loc[-1]] = value
@@ -138,11 +144,11 @@ def posix_path(rel: str) -> str:
     return rel.replace(os.sep, "/")
 
 
-def spec_dir(loaded) -> Path:
+def spec_dir(loaded: LoadedSpec) -> Path:
     return Path(loaded.file).resolve().parent
 
 
-def portable_path(loaded, loc: tuple | str, value: str) -> str:
+def portable_path(loaded: LoadedSpec, loc: Loc | str, value: str) -> str:
     """The lock's form of the path `value` at spec location `loc`: relative to the spec file's directory
     (or the directory a rerun found it under), unless written absolute outside the spec's directory."""
     dotted = loc if isinstance(loc, str) else _dotted(loc)
@@ -153,7 +159,7 @@ def portable_path(loaded, loc: tuple | str, value: str) -> str:
     return posix_path(rel)
 
 
-def portable_spec(loaded) -> dict:
+def portable_spec(loaded: LoadedSpec) -> dict[str, Any]:
     """The resolved spec with every path in its portable form (what the lock records and the input key hashes)."""
     from .spec.render import resolved_dict
 
@@ -163,7 +169,7 @@ def portable_spec(loaded) -> dict:
     return doc
 
 
-def portable_inputs_of(loaded, i: int, entries: list[dict]) -> list[dict]:
+def portable_inputs_of(loaded: LoadedSpec, i: int, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One source's ``source_inputs`` with each file named by its portable path."""
     new = []
     for e in entries:
@@ -177,7 +183,7 @@ def portable_inputs_of(loaded, i: int, entries: list[dict]) -> list[dict]:
     return new
 
 
-def portable_inputs(loaded, inputs: list[list[dict]]) -> list[list[dict]]:
+def portable_inputs(loaded: LoadedSpec, inputs: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
     """``sources.sources_inputs`` with each file named by its portable path (relative to its source's base)."""
     return [portable_inputs_of(loaded, i, entries) for i, entries in enumerate(inputs)]
 
@@ -188,7 +194,8 @@ def _exists(p: Path, pattern: str) -> bool:
     return p.exists()
 
 
-def locate_inputs(spec: dict, bases: list[Path]) -> tuple[dict, dict[str, Path], list[str], list[tuple[str, str, list[Path]]]]:
+def locate_inputs(spec: dict[str, Any], bases: list[Path]) -> tuple[dict[str, Any], dict[str, Path], list[str],
+                                                                   list[tuple[str, str, list[Path]]]]:
     """The lock's portable spec with every relative path found again: each is looked for under `bases` in
     order (--root, the spec directory as seen from the lock, the compiling machine's spec directory).
 
@@ -256,7 +263,7 @@ class SplitStats(_Record):
     trained_tokens: int
     trained_fraction: float
     truncated: int
-    length: dict
+    length: dict[Any, Any]
 
 
 class Manifest(_Record):
@@ -272,10 +279,10 @@ class Manifest(_Record):
     prefix_ids: list[int] = []
     prefix_rule: Optional[str] = None
     template: TemplateInfo
-    vocabulary: Optional[dict] = None
+    vocabulary: Optional[dict[Any, Any]] = None
     splits: dict[str, SplitStats]
-    batching: Optional[dict] = None  # micro_batches: how the train rows form micro-batches
-    dropped: dict = {}
+    batching: Optional[dict[Any, Any]] = None  # micro_batches: how the train rows form micro-batches
+    dropped: dict[Any, Any] = {}
     files: dict[str, str]
 
 
@@ -299,14 +306,14 @@ class Lock(_Record):
     extends: list[str] = []
     overrides: list[str] = []
     input_key: str
-    spec: dict
-    inputs: dict
-    vocabulary: Optional[dict] = None
-    versions: dict
+    spec: dict[Any, Any]
+    inputs: dict[Any, Any]
+    vocabulary: Optional[dict[Any, Any]] = None
+    versions: dict[Any, Any]
     manifest_sha256: str
     hints: Hints = Hints()
 
-    def to_data(self) -> dict:
+    def to_data(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=False)
 
 
@@ -316,7 +323,7 @@ class Stamp(_Record):
     input_key: str
 
 
-def stamp_text(data: dict) -> str:
+def stamp_text(data: dict[str, Any]) -> str:
     """A runtime stamp's text (checked against the schema before it is written)."""
     import json
 

@@ -60,11 +60,11 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
         log("  " + line)
     timings["compile"] = time.perf_counter() - t
 
-    from .runtime.build import Build
+    from .runtime.build_reader import Build
 
     build = Build(out)
-    lora = is_peft(build.spec.adapter)  # a peft adapter (BUILD/adapter), not a full fine-tune
-    final = build.adapter_dir if lora else build.merged_dir
+    has_adapter = is_peft(build.spec.adapter)  # any peft method (BUILD/adapter), not a full fine-tune
+    final = build.adapter_dir if has_adapter else build.merged_dir
     log(f"[2/{stages}] train")
     t = time.perf_counter()
     if _fresh_output(build, final.name):
@@ -82,7 +82,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
 
     log(f"[3/{stages}] merge")
     t = time.perf_counter()
-    if not lora:
+    if not has_adapter:
         log("  full fine-tune: the model is already complete in merged/")
     elif not isinstance(build.spec.adapter, MERGEABLE_SPECS):
         log(f"  {build.spec.adapter.method}: adds virtual tokens, nothing to merge; serve base + adapter")
@@ -133,7 +133,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
     log("")
     log(f"done in {total:.0f}s (" + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + ")")
     log(f"  build:     {out}")
-    log(f"  adapter:   {build.adapter_dir if lora else '(full fine-tune)'}")
+    log(f"  adapter:   {build.adapter_dir if has_adapter else '(full fine-tune)'}")
     log(f"  merged:    {build.merged_dir}")
     log(f"  report:    {build.eval_dir / 'report.md'}")
     log(f"  html:      {html}   (tunespec report BUILD [OTHER] writes it again)")

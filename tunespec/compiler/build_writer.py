@@ -119,7 +119,7 @@ def _check_target(path: Path, key: str, force: bool) -> dict | None:
         manifest = {}
     outputs = _runtime_outputs(path)
     if manifest.get("input_key") == key:
-        from ..runtime.build import Build
+        from ..runtime.build_reader import Build
 
         try:
             Build(path)  # the runtime's reader: the lock's seal, the manifest's hash, every file's sha256

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from .. import build_layout as layout
 from ..errors import BuildError, Problem
-from ..spec.loader import LoadedSpec, plain_scalar
+from ..spec.loader import LoadedSpec
 from ..spec.root import Spec
+from ..spec.yaml_positions import plain_scalar
 
 
 def _plain(node):

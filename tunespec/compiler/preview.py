@@ -28,7 +28,7 @@ OPEN, CLOSE = "[[", "]]"
 
 
 def _load_row(build: Path, split: str, index: int):
-    from ..runtime.build import Build
+    from ..runtime.build_reader import Build
 
     b = Build(build)  # checks every file against the manifest's sha256s, and the token files' contents
     manifest = b.manifest

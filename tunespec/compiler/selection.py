@@ -175,7 +175,10 @@ def read_scores(path: str | Path, where: str = "data.selection.ifd.file", *, emb
     scores: dict[str, float] = {}
     vectors: dict[str, np.ndarray] = {}
     dim = None
-    for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if not lines:  # no header to check: not a file score-data wrote (it always writes one)
+        raise bad(1, f"{path} is empty: not a scores file of tunespec score-data")
+    for n, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
         except ValueError:

@@ -4,7 +4,7 @@ The order of micro-batches is a pure function of the seed and the epoch, so a re
 exact data position from the step count alone: no row is seen twice or skipped.
 
 * Padded batches: rows of similar length are grouped (``group_by_length``) to waste less padding;
-  each batch is padded to a multiple of 8 and its labels are -100 on padding *positions*.
+  each batch is padded to a multiple of 8 and its labels are ``IGNORE_INDEX`` (-100) on padding *positions*.
 * Padding-free batches (``padding_free``): the rows of a micro-batch are concatenated into one
   sequence with ``position_ids`` that restart at every row and the rows' boundaries
   (``cu_seq_lens_q/k``): the varlen attention of `varlen` (and transformers' flash-attention path) keep
@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..constants import IGNORE_INDEX
 from ..micro_batches import MicroBatching, pack
-from .build import TokenSet
+from .build_reader import TokenSet
 
 PAD_MULTIPLE = 8
 
@@ -34,7 +35,7 @@ def epoch_batches(
     Packed modes (tokens, bins; ``micro_batches``): the rows are packed into bins once per run (first fit, in
     the order of ``seed``), and each epoch takes the bins in its own order: every epoch has the same number of
     micro-batches, which the step plan relies on. Rows mode: each epoch shuffles the rows (grouped by length
-    where asked). How optimizer steps and processes take the micro-batches is `train.Plan`'s business (one
+    where asked). How optimizer steps and processes take the micro-batches is `plan.Plan`'s business (one
     continuous stream over epochs). `world_size` > 1 trims the list to a multiple of it.
     """
     rng = np.random.default_rng([seed, epoch])
@@ -66,13 +67,13 @@ def collate_padded(tokens: TokenSet, rows: list[int], pad_id: int) -> dict:
     longest = max(int(tokens.lengths[i]) for i in rows)
     width = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    labels = np.full((len(rows), width), -100, dtype=np.int64)
+    labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     for r, i in enumerate(rows):
         row_ids, trained = tokens.row(i)
         n = len(row_ids)
         ids[r, :n] = row_ids
-        labels[r, :n] = np.where(trained.astype(bool), row_ids, -100)
+        labels[r, :n] = np.where(trained.astype(bool), row_ids, IGNORE_INDEX)
         mask[r, :n] = 1
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
             "labels": torch.from_numpy(labels)}
@@ -84,8 +85,8 @@ def collate_packed(tokens: TokenSet, rows: list[int]) -> dict:
     ids, labels, pos = [], [], []
     for i in rows:
         row_ids, trained = tokens.row(i)
-        lab = np.where(trained.astype(bool), row_ids, -100).astype(np.int64)
-        lab[0] = -100
+        lab = np.where(trained.astype(bool), row_ids, IGNORE_INDEX).astype(np.int64)
+        lab[0] = IGNORE_INDEX
         ids.append(row_ids.astype(np.int64))
         labels.append(lab)
         pos.append(np.arange(len(row_ids), dtype=np.int64))
@@ -105,3 +106,8 @@ def count_positions(batch: dict) -> tuple[int, int]:
     total = batch["input_ids"].numel()
     real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else total
     return real, total
+
+
+def trained_tokens(batch: dict) -> int:
+    """The tokens of a collated batch that carry loss (the label shifted by one: position 0 predicts nothing)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())

@@ -14,7 +14,7 @@ from ruamel.yaml import YAML
 
 from .. import harness
 from ..errors import BuildError, Problem
-from .build import Build
+from .build_reader import Build
 
 
 def _absolute(build: Build, files):

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import install, kill_point, remove_dir, temp_dir
+from ..atomic import alive, file_table, install, kill_point, remove_dir, temp_dir
+from ..verify import table_problem
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -58,8 +59,6 @@ FILES = "files.json"
 def record_files(checkpoint: Path) -> None:
     """Write ``files.json``: the size and sha256 of every file written so far, each fsynced (read back by
     ``check``; the same table ``atomic.install`` seals an output with)."""
-    from ..atomic import file_table
-
     files = file_table(checkpoint, skip=())
     with open(checkpoint / FILES, "w", encoding="utf-8") as f:
         json.dump(files, f, indent=1, sort_keys=True)
@@ -72,8 +71,6 @@ def check(checkpoint: Path) -> str | None:
 
     Checks state.json parses and every file ``files.json`` records is there with its size and sha256
     (``verify.table_problem``)."""
-    from ..verify import table_problem
-
     try:
         state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
         if not isinstance(state, dict) or not isinstance(state.get("step"), int):
@@ -106,15 +103,13 @@ TEMPORARY = re.compile(r"^\.checkpoint-\d+\.tmp-(\d+)(?:-[0-9a-z_]+)?$")
 def clean_partial(train_dir: Path) -> list[Path]:
     """Remove leftovers of interrupted writes (``.checkpoint-*``): temporaries of a process that is still
     running (the pid in the name is alive, as ``atomic.clean_stale`` judges) are kept. Returns what was removed."""
-    from ..atomic import _alive
-
     removed = []
     if train_dir.is_dir():
         for p in sorted(train_dir.iterdir()):
             if not p.name.startswith(".checkpoint-"):
                 continue
             m = TEMPORARY.match(p.name)
-            if m and _alive(int(m.group(1))):
+            if m and alive(int(m.group(1))):
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
@@ -192,3 +187,33 @@ def prune(train_dir: Path, keep: int | None, best: Path | None) -> None:
     for _, path in found[:-keep] if keep else found:
         if best is None or path.resolve() != best.resolve():
             remove_dir(path)  # renamed away first: never a partial checkpoint under its real name
+
+
+# Fields that may change between a checkpoint and its resume: they do not change the training math.
+RESUME_NEUTRAL = (
+    "description", "evaluation.", "output.", "training.logging_steps", "training.save_steps",
+    "training.save_total_limit", "training.save_strategy", "training.report_to", "training.eval_",
+    "launch.gpu_memory_gib", "launch.gpu", "launch.main_process_", "launch.machine_rank",
+)
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+    elif isinstance(d, list):
+        for i, v in enumerate(d):
+            out.update(_flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = d
+    return out
+
+
+def spec_differences(old: dict, new: dict) -> list[str]:
+    """Dotted fields that differ between two resolved specs (a checkpoint's and the build's) and matter for
+    training: ``RESUME_NEUTRAL`` ones are left out."""
+    a, b = _flatten(old), _flatten(new)
+    keys = sorted(set(a) | set(b))
+    diffs = [k for k in keys if a.get(k) != b.get(k)]
+    return [k for k in diffs if not k.startswith(RESUME_NEUTRAL)]

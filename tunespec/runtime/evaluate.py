@@ -19,7 +19,6 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..build_layout import STAMP
 from ..micro_batches import DEFAULT_ROWS
@@ -29,7 +28,9 @@ from ..progress import Progress
 from ..spec.adapter import is_peft
 from . import benchmarks as bench
 from . import rouge
-from .build import Build
+from .batching import collate_padded, trained_tokens
+from .build_reader import Build
+from .modeling import load_variant, model_device, use_bf16
 
 
 @dataclass
@@ -56,47 +57,6 @@ def _shipped(build: Build, log) -> tuple[str, dict | None]:
             f"merge again (tunespec merge {build.path}) to evaluate what you would ship")
         return "adapter", None
     return "merged", stamp
-
-
-def _load_variant(build: Build, which: str, base=None):
-    """('base' | 'adapter' | 'merged' | a path) -> (model, label)."""
-    from .modeling import load_base_model, loading
-    from .vocabulary import extend_embeddings
-
-    if which == "base":
-        model = load_base_model(build.spec)
-        extend_embeddings(model, build)  # the prompts may hold added tokens' ids
-        return model, "base"
-    if which == "adapter":
-        if not (build.adapter_dir / "adapter_config.json").is_file():
-            raise BuildError(Problem("the build has no trained adapter", file=str(build.adapter_dir),
-                                     hint=f"train first: tunespec train {build.path}"))
-        build.output("adapter")  # every file its install wrote, with its sha256; made from this build
-        from peft import PeftModel
-
-        if base is None:
-            base = load_base_model(build.spec)
-        extend_embeddings(base, build)  # once per model: the rows the adapter was trained on
-        with loading("the adapter", file=str(build.adapter_dir)):
-            return PeftModel.from_pretrained(base, str(build.adapter_dir)), "tuned"
-    path = build.merged_dir if which == "merged" else Path(which)
-    if not (path / "config.json").is_file():
-        raise BuildError(Problem(f"no model at {path}", hint="merge first (tunespec merge BUILD) or pass a model directory"))
-    if which == "merged":
-        build.output("merged")
-    from transformers import AutoModelForCausalLM
-
-    from .modeling import pick_dtype
-
-    import torch
-
-    device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else None
-    with loading("the model", file=str(path)):
-        return AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(build.spec), device_map=device_map), "tuned"
-
-
-def _device(model):
-    return next(model.parameters()).device
 
 
 def _cut(text: str, stop: str | None) -> str:
@@ -129,15 +89,13 @@ def generate(model, tokenizer, build: Build, prompts: list[str], *, log=print, l
     import torch
     from transformers import StoppingCriteriaList
 
-    from .modeling import use_bf16
-
     ev = build.spec.evaluation
     encoded = build.prompt_ids(tokenizer, prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(prompts)
     pad = tokenizer.pad_token_id
     eos = [build.eos_token_id]
-    device = _device(model)
+    device = model_device(model)
     model.eval()
     kwargs = dict(max_new_tokens=ev.max_new_tokens, do_sample=ev.do_sample, num_beams=ev.num_beams,
                   eos_token_id=eos, pad_token_id=pad, use_cache=True)
@@ -189,14 +147,11 @@ def eval_loss(model, build: Build, split: str, limit: int | None) -> float | Non
     """Mean loss per trained token on the split (the same masking as training)."""
     import torch
 
-    from .batching import collate_padded
-    from .modeling import use_bf16
-
     tokens = build.tokens(split)
     n = min(len(tokens), limit or len(tokens))
     if n == 0:
         return None
-    device = _device(model)
+    device = model_device(model)
     bs = build.spec.training.eval_batch_size or build.spec.training.micro_batch_size or DEFAULT_ROWS
     total, count = 0.0, 0
     model.eval()
@@ -206,7 +161,7 @@ def eval_loss(model, build: Build, split: str, limit: int | None) -> float | Non
         for start in range(0, n, bs):
             batch = collate_padded(tokens, list(range(start, min(n, start + bs))), pad)
             batch = {k: v.to(device) for k, v in batch.items()}
-            k = int((batch["labels"][:, 1:] != -100).sum())
+            k = trained_tokens(batch)
             out = model(**batch, num_items_in_batch=torch.tensor(max(k, 1), device=device))
             total += float(out.loss) * k
             count += k
@@ -246,7 +201,7 @@ def evaluate(build: Build, *, model: str | None = None, split: str | None = None
     bench_tokenizer = build.load_tokenizer() if build.manifest.get("benchmarks") else None
     for which in variants:
         log(f"evaluating {which} on {len(rows)} {split} rows")
-        m, label = _load_variant(build, which, base=base_model)
+        m, label = load_variant(build, which, base=base_model)
         if which == "base":
             base_model = m
         info: dict = {"model": which}

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from ..atomic import check_replaceable, install, temp_dir
 from ..errors import BuildError, ModelError, Problem
+from ..model_resolver import resolve
 from ..spec.adapter import MERGEABLE_SPECS, PrefixTuningSpec, PromptTuningSpec
-from .build import Build
+from .added_token_embeddings import extend_embeddings
+from .build_reader import Build
+from .modeling import load_base_model, loading, pick_dtype
 from ..build_layout import STAMP, stamp_text
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -26,8 +29,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=print) -> dict:
     import torch
     from peft import PeftModel
-
-    from .modeling import load_base_model, loading, pick_dtype
 
     adapter = build.spec.adapter
     if isinstance(adapter, PrefixTuningSpec):
@@ -49,8 +50,6 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
     build.output("adapter")  # every file training wrote there, with its sha256
     from transformers import AutoConfig
 
-    from ..model_resolver import resolve
-
     base_config = AutoConfig.from_pretrained(resolve(build.model_ref), trust_remote_code=build.spec.model.trust_remote_code)
     if getattr(base_config, "quantization_config", None):
         raise ModelError(Problem(
@@ -61,8 +60,6 @@ def merge(build: Build, *, dtype: str | None = None, check_rows: int = 4, log=pr
     if build.spec.quantization.enabled:
         log(f"the base is reloaded unquantized ({torch_dtype}) for the merge; 4-bit/8-bit was for training only")
     base = load_base_model(build.spec, quantized=False, dtype=torch_dtype)
-    from .vocabulary import extend_embeddings
-
     extend_embeddings(base, build)  # added tokens: the rows the adapter was trained on (merged saves them)
     with loading("the adapter", file=str(build.adapter_dir)):
         model = PeftModel.from_pretrained(base, str(build.adapter_dir))

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
-from ..errors import ModelError, Problem
+from ..errors import BuildError, ModelError, Problem
 from ..model_resolver import ModelRef, resolve
 from ..spec.adapter import IA3Spec, LoraSpec, PrefixTuningSpec, PromptTuningSpec, is_peft
 from ..spec.root import Spec
+from ..spec.training import checkpointing_on
+from .added_token_embeddings import extend_embeddings, token_training
+from .build_reader import Build
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -114,7 +118,7 @@ def loading(what: str, *, path: str | None = None, file: str | None = None, hint
 
 
 def lora_config(adapter: LoraSpec, tokens: dict | None = None):
-    """`tokens`: what trains the rows of added tokens (``vocabulary.token_training``): trainable_token_indices,
+    """`tokens`: what trains the rows of added tokens (``added_token_embeddings.token_training``): trainable_token_indices,
     and an LM head to save whole."""
     from peft import LoraConfig
 
@@ -188,8 +192,6 @@ def prepare_for_training(model, spec: Spec, vocabulary: dict | None = None):
     fsdp_ac = spec.launch.topology == "fsdp" and spec.launch.activation_checkpointing
     import torch
 
-    from ..spec.training import checkpointing_on
-
     hf_gc = checkpointing_on(spec, on_gpu=torch.cuda.is_available()) and not fsdp_ac
     peft = is_peft(spec.adapter)
     if spec.quantization.enabled and _has_fp16_weights(model):
@@ -215,8 +217,6 @@ def prepare_for_training(model, spec: Spec, vocabulary: dict | None = None):
             check_targets(model, a)
         name = {LoraSpec: "LoRA", PrefixTuningSpec: "prefix tuning", PromptTuningSpec: "prompt tuning",
                 IA3Spec: "IA3"}[type(a)]
-        from .vocabulary import token_training
-
         tokens = token_training(model, a, vocabulary) if isinstance(a, LoraSpec) else {}
         try:
             model = get_peft_model(model, adapter_config(spec, model, tokens))
@@ -257,5 +257,38 @@ def check_targets(model, adapter: LoraSpec | IA3Spec) -> None:
                 + (" (or use all-linear)" if isinstance(adapter, LoraSpec) else " (or leave it out for peft's default)")))
 
 
-def trainable_parameters(model) -> list:
-    return [p for p in model.parameters() if p.requires_grad]
+def load_variant(build: Build, which: str, base=None):
+    """A build's model to generate with: ('base' | 'adapter' | 'merged' | a path) -> (model, label); `base`: an
+    already loaded base model for the adapter."""
+    if which == "base":
+        model = load_base_model(build.spec)
+        extend_embeddings(model, build)  # the prompts may hold added tokens' ids
+        return model, "base"
+    if which == "adapter":
+        if not (build.adapter_dir / "adapter_config.json").is_file():
+            raise BuildError(Problem("the build has no trained adapter", file=str(build.adapter_dir),
+                                     hint=f"train first: tunespec train {build.path}"))
+        build.output("adapter")  # every file its install wrote, with its sha256; made from this build
+        from peft import PeftModel
+
+        if base is None:
+            base = load_base_model(build.spec)
+        extend_embeddings(base, build)  # once per model: the rows the adapter was trained on
+        with loading("the adapter", file=str(build.adapter_dir)):
+            return PeftModel.from_pretrained(base, str(build.adapter_dir)), "tuned"
+    path = build.merged_dir if which == "merged" else Path(which)
+    if not (path / "config.json").is_file():
+        raise BuildError(Problem(f"no model at {path}", hint="merge first (tunespec merge BUILD) or pass a model directory"))
+    if which == "merged":
+        build.output("merged")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else None
+    with loading("the model", file=str(path)):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(build.spec), device_map=device_map), "tuned"
+
+
+def model_device(model):
+    """The device of the model's (first) weights: where its inputs go."""
+    return next(model.parameters()).device

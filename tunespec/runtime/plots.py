@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import io
 from pathlib import Path
+
+from ..atomic import write_bytes
+from .train_metrics import read_metrics
 
 
 def plot_loss(metrics_path: Path, out: Path) -> Path | None:
@@ -11,11 +14,7 @@ def plot_loss(metrics_path: Path, out: Path) -> Path | None:
     if not metrics_path.is_file():
         return None
     train, evals = [], []
-    for line in metrics_path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:  # a line a kill cut short
-            continue
+    for rec in read_metrics(metrics_path).records:  # whole records only (a kill may cut the last line short)
         if "loss" in rec:
             train.append((rec["step"], rec["loss"]))
         if "eval_loss" in rec:
@@ -36,10 +35,6 @@ def plot_loss(metrics_path: Path, out: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    import io
-
-    from ..atomic import write_bytes
-
     png = io.BytesIO()
     fig.savefig(png, format="png")
     plt.close(fig)

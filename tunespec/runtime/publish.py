@@ -31,8 +31,10 @@ from ..atomic import install, is_tunespec_made, mark, marker_files, refuse_overl
 from ..errors import BuildError, Problem
 from ..spec.adapter import FullSpec, IA3Spec, LoraSpec, PrefixTuningSpec, PromptTuningSpec, is_peft
 from ..spec.output import HUB_REPO_ID
+from ..spec.render import to_yaml
 from ..spec.rules import HUB_BUILDERS
-from .build import Build
+from .build_reader import Build
+from .train_metrics import METRICS, read_metrics
 from ..build_layout import LOCK, STAMP
 from ..packaged_models import PACKAGED_HUB_IDS
 
@@ -127,19 +129,12 @@ def fresh_rouge(build: Build) -> dict | None:
     return data
 
 
-def read_metrics(build: Build) -> list[dict]:
-    path = build.train_dir / "metrics.jsonl"
+def training_records(build: Build) -> list[dict]:
+    """The whole records of train/metrics.jsonl ([] when it cannot be read)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return read_metrics(build.train_dir / METRICS).records
     except OSError:
         return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 # --------------------------------------------------------------------------- the model card
@@ -218,7 +213,7 @@ def _batch_text(b: dict | None, t, ln) -> str:
 def _training_lines(build: Build) -> list[str]:
     spec = build.spec
     t, ln = spec.training, spec.launch
-    metrics = read_metrics(build)
+    metrics = training_records(build)
     losses = [m for m in metrics if "loss" in m]
     evals = [m for m in metrics if "eval_loss" in m]
     train = build.splits["train"]
@@ -304,8 +299,6 @@ def _usage_lines(build: Build, what: str, repo_id: str | None) -> list[str]:
 
 def model_card(build: Build, what: str, *, repo_id: str | None = None, rouge: dict | None = None) -> str:
     """README.md of the published folder: front matter, training summary, ROUGE, usage and the lock file."""
-    from ..spec.render import to_yaml
-
     spec = build.spec
     lock = (build.path / LOCK).read_text(encoding="utf-8")
     base = base_model_id(build) or build.model_ref.label

@@ -30,10 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from .. import build_layout as layout
+from ..atomic import recover, write_text
 from ..errors import BuildError, Problem
 from ..spec.adapter import is_peft
-from .build import Build
+from .build_reader import Build
+from .train_metrics import read_metrics
 
 PAGE_DIR = Path(__file__).with_name("report_page")
 PREVIEW_ROWS = 3  # train rows whose loss mask the data section shows
@@ -76,19 +79,12 @@ def _training(build: Build, missing: list[str], notes: list[str]) -> dict:
         missing.append(f"training metrics (train/metrics.jsonl) — train: tunespec train {build.path}")
         return out
     try:
-        text = metrics.read_text(encoding="utf-8")
+        log = read_metrics(metrics)
     except (OSError, UnicodeDecodeError) as e:
         raise BuildError(Problem(f"cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})",
                                  file=str(metrics), hint=f"train again: tunespec train {build.path} --restart")) from None
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:  # a line a kill cut short (training appends one line per write)
-            out["cut_lines"] += 1
-            continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
-            out["cut_lines"] += 1
-            continue
+    out["cut_lines"] = log.cut_lines
+    for rec in log.records:
         if "loss" in rec:
             out["train"].append({k: rec.get(k) for k in ("step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s",
                                                          "step_time_s", "trained_tokens", "padding_fraction",
@@ -106,8 +102,6 @@ def _training(build: Build, missing: list[str], notes: list[str]) -> dict:
 def _evaluation(build: Build, final_name: str, missing: list[str], notes: list[str]) -> dict | None:
     """eval/rouge.json and eval/predictions.jsonl, read through eval/'s seal; None when not evaluated yet."""
     if not build.eval_dir.exists():
-        from ..atomic import recover
-
         recover(build.eval_dir)
     if not build.eval_dir.exists():
         missing.append(f"the evaluation (eval/) — evaluate: tunespec evaluate {build.path}")
@@ -246,8 +240,6 @@ def _script_json(data) -> str:
 
 def render(paths: list[str | Path]) -> Report:
     """The page for one build, or two compared (the first is A, the second B)."""
-    from .. import __version__
-
     missing: list[str] = []
     notes: list[str] = []
     runs = []
@@ -273,8 +265,6 @@ def render(paths: list[str | Path]) -> Report:
 
 def write_report(paths: list[str | Path], output: Path | None = None, *, log=print) -> Path:
     """Render and write the page (whole or not at all); default ``BUILD/report.html`` of the first build."""
-    from ..atomic import write_text
-
     report = render(paths)
     out = Path(output) if output else Path(paths[0]) / layout.REPORT
     if out.is_dir():

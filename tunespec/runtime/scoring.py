@@ -31,7 +31,11 @@ from pathlib import Path
 
 from ..atomic import refuse_overlap, write_text
 from ..compiler.selection import SCORES_KIND
-from .build import Build
+from ..constants import IGNORE_INDEX
+from ..progress import Progress
+from .batching import collate_padded
+from .build_reader import Build
+from .modeling import load_variant, model_device, use_bf16
 
 BATCH_ROWS = 16
 
@@ -51,7 +55,7 @@ def _row_losses(model, batch: dict, pooled: list | None = None) -> list[float]:
             hook.remove()
     with torch.no_grad():
         labels = batch["labels"][:, 1:]
-        where = labels != -100
+        where = labels != IGNORE_INDEX
         # fp32 cross-entropy at the labelled positions only (a fifth of a row, or less, for an answer)
         ce = torch.nn.functional.cross_entropy(logits[:, :-1][where].float(), labels[where], reduction="none")
         rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[where]
@@ -73,7 +77,7 @@ def _alone(tokens, rows: list[int], start: list[int], pad: int) -> dict:
         seqs.append(start + [int(t) for t in ids[trained.astype(bool)]])
     width = max(len(s) for s in seqs)
     ids = np.full((len(seqs), width), pad, dtype=np.int64)
-    labels = np.full((len(seqs), width), -100, dtype=np.int64)
+    labels = np.full((len(seqs), width), IGNORE_INDEX, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
     for r, s in enumerate(seqs):
         ids[r, : len(s)] = s
@@ -87,14 +91,9 @@ def score_build(build: Build, *, embeddings: bool = False, log=print) -> list[di
     """One record per train row of `build`, in order: id, ifd, loss, loss_alone (and embedding)."""
     import torch
 
-    from ..progress import Progress
-    from .batching import collate_padded
-    from .evaluate import _device, _load_variant
-    from .modeling import use_bf16
-
-    model, _ = _load_variant(build, "base")
+    model, _ = load_variant(build, "base")
     model.eval()
-    device = _device(model)
+    device = model_device(model)
     tokens, rows = build.tokens("train"), build.rows("train")
     start = build.prefix_ids or [build.eos_token_id]
     pad = build.pad_token_id

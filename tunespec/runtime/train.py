@@ -1,11 +1,13 @@
 """`tunespec train BUILD`: train from a build directory, resuming from its newest checkpoint.
 
 Run directly (``python -m tunespec.runtime.train BUILD``) or under ``accelerate launch`` (the build's
-``launch.sh``). The loop is small and explicit:
+``launch.sh``). ``Trainer.run`` reads top to bottom: ``setup`` (accelerator, data, model, optimizer),
+``resume`` (the newest intact checkpoint), ``train`` (the loop), ``cleanup``, ``save_checkpoint`` and
+``save_final``. The loop is small and explicit:
 
 * micro-batches come from ``batching.epoch_batches`` (deterministic per seed and epoch); the
   epochs form one stream and an optimizer step takes the next ``processes x accumulation``
-  micro-batches of it (``Plan``), so the rows of a step depend on that product only: 2 processes
+  micro-batches of it (``plan.Plan``), so the rows of a step depend on that product only: 2 processes
   x accumulation 1 train the same rows per step as 1 process x accumulation 2;
 * the loss of an optimizer step is the sum of token losses over all its micro-batches (and all
   processes) divided by the number of trained tokens in them, so gradient accumulation and data
@@ -14,7 +16,7 @@ Run directly (``python -m tunespec.runtime.train BUILD``) or under ``accelerate 
   state (the RNG state of every process); a resumed run continues at the exact data position and
   gives the same weights; it must run on as many processes as the run that wrote the checkpoint;
 * SIGINT/SIGTERM finish the current step, save a checkpoint and exit with the resume command
-  (with several processes, every process stops after the same step).
+  (``stop_signal``; with several processes, every process stops after the same step).
 
 Several processes (``launch.sh``: ``accelerate launch``, which starts them through torchrun):
 
@@ -32,160 +34,86 @@ Several processes (``launch.sh``: ``accelerate launch``, which starts them throu
 
 from __future__ import annotations
 
-import json
+import contextlib
+import errno
+import inspect
 import math
-import signal
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import click
 
-from ..atomic import append_line, check_replaceable, install, remove_dir, temp_dir, write_text
+from .. import micro_batches, padding_free
+from ..atomic import check_replaceable, install, remove_dir, temp_dir
+from ..build_layout import LOCK, MANIFEST, STAMP, stamp_text
 from ..errors import BuildError, Problem, TunespecError
+from ..micro_batches import DEFAULT_ROWS
+from ..progress import Progress, duration
 from ..spec.adapter import is_peft
 from . import checkpoint as ckpt
-from .. import micro_batches
-from .batching import collate_packed, collate_padded, count_positions, epoch_batches
-from .build import Build, TokenSet
-from ..build_layout import LOCK, MANIFEST, STAMP, stamp_text
-from ..progress import Progress, duration
-
-# Fields that may change between a checkpoint and its resume: they do not change the training math.
-RESUME_NEUTRAL = (
-    "description", "evaluation.", "output.", "training.logging_steps", "training.save_steps",
-    "training.save_total_limit", "training.save_strategy", "training.report_to", "training.eval_",
-    "launch.gpu_memory_gib", "launch.gpu", "launch.main_process_", "launch.machine_rank",
-)
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-    elif isinstance(d, list):
-        for i, v in enumerate(d):
-            out.update(_flatten(v, f"{prefix}{i}."))
-    else:
-        out[prefix[:-1]] = d
-    return out
-
-
-def spec_differences(old: dict, new: dict) -> list[str]:
-    """Dotted fields that differ between two resolved specs and matter for training."""
-    a, b = _flatten(old), _flatten(new)
-    keys = sorted(set(a) | set(b))
-    diffs = [k for k in keys if a.get(k) != b.get(k)]
-    return [k for k in diffs if not k.startswith(RESUME_NEUTRAL)]
-
-
-class _Stop:
-    """Set by SIGINT/SIGTERM; the loop saves and exits at the end of the current step.
-
-    A second signal gives up at once, unless it comes within ``REPEAT_S`` of the first: launchers
-    pass signals on, so one stop often arrives twice (Slurm signals every process of the job, and
-    torchrun, one of them, sends the workers the same signal again).
-    """
-
-    REPEAT_S = 1.0
-
-    def __init__(self):
-        self.signal: int | None = None
-        self.at = 0.0
-
-    def __call__(self, signum, frame):
-        if self.signal is not None:
-            if time.monotonic() - self.at < self.REPEAT_S:
-                return
-            raise KeyboardInterrupt  # a second stop: give up at once
-        self.signal = signum
-        self.at = time.monotonic()
-
-
-@dataclass
-class Plan:
-    """Which micro-batch each process trains on at each step.
-
-    The micro-batches of epoch 0, 1, 2, ... (``epoch_batches``, the same list on every process) form
-    one stream. Optimizer step ``s`` takes stream positions ``s * G .. (s + 1) * G - 1`` with
-    ``G = world * accum``; process ``r`` trains, as its ``k``-th micro-batch, position
-    ``s * G + k * world + r``. A step may cross an epoch boundary; no micro-batch is dropped.
-    """
-
-    batches_per_epoch: int  # micro-batches in one epoch, all processes together
-    world: int
-    rank: int
-    accum: int
-    total_steps: int
-
-    @property
-    def per_step(self) -> int:
-        """Micro-batches in one optimizer step, all processes together."""
-        return self.world * self.accum
-
-    def position(self, step: int, k: int) -> tuple[int, int]:
-        """(epoch, index in that epoch's batches) of this process's k-th micro-batch of `step` (0-based)."""
-        return divmod(step * self.per_step + k * self.world + self.rank, self.batches_per_epoch)
-
-    def epochs_done(self, step: int) -> float:
-        """Epochs completed after `step` steps."""
-        return step * self.per_step / self.batches_per_epoch
-
-    def ends_epoch(self, step: int) -> bool:
-        """Whether step number `step` (1-based) reached or crossed the end of an epoch."""
-        return (step * self.per_step) % self.batches_per_epoch < self.per_step
-
-
-def make_optimizer(spec, params):
-    import torch
-
-    t = spec.training
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    name, lr = t.optimizer, t.learning_rate
-    if name in ("adamw_torch", "adamw_torch_fused"):
-        fused = torch.cuda.is_available() and all(p.is_cuda for p in params)
-        return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
-    if name in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"):
-        import bitsandbytes as bnb
-
-        cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
-               "paged_adamw_32bit": bnb.optim.PagedAdamW32bit}[name]
-        return cls(groups, lr=lr)
-    if name == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
-    return torch.optim.SGD(groups, lr=lr, momentum=0.9)
-
-
-def make_scheduler(spec, optimizer, total_steps: int):
-    from transformers import get_scheduler
-
-    t = spec.training
-    warmup = t.warmup_steps or math.ceil(t.warmup_ratio * total_steps)
-    return get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+from . import varlen
+from .added_token_embeddings import adapter_save_kwargs, extend_embeddings
+from .batching import collate_packed, collate_padded, count_positions, epoch_batches, trained_tokens
+from .build_reader import Build, TokenSet
+from .modeling import load_base_model, prepare_for_training, use_bf16
+from .optimizer import make_optimizer, make_scheduler
+from .plan import Plan
+from .plots import plot_loss
+from .stop_signal import EXIT_CODES, StopRequest, agreed_stop, signal_name
+from .torch_compile import compile_layers
+from .train_metrics import METRICS, MetricWriters, StepWindow, truncate_metrics
 
 
 class Trainer:
-    def __init__(self, build: Build, *, restart: bool = False, log=None):
+    """One training run of a build.
+
+    Hooks, for measuring a run without changing it (``benchmarks/train_throughput.py``):
+
+    * ``load_model(spec, device_map=...)``: loads the base model (default ``modeling.load_base_model``);
+    * ``on_batch(batch)``: sees every collated training micro-batch (on the CPU, before it moves to the
+      device), e.g. ``{"input_ids": [B, T], "attention_mask": [B, T], "labels": [B, T]}`` for padded batches;
+    * ``on_metrics(record)``: sees every record logged to ``train/metrics.jsonl`` (``train_metrics``).
+    """
+
+    def __init__(self, build: Build, *, restart: bool = False, log=None,
+                 load_model: Callable = load_base_model, on_batch: Callable[[dict], None] | None = None,
+                 on_metrics: Callable[[dict], None] | None = None):
         self.build = build
         self.spec = build.spec
         self.restart = restart
         self.log = log or (lambda s: click.echo(s, err=True))
+        self.load_model = load_model
+        self.on_batch = on_batch
+        self.on_metrics = on_metrics
+        self.best: dict | None = None
+        self.resumed_metrics: dict = {}
+        self.writers: MetricWriters | None = None
+        self.progress: Progress | None = None
+        self._plain_log = None
+
+    def run(self) -> dict:
+        """Set up, resume, train to the last step and save the final model; returns the last step's metrics."""
+        self.setup()
+        start = self.resume()
+        with StopRequest() as stop:
+            self.writers = MetricWriters(self.build, main=self.acc.is_main_process)
+            try:
+                self._start_log(start)
+                step, last = self.train(start, stop)
+            finally:
+                self.cleanup()
+        self.save_checkpoint(step, last)
+        self.save_final(last)
+        return last
 
     # ------------------------------------------------------------------ setup
 
     def setup(self) -> None:
+        """The accelerator, the token sets, the model (extended, wrapped for training), optimizer and scheduler."""
         import torch
         from accelerate import Accelerator
         from accelerate.utils import DistributedType, set_seed
-
-        from .modeling import load_base_model, prepare_for_training, use_bf16
 
         t = self.spec.training
         mp = "bf16" if use_bf16(self.spec) else "fp16" if t.fp16 else "no"
@@ -199,23 +127,12 @@ class Trainer:
         self.train_set = self.build.tokens("train")
         self.eval_set = self.build.tokens("validation") if self.build.has_split("validation") else None
         sharded = self.spec.launch.topology in ("fsdp", "deepspeed")
-        model = load_base_model(self.spec, device_map=None if sharded else "default")
+        model = self.load_model(self.spec, device_map=None if sharded else "default")
         self._choose_batching(model)
-        world = self.acc.num_processes
-        n_batches = len(self._batches(0))
-        if n_batches == 0:
-            raise BuildError(Problem(
-                f"the train split has {len(self.train_set)} rows: not one micro-batch",
-                file=str(self.build.path / MANIFEST),
-                hint="check the compile report's drop counts (rows longer than max_length are dropped) and recompile"))
-        accum = t.gradient_accumulation_steps
-        self.plan = Plan(batches_per_epoch=n_batches, world=world, rank=self.acc.process_index, accum=accum,
-                         total_steps=t.max_steps or max(1, math.ceil(t.epochs * n_batches / (world * accum))))
-        from .vocabulary import extend_embeddings
-
+        self.plan = self._make_plan()
         extend_embeddings(model, self.build)  # model.added_tokens: the new rows start as the mean row
         model = prepare_for_training(model, self.spec, vocabulary=self.build.vocabulary)
-        self.compiled = self._compile(model)
+        self.compiled = self._torch_compile(model)
         if not any(p.requires_grad for p in model.parameters()):
             raise BuildError("nothing to train: the model has no trainable parameters", hint="check adapter settings")
         optimizer = make_optimizer(self.spec, [p for p in model.parameters() if p.requires_grad])
@@ -234,9 +151,10 @@ class Trainer:
         self.scheduler = scheduler if not hasattr(self.scheduler, "scheduler") else self.scheduler.scheduler
         if self.deepspeed:
             engine_accum = self.model.gradient_accumulation_steps()
-            if engine_accum != accum:
+            if engine_accum != t.gradient_accumulation_steps:
                 raise BuildError(Problem(
-                    f"deepspeed.json has gradient_accumulation_steps {engine_accum}, the spec {accum}",
+                    f"deepspeed.json has gradient_accumulation_steps {engine_accum}, the spec "
+                    f"{t.gradient_accumulation_steps}",
                     file=str(self.build.path / "deepspeed.json"), hint="recompile the build instead of editing it"))
         self.pad_id = int(self.tokenizer.pad_token_id)
 
@@ -259,11 +177,6 @@ class Trainer:
 
     def _choose_batching(self, model) -> None:
         """Padded or padding-free micro-batches, the attention kernel, and where the logits are computed."""
-        import inspect
-
-        from .. import padding_free
-        from . import varlen
-
         t = self.spec.training
         why_not = padding_free.why_not(model.config, getattr(self.spec.adapter, "method", "none"))
         if t.padding_free is True and why_not:
@@ -283,11 +196,22 @@ class Trainer:
             model.set_attn_implementation(varlen.ATTENTION)
             self.attention = model.config._attn_implementation
 
-    def _compile(self, model) -> int:
+    def _make_plan(self) -> Plan:
+        t = self.spec.training
+        world = self.acc.num_processes
+        n_batches = len(self._batches(0))
+        if n_batches == 0:
+            raise BuildError(Problem(
+                f"the train split has {len(self.train_set)} rows: not one micro-batch",
+                file=str(self.build.path / MANIFEST),
+                hint="check the compile report's drop counts (rows longer than max_length are dropped) and recompile"))
+        accum = t.gradient_accumulation_steps
+        return Plan(batches_per_epoch=n_batches, world=world, rank=self.acc.process_index, accum=accum,
+                    total_steps=t.max_steps or max(1, math.ceil(t.epochs * n_batches / (world * accum))))
+
+    def _torch_compile(self, model) -> int:
         """torch.compile the decoder layers where the spec (or `auto`: CUDA, one GPU or DDP) says so."""
         import torch
-
-        from .compilation import compile_layers
 
         want = self.spec.training.torch_compile
         if want == "auto":
@@ -303,9 +227,9 @@ class Trainer:
         return epoch_batches(self.train_set, batching=self.batching, seed=t.seed, epoch=epoch,
                              group_by_length=t.group_by_length)
 
-    def _collate(self, tokens: TokenSet, rows: list[int], device: bool = True) -> dict:
-        batch = collate_packed(tokens, rows) if self.flat else collate_padded(tokens, rows, self.pad_id)
-        return self._to_device(batch) if device else batch
+    def _collate(self, tokens: TokenSet, rows: list[int]) -> dict:
+        """The micro-batch of `rows`, on the CPU."""
+        return collate_packed(tokens, rows) if self.flat else collate_padded(tokens, rows, self.pad_id)
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.acc.device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
@@ -313,9 +237,7 @@ class Trainer:
     def _loss(self, batch: dict, n_items):
         """The micro-batch's loss: summed token cross-entropy over `n_items` (the step's trained tokens)."""
         if self.trained_logits:
-            from .varlen import trained_loss
-
-            return trained_loss(self.model, batch, n_items)
+            return varlen.trained_loss(self.model, batch, n_items)
         return self.model(**batch, num_items_in_batch=n_items).loss
 
     # ------------------------------------------------------------------ checkpoints
@@ -324,7 +246,7 @@ class Trainer:
         model = self.acc.unwrap_model(self.model)
         return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
-    def save(self, step: int, metrics: dict) -> Path:
+    def save_checkpoint(self, step: int, metrics: dict) -> Path:
         """Write train/checkpoint-<step> (every process calls this; see checkpoint.py for the layout)."""
         import torch
         from accelerate.utils import gather_object
@@ -388,7 +310,7 @@ class Trainer:
                 for _, path in reversed(ckpt.list_checkpoints(train_dir)):
                     remove_dir(path)
                 remove_dir(train_dir / "tensorboard")  # the old run's curves (report_to: tensorboard)
-                for name in ("metrics.jsonl", "loss.png"):
+                for name in (METRICS, "loss.png"):
                     (train_dir / name).unlink(missing_ok=True)
             self.acc.wait_for_everyone()
             return 0
@@ -402,7 +324,7 @@ class Trainer:
             return 0
         state = ckpt.read_state(latest)
         if state.get("input_key") != self.build.input_key:
-            diffs = spec_differences(state.get("spec", {}), self.build.spec_data)
+            diffs = ckpt.spec_differences(state.get("spec", {}), self.build.spec_data)
             if diffs or not state.get("spec"):
                 raise BuildError(Problem(
                     f"{latest.name} was trained from a different build; changed: {', '.join(diffs[:12]) or 'the data'}",
@@ -426,12 +348,7 @@ class Trainer:
                 raise BuildError(Problem(
                     f"{latest.name} holds unsharded state, this run is {self.acc.distributed_type.value}",
                     file=str(latest), hint="resume where it was written, or start over with --restart"))
-            weights = load_file(str(latest / "trainable.safetensors"))
-            model = self.acc.unwrap_model(self.model)
-            named = dict(model.named_parameters())
-            with torch.no_grad():
-                for n, w in weights.items():
-                    named[n].copy_(w.to(named[n].device))
+            self._copy_weights(load_file(str(latest / "trainable.safetensors")))
             self.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
             self.scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=True))
             rng = torch.load(latest / "rng.pt", weights_only=True)
@@ -439,6 +356,15 @@ class Trainer:
         self.best = state.get("best")
         self.resumed_metrics = dict(state.get("metrics") or {})
         return int(state["step"])
+
+    def _copy_weights(self, weights: dict) -> None:
+        """Copy saved trainable weights (name -> tensor) into the model."""
+        import torch
+
+        named = dict(self.acc.unwrap_model(self.model).named_parameters())
+        with torch.no_grad():
+            for n, w in weights.items():
+                named[n].copy_(w.to(named[n].device))
 
     def _agree_on(self, latest: Path | None) -> None:
         """Every process must resume from the same step (machines without a shared file system would not)."""
@@ -463,7 +389,7 @@ class Trainer:
         if self.eval_set is None or len(self.eval_set) == 0:
             return None
         t = self.spec.training
-        bs = t.eval_batch_size or t.micro_batch_size or micro_batches.DEFAULT_ROWS
+        bs = t.eval_batch_size or t.micro_batch_size or DEFAULT_ROWS
         order = sorted(range(len(self.eval_set)), key=lambda i: -int(self.eval_set.lengths[i]))
         world = self.acc.num_processes
         mine = order[self.acc.process_index :: world]
@@ -476,8 +402,8 @@ class Trainer:
             for i in range(0, n_batches * bs, bs):
                 rows = mine[i : i + bs]
                 counted = bool(rows)
-                batch = self._collate(self.eval_set, rows or order[:1])
-                n = int((batch["labels"][:, 1:] != -100).sum())
+                batch = self._to_device(self._collate(self.eval_set, rows or order[:1]))
+                n = trained_tokens(batch)
                 with self.acc.autocast():
                     loss = self._loss(batch, torch.tensor(max(n, 1), device=self.acc.device))
                 if counted:
@@ -488,29 +414,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def run(self) -> dict:
-        import torch
-
-        self.setup()
-        self.best = None
-        self.resumed_metrics: dict = {}
-        start = self.resume()
-        t = self.spec.training
+    def _start_log(self, start: int) -> None:
+        """metrics.jsonl from `start` on (cut back on resume), the progress bar, and the run's first line."""
         plan = self.plan
-        stop = _Stop()
-        old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        writer = self._writer()
-        metrics_path = self.build.train_dir / "metrics.jsonl"
+        metrics_path = self.build.train_dir / METRICS
         if self.acc.is_main_process:
             self.build.train_dir.mkdir(parents=True, exist_ok=True)
             if start == 0 and metrics_path.exists():
                 metrics_path.unlink()
             elif metrics_path.exists():
-                _truncate_metrics(metrics_path, start)
+                truncate_metrics(metrics_path, start)
         # a redrawn bar on a terminal; elsewhere the step lines say the time left
         self.progress = Progress("training", plan.total_steps, "step", self.log, initial=start, every=math.inf,
                                  tty=self.acc.is_main_process and sys.stderr.isatty())
-        plain_log = self.log
+        self._plain_log = self.log
         self.log = self.progress.write
         self.log(f"training {plan.total_steps} steps × {plan.accum} {self.batching.describe()} "
                  f"on {self.acc.num_processes} process(es), {self.acc.device}; "
@@ -518,127 +435,137 @@ class Trainer:
                  + (f"padding-free ({self.attention} attention, logits only where trained)" if self.trained_logits
                     else "padding-free" if self.flat else "padded batches")
                  + (f"; {self.compiled} layers compiled" if self.compiled else ""))
+
+    def train(self, start: int, stop: StopRequest) -> tuple[int, dict]:
+        """Optimizer steps from `start` to the plan's last; returns (the last step, its metrics). Logs, evaluates,
+        saves checkpoints as the spec says; on SIGINT/SIGTERM saves and exits (``SystemExit``)."""
+        import torch
+
+        t, plan = self.spec.training, self.plan
         self.model.train()
         last: dict = dict(self.resumed_metrics)  # a resume at the last step only finishes
-        window = {"loss": 0.0, "tokens": 0, "real": 0, "padded": 0, "t0": time.perf_counter(), "steps": 0}
+        window = StepWindow()
         epoch_cache: dict[int, list[list[int]]] = {}
+        step = start
+        while step < plan.total_steps:
+            micro = self._step_batches(step, epoch_cache)
+            n_local = sum(trained_tokens(b) for b in micro)  # counted on the CPU: no sync
+            counts = [count_positions(b) for b in micro]  # (real tokens, padded positions)
+            positions = [sum(c[0] for c in counts), sum(c[1] for c in counts)]
+            micro = [self._to_device(b) for b in micro]
+            n_global = self._sum_over_processes(n_local)
+            step_loss, grad_norm = self._optimizer_step(micro, n_global)
+            step += 1
+            self.progress.advance()
+            stats = torch.cat([step_loss.reshape(1), torch.tensor(positions, dtype=torch.float64).to(self.acc.device)])
+            stats = self.acc.reduce(stats, reduction="sum").tolist()
+            step_loss = float(stats[0])
+            window.add(step_loss, n_global, int(stats[1]), int(stats[2]))
+            last = {"step": step, "loss": round(step_loss, 6)}
+            if step % t.logging_steps == 0 or step == plan.total_steps:
+                record = window.record(step, plan.epochs_done(step), self.scheduler.get_last_lr()[0], grad_norm)
+                if torch.cuda.is_available():
+                    record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+                self.log_metrics(record)
+                window = StepWindow()
+            if self._evaluates_at(step):
+                self._evaluate(step, last)
+            self._stop_if_asked(stop, step, last)
+            if self._saves_at(step) and step < plan.total_steps:
+                self.save_checkpoint(step, last)
+        return step, last
+
+    def _step_batches(self, step: int, epoch_cache: dict[int, list[list[int]]]) -> list[dict]:
+        """This process's micro-batches of optimizer step `step` (0-based), collated on the CPU; `epoch_cache`
+        keeps the batch lists of the last two epochs a step took from."""
+        micro = []
+        for k in range(self.plan.accum):
+            epoch, pos = self.plan.position(step, k)
+            if epoch not in epoch_cache:
+                if len(epoch_cache) > 1:
+                    epoch_cache.pop(min(epoch_cache))
+                epoch_cache[epoch] = self._batches(epoch)
+            batch = self._collate(self.train_set, epoch_cache[epoch][pos])
+            if self.on_batch is not None:
+                self.on_batch(batch)
+            micro.append(batch)
+        return micro
+
+    def _sum_over_processes(self, n: int) -> int:
+        import torch
+
+        if self.acc.num_processes == 1:
+            return n
+        return int(self.acc.reduce(torch.tensor(n, device=self.acc.device), reduction="sum"))
+
+    def _optimizer_step(self, micro: list[dict], n_global: int):
+        """Forward and backward over this process's micro-batches, then one optimizer and scheduler step.
+        Returns (the summed loss of this process's micro-batches, a float64 tensor; the gradient norm or None)."""
+        import torch
+
+        t = self.spec.training
         world = self.acc.num_processes
         # DDP and FSDP average the gradient over processes and the loss is already normalised by the tokens
         # of all processes, so each process's loss is scaled by their number; DeepSpeed averages too, and
         # its engine also divides the loss by its gradient_accumulation_steps (= plan.accum).
-        loss_scale = world * (plan.accum if self.deepspeed else 1)
-        step = start
-        try:
-            while step < plan.total_steps:
-                micro = []
-                for k in range(plan.accum):
-                    epoch, pos = plan.position(step, k)
-                    if epoch not in epoch_cache:
-                        if len(epoch_cache) > 1:
-                            epoch_cache.pop(min(epoch_cache))
-                        epoch_cache[epoch] = self._batches(epoch)
-                    micro.append(self._collate(self.train_set, epoch_cache[epoch][pos], device=False))
-                n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)  # counted on the CPU: no sync
-                counts = [count_positions(b) for b in micro]  # (real tokens, padded positions)
-                positions = [sum(c[0] for c in counts), sum(c[1] for c in counts)]
-                micro = [self._to_device(b) for b in micro]
-                n_global = n_local if world == 1 else int(
-                    self.acc.reduce(torch.tensor(n_local, device=self.acc.device), reduction="sum"))
-                n_items = torch.tensor(max(n_global, 1), device=self.acc.device)
-                step_loss = torch.zeros((), device=self.acc.device, dtype=torch.float64)
-                for k, batch in enumerate(micro):
-                    sync = k == len(micro) - 1
-                    if self.deepspeed:
-                        # accelerate tells the engine whether this micro-batch ends the step; at the end,
-                        # acc.backward runs engine.step(): reduce, clip, optimizer step, zero the gradients.
-                        self.acc.gradient_state._set_sync_gradients(sync)
-                        ctx = _null()
-                    else:
-                        ctx = self.acc.no_sync(self.model) if not sync and world > 1 else _null()
-                    with ctx:
-                        with self.acc.autocast():
-                            loss = self._loss(batch, n_items)
-                        self.acc.backward(loss * loss_scale)
-                    step_loss += loss.detach().double()  # no sync per micro-batch: read once per step below
-                grad_norm = None
-                if self.deepspeed:
-                    # the engine clipped (deepspeed.json's gradient_clipping) and stepped; its norm may be None
-                    grad_norm = _as_float(self.acc.clip_grad_norm_(self.params, t.max_grad_norm or 0.0))
-                else:
-                    if t.max_grad_norm:
-                        grad_norm = _as_float(self.acc.clip_grad_norm_(self.params, t.max_grad_norm))
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-                step += 1
-                self.progress.advance()
-                stats = torch.cat([step_loss.reshape(1), torch.tensor(positions, dtype=torch.float64).to(self.acc.device)])
-                stats = self.acc.reduce(stats, reduction="sum").tolist()
-                step_loss = float(stats[0])
-                window["real"] += int(stats[1])
-                window["padded"] += int(stats[2])
-                window["loss"] += step_loss
-                window["tokens"] += n_global
-                window["steps"] += 1
-                last = {"step": step, "loss": round(step_loss, 6)}
-                if step % t.logging_steps == 0 or step == plan.total_steps:
-                    elapsed = time.perf_counter() - window["t0"]
-                    record = {
-                        "step": step, "epoch": round(plan.epochs_done(step), 4),
-                        "loss": round(window["loss"] / window["steps"], 6),
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "grad_norm": None if grad_norm is None else round(grad_norm, 6),
-                        "trained_tokens": window["tokens"],
-                        "tokens_per_s": round(window["real"] / elapsed, 1),
-                        "step_time_s": round(elapsed / window["steps"], 4),
-                        "padding_fraction": round(1 - window["real"] / max(1, window["padded"]), 4),
-                    }
-                    if torch.cuda.is_available():
-                        record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-                    self._log_metrics(record, metrics_path, writer)
-                    window = {"loss": 0.0, "tokens": 0, "real": 0, "padded": 0, "t0": time.perf_counter(), "steps": 0}
-                do_eval = (t.eval_strategy == "steps" and step % (t.eval_steps or t.save_steps) == 0) or (
-                    t.eval_strategy == "epoch" and plan.ends_epoch(step))
-                if do_eval:
-                    eval_loss = self.evaluate_loss()
-                    if eval_loss is not None:
-                        last["eval_loss"] = round(eval_loss, 6)
-                        self._log_metrics({"step": step, "eval_loss": round(eval_loss, 6)}, metrics_path, writer)
-                        self._track_best(step, last)
-                do_save = t.save_strategy == "steps" and step % t.save_steps == 0 or (
-                    t.save_strategy == "epoch" and plan.ends_epoch(step))
-                stop_signal = self._agreed_stop(stop)
-                if stop_signal is not None:
-                    path = self.save(step, last)
-                    name = "SIGINT" if stop_signal == signal.SIGINT else "SIGTERM"
-                    # several processes must be started again by accelerate, not by `tunespec train` (one process)
-                    again = (f"tunespec train {self.build.path}" if world == 1
-                             else f"bash {self.build.path / 'launch.sh'}")
-                    self.log(f"{name}: saved {path.name}; resume with: {again}")
-                    raise SystemExit(130 if stop_signal == signal.SIGINT else 143)
-                if do_save and step < plan.total_steps:
-                    self.save(step, last)
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-            if writer is not None:
-                writer.close()
-            self.progress.close()
-            self.log = plain_log
-        self.save(step, last)
-        self.finish(last)
-        return last
+        loss_scale = world * (self.plan.accum if self.deepspeed else 1)
+        n_items = torch.tensor(max(n_global, 1), device=self.acc.device)
+        step_loss = torch.zeros((), device=self.acc.device, dtype=torch.float64)
+        for k, batch in enumerate(micro):
+            sync = k == len(micro) - 1
+            if self.deepspeed:
+                # accelerate tells the engine whether this micro-batch ends the step; at the end,
+                # acc.backward runs engine.step(): reduce, clip, optimizer step, zero the gradients.
+                self.acc.gradient_state._set_sync_gradients(sync)
+                ctx = contextlib.nullcontext()
+            else:
+                ctx = self.acc.no_sync(self.model) if not sync and world > 1 else contextlib.nullcontext()
+            with ctx:
+                with self.acc.autocast():
+                    loss = self._loss(batch, n_items)
+                self.acc.backward(loss * loss_scale)
+            step_loss += loss.detach().double()  # no sync per micro-batch: read once per step
+        grad_norm = None
+        if self.deepspeed:
+            # the engine clipped (deepspeed.json's gradient_clipping) and stepped; its norm may be None
+            grad_norm = _as_float(self.acc.clip_grad_norm_(self.params, t.max_grad_norm or 0.0))
+        else:
+            if t.max_grad_norm:
+                grad_norm = _as_float(self.acc.clip_grad_norm_(self.params, t.max_grad_norm))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return step_loss, grad_norm
 
-    def _agreed_stop(self, stop: _Stop) -> int | None:
-        """The signal to stop on after this step, the same on every process: a signal may reach only some
-        processes, or reach them during different steps."""
-        import torch
+    def _evaluates_at(self, step: int) -> bool:
+        t = self.spec.training
+        return (t.eval_strategy == "steps" and step % (t.eval_steps or t.save_steps) == 0) or (
+            t.eval_strategy == "epoch" and self.plan.ends_epoch(step))
 
-        if self.acc.num_processes == 1:
-            return stop.signal
-        flags = self.acc.reduce(torch.tensor([float(stop.signal == signal.SIGINT), float(stop.signal == signal.SIGTERM)],
-                                             device=self.acc.device, dtype=torch.float64), reduction="sum").tolist()
-        return signal.SIGINT if flags[0] else signal.SIGTERM if flags[1] else None
+    def _saves_at(self, step: int) -> bool:
+        t = self.spec.training
+        return t.save_strategy == "steps" and step % t.save_steps == 0 or (
+            t.save_strategy == "epoch" and self.plan.ends_epoch(step))
+
+    def _evaluate(self, step: int, last: dict) -> None:
+        """The eval loss after `step`: into `last`, the metrics log, and the best-checkpoint tracking."""
+        eval_loss = self.evaluate_loss()
+        if eval_loss is not None:
+            last["eval_loss"] = round(eval_loss, 6)
+            self.log_metrics({"step": step, "eval_loss": round(eval_loss, 6)})
+            self._track_best(step, last)
+
+    def _stop_if_asked(self, stop: StopRequest, step: int, last: dict) -> None:
+        """After a SIGINT/SIGTERM (on any process): save this step and exit with the resume command."""
+        stop_signal = agreed_stop(self.acc, stop)
+        if stop_signal is None:
+            return
+        path = self.save_checkpoint(step, last)
+        # several processes must be started again by accelerate, not by `tunespec train` (one process)
+        again = (f"tunespec train {self.build.path}" if self.acc.num_processes == 1
+                 else f"bash {self.build.path / 'launch.sh'}")
+        self.log(f"{signal_name(stop_signal)}: saved {path.name}; resume with: {again}")
+        raise SystemExit(EXIT_CODES[stop_signal])
 
     def _track_best(self, step: int, metrics: dict) -> None:
         t = self.spec.training
@@ -650,35 +577,39 @@ class Trainer:
             self.best = {"step": step, "value": value, "metric": t.metric_for_best_model,
                          "path": str(self.build.train_dir / f"checkpoint-{step}")}
             if t.save_strategy != "no":
-                self.save(step, metrics)
+                self.save_checkpoint(step, metrics)
 
-    def _writer(self):
-        """Where metrics go besides metrics.jsonl: tensorboard (local files) and/or wandb, as report_to says."""
-        targets = set(self.spec.training.report_to) - {"none"}
-        if not targets or not self.acc.is_main_process:
-            return None
-        return _Writers(self, targets)
-
-    def _log_metrics(self, record: dict, path: Path, writer) -> None:
+    def log_metrics(self, record: dict) -> None:
+        """Write `record` to the metrics log (main process) and say it; the ``on_metrics`` hook sees it first."""
+        if self.on_metrics is not None:
+            self.on_metrics(record)
         if not self.acc.is_main_process:
             return
-        append_line(path, json.dumps(record))
-        if writer is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    writer.add_scalar(f"train/{k}", v, record["step"])
+        self.writers.write(record)
         parts = [f"{k} {v}" for k, v in record.items() if k != "step"]
         left = self.progress.left() if self.progress.bar is None and record["step"] < self.plan.total_steps else None
         self.log(f"step {record['step']}/{self.plan.total_steps}: " + ", ".join(parts)
                  + ("" if left is None else f"; about {duration(left)} left"))
 
-    def finish(self, last: dict) -> None:
+    def cleanup(self) -> None:
+        """Close the metric writers and the progress bar; messages go to the plain log again."""
+        if self.writers is not None:
+            self.writers.close()
+        if self.progress is not None:
+            self.progress.close()
+        if self._plain_log is not None:
+            self.log = self._plain_log
+
+    # ------------------------------------------------------------------ the trained model
+
+    def save_final(self, last: dict) -> None:
         """Save the final adapter (or full model) and the loss curve."""
         self.acc.wait_for_everyone()
         model = self.acc.unwrap_model(self.model)
         if self.spec.training.load_best_model_at_end and self.best:
             self._load_trainable(Path(self.best["path"]))
-        target = self.build.adapter_dir if is_peft(self.spec.adapter) else self.build.merged_dir
+        has_adapter = is_peft(self.spec.adapter)  # any peft method (LoRA, IA3, prefix/prompt tuning)
+        target = self.build.adapter_dir if has_adapter else self.build.merged_dir
         tmp = None
         if self.acc.is_main_process:
             check_replaceable(target, also=(STAMP,), what="trained model")
@@ -686,23 +617,18 @@ class Trainer:
         state_dict = self.acc.get_state_dict(self.model)
         if self.acc.is_main_process:
             _drop_checkpoint_wrappers(model)
-            from .vocabulary import adapter_save_kwargs
-
             model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, **adapter_save_kwargs(self.build))
-            if is_peft(self.spec.adapter) and not _safetensors_keys(tmp / "adapter_model.safetensors"):
+            if has_adapter and not _safetensors_keys(tmp / "adapter_model.safetensors"):
                 raise BuildError(Problem(f"the adapter saved from this {self.acc.distributed_type.value} run is empty",
                                          file=str(tmp), hint="the last checkpoint is in train/; please report this"))
             self.tokenizer.save_pretrained(tmp)
             (tmp / STAMP).write_text(stamp_text({"input_key": self.build.input_key, "final": last}))
             install(tmp, target)
-            from .plots import plot_loss
-
-            plot_loss(self.build.train_dir / "metrics.jsonl", self.build.train_dir / "loss.png")
+            plot_loss(self.build.train_dir / METRICS, self.build.train_dir / "loss.png")
             self.log(f"saved {target}")
         self.acc.wait_for_everyone()
 
     def _load_trainable(self, checkpoint: Path) -> None:
-        import torch
         from safetensors.torch import load_file
 
         problem = ckpt.check(checkpoint)  # read back only what checks out against its files.json
@@ -717,25 +643,8 @@ class Trainer:
         if not (checkpoint / "trainable.safetensors").is_file():
             self.log(f"warning: {checkpoint.name} has no weights this run can load; keeping the last weights")
             return
-        weights = load_file(str(checkpoint / "trainable.safetensors"))
-        named = dict(self.acc.unwrap_model(self.model).named_parameters())
-        with torch.no_grad():
-            for n, w in weights.items():
-                named[n].copy_(w.to(named[n].device))
+        self._copy_weights(load_file(str(checkpoint / "trainable.safetensors")))
         self.log(f"loaded the best checkpoint, {checkpoint.name}")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the records of steps after `step`: a killed run logged them, and the resumed run trains them again."""
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line cut short by the kill
-            continue
-        if record.get("step", 0) <= step:
-            keep.append(line + "\n")
-    write_text(path, "".join(keep))
 
 
 def _drop_checkpoint_wrappers(model) -> None:
@@ -771,51 +680,7 @@ def _as_float(value) -> float | None:
     return float(value.item() if hasattr(value, "item") else value)
 
 
-class _Writers:
-    """tensorboard's SummaryWriter and/or a wandb run behind one add_scalar/close."""
-
-    def __init__(self, trainer: "Trainer", targets: set[str]):
-        self.tb = self.wandb = None
-        if "tensorboard" in targets:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise BuildError("report_to includes tensorboard, which is not installed",
-                                 hint="pip install tensorboard, or set training.report_to: [none]") from None
-            self.tb = SummaryWriter(str(trainer.build.train_dir / "tensorboard"))
-        if "wandb" in targets:
-            try:
-                import wandb
-            except ImportError:
-                raise BuildError("report_to includes wandb, which is not installed",
-                                 hint="pip install wandb (and set WANDB_API_KEY), or remove wandb from training.report_to") from None
-            self.wandb = wandb.init(project=trainer.spec.name, id=trainer.build.input_key[:16], resume="allow",
-                                    dir=str(trainer.build.train_dir), config=trainer.build.spec_data)
-
-    def add_scalar(self, name: str, value: float, step: int) -> None:
-        if self.tb is not None:
-            self.tb.add_scalar(name, value, step)
-        if self.wandb is not None:
-            self.wandb.log({name: value}, step=step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def train(build_path: str | Path, *, restart: bool = False) -> dict:
-    import errno
-
     try:
         return Trainer(Build(build_path), restart=restart).run()
     except OSError as e:

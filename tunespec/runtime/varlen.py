@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import inspect
 
+from .. import padding_free
+from ..constants import IGNORE_INDEX
+
 ATTENTION = "tunespec_varlen"
 
 _registered = False
@@ -93,9 +96,7 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
 
 
 def _chunk_size() -> int:
-    from .. import padding_free
-
-    return padding_free.CE_CHUNK
+    return padding_free.CE_CHUNK  # read at each call (tests set a small one)
 
 
 def _chunk_ce(logits, targets):
@@ -108,13 +109,13 @@ def trained_loss(model, batch: dict, n_items):
     """Summed cross-entropy over the trained tokens of one padding-free batch, divided by `n_items`.
 
     `batch` holds ``input_ids``, ``labels`` and ``position_ids`` of shape [1, T] and the ``cu_seq_lens``
-    keywords; the label of a row's first token is -100, so no row is predicted from the one before it.
+    keywords; the label of a row's first token is ``IGNORE_INDEX``, so no row is predicted from the one before it.
     """
     from torch.utils.checkpoint import checkpoint
 
     labels = batch["labels"][0]
     targets = labels[1:]
-    keep = (targets != -100).nonzero().squeeze(1)
+    keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     out = model(**inputs, logits_to_keep=keep, use_cache=False)
     logits = out.logits[0]

@@ -79,7 +79,7 @@ MERGEABLE_SPECS = (LoraSpec, IA3Spec)
 """Adapter methods whose weights can be folded into the base (``merge_and_unload``)."""
 
 
-def is_peft(adapter) -> bool:
+def is_peft(adapter: object) -> bool:
     """Whether the adapter is a peft adapter (saved to BUILD/adapter), as opposed to a full fine-tune."""
     return isinstance(adapter, PEFT_SPECS)
 

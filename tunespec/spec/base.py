@@ -6,7 +6,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator
 
-
 # Bounds every numeric setting declares in its Field (the schema refuses a value out of them, at validate time):
 SEED_MAX = 2**32 - 1  # seeds: numpy (and so shuffles, holdouts, sampling) takes 0 .. 2**32 - 1
 STEPS_MAX = 10**9  # optimizer steps, warm-up, logging/saving/evaluation intervals: more is a typo
@@ -39,7 +38,7 @@ class Section(BaseModel):
         if not self.explicitly_set(field):
             return False
         info = type(self).model_fields[field]
-        return getattr(self, field) != info.get_default(call_default_factory=True)
+        return bool(getattr(self, field) != info.get_default(call_default_factory=True))
 
 
 def tag_with_default(field: str, default: str) -> Discriminator:
@@ -62,7 +61,7 @@ def tag_with_default(field: str, default: str) -> Discriminator:
         return getattr(value, field, default)
 
     tag.__name__ = tag.__qualname__ = field
-    tag.tag_field = field  # type: ignore[attr-defined]  # read by the loader and the JSON Schema generator
+    tag.tag_field = field  # type: ignore[attr-defined]  # read by schema_lookup and the JSON Schema generator
     tag.default_tag = default  # type: ignore[attr-defined]
     return Discriminator(tag)
 

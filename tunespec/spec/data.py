@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 
@@ -124,7 +124,7 @@ class DataSpec(Section):
     """Where rows come from, how they are read, templated, tokenized and split."""
 
     sources: list[SourceSpec] = Field(min_length=1, description="One or more dataset sources.")
-    format: FormatName = Field(description="How rows are read: " + ", ".join(FormatName.__args__) + ".")
+    format: FormatName = Field(description="How rows are read: " + ", ".join(get_args(FormatName)) + ".")
     column_map: dict[str, str] = Field(default_factory=dict, description="Canonical field -> source column.")
     template: str | TemplateSpec | None = Field(
         None, description="Template library name or a template object; default: the format's default template."

@@ -19,8 +19,11 @@ from pydantic_core import PydanticUndefined
 
 from .root import Spec, json_schema
 
+JsonNode = dict[str, Any]
+"""One node of the JSON Schema (a section's schema, a property's)."""
 
-def _model_classes() -> dict[str, type[pydantic.BaseModel]]:
+
+def model_classes() -> dict[str, type[pydantic.BaseModel]]:
     """Every model class reachable from ``Spec``, by class name (the JSON Schema's ``$defs`` keys)."""
     found: dict[str, type[pydantic.BaseModel]] = {}
 
@@ -41,7 +44,7 @@ def _model_classes() -> dict[str, type[pydantic.BaseModel]]:
     return found
 
 
-def _ref_name(node: dict) -> str | None:
+def _ref_name(node: JsonNode) -> str | None:
     ref = node.get("$ref")
     return ref.rsplit("/", 1)[-1] if ref else None
 
@@ -50,7 +53,7 @@ def _literal(value: Any) -> str:
     return f"`{json.dumps(value)}`" if not isinstance(value, str) else f"`{value}`"
 
 
-def _bounds(node: dict) -> str:
+def _bounds(node: JsonNode) -> str:
     parts = []
     for key, sign in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"),
                       ("pattern", "matching")):
@@ -60,7 +63,7 @@ def _bounds(node: dict) -> str:
     return (" " + ", ".join(parts)) if parts else ""
 
 
-def _type(node: dict, sections: dict[str, tuple[str, str]]) -> str:
+def _type(node: JsonNode, sections: dict[str, tuple[str, str]]) -> str:
     """A short human type for a JSON Schema node: `integer ≥ 1`, `one of: a, b`, `list of string`, ..."""
     if "enum" in node:
         return "one of: " + ", ".join(_literal(v) for v in node["enum"])
@@ -73,7 +76,7 @@ def _type(node: dict, sections: dict[str, tuple[str, str]]) -> str:
         links = [f"[{sections[n][0]}]({sections[n][1]})" for n in map(_ref_name, node["oneOf"]) if n in sections]
         return f"section, by `{node['discriminator']['propertyName']}`: " + " or ".join(links)
     if "oneOf" in node or "anyOf" in node:
-        members = node.get("oneOf") or node.get("anyOf")
+        members: list[JsonNode] = node.get("oneOf") or node.get("anyOf") or []
         nullable = any(m.get("type") == "null" for m in members)
         rest = [m for m in members if m.get("type") != "null"]
         text = " or ".join(dict.fromkeys(_type(m, sections) for m in rest))
@@ -91,7 +94,7 @@ def _type(node: dict, sections: dict[str, tuple[str, str]]) -> str:
     return (kind or "any") + _bounds(node)
 
 
-def _default(cls: type[pydantic.BaseModel] | None, key: str, node: dict, required: bool) -> str:
+def _default(cls: type[pydantic.BaseModel] | None, key: str, node: JsonNode, required: bool) -> str:
     if required:
         return "**required**"
     if "default" in node:
@@ -128,8 +131,8 @@ def _anchor(title: str) -> str:
 def reference_markdown() -> str:
     """The spec reference: one Markdown table per section (key, type, default, description)."""
     schema = json_schema()
-    defs: dict[str, dict] = schema.get("$defs", {})
-    classes = _model_classes()
+    defs: dict[str, JsonNode] = schema.get("$defs", {})
+    classes = model_classes()
 
     # Plan the tables first, so that a type can link to the table of its section.
     tables: list[tuple[str, str]] = []  # (heading, def name)
@@ -150,7 +153,7 @@ def reference_markdown() -> str:
         for key, node in defs[def_name].get("properties", {}).items():
             plan_node(node, f"{path}.{key}")
 
-    def plan_node(node: dict, path: str) -> None:
+    def plan_node(node: JsonNode, path: str) -> None:
         name = _ref_name(node)
         if name:
             plan(name, path)
@@ -164,14 +167,15 @@ def reference_markdown() -> str:
                 plan(m_name, path, (disc, const))
             elif m_name:
                 plan(m_name, path)
-        if node.get("type") == "array" and _ref_name(node.get("items", {})):
-            plan(_ref_name(node["items"]), path + "[]")
+        item_name = _ref_name(node.get("items", {})) if node.get("type") == "array" else None
+        if item_name:
+            plan(item_name, path + "[]")
 
     root_title = "Top level"
     for key, node in schema["properties"].items():
         plan_node(node, key)
 
-    def table(props: dict, required: set[str], cls: type[pydantic.BaseModel] | None) -> list[str]:
+    def table(props: JsonNode, required: set[str], cls: type[pydantic.BaseModel] | None) -> list[str]:
         rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
         for key, node in props.items():
             desc = node.get("description", "")

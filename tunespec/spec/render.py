@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.representer import SafeRepresenter
@@ -11,7 +12,7 @@ from ruamel.yaml.representer import SafeRepresenter
 from .loader import LoadedSpec
 
 
-def resolved_dict(loaded: LoadedSpec) -> dict:
+def resolved_dict(loaded: LoadedSpec) -> dict[str, Any]:
     """The spec with every default filled in, as plain JSON-able data (composition already applied)."""
     data = loaded.spec.model_dump(mode="json")
     data.pop("extends", None)
@@ -42,11 +43,11 @@ class _Representer(SafeRepresenter):
 _Representer.add_representer(float, lambda rep, value: rep.represent_scalar("tag:yaml.org,2002:float", float_text(value)))
 
 
-def to_yaml(data: dict) -> str:
+def to_yaml(data: dict[str, Any]) -> str:
     y = YAML(typ="safe", pure=True)
     y.Representer = _Representer
     y.default_flow_style = False
-    y.sort_base_mapping_type_on_output = False
+    y.sort_base_mapping_type_on_output = False  # type: ignore[assignment]  # ruamel declares it None
     y.width = 100
     buf = io.StringIO()
     y.dump(data, buf)

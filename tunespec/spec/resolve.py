@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ..errors import Problem
+from .base import Section
 from .root import Spec
 from .rules import CHAT_FORMATS
+
+if TYPE_CHECKING:
+    from ..compiler.templates import Template
 
 # What the training loop computes when it evaluates (runtime/train.py: Trainer.evaluate_loss), and which way is
 # better. `tunespec evaluate` scores ROUGE after training; nothing else is computed during it.
@@ -34,7 +39,7 @@ METRIC_SPELLINGS = {"loss": "eval_loss", "eval/loss": "eval_loss", "val_loss": "
 ROUGE_NAMES = ("rouge", "rouge1", "rouge2", "rougel", "rougelsum")
 
 
-def _p(path: str, message: str, hint: str) -> Problem:
+def _p(path: str, message: str, hint: str | None) -> Problem:
     return Problem(message, path=path, hint=hint)
 
 
@@ -129,7 +134,7 @@ def _ignored(spec: Spec) -> Iterator[Problem]:
     """Settings the others switch off: each names what overrides it."""
     t, e, ln = spec.training, spec.evaluation, spec.launch
 
-    def off(section, key: str, prefix: str, why: str, hint: str) -> Iterator[Problem]:
+    def off(section: Section, key: str, prefix: str, why: str, hint: str) -> Iterator[Problem]:
         if section.set_to_non_default(key):
             yield _p(f"{prefix}.{key}", f"is ignored: {why}", hint)
 
@@ -191,7 +196,7 @@ def _column_maps(spec: Spec) -> Iterator[Problem]:
     d = spec.data
     used = [s.format or d.format for s in d.sources]
     formats = dict.fromkeys(sorted(used, key=lambda f: f != d.format))  # data.format's words first
-    seen: set[str] = set()
+    seen: set[str | None] = set()
     for fmt in formats:
         for p in column_map_problems(FORMATS[fmt], d.column_map):
             if p.path not in seen:
@@ -202,7 +207,7 @@ def _column_maps(spec: Spec) -> Iterator[Problem]:
             yield _p(f"data.sources.{i}.{p.path}", p.message, p.hint)
 
 
-def ignored_by_template(spec: Spec, template) -> list[Problem]:
+def ignored_by_template(spec: Spec, template: Template) -> list[Problem]:
     """Template settings the loaded template (compiler/templates.Template) never reads: warnings, as above."""
     t = spec.data.template
     out = []

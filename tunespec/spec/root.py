@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
-from pydantic.json_schema import GenerateJsonSchema
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 from .adapter import AdapterSpec, LoraSpec
 from .base import Section
@@ -46,7 +49,7 @@ class _SchemaGenerator(GenerateJsonSchema):
     pydantic only writes ``discriminator`` for a tag given by name, so it is added here from the callable.
     """
 
-    def tagged_union_schema(self, schema):
+    def tagged_union_schema(self, schema: core_schema.TaggedUnionSchema) -> JsonSchemaValue:
         out = super().tagged_union_schema(schema)
         field = getattr(schema.get("discriminator"), "tag_field", None)
         if field and "discriminator" not in out:
@@ -57,7 +60,7 @@ class _SchemaGenerator(GenerateJsonSchema):
         return out
 
 
-def json_schema() -> dict:
+def json_schema() -> dict[str, Any]:
     """The JSON Schema of a spec file (for editors: `# yaml-language-server: $schema=...`).
 
     The top level lists no ``required`` keys, although ``Spec`` requires ``name``, ``model`` and ``data``:

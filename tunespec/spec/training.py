@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
 from .base import BATCH_MAX, SEED_MAX, STEPS_MAX, TOKENS_MAX, Section
+
+if TYPE_CHECKING:  # root.py imports this module
+    from .root import Spec
 
 Optimizer = Literal[
     "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"
@@ -77,11 +80,12 @@ class TrainingSpec(Section):
     greater_is_better: bool = Field(False, description="Whether a higher metric_for_best_model is better.")
     seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed for initialisation, dropout and batch order.")
     report_to: list[Literal["tensorboard", "wandb", "none"]] = Field(
-        default_factory=lambda: ["tensorboard"], description="Where metrics go besides metrics.jsonl."
+        default_factory=lambda: ["tensorboard"],  # type: ignore[arg-type]  # mypy reads the lambda as list[str]
+        description="Where metrics go besides metrics.jsonl.",
     )
 
 
-def checkpointing_on(spec, *, on_gpu: bool) -> bool:
+def checkpointing_on(spec: Spec, *, on_gpu: bool) -> bool:
     """Whether gradient checkpointing runs: the spec's choice, or for `auto` on a GPU (not for prefix tuning,
     whose key/value prefix a recomputed layer would extend twice). `on_gpu`: the runtime's device; the
     compile-time estimates pass True (they describe the GPU run)."""

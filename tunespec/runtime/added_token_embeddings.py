@@ -27,6 +27,7 @@ from contextlib import nullcontext
 
 from ..errors import BuildError, ModelError, Problem
 from ..build_layout import MANIFEST
+from ..spec.adapter import is_peft
 
 PAD_TO = 64
 
@@ -131,8 +132,6 @@ def token_training(model, adapter, vocab: dict | None) -> dict:
 
 def adapter_save_kwargs(build) -> dict:
     """``save_pretrained`` arguments for the adapter of a build that added tokens (see the module docstring)."""
-    from ..spec.adapter import is_peft
-
     if build.vocabulary is None or not is_peft(build.spec.adapter):
         return {}
     return {"save_embedding_layers": False}

@@ -17,8 +17,10 @@ import numpy as np
 from ruamel.yaml import YAML
 
 from .. import build_layout as layout
+from ..atomic import recover
 from ..errors import BuildError, Problem
 from ..model_resolver import ModelRef
+from ..spec.adapter import is_peft
 from ..spec.root import Spec
 from ..verify import RECOMPILE, check_lock_seal, check_manifest, verify_files, verify_output
 
@@ -126,8 +128,6 @@ class Build:
         """Read back one of the runtime's outputs (``adapter``, ``merged``, ``eval``) after checking it: its seal
         (every file its install wrote, with the sha256: ``verify.verify_output``) and its stamp's input key
         (made from this compile of the build). Returns the stamp (``tunespec.json``; ``rouge.json`` for eval)."""
-        from ..spec.adapter import is_peft
-
         d = self.path / name
         peft = is_peft(self.spec.adapter)
         again = {"adapter": f"train again: tunespec train {self.path} (it rewrites adapter/ from the newest checkpoint)",
@@ -135,8 +135,6 @@ class Build:
                             else f"train again: tunespec train {self.path}"),
                  "eval": f"evaluate again: tunespec evaluate {self.path}"}.get(name, RECOMPILE)
         if not d.exists():
-            from ..atomic import recover
-
             recover(d)  # an install without RENAME_EXCHANGE killed between its two renames: the old one back
         if not d.is_dir():
             raise BuildError(Problem(f"the build has no {name}/ yet", file=str(d), hint=again))
