@@ -121,7 +121,7 @@ def run_tunespec_cli(spec: Path, out: Path, env: dict, *, fresh: bool = True) ->
 
 def run_tunespec_inprocess(spec: Path, out: Path) -> Clock:
     """`compile_build` in this process (imports done, as for the seed pipeline; tokenizer loading included)."""
-    from tunespec.compiler.build import compile_build
+    from tunespec.compiler.build_writer import compile_build
     from tunespec.spec.loader import load_spec
 
     shutil.rmtree(out, ignore_errors=True)
@@ -200,7 +200,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from tunespec.compiler.model_cache import compile_cache_entry
-    from tunespec.models import ModelRef, resolve
+    from tunespec.model_resolver import ModelRef, resolve
 
     ref = ModelRef(packaged="smollm2-135m-instruct")
     model_dir = resolve(ref)  # converted once, cached (as after first use)

@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TUNESPEC_CACHE=${TUNESPEC_CACHE:-/tmp
 LAST=$(( $(nproc) - 1 ))
 GPU_CPUS="0-$(( LAST - 2 ))"  # the GPU runs keep off the two cores the quickstart is timed on
 # the GGUF converted once, before runs in parallel read the cache
-taskset -c "$GPU_CPUS" python3 -c "from tunespec.models import ModelRef, resolve; resolve(ModelRef(path='$GGUF_DIR', gguf_file='$(basename "$GGUF")'))"
+taskset -c "$GPU_CPUS" python3 -c "from tunespec.model_resolver import ModelRef, resolve; resolve(ModelRef(path='$GGUF_DIR', gguf_file='$(basename "$GGUF")'))"
 q() { taskset -c "$GPU_CPUS" python3 benchmarks/quality_defaults.py --gguf-dir "$GGUF_DIR" --work /tmp/q "$@"; }
 case $PART in
   quality)

@@ -136,7 +136,7 @@ def trl_child(build: Path, out: Path) -> None:
     from tunespec.runtime.build_reader import Build
 
     b = Build(build)
-    from tunespec.models import resolve
+    from tunespec.model_resolver import resolve
 
     src = resolve(b.model_ref)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16,

@@ -63,7 +63,7 @@ def rows(path: Path, n: int = 400) -> list[dict]:
 
 def model_dir(args) -> str:
     """A directory with config.json and the tokenizer: `--model-dir` as given, or its GGUF de-quantized."""
-    from tunespec.models import ModelRef, resolve
+    from tunespec.model_resolver import ModelRef, resolve
 
     ggufs = sorted(Path(args.model_dir).glob("*.gguf"))
     if ggufs:
@@ -218,7 +218,7 @@ def run_trl(args, packing: bool, quantized: bool = False, liger: bool = False) -
 def run_tunespec(args, packing: bool, quantized: bool = False, extra: list[str] = ()) -> dict:
     import torch
 
-    from tunespec.compiler.build import compile_build
+    from tunespec.compiler.build_writer import compile_build
     from tunespec.runtime.build_reader import Build
     from tunespec.runtime.train import Trainer
     from tunespec.spec.loader import load_spec

@@ -124,7 +124,7 @@ def write_spec(directory: Path, *, data: dict, model: dict | None = None, name: 
 
 
 def compile_spec(spec: Path, out: Path, overrides=(), **kwargs):
-    from tunespec.compiler.build import compile_build
+    from tunespec.compiler.build_writer import compile_build
     from tunespec.spec.loader import load_spec
 
     return compile_build(load_spec(spec, list(overrides)), out, log=lambda s: None, **kwargs)

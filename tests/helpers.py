@@ -127,7 +127,7 @@ def write_spec(path: Path, model_dir: Path, overrides: dict | None = None) -> Pa
 
 
 def compile_spec(spec_path: Path, out: Path, *, force: bool = False):
-    from tunespec.compiler.build import compile_build
+    from tunespec.compiler.build_writer import compile_build
     from tunespec.spec.loader import load_spec
 
     return compile_build(load_spec(spec_path), out, force=force, log=lambda s: None)

@@ -34,7 +34,7 @@ from compile_fixtures import (
     write_spec,
 )
 from tunespec.build_layout import FORMAT_VERSION
-from tunespec.compiler.build import compile_build
+from tunespec.compiler.build_writer import compile_build
 from tunespec.errors import BuildError, DataError
 from tunespec.spec.loader import load_spec
 
@@ -461,8 +461,8 @@ def test_validate_deep_checks_targets_lengths_and_markers(tmp_path):
 @pytest.mark.parametrize("which", ["tiny", "smollm2"])
 def test_encode_texts_equals_the_tokenizer_call(which):
     """The deduplicating, backend-direct encoding gives exactly what tokenizer(texts) gives."""
-    from tunespec.compiler.tokenize import encode_texts
-    from tunespec.models import ModelRef, load_tokenizer
+    from tunespec.compiler.tokenization import encode_texts
+    from tunespec.model_resolver import ModelRef, load_tokenizer
 
     model = tiny() if which == "tiny" else smollm2()
     tok = load_tokenizer(ModelRef(path=model.get("path"), packaged=model.get("packaged")))

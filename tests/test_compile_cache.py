@@ -76,9 +76,9 @@ def texts() -> list[str]:
 
 @pytest.mark.parametrize("which", ["tiny", "smollm2"])
 def test_the_cached_tokenizer_encodes_exactly_like_transformers(which, cache):
-    from tunespec.compiler.tokenize import encode_texts, special_prefix
+    from tunespec.compiler.tokenization import encode_texts, special_prefix
     from tunespec.compiler.model_cache import CachedTokenizer, load_for_compile
-    from tunespec.models import ModelRef, load_tokenizer, resolve
+    from tunespec.model_resolver import ModelRef, load_tokenizer, resolve
 
     model = tiny() if which == "tiny" else smollm2()
     ref = ModelRef(path=model.get("path"), packaged=model.get("packaged"))
@@ -101,9 +101,9 @@ def test_the_cached_tokenizer_encodes_exactly_like_transformers(which, cache):
     assert cached.convert_ids_to_tokens(ids) == auto.convert_ids_to_tokens(ids)
     assert all(cached.convert_tokens_to_string([t]) == auto.convert_tokens_to_string([t])
                for t in auto.convert_ids_to_tokens(ids))
-    from tunespec.compiler.memory import architecture_of
-    from tunespec.compiler.tokenize import context_length
-    from tunespec.models import load_config
+    from tunespec.compiler.architecture import architecture_of
+    from tunespec.compiler.tokenization import context_length
+    from tunespec.model_resolver import load_config
 
     full = load_config(ref, model_dir)
     assert architecture_of(config) == architecture_of(full) and context_length(config) == context_length(full)
@@ -152,7 +152,7 @@ def test_a_compile_from_the_cache_imports_neither_transformers_nor_torch(tmp_pat
 
 def test_chat_templates_and_added_tokens_load_with_transformers(tmp_path, cache):
     from tunespec.compiler.model_cache import CachedTokenizer, load_for_compile
-    from tunespec.models import ModelRef
+    from tunespec.model_resolver import ModelRef
 
     model = model_copy(tmp_path)
     ref = ModelRef(path=str(model))
@@ -191,7 +191,7 @@ def test_a_damaged_entry_is_replaced_not_used(tmp_path, cache, damage):
         path = entry / "tokenizer" / "tokenizer.json"
         path.write_text(path.read_text(encoding="utf-8").replace('"</s>"', '"</S>"'), encoding="utf-8")
         if damage == "probe":  # the recorded hash updated too: only the probe's ids tell
-            from tunespec.models import sha256_file
+            from tunespec.hashing import sha256_file
 
             facts = json.loads((entry / "facts.json").read_text(encoding="utf-8"))
             facts["tokenizer"]["files"]["tokenizer.json"] = sha256_file(path)
@@ -231,7 +231,7 @@ def test_an_unwritable_cache_only_costs_speed(tmp_path, monkeypatch):
 
 
 def _rows(n: int):
-    from tunespec.compiler.templates import Segment
+    from tunespec.compiler.segments import Segment
 
     sample = texts()
     return [[Segment(sample[i % len(sample)] + f" #{i % 7}", False), Segment(sample[(3 * i) % len(sample)], True)]
@@ -240,8 +240,8 @@ def _rows(n: int):
 
 @pytest.mark.parametrize("chunk", [1, 5, 2048])
 def test_rows_rendered_while_encoding_equal_the_rendered_list(monkeypatch, chunk):
-    import tunespec.compiler.tokenize as tk
-    from tunespec.models import ModelRef, load_tokenizer
+    import tunespec.compiler.tokenization as tk
+    from tunespec.model_resolver import ModelRef, load_tokenizer
 
     monkeypatch.setattr(tk, "ENCODE_CHUNK", chunk)
     tok = load_tokenizer(ModelRef(path=str(tiny_model_path())))
@@ -258,8 +258,8 @@ def test_rows_rendered_while_encoding_equal_the_rendered_list(monkeypatch, chunk
 def test_a_backend_that_disagrees_with_the_tokenizer_is_not_used(monkeypatch):
     """The first text's ids from the backend are checked against an ordinary call; on a difference every
     text is encoded with ordinary calls."""
-    import tunespec.compiler.tokenize as tk
-    from tunespec.models import ModelRef, load_tokenizer
+    import tunespec.compiler.tokenization as tk
+    from tunespec.model_resolver import ModelRef, load_tokenizer
 
     monkeypatch.setattr(tk, "ENCODE_CHUNK", 3)
     from tokenizers import Tokenizer, models, pre_tokenizers

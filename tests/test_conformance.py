@@ -137,7 +137,7 @@ def _smollm2_reference_tokenizer():
     """SmolLM2's tokenizer as transformers reads it from the packaged GGUF file itself."""
     from transformers import AutoTokenizer
 
-    from tunespec.models import packaged_gguf
+    from tunespec.model_resolver import packaged_gguf
 
     gguf = packaged_gguf(smollm2()["packaged"])
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunespec.compiler.convert import convert_file, convert_row
-from tunespec.compiler.formats import RowConverter
+from tunespec.compiler.row_conversion import RowConverter
 from tunespec.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunespec.compiler.files import read_rows
-from tunespec.compiler.formats import FORMATS, chat_problem, convert_rows, drop_summary, get_format
+from tunespec.compiler.row_conversion import chat_problem, convert_rows, drop_summary
+from tunespec.format_table import FORMATS, get_format
 from tunespec.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -38,8 +38,9 @@ from ruamel.yaml import YAML
 
 from tunespec.compiler.convert import CONVERT_FORMATS, convert_row
 from tunespec.compiler.files import read_table
-from tunespec.compiler.formats import FORMATS, Dropped, RowConverter, TAG_KEYS, convert_rows
-from tunespec.compiler.records import Record
+from tunespec.compiler.row_conversion import Dropped, RowConverter, convert_rows
+from tunespec.format_table import FORMATS, TAG_KEYS
+from tunespec.records import Record
 from tunespec.compiler.templates import load_template
 from tunespec.errors import TunespecError
 from tunespec.runtime.rouge import score_pairs

@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 from compile_fixtures import smollm2
-from tunespec import models
+from tunespec import model_resolver as models
 
 
 def test_the_packaged_gguf_names_smollm2s_own_special_tokens():

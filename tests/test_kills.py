@@ -571,7 +571,7 @@ def test_a_killed_gguf_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
     """The de-quantized copy of a GGUF model is built in a `.NAME.tmp-PID-*` sibling in the cache: one a killed
     conversion left (its pid gone) is removed by the next conversion (was: `mkdtemp` names nothing ever
     removed, a full model's size each)."""
-    from tunespec import models
+    from tunespec import model_resolver as models
 
     monkeypatch.setenv("TUNESPEC_CACHE", str(tmp_path / "cache"))
     gguf = tmp_path / "m.gguf"

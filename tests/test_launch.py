@@ -14,7 +14,7 @@ import pytest
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.utils import DistributedType
 
-from tunespec.compiler.launch import write_launch_files
+from tunespec.compiler.launch_files import write_launch_files
 from tunespec.spec import Spec
 
 BASE = {
@@ -428,7 +428,7 @@ def test_the_70b_fsdp_qlora_example_fits_its_cards_and_compiles_to_what_accelera
     loaded = load_spec(local, ["model.hub=null", f"model.path={tiny_model_dir}", "data.template=instruct_output_end", "data.tokenization.max_length=256",
                                f"data.sources=[{{path: {DATA / 'dialogues_train.jsonl'}}}, "
                                f"{{path: {DATA / 'dialogues_test.jsonl'}, split: test}}]"])
-    from tunespec.compiler.build import compile_build
+    from tunespec.compiler.build_writer import compile_build
 
     compile_build(loaded, tmp_path / "build", log=lambda s: None)
     config = load(tmp_path / "build")

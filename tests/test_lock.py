@@ -393,7 +393,7 @@ def test_adapter_comparison_names_a_changed_tensor_and_ignores_the_base_models_p
     import numpy as np
     from safetensors.numpy import save_file
 
-    from tunespec.compiler.rerun import _adapter_differences
+    from tunespec.compiler.rerun import adapter_differences
 
     old, new = tmp_path / "old", tmp_path / "new"
     for d, base in ((old, "/machine-a/model"), (new, "/machine-b/model")):
@@ -403,15 +403,15 @@ def test_adapter_comparison_names_a_changed_tensor_and_ignores_the_base_models_p
     w = np.arange(12, dtype=np.float32).reshape(3, 4)
     save_file({"lora_A": w, "lora_B": w * 2}, str(old / "adapter_model.safetensors"))
     save_file({"lora_A": w, "lora_B": w * 2}, str(new / "adapter_model.safetensors"))
-    assert _adapter_differences(old, new, 0.0) == ([], 0.0)
+    assert adapter_differences(old, new, 0.0) == ([], 0.0)
     w2 = w.copy()
     w2[1, 2] += 1e-6
     save_file({"lora_A": w2, "lora_B": w * 2}, str(new / "adapter_model.safetensors"))
-    diffs, largest = _adapter_differences(old, new, 0.0)
+    diffs, largest = adapter_differences(old, new, 0.0)
     assert len(diffs) == 1 and diffs[0].startswith("adapter_model.safetensors: tensor lora_A differs") and largest > 0
-    assert _adapter_differences(old, new, 1e-3)[0] == []  # within a GPU tolerance
+    assert adapter_differences(old, new, 1e-3)[0] == []  # within a GPU tolerance
     (new / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "x", "r": 16}), encoding="utf-8")
-    assert "adapter_config.json: differs" in _adapter_differences(old, new, 1e-3)[0]
+    assert "adapter_config.json: differs" in adapter_differences(old, new, 1e-3)[0]
 
 
 def test_a_hub_source_pins_the_rows_it_read(tmp_path):

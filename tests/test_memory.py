@@ -17,16 +17,9 @@ from transformers import (
 )
 
 from helpers import minimal_spec
-from tunespec.compiler.memory import (
-    GIB,
-    MemoryEstimate,
-    architecture_of,
-    check_budget,
-    count_lora_parameters,
-    count_parameters,
-    estimate_memory,
-    layer_activation_bytes,
-)
+from tunespec.compiler.architecture import architecture_of, count_parameters
+from tunespec.compiler.memory import GIB, MemoryEstimate, check_budget, estimate_memory, layer_activation_bytes
+from tunespec.compiler.trainable_parameters import count_lora_parameters
 from tunespec.errors import SpecError
 from tunespec.spec import Spec
 from tunespec.spec.adapter import LoraSpec

@@ -868,7 +868,7 @@ SANDBOX_ESCAPES = [
 
 @pytest.mark.parametrize("source", SANDBOX_ESCAPES)
 def test_templates_refuse_sandbox_escapes(source):
-    from tunespec.compiler.records import Record
+    from tunespec.records import Record
     from tunespec.compiler.templates import load_template
     from tunespec.errors import TemplateError
 
@@ -958,7 +958,7 @@ def test_no_spec_value_reaches_a_shell():
 def test_spec_strings_never_reach_the_launch_scripts(tmp_path, tiny_model_dir):
     """The generated shell scripts hold no free-text spec value (a name is [A-Za-z0-9._-]); the one address a
     spec gives (main_process_ip) goes into accelerate.yaml only, as YAML."""
-    from tunespec.compiler.launch import launch_script, slurm_script
+    from tunespec.compiler.launch_files import launch_script, slurm_script
     from tunespec.spec.loader import load_spec
 
     hostile = "$(touch /tmp/tunespec-pwned)`id`;rm -rf ~"

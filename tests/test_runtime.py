@@ -489,7 +489,7 @@ def test_4bit_base_keeps_bf16_weights_and_upcasts_fp16_ones(tmp_path, make_spec,
     weights does not count. The memory estimate assumes the same."""
     import torch
 
-    from tunespec.compiler.memory import _precision
+    from tunespec.compiler.memory import precision_of
     from tunespec.runtime.build_reader import Build
     from tunespec.runtime.modeling import load_base_model, prepare_for_training
 
@@ -502,7 +502,7 @@ def test_4bit_base_keeps_bf16_weights_and_upcasts_fp16_ones(tmp_path, make_spec,
     others = {n: p.dtype for n, p in model.named_parameters()
               if not p.requires_grad and type(p).__name__ != "Params4bit"}
     assert others and set(others.values()) == {dtype}, others
-    assert _precision(spec).other == dtype.itemsize
+    assert precision_of(spec).other == dtype.itemsize
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(input_ids=ids, labels=ids).loss.backward()

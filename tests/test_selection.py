@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import helpers
-from tunespec.compiler.records import Record
+from tunespec.records import Record
 from tunespec.compiler.selection import select, shingles, signature
 from tunespec.errors import DataError
 from tunespec.spec.data import SelectionSpec

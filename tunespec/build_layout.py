@@ -140,7 +140,7 @@ def _set(doc: dict[str, Any], loc: Loc, value: Any) -> None:
     node[loc[-1]] = value
 
 
-def _posix(rel: str) -> str:
+def posix_path(rel: str) -> str:
     return rel.replace(os.sep, "/")
 
 
@@ -156,7 +156,7 @@ def portable_path(loaded: LoadedSpec, loc: Loc | str, value: str) -> str:
     rel = os.path.relpath(value, base)
     if dotted in loaded.written_absolute and rel.split(os.sep)[0] == "..":
         return value
-    return _posix(rel)
+    return posix_path(rel)
 
 
 def portable_spec(loaded: LoadedSpec) -> dict[str, Any]:
@@ -222,6 +222,24 @@ def locate_inputs(spec: dict[str, Any], bases: list[Path]) -> tuple[dict[str, An
         _set(doc, loc, str((hit.resolve() / p).resolve()) if not any(c in value for c in _GLOB)
              else str(hit.resolve() / p))
     return doc, found, absolute, missing
+
+
+def search_bases(lock: dict, lock_path: Path, root: Path | None) -> list[Path]:
+    """Where the lock's relative paths are looked for, in order: --root, the spec directory as seen from the
+    lock (a moved or copied checkout that holds the build), the spec directory on the compiling machine."""
+    hints = lock.get("hints") if isinstance(lock.get("hints"), dict) else {}
+    bases: list[Path] = []
+    if root is not None:
+        bases.append(Path(root).expanduser())
+    if isinstance(hints.get("spec_dir_from_build"), str):
+        bases.append(lock_path.parent / hints["spec_dir_from_build"])
+    if isinstance(hints.get("spec_dir"), str):
+        bases.append(Path(hints["spec_dir"]))
+    out: list[Path] = []
+    for b in bases:
+        if b.is_dir() and all(b.resolve() != o.resolve() for o in out):
+            out.append(b)
+    return out
 
 
 # --------------------------------------------------------------------------- the records' schema
@@ -299,10 +317,6 @@ class Lock(_Record):
         return self.model_dump(mode="json", exclude_none=False)
 
 
-# fields a lock may differ in between two builds of the same inputs
-LOCK_VARYING = ("created", "hints")
-
-
 class Stamp(_Record):
     """``adapter/tunespec.json``, ``merged/tunespec.json``: which build a runtime output belongs to."""
 
@@ -315,15 +329,3 @@ def stamp_text(data: dict[str, Any]) -> str:
 
     Stamp.model_validate(data)
     return json.dumps(data, indent=2)
-
-
-def read_stamp(file: Path) -> dict[str, Any] | None:
-    """A runtime stamp as data; None when it is missing, unreadable or not a stamp (the output is stale)."""
-    import json
-
-    try:
-        data: dict[str, Any] = json.loads(Path(file).read_text(encoding="utf-8"))
-        Stamp.model_validate(data)
-    except (OSError, ValueError):  # pydantic.ValidationError is a ValueError
-        return None
-    return data

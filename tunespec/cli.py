@@ -51,7 +51,7 @@ def _write_crash(e: BaseException) -> str | None:
     import time
     import traceback
 
-    from .models import cache_root
+    from .cache import cache_root
 
     try:
         folder = cache_root() / "crashes"
@@ -170,7 +170,7 @@ def _command_line() -> str:
 @user_errors
 def compile_cmd(spec: Path, output: Path | None, overrides: tuple[str, ...], strict: bool, force: bool) -> None:
     """Compile SPEC into a build directory (data, tokens, launch configs, lock file)."""
-    from .compiler.build import compile_build
+    from .compiler.build_writer import compile_build
     from .spec.loader import load_spec
 
     if strict:

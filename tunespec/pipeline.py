@@ -43,7 +43,7 @@ def _fresh(stamp_file: Path, key: str, after: Path | None = None) -> bool:
 
 
 def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *, force: bool = False, log=print) -> dict:
-    from .compiler.build import compile_build
+    from .compiler.build_writer import compile_build
     from .spec.loader import load_spec
 
     t_start = time.perf_counter()

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from .errors import BuildError, Problem
-from .models import cache_root, save_cache_json
+from .cache import cache_root, save_cache_json
 
 SEAL = "lock_sha256: "
 RECOMPILE = "recompile: tunespec compile SPEC -o BUILD --force"

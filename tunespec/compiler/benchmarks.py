@@ -25,7 +25,7 @@ from typing import Any
 from .. import build_layout as layout
 from .. import harness
 from ..errors import BuildError, Problem
-from ..models import sha256_file
+from ..hashing import sha256_file
 
 BENCH_DIR = "benchmarks"
 

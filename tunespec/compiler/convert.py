@@ -43,7 +43,7 @@ clashes with a key the target format writes drops the row. Hence sharegpt -> mes
 is exact too, provided tool definitions are given as JSON text and tool calls / definitions are in
 the standard ``json.dumps`` layout (as in LLaMA-Factory and glaive data); otherwise they come back
 as the same JSON values re-serialised. Tool-call ids and other per-message keys of OpenAI messages
-are not kept (see ``formats.py``).
+are not kept (see ``row_conversion.py``).
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tunespec.atomic import refuse_overlap, write_text
-from tunespec.compiler.files import read_table
-from tunespec.compiler.formats import Dropped, RowConverter, drop_summary, join_instruction
-from tunespec.compiler.records import NotOpenAI, Record, openai_messages, openai_tools
-from tunespec.errors import DataError, Problem
+from ..atomic import refuse_overlap, write_text
+from ..errors import DataError, Problem
+from ..records import NotOpenAI, Record, openai_messages, openai_tools
+from .files import read_table
+from .row_conversion import Dropped, RowConverter, drop_summary, join_instruction
 
 CONVERT_FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion")
 
@@ -202,7 +202,7 @@ def _as_chat(record: Record, from_fmt: str, extras: dict) -> _Chat:
         raise Dropped("column 'input' clashes with the alpaca input key")
     elif record.fields is not None:
         marker = record.fields["input"] or None
-    else:  # alpaca with history: formats.py keeps the input in meta
+    else:  # alpaca with history: row_conversion.py keeps the input in meta
         marker = record.meta.get("input")
     if record.fields is None:
         return _Chat(list(record.messages or []), record.tools, marker)

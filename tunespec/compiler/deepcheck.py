@@ -8,7 +8,7 @@ weights) and builds the model on the meta device to learn its module names. Chec
 * ``data.tokenization.max_length`` is at most the model's context length;
 * every special-looking marker of the template (``<|im_start|>``, ``<|im_end|>``, ... any ``<|...|>``) is
   one token of the vocabulary extended with ``model.added_tokens`` / ``added_special_tokens`` (the same
-  check ``compile`` makes, ``compiler/vocabulary.py``), or the model would learn it as several pieces of
+  check ``compile`` makes, ``compiler/added_tokens.py``), or the model would learn it as several pieces of
   text; the ``tokenizer`` template needs a chat template in the tokenizer; added tokens need a method
   that trains their embedding rows (LoRA or full);
 * the tokenizer has an EOS token (without one the model never learns to stop).
@@ -19,28 +19,19 @@ Every problem is a ``SpecError`` located at the spec field to fix, with a hint.
 from __future__ import annotations
 
 from ..errors import ModelError, Problem, SpecError, TunespecError
+from ..model_resolver import ModelRef, load_config, load_tokenizer, resolve
+from ..spec.adapter import LoraSpec
+from .added_tokens import adapter_problems, add_tokens, marker_problems
+from .spec_locations import locate_in_spec
+from .spec_template import template_of
+from .tokenization import context_length
 
 ADAPTABLE = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention")
-
-
-def _locate(loaded, problem: Problem) -> Problem:
-    """The problem with the file position of its field (or of the nearest enclosing one)."""
-    if problem.file:  # already located (a template's own line)
-        return problem
-    loc = tuple(int(p) if p.isdigit() else p for p in (problem.path or "").split(".") if p)
-    origins = getattr(loaded, "origins", None) or {}
-    for n in range(len(loc), 0, -1):
-        o = origins.get(loc[:n])
-        if o is not None:
-            return Problem(problem.message, file=o.file, line=o.line, column=o.column, path=problem.path,
-                           hint=problem.hint)
-    return Problem(problem.message, file=str(loaded.file), path=problem.path, hint=problem.hint)
 
 
 def _load(loaded):
     from transformers import AutoConfig
 
-    from ..models import ModelRef, load_tokenizer, resolve
 
     ref = ModelRef.from_spec(loaded.spec.model)
     model_dir = resolve(ref)
@@ -87,7 +78,6 @@ def linear_names(modules: dict[str, str]) -> list[str]:
 
 
 def _target_problems(spec, modules: dict[str, str]) -> list[Problem]:
-    from ..spec.adapter import LoraSpec
 
     adapter = spec.adapter
     if not isinstance(adapter, LoraSpec):
@@ -127,7 +117,6 @@ def check_saved_modules(spec, ref, model_dir: str) -> None:
     """``compile``'s check of adapter.modules_to_save against the model's modules (built on the meta device)."""
     if not getattr(spec.adapter, "modules_to_save", None):
         return
-    from ..models import load_config
 
     try:
         modules = module_types(load_config(ref, model_dir), ref.trust_remote_code)
@@ -143,8 +132,6 @@ def check_saved_modules(spec, ref, model_dir: str) -> None:
 
 
 def _template_problems(loaded, tokenizer) -> list[Problem]:
-    from .build import template_of
-
     try:
         template = template_of(loaded)
     except TunespecError as e:
@@ -154,14 +141,12 @@ def _template_problems(loaded, tokenizer) -> list[Problem]:
             return [Problem("template `tokenizer` uses the model's chat template, but this tokenizer has none",
                             path="data.template", hint="choose a library template such as chatml or alpaca")]
         return []
-    from .vocabulary import marker_problems
 
     return marker_problems(template, tokenizer, loaded.spec)
 
 
 def deep_check(loaded) -> None:
     """Raise ``SpecError`` listing every problem the tokenizer and the model config reveal."""
-    from .tokenize import context_length
 
     spec = loaded.spec
     ref, tokenizer, config = _load(loaded)
@@ -175,7 +160,6 @@ def deep_check(loaded) -> None:
     if ctx and max_length and max_length > ctx:
         problems.append(Problem(f"max_length {max_length} exceeds the model's context length {ctx}",
                                 path="data.tokenization.max_length", hint=f"use at most {ctx}"))
-    from .vocabulary import add_tokens, adapter_problems
 
     try:  # the template's markers are checked against the vocabulary extended with model.added_tokens
         vocab = add_tokens(spec, tokenizer, config)
@@ -184,7 +168,6 @@ def deep_check(loaded) -> None:
         vocab = None
     problems += adapter_problems(spec, vocab)
     problems += _template_problems(loaded, tokenizer)
-    from ..spec.adapter import LoraSpec
 
     if isinstance(spec.adapter, LoraSpec) and (spec.adapter.target_modules != "all-linear" or spec.adapter.modules_to_save):
         try:
@@ -196,4 +179,4 @@ def deep_check(loaded) -> None:
         else:
             problems += _target_problems(spec, modules)
     if problems:
-        raise SpecError([_locate(loaded, p) for p in problems])
+        raise SpecError([locate_in_spec(loaded, p) for p in problems])

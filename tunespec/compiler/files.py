@@ -30,9 +30,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunespec.errors import DataError, Problem
+from ..errors import DataError, Problem
 
-FILE_TYPES = ("json", "jsonl", "csv", "parquet")
 _SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 _FMT_ALIASES = {"json": "json", "jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv", "parquet": "parquet"}
 _JSON_WS = re.compile(r"[ \t\n\r]*")

@@ -1,7 +1,7 @@
 """The compile-time compute estimate: the FLOPs of training the spec and, on a declared GPU, how long it takes.
 
 ``estimate_compute(spec, config, lengths=..., max_length=...)`` reads the model's shape from its transformers
-config (``memory.architecture_of``; no weights are loaded) and the real (non-pad) length of every train row
+config (``architecture.architecture_of``; no weights are loaded) and the real (non-pad) length of every train row
 the compiler tokenized, and returns a ``ComputeEstimate``. Like the memory estimate it is for planning, not
 a promise; every number in it follows from the spec, the config and the rows, so a recompile gives the same.
 
@@ -58,12 +58,13 @@ from typing import Any
 import numpy as np
 
 from ..micro_batches import DEFAULT_ROWS
+from ..padding_free import logits_where_trained
 from ..spec import Spec
 from ..spec.adapter import FullSpec, LoraSpec, PrefixTuningSpec, PromptTuningSpec
 from ..spec.launch import FsdpLaunch
-from ..padding_free import logits_where_trained
 from ..spec.training import checkpointing_on
-from .memory import _matches, _saved, architecture_of, lora_trainable
+from .architecture import architecture_of
+from .trainable_parameters import lora_trainable, matches_target, saved_module
 
 
 @dataclass(frozen=True)
@@ -278,8 +279,8 @@ def estimate_compute(spec: Spec, config: Any, *, lengths: Any, loss_tokens: int,
         if isinstance(a, LoraSpec):
             lora = lora_trainable(a, arch).adapter
             saved = sum(lin.in_features * lin.out_features for name, lin in arch.module_names()
-                        if _saved(name, a.modules_to_save))
-        head_saved = isinstance(a, LoraSpec) and _saved("lm_head", a.modules_to_save)
+                        if saved_module(name, a.modules_to_save))
+        head_saved = isinstance(a, LoraSpec) and saved_module("lm_head", a.modules_to_save)
         per_token = 4 * layers + 6 * lora + 2 * saved
         head_per_token = (6 if head_saved else 4) * head
         terms = [("4·N_layers", 4, layers), ("6·N_lora", 6, lora), ("2·N_saved", 2, saved)]
@@ -309,7 +310,7 @@ def estimate_compute(spec: Spec, config: Any, *, lengths: Any, loss_tokens: int,
         recompute = round((2 * layers + 2 * lora) * computed_tokens * epochs + attention / 3)
     if isinstance(a, LoraSpec) and a.use_dora:
         notes.append("DoRA's weight norms are not counted")
-    if isinstance(a, LoraSpec) and isinstance(a.target_modules, list) and _matches(arch.embedding_name, a.target_modules):
+    if isinstance(a, LoraSpec) and isinstance(a.target_modules, list) and matches_target(arch.embedding_name, a.target_modules):
         notes.append("LoRA on the embedding is counted like a linear layer (an over-count)")
 
     world = ln.num_processes * ln.num_machines

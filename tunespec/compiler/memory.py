@@ -1,459 +1,104 @@
 """The compile-time memory estimate: how many bytes one GPU needs to train the spec.
 
 ``estimate_memory(spec, config, seq_len=...)`` reads the model's shape from its transformers
-config (no weights are loaded) and returns a ``MemoryEstimate``; ``check_budget(estimate,
-launch.gpu_memory_gib)`` turns an estimate over the budget into a ``SpecError`` that says what to
-change. It is an estimate, for catching "this cannot fit" before a run starts, not a promise.
+config (``architecture.architecture_of``; no weights are loaded) and returns a ``MemoryEstimate``;
+``check_budget(estimate, launch.gpu_memory_gib)`` turns an estimate over the budget into a
+``SpecError`` that says what to change. It is an estimate, for catching "this cannot fit" before a
+run starts, not a promise.
 
 The formulas follow what tunespec's runtime does (accelerate with its own loop; peft; the model
 loaded in ``model.dtype``, ``auto`` taken as bfloat16, what a bf16-capable GPU loads) and were
-checked against PyTorch on an H100 (torch 2.11, transformers 5.17, peft 0.21): the tensors autograd
-saves per token and layer, counted exactly, and the peak allocated memory of real steps. Per GPU,
-in bytes, with ``w`` the model dtype's bytes (4 float32, 2 bfloat16/float16), ``a`` the activation
-bytes (2 under bf16/fp16 autocast or with 16-bit weights, else 4), h hidden size, I MLP size,
-q = heads x head_dim, kv = kv_heads x head_dim, V vocabulary, L layers, r LoRA rank:
+checked against PyTorch on an H100: the tensors autograd saves per token and layer, counted
+exactly, and the peak allocated memory of real steps. Per GPU, in bytes, with ``w`` the model
+dtype's bytes (4 float32, 2 bfloat16/float16), ``a`` the activation bytes (2 under bf16/fp16
+autocast or with 16-bit weights, else 4), h hidden size, I MLP size, q = heads x head_dim,
+kv = kv_heads x head_dim, V vocabulary, L layers, r LoRA rank:
 
 weights
     Full precision: every parameter x ``w``. 4-bit (bitsandbytes) decoder-layer linear weights:
-    0.5 B/param plus the quantization constants (block size 64 with an fp32 absmax, 32/64 =
-    0.5 bit/param; double quantization stores the absmax in 8 bits with an fp32 constant per 256
-    blocks, 8/64 + 32/(64*256) ~ 0.127 bit/param); 8-bit: 1 B/param plus an fp32 scale per output
-    row. Under quantization the other parameters (embeddings, LM head, norms, biases) stay in the
-    compute dtype, except float16 ones, which peft's ``prepare_model_for_kbit_training`` upcasts to
-    fp32. LoRA adapters are fp32 (peft's default); ``modules_to_save`` add a trainable copy of those
-    modules. fp32 weights used under 16-bit autocast add their 16-bit copies (2 B per linear weight),
-    which the backward keeps.
-    FSDP (full/hybrid shard) and ZeRO-3 divide the resident weights by the shard group (all
-    processes; one machine's for hybrid_shard) and add what is gathered at once, in 16 bits: two
-    decoder layers (computing and prefetched) and the root module (embeddings, final norm, LM
-    head). shard_grad_op keeps every layer gathered from forward to backward: full weights at the
-    peak. Parameter offload (FSDP ``cpu_offload``, ZeRO ``offload_params``) moves the shards to CPU.
+    0.5 B/param plus the quantization constants (``_quant_bytes_per_param``); 8-bit: 1 B/param plus
+    an fp32 scale per output row. Under quantization the other parameters (embeddings, LM head,
+    norms, biases) stay in the compute dtype, except float16 ones, which peft's
+    ``prepare_model_for_kbit_training`` upcasts to fp32. LoRA adapters are fp32 (peft's default);
+    ``modules_to_save`` add a trainable copy of those modules. fp32 weights used under 16-bit
+    autocast add their 16-bit copies (2 B per linear weight), which the backward keeps.
+    FSDP (full/hybrid shard) and ZeRO-3 divide the resident weights by the shard group and add what
+    is gathered at once, in 16 bits: two decoder layers (computing and prefetched) and the root
+    module (embeddings, final norm, LM head). shard_grad_op keeps every layer gathered from forward
+    to backward. Parameter offload (FSDP ``cpu_offload``, ZeRO ``offload_params``) moves the shards
+    to CPU.
 trainable storage, by topology
     single / multi_gpu: trainable parameters stay in their dtype (LoRA fp32, full fine-tune ``w``);
-    the optimizer keeps its state in that dtype and there is no master copy (torch AdamW on bf16
-    weights keeps bf16 moments). FSDP2 under mixed precision upcasts trainable parameters to fp32
-    (accelerate does), so weights, gradients and states are fp32 shards. DeepSpeed under mixed
-    precision casts the model to 16 bits and keeps an fp32 master copy (4 B) and fp32 states.
+    the optimizer keeps its state in that dtype and there is no master copy. FSDP2 under mixed
+    precision upcasts trainable parameters to fp32 (accelerate does). DeepSpeed under mixed
+    precision casts the model to 16 bits and keeps an fp32 master copy and fp32 states.
 gradients
     One per trainable parameter, in its storage dtype. DDP (multi_gpu) adds its gradient buckets
     (another copy). ZeRO-2/3 and FSDP divide by the shard group; FSDP ``cpu_offload`` moves them
     to CPU.
 optimizer
-    Per trainable parameter, with ``s`` the storage bytes above (4 for DeepSpeed's fp32 states):
-    AdamW 2·s (two moments), paged_adamw_32bit 8, 8-bit AdamW 2, Adafactor ~0.5 (its factored
-    second moment, rows+cols per matrix, approximated per parameter), SGD s (the runtime's
-    momentum buffer); plus DeepSpeed's 4 B master copy. ZeRO (any stage) and FSDP divide by the
-    shard group; ``offload_optimizer`` (ZeRO) and ``cpu_offload`` (FSDP) move them to CPU.
+    Per trainable parameter, with ``s`` the storage bytes (``_optimizer_bytes``): AdamW 2·s,
+    paged_adamw_32bit 8, 8-bit AdamW 2, Adafactor ~0.5 (its factored second moment), SGD s (the
+    runtime's momentum buffer); plus DeepSpeed's 4 B master copy. ZeRO (any stage) and FSDP divide
+    by the shard group; ``offload_optimizer`` (ZeRO) and ``cpu_offload`` (FSDP) move them to CPU.
 activations
     After Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
-    Models" (34·h + 5·heads·s bytes per token per layer for GPT-3 with 16-bit activations),
-    redone for today's decoders: no dropout, SDPA/flash attention (no s x s matrix; the output and
-    a log-sum-exp are kept), RMSNorm in fp32, frozen layers keeping no inputs. Bytes per token per
-    layer:
-    norms: each RMSNorm keeps its input upcast to fp32, 4h (so does a LayerNorm under autocast,
-    which runs it in fp32; without autocast a LayerNorm keeps its input, h x the residual
-    stream's bytes, once where the norms share it) and, when the layers are trained in full, its
-    normalised value (h x ``w``, for the norm weight's gradient) and output (a·h, the next
-    linear's input);
+    Models", redone for today's decoders: no dropout, SDPA/flash attention (no s x s matrix; the
+    output and a log-sum-exp are kept), RMSNorm in fp32, frozen layers keeping no inputs. Bytes per
+    token per layer:
+    norms: each RMSNorm keeps its input upcast to fp32, 4h (so does a LayerNorm under autocast;
+    without autocast a LayerNorm keeps its input, once where the norms share it) and, when the
+    layers are trained in full, its normalised value (h x ``w``) and output (a·h);
     attention: Q, K, V and the output, a·(2q + 2kv), plus 4 B x heads; a fused qkv projection
     (GPT-NeoX) keeps its whole output alive through V: a·(q + kv) more; eager attention adds the
     softmax output in fp32 and 16 bits, heads x s x (4 + a), and the K/V expanded to q heads;
     MLP: a gated MLP keeps gate, up, act(gate) and their product, 4·a·I (3·a·I when the down
-    projection is frozen); a plain MLP keeps the activation's input and output, 2·a·I (a·I when
-    frozen); the tanh-formula GELU (gelu_new) keeps three more I-sized tensors;
+    projection is frozen); a plain MLP 2·a·I (a·I when frozen); the tanh-formula GELU keeps three
+    more I-sized tensors;
     LoRA: each adapted linear keeps its input cast for the adapter (in x a; in x 4 without
     autocast), its dropout mask (in x 1 byte, when dropout > 0) and the rank-r intermediate
     (r x a). An 8-bit base keeps its linears' inputs too.
-    Times micro_batch x seq_len x layers. With gradient checkpointing (training.
-    gradient_checkpointing, or FSDP activation_checkpointing) each layer keeps only its input
-    (h x the residual stream's bytes) and one layer's activations exist while it is recomputed.
+    Times micro_batch x seq_len x layers. With gradient checkpointing each layer keeps only its
+    input (h x the residual stream's bytes) and one layer's activations exist while it is
+    recomputed.
 logits
-    micro_batch x seq_len x V x (a + 12): the logits (a bytes; the runtime's output object holds
-    them through the backward), the fp32 log-softmax the loss keeps (4 B), and during its backward
-    the incoming and outgoing fp32 gradients (4 + 4 B); measured at 14.0 B per logit element with
-    bf16 autocast. Padding-free batches (the default where the model allows it) compute logits only at
-    trained positions (micro_batch x seq_len x the train split's trained fraction): those logits and
-    their gradient (2a each) are held, and the fp32 cross-entropy takes one chunk of CE_CHUNK positions
-    at a time (12 B per element).
+    micro_batch x seq_len x V x (a + 12): the logits (a bytes, held through the backward), the fp32
+    log-softmax the loss keeps (4 B), and during its backward the incoming and outgoing fp32
+    gradients (4 + 4 B). Padding-free batches compute logits only at trained positions: those
+    logits and their gradient (2a each) are held, and the fp32 cross-entropy takes one chunk of
+    CE_CHUNK positions at a time (12 B per element).
 overhead
-    A fixed 1 GiB: the CUDA context (about 0.75 GiB measured on an H100 with torch 2.11) and some
-    slack of the caching allocator, which can hold 1-2 GiB more than the peak it serves
-    (``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` reduces that).
+    A fixed ``CUDA_OVERHEAD_BYTES``.
 
 Not counted: NCCL and DeepSpeed communication buckets, library workspaces (cuBLAS, flash
 attention), the embedding output and final norm, the evaluation pass.
-
-How close: on a SmolLM2-135M-shaped Llama (H100, one process, bf16 weights, bf16 autocast), the
-estimate without the overhead came within 5% of ``torch.cuda.max_memory_allocated`` for LoRA and
-full fine-tuning, 4-8 x 512-2048 tokens, with and without gradient checkpointing; fp32 weights
-came 4-13% under. The per-layer activation formula matched autograd's saved tensors within 3% for
-Llama-like models and LoRA, 6% for GPT-NeoX and 4% for Phi (11% under for fp32 weights).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..micro_batches import DEFAULT_ROWS
 from ..errors import Problem, SpecError
+from ..micro_batches import DEFAULT_ROWS
+from ..padding_free import CE_CHUNK, logits_where_trained
 from ..spec import Spec
 from ..spec.adapter import FullSpec, LoraSpec
 from ..spec.launch import DeepSpeedLaunch, FsdpLaunch, MultiGpuLaunch
-from ..padding_free import CE_CHUNK, logits_where_trained
 from ..spec.training import checkpointing_on
+from .architecture import Architecture, Linear, architecture_of
+from .trainable_parameters import Trainable, matches_target, saved_module, trainable_of
 
 GIB = 1 << 30
 CUDA_OVERHEAD_BYTES = GIB
+"""The CUDA context (about 0.75 GiB measured on an H100) and some slack of the caching allocator, which can
+hold 1-2 GiB more than the peak it serves (``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` reduces that)."""
 COMPONENTS = ("weights", "gradients", "optimizer", "activations", "logits", "overhead")
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
 _BNB_BLOCK = 64  # bitsandbytes 4-bit block size
 _BNB_NESTED_BLOCK = 256  # double quantization: absmax values per second-level fp32 constant
 _TANH_GELUS = {"gelu_new", "gelu_fast", "gelu_python_tanh"}  # activations written as Python formulas
-
-
-# --------------------------------------------------------------------------- model shape
-
-
-@dataclass(frozen=True)
-class Linear:
-    """A linear layer of one decoder layer, named relative to the layer (e.g. ``self_attn.q_proj``)."""
-
-    name: str
-    in_features: int
-    out_features: int
-    bias: bool = False
-
-    @property
-    def params(self) -> int:
-        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """What the estimate needs to know about a decoder-only model, read from its config."""
-
-    model_type: str
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    tie_word_embeddings: bool
-    gated_mlp: bool
-    linears: tuple[Linear, ...]  # in one decoder layer
-    layer_other_params: int  # norms (and other small parameters) of one decoder layer
-    final_norm_params: int
-    lm_head_bias: bool = False
-    layer_prefix: str = "model.layers"  # module path of the decoder layers
-    embedding_name: str = "model.embed_tokens"
-    norm: str = "rms"  # "rms" (RMSNorm, computed in fp32) or "layer" (LayerNorm)
-    norms_per_layer: int = 2
-    norm_inputs_shared: bool = False  # the norms read the same tensor (parallel attention and MLP)
-    fused_qkv: bool = False
-    hidden_act: str = "silu"
-    known_layout: bool = True  # False: an unknown model type, read as Llama-like
-
-    @property
-    def embedding_params(self) -> int:
-        return self.vocab_size * self.hidden_size
-
-    @property
-    def lm_head_params(self) -> int:
-        """Parameters of the LM head that are not shared with the embeddings."""
-        weight = 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
-        return weight + (self.vocab_size if self.lm_head_bias else 0)
-
-    @property
-    def layer_params(self) -> int:
-        return sum(lin.params for lin in self.linears) + self.layer_other_params
-
-    @property
-    def layer_linear_weights(self) -> int:
-        """Weight-matrix parameters of one decoder layer's linears (what quantization packs)."""
-        return sum(lin.in_features * lin.out_features for lin in self.linears)
-
-    @property
-    def total_params(self) -> int:
-        return (
-            self.embedding_params
-            + self.num_layers * self.layer_params
-            + self.final_norm_params
-            + self.lm_head_params
-        )
-
-    def module_names(self) -> list[tuple[str, Linear]]:
-        """Every decoder-layer linear with its full module name (``model.layers.3.self_attn.q_proj``)."""
-        return [
-            (f"{self.layer_prefix}.{i}.{lin.name}", lin) for i in range(self.num_layers) for lin in self.linears
-        ]
-
-
-def _get(config: Any, data: dict, *names: str) -> Any:
-    """The first of ``names`` the config sets (attribute or ``to_dict()`` key), else None."""
-    for name in names:
-        value = getattr(config, name, None) if config is not None else None
-        if value is None:
-            value = data.get(name)
-        if value is not None:
-            return value
-    return None
-
-
-def architecture_of(config: Any) -> Architecture:
-    """Read a transformers ``PretrainedConfig`` (or a plain dict) into an ``Architecture``.
-
-    Llama-like models (llama, mistral, qwen2/3, gemma, granite, smollm3) are the default layout;
-    GPT-NeoX and Phi have their own. Other model types are read as Llama-like (``known_layout``
-    is then False).
-    """
-    if isinstance(config, dict):
-        data, config = dict(config), None
-    else:
-        data = config.to_dict()
-    model_type = str(_get(config, data, "model_type") or "")
-    h = _get(config, data, "hidden_size", "n_embd", "d_model")
-    layers = _get(config, data, "num_hidden_layers", "n_layer", "num_layers")
-    heads = _get(config, data, "num_attention_heads", "n_head")
-    vocab = _get(config, data, "vocab_size")
-    if None in (h, layers, heads, vocab):
-        raise ValueError(
-            f"the model config ({model_type or 'unknown type'}) lacks hidden size, layers, heads or vocab size"
-        )
-    inter = _get(config, data, "intermediate_size", "n_inner", "ffn_dim") or 4 * h
-    kv_heads = _get(config, data, "num_key_value_heads", "num_kv_heads")
-    if kv_heads is None or model_type == "gpt_neox":  # GPT-NeoX has no grouped-query attention
-        kv_heads = 1 if data.get("multi_query") else heads
-    head_dim = _get(config, data, "head_dim") or h // heads
-    tied = bool(_get(config, data, "tie_word_embeddings") or False)
-    act = str(_get(config, data, "hidden_act", "hidden_activation", "activation_function") or "silu")
-    q_out, kv_out = heads * head_dim, kv_heads * head_dim
-    shape = dict(
-        model_type=model_type,
-        hidden_size=h,
-        intermediate_size=inter,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
-        vocab_size=vocab,
-        tie_word_embeddings=tied,
-        hidden_act=act,
-    )
-    if model_type == "gpt_neox":
-        bias = data.get("attention_bias")
-        bias = True if bias is None else bool(bias)  # GPT-NeoX's attention has biases unless told otherwise
-        linears = (
-            Linear("attention.query_key_value", h, q_out + 2 * kv_out, bias),
-            Linear("attention.dense", q_out, h, bias),
-            Linear("mlp.dense_h_to_4h", h, inter, True),
-            Linear("mlp.dense_4h_to_h", inter, h, True),
-        )
-        return Architecture(
-            **shape,
-            gated_mlp=False,
-            linears=linears,
-            layer_other_params=2 * 2 * h,  # two LayerNorms, weight and bias
-            final_norm_params=2 * h,
-            layer_prefix="gpt_neox.layers",
-            embedding_name="gpt_neox.embed_in",
-            norm="layer",
-            norm_inputs_shared=bool(data.get("use_parallel_residual", True)),
-            fused_qkv=True,
-        )
-    if model_type == "phi":
-        qk_norm = 2 * 2 * head_dim if data.get("qk_layernorm") else 0
-        linears = (
-            Linear("self_attn.q_proj", h, q_out, True),
-            Linear("self_attn.k_proj", h, kv_out, True),
-            Linear("self_attn.v_proj", h, kv_out, True),
-            Linear("self_attn.dense", q_out, h, True),
-            Linear("mlp.fc1", h, inter, True),
-            Linear("mlp.fc2", inter, h, True),
-        )
-        return Architecture(
-            **shape,
-            gated_mlp=False,
-            linears=linears,
-            layer_other_params=2 * h + qk_norm,  # one LayerNorm (parallel attention and MLP)
-            final_norm_params=2 * h,
-            lm_head_bias=True,
-            norm="layer",
-            norms_per_layer=1,
-        )
-    attn_bias = bool(data.get("attention_bias") or False)
-    qkv_bias = attn_bias or model_type == "qwen2"
-    mlp_bias = bool(data.get("mlp_bias") or False)
-    linears = (
-        Linear("self_attn.q_proj", h, q_out, qkv_bias),
-        Linear("self_attn.k_proj", h, kv_out, qkv_bias),
-        Linear("self_attn.v_proj", h, kv_out, qkv_bias),
-        Linear("self_attn.o_proj", q_out, h, attn_bias),
-        Linear("mlp.gate_proj", h, inter, mlp_bias),
-        Linear("mlp.up_proj", h, inter, mlp_bias),
-        Linear("mlp.down_proj", inter, h, mlp_bias),
-    )
-    qk_norm = 2 * head_dim if model_type == "qwen3" else 0
-    known = model_type in {"llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "smollm3"}
-    return Architecture(
-        **shape,
-        gated_mlp=True,
-        linears=linears,
-        layer_other_params=2 * h + qk_norm,  # two RMSNorms (weight only)
-        final_norm_params=h,
-        known_layout=known,
-    )
-
-
-def count_parameters(config: Any) -> int:
-    """The model's parameter count, from its config (shared embedding/LM-head weights count once)."""
-    return architecture_of(config).total_params
-
-
-# --------------------------------------------------------------------------- trainable parameters
-
-
-@dataclass(frozen=True)
-class Trainable:
-    """Trainable parameters, by the dtype they train in."""
-
-    adapter: int = 0  # LoRA/DoRA matrices: fp32
-    full: int = 0  # trained in the model dtype: full fine-tune, modules_to_save copies, trained biases
-    copies: int = 0  # extra weights: the trainable copies modules_to_save adds
-
-    @property
-    def total(self) -> int:
-        return self.adapter + self.full
-
-
-def _matches(name: str, targets: list[str]) -> bool:
-    """peft's rule for a list of target names: the full name, or a dotted suffix of it."""
-    return name in targets or any(name.endswith("." + t) for t in targets)
-
-
-def _saved(name: str, modules_to_save: list[str]) -> bool:
-    """peft's rule for modules_to_save (they are never LoRA targets)."""
-    return any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in modules_to_save)
-
-
-def lora_trainable(lora: LoraSpec, arch: Architecture) -> Trainable:
-    """What peft trains for ``lora`` on this architecture (what ``get_nb_trainable_parameters`` counts).
-
-    ``target_modules: all-linear`` is every linear layer of the decoder layers (not the LM head);
-    a list matches module names by dotted suffix, as peft does, and may also name the LM head
-    (``lm_head``) or the input embedding. Raises ``SpecError`` when a list matches nothing.
-    """
-    save = lora.modules_to_save
-    # (full module name, in, out, has bias): the decoder-layer linears, then the LM head and embedding
-    layer = [(name, lin.in_features, lin.out_features, lin.bias) for name, lin in arch.module_names()]
-    others = [
-        ("lm_head", arch.hidden_size, arch.vocab_size, arch.lm_head_bias),
-        (arch.embedding_name, arch.vocab_size, arch.hidden_size, False),  # LoRA on an embedding: r x (V + h)
-    ]
-    if lora.target_modules == "all-linear":
-        targets = [m for m in layer if not _saved(m[0], save)]
-    else:
-        targets = [m for m in layer + others if _matches(m[0], lora.target_modules) and not _saved(m[0], save)]
-        if not targets:
-            short = [lin.name.rsplit(".", 1)[-1] for lin in arch.linears]
-            names = short + ["lm_head", arch.embedding_name.rsplit(".", 1)[-1]]
-            raise SpecError(
-                Problem(
-                    f"{lora.target_modules} matches no layer of the model ({arch.model_type or 'unknown type'})",
-                    path="adapter.target_modules",
-                    hint=f"use all-linear or names among: {', '.join(names)}",
-                )
-            )
-    adapter = 0
-    for _, n_in, n_out, _ in targets:
-        adapter += lora.r * (n_in + n_out)
-        if lora.use_dora:
-            adapter += n_out  # the magnitude vector
-    full = 0
-    if lora.bias == "all":
-        full += _bias_params(arch)
-    elif lora.bias == "lora_only":
-        full += sum(n_out for _, _, n_out, has_bias in targets if has_bias)
-    copies = sum(
-        n_in * n_out + (n_out if has_bias else 0)
-        for name, n_in, n_out, has_bias in layer + others
-        if _saved(name, save)
-    )
-    return Trainable(adapter=adapter, full=full + copies, copies=copies)
-
-
-def _bias_params(arch: Architecture) -> int:
-    """Every bias parameter of the model (linear biases; LayerNorm biases where the norms have them)."""
-    linear = arch.num_layers * sum(lin.out_features for lin in arch.linears if lin.bias)
-    head = arch.vocab_size if arch.lm_head_bias else 0
-    norms = 0
-    if arch.model_type == "gpt_neox":
-        norms = arch.num_layers * 2 * arch.hidden_size + arch.hidden_size
-    elif arch.model_type == "phi":
-        norms = arch.num_layers * arch.hidden_size + arch.hidden_size
-    return linear + head + norms
-
-
-def count_lora_parameters(lora: LoraSpec, config: Any) -> int:
-    """The trainable parameter count of a LoRA adapter on the model of ``config`` (as peft counts it)."""
-    return lora_trainable(lora, architecture_of(config)).total
-
-
-def other_adapter_trainable(adapter: Any, arch: Architecture) -> Trainable:
-    """Prefix tuning, prompt tuning and IA3: a few fp32 parameters (approximate counts)."""
-    method = adapter.method
-    h, layers = arch.hidden_size, arch.num_layers
-    if method == "prompt_tuning":
-        return Trainable(adapter=adapter.num_virtual_tokens * h)
-    if method == "prefix_tuning":
-        kv = adapter.num_virtual_tokens * layers * 2 * h
-        if not adapter.prefix_projection:
-            return Trainable(adapter=kv)
-        e = adapter.encoder_hidden_size or h
-        return Trainable(adapter=adapter.num_virtual_tokens * h + h * e + e + e * layers * 2 * h + layers * 2 * h)
-    # ia3: one vector per target (the input size of a feed-forward target, else the output size)
-    targets = adapter.target_modules or ["k_proj", "v_proj", "down_proj", "c_attn", "query_key_value", "dense_4h_to_h", "fc2"]
-    ff = adapter.feedforward_modules if adapter.feedforward_modules is not None else ["down_proj", "dense_4h_to_h", "fc2"]
-    total = sum(n_in if _matches(name, ff) else n_out
-                for name, lin in arch.module_names() for n_in, n_out in [(lin.in_features, lin.out_features)]
-                if _matches(name, targets))
-    return Trainable(adapter=total)
-
-
-def trainable_of(spec: Spec, arch: Architecture) -> Trainable:
-    if isinstance(spec.adapter, FullSpec):
-        return Trainable(full=arch.total_params)
-    if not isinstance(spec.adapter, LoraSpec):
-        return other_adapter_trainable(spec.adapter, arch)
-    return added_token_rows(lora_trainable(spec.adapter, arch), spec, arch)
-
-
-def added_token_rows(trainable: Trainable, spec: Spec, arch: Architecture) -> Trainable:
-    """LoRA also trains the rows of ``model.added_tokens`` / ``added_special_tokens`` (runtime/vocabulary.py).
-
-    One row per token in the input embedding and, when not tied, in the LM head (an upper bound: a token
-    already in the vocabulary adds nothing); an untied LM head with a bias is trained whole instead.
-    Modules already in ``modules_to_save`` are counted there. A full fine-tune's count includes the new rows
-    through the resized ``vocab_size`` the compiler passes.
-    """
-    n = len(spec.model.added_tokens) + len(spec.model.added_special_tokens)
-    save = spec.adapter.modules_to_save
-    if not n:
-        return trainable
-    adapter, full, copies = trainable.adapter, trainable.full, trainable.copies
-    if not _saved(arch.embedding_name, save):
-        adapter += n * arch.hidden_size
-    if not arch.tie_word_embeddings and not _saved("lm_head", save):
-        if arch.lm_head_bias:
-            head = arch.vocab_size * arch.hidden_size + arch.vocab_size
-            full, copies = full + head, copies + head
-        else:
-            adapter += n * arch.hidden_size
-    return Trainable(adapter=adapter, full=full, copies=copies)
 
 
 # --------------------------------------------------------------------------- the estimate
@@ -532,7 +177,7 @@ def _millions(n: int) -> str:
 
 
 @dataclass(frozen=True)
-class _Precision:
+class Precision:
     """Bytes per element of each kind of tensor, from the model dtype, autocast and quantization."""
 
     w: int  # frozen base weights as loaded (the model dtype)
@@ -542,7 +187,8 @@ class _Precision:
     mixed: bool  # 16-bit autocast on
 
 
-def _precision(spec: Spec) -> _Precision:
+def precision_of(spec: Spec) -> Precision:
+    """The bytes per element the runtime will use for each kind of tensor under ``spec``."""
     t, q = spec.training, spec.quantization
     mixed = bool(t.fp16) or t.bf16 is not False  # bf16: auto is on wherever GPUs support it
     w = _DTYPE_BYTES[spec.model.dtype]
@@ -553,9 +199,9 @@ def _precision(spec: Spec) -> _Precision:
         # overflow); bf16 and fp32 ones stay as loaded, and the residual stream follows them
         loaded_fp16 = q.compute_dtype == "float16" if q.load_in_4bit else spec.model.dtype == "float16"
         other = 4 if loaded_fp16 else compute
-        return _Precision(w=compute, other=other, a=a, residual=other, mixed=mixed)
+        return Precision(w=compute, other=other, a=a, residual=other, mixed=mixed)
     a = 2 if (mixed or w == 2) else 4
-    return _Precision(w=w, other=w, a=a, residual=4 if w == 4 else 2, mixed=mixed)
+    return Precision(w=w, other=w, a=a, residual=4 if w == 4 else 2, mixed=mixed)
 
 
 @dataclass(frozen=True)
@@ -575,7 +221,7 @@ class _Topology:
     master_bytes: int = 0  # fp32 master copy per trainable parameter
 
 
-def _topology(spec: Spec, prec: _Precision) -> _Topology:
+def _topology(spec: Spec, prec: Precision) -> _Topology:
     ln = spec.launch
     world = ln.num_processes * ln.num_machines
     if isinstance(ln, FsdpLaunch):
@@ -607,7 +253,11 @@ def _topology(spec: Spec, prec: _Precision) -> _Topology:
 
 
 def _optimizer_bytes(name: str, storage: int) -> float:
-    """Optimizer state bytes per trainable parameter whose states are kept in ``storage``-byte elements."""
+    """Optimizer state bytes per trainable parameter whose states are kept in ``storage``-byte elements.
+
+    torch's AdamW keeps its moments in the parameter's dtype (bf16 moments for bf16 weights); Adafactor's
+    factored second moment (rows + columns per matrix) is approximated per parameter.
+    """
     if name in ("adamw_torch", "adamw_torch_fused"):
         return 2.0 * storage
     if name == "paged_adamw_32bit":
@@ -623,7 +273,11 @@ def _optimizer_bytes(name: str, storage: int) -> float:
 
 
 def _quant_bytes_per_param(spec: Spec) -> float | None:
-    """Bytes per 4-bit weight with its quantization constants, or None when 4-bit is off."""
+    """Bytes per 4-bit weight with its quantization constants, or None when 4-bit is off.
+
+    Block size 64 with an fp32 absmax: 32/64 = 0.5 bit/param; double quantization stores the absmax in 8 bits
+    with an fp32 constant per 256 blocks: 8/64 + 32/(64*256) ~ 0.127 bit/param.
+    """
     q = spec.quantization
     if not q.load_in_4bit:
         return None
@@ -634,7 +288,7 @@ def _quant_bytes_per_param(spec: Spec) -> float | None:
     return 0.5 + const_bits / 8
 
 
-def _layer_weight_bytes(spec: Spec, arch: Architecture, prec: _Precision) -> float:
+def _layer_weight_bytes(spec: Spec, arch: Architecture, prec: Precision) -> float:
     """Bytes of one decoder layer's base weights as loaded (packed linears under quantization)."""
     q4 = _quant_bytes_per_param(spec)
     total = 0.0
@@ -651,12 +305,7 @@ def _layer_weight_bytes(spec: Spec, arch: Architecture, prec: _Precision) -> flo
     return total + arch.layer_other_params * prec.other
 
 
-def _root_params(arch: Architecture) -> int:
-    """Parameters outside the decoder layers: embeddings, final norm, LM head."""
-    return arch.embedding_params + arch.final_norm_params + arch.lm_head_params
-
-
-def _gathered_bytes(spec: Spec, arch: Architecture, prec: _Precision, layer_bytes: float, root_bytes: float) -> float:
+def _gathered_bytes(spec: Spec, arch: Architecture, prec: Precision, layer_bytes: float, root_bytes: float) -> float:
     """What sharded weights need gathered at once: two decoder layers and the root module.
 
     Quantized layers gather as packed; others in the compute dtype (16 bits under mixed precision).
@@ -664,7 +313,7 @@ def _gathered_bytes(spec: Spec, arch: Architecture, prec: _Precision, layer_byte
     if spec.quantization.enabled:
         return 2 * layer_bytes + root_bytes
     compute = 2 if prec.mixed or prec.w == 2 else 4
-    return (2 * arch.layer_params + _root_params(arch)) * compute
+    return (2 * arch.layer_params + arch.root_params) * compute
 
 
 # --------------------------------------------------------------------------- activations
@@ -678,16 +327,20 @@ def _adapted_linears(spec: Spec, arch: Architecture) -> list[Linear]:
     adapted = []
     for lin in arch.linears:
         name = f"{arch.layer_prefix}.0.{lin.name}"
-        if _saved(name, lora.modules_to_save):
+        if saved_module(name, lora.modules_to_save):
             continue
-        if lora.target_modules == "all-linear" or _matches(name, lora.target_modules):
+        if lora.target_modules == "all-linear" or matches_target(name, lora.target_modules):
             adapted.append(lin)
     return adapted
 
 
 def layer_activation_bytes(spec: Spec, arch: Architecture, seq_len: int) -> float:
-    """Bytes one decoder layer keeps for the backward, per token (the module docstring's formula)."""
-    prec = _precision(spec)
+    """Bytes one decoder layer keeps for the backward, per token (the module docstring's formula).
+
+    Checked against the tensors autograd saves: within 3% for Llama-like models and LoRA, 6% for GPT-NeoX and
+    4% for Phi (11% under for fp32 weights).
+    """
+    prec = precision_of(spec)
     a, h, inter = prec.a, arch.hidden_size, arch.intermediate_size
     q, kv = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
     full = isinstance(spec.adapter, FullSpec)
@@ -735,13 +388,17 @@ def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: 
     micro-batch (default ``training.micro_batch_size``, or 8; 1 for a micro-batch sized by tokens). ``trainable_params`` replaces the computed trainable count
     (e.g. the exact count from peft); they are taken to be adapter (fp32) parameters under LoRA and
     model-dtype parameters under full fine-tuning. See the module docstring for every formula.
+
+    How close (H100, one process): on a SmolLM2-135M-shaped Llama with bf16 weights and bf16 autocast, the
+    estimate without the overhead came within 5% of ``torch.cuda.max_memory_allocated`` for LoRA and full
+    fine-tuning, 4-8 x 512-2048 tokens, with and without gradient checkpointing; fp32 weights came 4-13% under.
     """
     if seq_len < 1:
         raise ValueError(f"seq_len must be at least 1, got {seq_len}")
     arch = architecture_of(config)
     t, ln = spec.training, spec.launch
     world = ln.num_processes * ln.num_machines
-    prec = _precision(spec)
+    prec = precision_of(spec)
     topo = _topology(spec, prec)
     full = isinstance(spec.adapter, FullSpec)
     notes: list[str] = []
@@ -760,7 +417,7 @@ def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: 
 
     # weights
     layer_bytes = _layer_weight_bytes(spec, arch, prec)
-    root_bytes = _root_params(arch) * prec.other
+    root_bytes = arch.root_params * prec.other
     if full:
         weights = trainable.full * full_bytes
     else:
@@ -812,7 +469,7 @@ def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: 
         # logits of the trained positions only (held with their gradient), fp32 cross-entropy one chunk at a time
         trained = tokens * min(1.0, trained_fraction)
         logits = trained * arch.vocab_size * 2 * prec.a + min(trained, CE_CHUNK) * arch.vocab_size * 12
-    else:
+    else:  # measured: 14.0 B per logit element with bf16 autocast
         logits = tokens * arch.vocab_size * (prec.a + 12)
 
     return MemoryEstimate(
@@ -920,17 +577,12 @@ def check_budget(estimate: MemoryEstimate, gpu_memory_gib: float | None) -> None
 
 
 __all__ = [
-    "Architecture",
-    "Linear",
-    "MemoryEstimate",
-    "Trainable",
-    "architecture_of",
-    "check_budget",
-    "count_lora_parameters",
-    "count_parameters",
-    "estimate_memory",
-    "layer_activation_bytes",
-    "lora_trainable",
     "CUDA_OVERHEAD_BYTES",
     "GIB",
+    "MemoryEstimate",
+    "Precision",
+    "check_budget",
+    "estimate_memory",
+    "layer_activation_bytes",
+    "precision_of",
 ]

@@ -14,7 +14,11 @@ import os
 import shutil
 from pathlib import Path
 
-from ..models import ModelRef, cache_root, load_config, load_tokenizer, sha256_file
+from .. import __version__
+from ..atomic import temp_dir
+from ..cache import cache_root
+from ..hashing import sha256_file
+from ..model_resolver import ModelRef, load_config, load_tokenizer
 
 # --------------------------------------------------------------------------- the compiler's model cache
 #
@@ -56,10 +60,9 @@ _OMIT = object()
 def _model_files_key(model_dir: Path) -> str:
     """A hash of every non-weight file of the model directory (and `additional_chat_templates/`), the
     directory's path and the versions of what reads them."""
-    import tokenizers
     from importlib.metadata import version
 
-    from .. import __version__
+    import tokenizers
 
     files = {}
     for sub in ("", "additional_chat_templates"):
@@ -176,8 +179,6 @@ def _store_entry(entry: Path, tokenizer, config, model_dir: str) -> None:
                 "text_config": _config_values(text) if text is not config else None,
             }
             entry.parent.mkdir(parents=True, exist_ok=True)
-            from ..atomic import temp_dir
-
             tmp = temp_dir(entry, marker=False)  # a killed compile's leftover temporaries are removed
             tokenizer.save_pretrained(tmp / "tokenizer")
         finally:

@@ -14,9 +14,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from ..errors import BuildError, Problem
 from .. import build_layout as layout
+from ..constants import IGNORE_INDEX
+from ..errors import BuildError, Problem
+from ..spec.loader import load_spec
 from ..verify import RECOMPILE
+from .build_writer import compile_build
 
 GREEN_BOLD = "\x1b[1;32m"
 DIM = "\x1b[2m"
@@ -71,7 +74,7 @@ def render_row(build: Path, *, split: str = "train", index: int = 0, as_json: bo
     build = Path(build)
     b, manifest, row, ids, trained, index, n = _load_row(build, split, index)
     tokenizer = b.load_tokenizer()
-    labels = [t if m else -100 for t, m in zip(ids, trained)]
+    labels = [t if m else IGNORE_INDEX for t, m in zip(ids, trained)]
     if as_json:
         out: dict = {"id": row.get("id"), "split": split, "index": index}
         if "messages" in row:
@@ -131,8 +134,6 @@ def preview_row(target, *, split: str = "train", index: int = 0, as_json: bool =
             raise BuildError(Problem("--set applies to a spec file, not to a compiled build", path="--set",
                                      hint="preview the spec file instead, or recompile with --set"))
         return render_row(target, split=split, index=index, as_json=as_json, color=color)
-    from ..spec.loader import load_spec
-    from .build import compile_build
 
     loaded = load_spec(target, list(overrides))
     with tempfile.TemporaryDirectory(prefix="tunespec-preview-") as tmp:

@@ -19,8 +19,8 @@ import difflib
 import math
 
 from ..errors import DataError, Problem
-from .formats import FORMATS
-from .records import Record
+from ..format_table import FORMATS
+from ..records import Record
 
 
 def _texts(value: object) -> list[str]:

@@ -43,10 +43,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, Problem
+from ..format_table import FORMATS
+from ..records import Record
 from ..spec.data import SelectionSpec
-from .formats import FORMATS
 from .kcenter import kcenter_greedy
-from .records import Record
 
 NUM_PERM = 128
 BANDS, ROWS_PER_BAND = 16, 8

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, Problem
-from ..models import sha256_file
+from ..hashing import sha256_file
+from ..records import Record
 from ..spec.data import DataSpec, SourceSpec
 from ..spec.rules import HUB_BUILDERS
 from .files import Table, expand_glob, read_table
-from .formats import convert_rows
-from .records import Record
 from .references import row_references
+from .row_conversion import convert_rows
 
 SPLITS = ("train", "validation", "test")
 

@@ -15,7 +15,7 @@ user turn (instruction and input) and an assistant turn (output).
 found by rendering growing prefixes of the conversation. A template *file* in Hugging Face's form (a
 loop over ``messages``, no tunespec blocks) is used the same way, in place of the model's. A chat
 template with ``{% generation %}`` blocks (TRL's ``assistant_only_loss``) has exactly its blocks trained
-(``_render_generation_blocks``), as transformers' ``return_assistant_tokens_mask`` marks them.
+(``chat_templates.render_generation_blocks``), as transformers' ``return_assistant_tokens_mask`` marks them.
 Tool definitions are given to both as ``tools=`` (the OpenAI list); a chat template renders them in a
 ``tools`` block (see ``tools.py`` for what happens when a template ignores them).
 
@@ -26,22 +26,31 @@ data: a value containing ``{{ name }}`` is kept literally, never rendered.
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import difflib
 import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
-import jinja2.ext
 import jinja2.runtime
-import jinja2.visitor
 from jinja2 import meta, nodes
-from jinja2.sandbox import SandboxedEnvironment
 
 from ..errors import Problem, TemplateError
-from .records import Record, openai_messages, openai_tools
+from ..format_table import FORMATS
+from ..records import Record, openai_tools
+from .chat_templates import (
+    apply_chat_template,
+    check_chat_template,
+    has_generation_blocks,
+    is_hf_chat_template,
+    own_chat_template,
+    render_generation_blocks,
+    render_with_tokenizer,
+    to_hf_messages,
+)
+from .segments import Segment
+from .template_sandbox import TemplateRaised, bounded_join, sandbox_environment, template_line
 
 TOKENIZER = "tokenizer"
 FIELD_BLOCKS = ("prompt", "completion")
@@ -87,171 +96,9 @@ def unknown_template_problem(name: str, path: str = "data.template") -> Problem 
     names = library_names()
     if name in names:
         return None
-    import difflib
-
     close = difflib.get_close_matches(name, names, n=1)
     return Problem(f"no template named `{name}` in the library", path=path,
                    hint=(f"did you mean `{close[0]}`? " if close else "") + "available: " + ", ".join(names))
-
-
-MAX_REPEAT = 1_000_000  # longest string or list `*` may build in a template, widest field a format may pad to
-MAX_EXPONENT = 10_000  # largest exponent `**` may raise a number (other than 0, 1, -1) to
-MAX_TEXT = 100_000_000  # most characters one render may write, or `~` / `+` may build
-MAX_STEPS = 1_000_000  # most loop iterations one render may take (all loops together)
-WIDTH_METHODS = {"center", "ljust", "rjust", "zfill", "expandtabs", "format", "format_map"}
-WIDTH_FILTERS = ("center", "indent", "wordwrap", "truncate", "slice", "batch", "format")
-_WIDTHS = re.compile(r"\d+")
-
-
-class TemplateRaised(Exception):
-    """``raise_exception(message)`` called by a template: its own message for the user."""
-
-
-def _raise_exception(message) -> None:
-    raise TemplateRaised(str(message))
-
-
-def _check_widths(*values) -> None:
-    """A width, precision or count (an int argument, or digits in a format string's %-specs or {}-fields) a
-    template asks for: refused above MAX_REPEAT, before the string is built (`'%0999999999d' % 1`)."""
-    for v in values:
-        if isinstance(v, str):  # %-specs (with a (name)), and {}-fields' specs
-            specs = re.findall(r"%(?:\([^)]*\))?[-+ #0]*[0-9*]*(?:\.[0-9*]*)?", v) + re.findall(r"\{[^{}]*:([^{}]*)\}", v)
-            numbers = [int(n) for spec in specs for n in _WIDTHS.findall(spec)]
-        elif isinstance(v, bool) or not isinstance(v, int):
-            continue
-        else:
-            numbers = [v]
-        for n in numbers:
-            if n > MAX_REPEAT:
-                raise jinja2.exceptions.SecurityError(f"a width or precision of {n} is too large")
-
-
-class _Bounded(jinja2.visitor.NodeTransformer):
-    """Rewrites a parsed template so that one render is bounded: every ``for`` loop's items are counted
-    (``_ts_steps``) and every ``~`` concatenation's length is checked before it is built (``_ts_concat``)."""
-
-    def visit_For(self, node):
-        node = self.generic_visit(node)
-        node.iter = nodes.Filter(node.iter, "_ts_steps", [], [], None, None, lineno=node.lineno)
-        return node
-
-    def visit_Concat(self, node):
-        node = self.generic_visit(node)
-        return nodes.Filter(nodes.List(node.nodes, lineno=node.lineno), "_ts_concat", [], [], None, None,
-                            lineno=node.lineno)
-
-
-class _Sandbox(SandboxedEnvironment):
-    """Jinja's sandbox, with every way for a template to exhaust memory or time bounded: `*`, `**` and `+`
-    (intercepting them also stops Jinja folding them at compile time), `~`, widths and counts
-    (`'%0999999999d'`, `center(10**9)`, `'{:>999999999}'.format`), the loop iterations and the text
-    written by one render (``Template._blocks`` resets the budget)."""
-
-    intercepted_binops = frozenset({"*", "**", "+", "%"})
-    steps = 0
-
-    def _parse(self, source, name, filename):
-        return _Bounded().visit(super()._parse(source, name, filename))
-
-    def call_binop(self, context, operator, left, right):
-        if operator == "**" and isinstance(left, (int, float)) and isinstance(right, (int, float)):
-            if abs(right) > MAX_EXPONENT and abs(left) not in (0, 1):
-                raise jinja2.exceptions.SecurityError(f"the exponent {right} is too large")
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_REPEAT:
-                    raise jinja2.exceptions.SecurityError(f"the repetition would make {len(seq) * times} items")
-        if operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
-            _check_length(len(left) + len(right))
-        if operator == "%" and isinstance(left, str):
-            _check_widths(left, *(right if isinstance(right, tuple) and "*" in left else ()))
-        return super().call_binop(context, operator, left, right)
-
-    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's own signature
-        target = getattr(__obj, "__wrapped__", __obj)
-        owner = getattr(target, "__self__", None)
-        if isinstance(owner, str) and getattr(target, "__name__", None) in WIDTH_METHODS:
-            _check_widths(owner if target.__name__.startswith("format") else 0, *args, *kwargs.values())
-        return super().call(__context, __obj, *args, **kwargs)
-
-
-def _check_length(n: int) -> None:
-    if n > MAX_TEXT:
-        raise jinja2.exceptions.SecurityError(f"the text would be {n} characters (at most {MAX_TEXT})")
-
-
-@jinja2.pass_environment
-def _steps(env, iterable):
-    """A loop's items, counted against the render's MAX_STEPS."""
-    for item in iterable:
-        env.steps += 1
-        if env.steps > MAX_STEPS:
-            raise jinja2.exceptions.SecurityError(f"the template loops more than {MAX_STEPS} times in one row")
-        yield item
-
-
-def _concat(parts) -> str:
-    parts = [str(p) for p in parts]
-    _check_length(sum(map(len, parts)))
-    return "".join(parts)
-
-
-def _width_checked(fn):
-    @functools.wraps(fn)
-    def checked(*args, **kwargs):
-        _check_widths(*args[1:], *kwargs.values())
-        return fn(*args, **kwargs)
-    return checked
-
-
-def _tojson(value, ensure_ascii: bool = False, indent=None, separators=None, sort_keys: bool = False) -> str:
-    """``tojson`` as chat templates expect it: plain ``json.dumps`` (Jinja's own escapes ``<``, ``>``, ``&``
-    and ``'`` for HTML), non-ASCII kept: ``{"q": "<é>"} | tojson`` -> ``{"q": "<é>"}``."""
-    import json
-
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
-def _env() -> SandboxedEnvironment:
-    env = _Sandbox(
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
-        autoescape=False,
-    )
-    env.filters["tojson"] = _tojson
-    env.filters["_ts_steps"] = _steps
-    env.filters["_ts_concat"] = _concat
-    for name in WIDTH_FILTERS:
-        env.filters[name] = _width_checked(env.filters[name])
-    env.globals["raise_exception"] = _raise_exception
-    return env
-
-
-def _template_line(compiled: jinja2.Template, tb, first: bool = False) -> int | None:
-    """The template line an exception raised while rendering came from (the innermost template frame; `first`:
-    the outermost, for a recursion)."""
-    import traceback
-
-    frames = [f.lineno for f in traceback.extract_tb(tb, limit=None if not first else 200)
-              if f.filename == compiled.filename and f.lineno]
-    return compiled.get_corresponding_lineno(frames[0 if first else -1]) if frames else None
-
-
-def _bounded_join(pieces, written: list[int]) -> str:
-    """A block's rendered pieces joined, refused once the render has written more than MAX_TEXT characters."""
-    out = []
-    for piece in pieces:
-        written[0] += len(piece)
-        if written[0] > MAX_TEXT:
-            raise jinja2.exceptions.SecurityError(f"the template's text would exceed {MAX_TEXT} characters in one row")
-        out.append(piece)
-    return "".join(out)
-
-
-@dataclass(frozen=True)
-class Segment:
-    text: str
-    trained: bool
 
 
 @dataclass
@@ -292,36 +139,34 @@ class Template:
                 if context is None:
                     context = self._new_context(ctx)
                     self._compiled.environment.steps = 0
-                out.append(_bounded_join(fn(context), written))
+                out.append(bounded_join(fn(context), written))
             return out
         except TemplateRaised as e:
             raise TemplateError(Problem(f"the template raised: {e}", file=self.name,
-                                        line=_template_line(self._compiled, e.__traceback__),
+                                        line=template_line(self._compiled, e.__traceback__),
                                         hint="the template's own check failed on this row: fix the row or the "
                                         "template")) from None
         except RecursionError as e:
             raise TemplateError(Problem("the template recurses too deeply", file=self.name,
-                                        line=_template_line(self._compiled, e.__traceback__, first=True),
+                                        line=template_line(self._compiled, e.__traceback__, first=True),
                                         hint="a macro that calls itself needs a condition that ends it")) from None
         except jinja2.exceptions.SecurityError as e:
             raise TemplateError(Problem(f"unsafe template operation: {e}", file=self.name,
-                                        line=_template_line(self._compiled, e.__traceback__),
+                                        line=template_line(self._compiled, e.__traceback__),
                                         hint="templates may only read the record's fields")) from None
         except jinja2.exceptions.UndefinedError as e:
             missing = re.fullmatch(r"'(\w+)' is undefined", e.message or "")
-            from .formats import FORMATS
-
             if missing and missing.group(1) in {c for f in FORMATS.values() for c in f.optional}:
                 raise TemplateError(Problem(f"this row has no `{missing.group(1)}` (an optional field, not in every row)",
-                                            file=self.name, line=_template_line(self._compiled, e.__traceback__),
+                                            file=self.name, line=template_line(self._compiled, e.__traceback__),
                                             hint=f"write {{{{ {missing.group(1)} | default('') }}}} or test it with "
                                             f"{{% if {missing.group(1)} is defined %}}")) from None
             raise TemplateError(Problem(f"{e.message}", file=self.name,
-                                        line=_template_line(self._compiled, e.__traceback__),
+                                        line=template_line(self._compiled, e.__traceback__),
                                         hint="use only fields the data format provides")) from None
         except Exception as e:  # anything the template's own code raises: 1/0, int('x'), a bad filter argument
             raise TemplateError(Problem(f"the template failed: {type(e).__name__}: {e}".split("\n")[0][:300],
-                                        file=self.name, line=_template_line(self._compiled, e.__traceback__),
+                                        file=self.name, line=template_line(self._compiled, e.__traceback__),
                                         hint="fix the expression on this line of the template")) from None
 
     def _new_context(self, ctx: dict):
@@ -333,7 +178,7 @@ class Template:
                                           dict(self._globals, **ctx), shared=True, globals=self._globals)
 
     def render(self, record: Record, fmt: str, tokenizer=None, *, add_eos: bool = True) -> list[Segment]:
-        """The record as text segments, each marked trained or not (`add_eos`: see _render_generation_blocks)."""
+        """The record as text segments, each marked trained or not (`add_eos`: see chat_templates.render_generation_blocks)."""
         if self.kind == "fields":
             if record.is_chat:
                 raise TemplateError(Problem(f"template {self.name} renders prompt/completion fields, but the data is chat",
@@ -350,19 +195,19 @@ class Template:
         tools = openai_tools(record.tools) or None
         if self.kind == "chat":
             return self._render_chat(messages, tools)
-        if has_generation_blocks(self.source or _own_chat_template(tokenizer)):
-            return _render_generation_blocks(messages, tokenizer, tools, self.source or None, add_eos=add_eos)
-        return _render_with_tokenizer(messages, tokenizer, tools, self.source or None)
+        if has_generation_blocks(self.source or own_chat_template(tokenizer)):
+            return render_generation_blocks(messages, tokenizer, tools, self.source or None, add_eos=add_eos)
+        return render_with_tokenizer(messages, tokenizer, tools, self.source or None)
 
     def full_text(self, record: Record, fmt: str, tokenizer=None, *, without_calls: bool = False) -> str:
         """The whole rendered row as one text (what ``render`` splits into segments); `without_calls`: the
         model's chat template given the same messages with their ``tool_calls`` left out."""
         if self.kind != "tokenizer":
             return "".join(s.text for s in self.render(record, fmt, tokenizer))
-        hf, _ = _to_hf(self.messages_of(record, fmt))
+        hf, _ = to_hf_messages(self.messages_of(record, fmt))
         if without_calls:
             hf = [{k: v for k, v in m.items() if k != "tool_calls"} for m in hf]
-        return _apply_template(tokenizer, hf, add_generation_prompt=False,
+        return apply_chat_template(tokenizer, hf, add_generation_prompt=False,
                                tools=openai_tools(record.tools) or None, chat_template=self.source or None)
 
     def render_prompt(self, record: Record, fmt: str, tokenizer=None) -> str:
@@ -374,9 +219,9 @@ class Template:
         if self.kind == "chat":
             last = max(i for i, m in enumerate(messages) if m["role"] in ("assistant", "tool_call"))
             return "".join(s.text for s in self._render_chat(messages[:last], tools)) + self._block("assistant_start", {})
-        hf, _ = _to_hf(messages)
+        hf, _ = to_hf_messages(messages)
         last = max(i for i, m in enumerate(hf) if m["role"] == "assistant")
-        return _apply_template(tokenizer, hf[:last], add_generation_prompt=True, tools=tools,
+        return apply_chat_template(tokenizer, hf[:last], add_generation_prompt=True, tools=tools,
                                chat_template=self.source or None)
 
     def fields_context(self, record: Record, fmt: str) -> dict:
@@ -431,224 +276,7 @@ def chat_generation_prompt(segments, eos_text: str | None, add_eos: bool) -> str
     return "".join(parts)
 
 
-# --------------------------------------------------------------------------- the model's own chat template
-
-
-def _to_hf(messages: list[dict[str, str]]) -> tuple[list[dict], list[bool]]:
-    """Canonical messages in the shape HF chat templates (and TRL, reading ``data/<split>.jsonl``) take: the
-    OpenAI schema of ``records.openai_messages`` (a ``tool_call`` message is an assistant message with
-    ``tool_calls``), and whether each message is trained (its per-turn flag)."""
-    hf = openai_messages(messages)
-    return [{k: v for k, v in m.items() if k != "train"} for m in hf], [m.get("train", True) for m in hf]
-
-
-def _own_chat_template(tokenizer) -> str | None:
-    template = getattr(tokenizer, "chat_template", None)
-    return template if isinstance(template, str) else None
-
-
-GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
-
-
-def has_generation_blocks(chat_template: str | None) -> bool:
-    """Whether a Hugging Face chat template marks assistant text with ``{% generation %}`` blocks (TRL's
-    ``assistant_only_loss``, transformers' ``return_assistant_tokens_mask``)."""
-    return bool(chat_template) and GENERATION_TAG.search(chat_template) is not None
-
-
-def _apply_template(tokenizer, messages: list[dict], *, add_generation_prompt: bool,
-                    tools: list[dict] | None, chat_template: str | None = None) -> str:
-    """The chat template's text (the tokenizer's own, or `chat_template`: a chat template file's text);
-    ``tools`` (the OpenAI list ``[{"type": "function", "function": F}]``) is passed as ``tools=``, as
-    ``apply_chat_template`` takes it."""
-    if tokenizer is None or not (chat_template or getattr(tokenizer, "chat_template", None)):
-        raise TemplateError("template `tokenizer` needs a tokenizer with a chat template",
-                            hint="choose a library template such as chatml, or a model that ships a chat template")
-    kwargs = {"tools": tools} if tools else {}
-    if chat_template:
-        kwargs["chat_template"] = chat_template
-    try:
-        with _time_limit(CHAT_TEMPLATE_SECONDS):
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                                 **kwargs)
-    except Exception as e:  # noqa: BLE001 - whatever the template's own code raises
-        raise _chat_template_error(e, "chat template" if chat_template else "model's chat template") from None
-
-
-CHAT_TEMPLATE_SECONDS = 10.0  # longest one rendering of a Hugging Face chat template may take
-
-
-class TemplateTimeout(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _time_limit(seconds: float):
-    """A Hugging Face chat template runs in transformers' sandbox, which bounds no loop: one rendering that runs
-    longer than `seconds` (``range(10**5)`` inside ``range(10**5)``) is stopped by SIGALRM (main thread only;
-    elsewhere, and where an alarm is already set, it runs unbounded)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer") \
-            or signal.getitimer(signal.ITIMER_REAL)[0]:
-        yield
-        return
-
-    def expired(signum, frame):
-        raise TemplateTimeout(f"it ran for more than {seconds:g} s on one row")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def _chat_template_error(e: Exception, who: str) -> TemplateError:
-    """What a Hugging Face chat template raised (rendered by transformers' sandbox), as a TemplateError: its
-    ``raise_exception`` message as it is, anything else with the exception's type."""
-    if isinstance(e, TemplateTimeout):
-        return TemplateError(f"the {who} takes too long: {e}", hint="a loop in the template runs away (nested "
-                             "range() loops?): bound it")
-    if isinstance(e, RecursionError):
-        return TemplateError(f"the {who} recurses too deeply", hint="a macro that calls itself needs a condition "
-                             "that ends it")
-    if isinstance(e, jinja2.exceptions.SecurityError):
-        return TemplateError(f"the {who} failed: unsafe template operation: {e}", hint="templates may only read "
-                             "the conversation")
-    if isinstance(e, jinja2.TemplateError):
-        return TemplateError(f"the {who} failed: {e}", hint="check the conversation's roles")
-    text = f"{type(e).__name__}: {e}".split("\n")[0][:300]
-    return TemplateError(f"the {who} failed: {text}", hint="fix the template's expression (it fails on this row)")
-
-
-def _render_with_tokenizer(messages: list[dict[str, str]], tokenizer, tools: list[dict] | None,
-                           chat_template: str | None = None) -> list[Segment]:
-    """Split the model's rendering of a conversation into trained assistant turns and the rest."""
-    hf, trained = _to_hf(messages)
-    segments: list[Segment] = []
-    done = ""
-    apply = functools.partial(_apply_template, tokenizer, tools=tools, chat_template=chat_template)
-    for i, m in enumerate(hf):
-        if m["role"] != "assistant":
-            continue
-        before = apply(hf[:i], add_generation_prompt=True) if i else ""
-        through = apply(hf[: i + 1], add_generation_prompt=False)
-        if not before.startswith(done) or not through.startswith(before):
-            raise TemplateError("the model's chat template does not render conversations as growing prefixes",
-                                hint="use a library chat template such as chatml, or mark the assistant text "
-                                "with {% generation %} blocks")
-        segments.append(Segment(before[len(done):], False))
-        segments.append(Segment(through[len(before):], trained[i]))
-        done = through
-    full = apply(hf, add_generation_prompt=False)
-    if full.startswith(done) and len(full) > len(done):
-        segments.append(Segment(full[len(done):], False))
-    return [s for s in segments if s.text]
-
-
-def _render_generation_blocks(messages: list[dict[str, str]], tokenizer, tools: list[dict] | None,
-                              chat_template: str | None = None, *, add_eos: bool = True) -> list[Segment]:
-    """Split a conversation rendered by a chat template with ``{% generation %}`` blocks: the text of each
-    block is trained (as transformers' ``return_assistant_tokens_mask`` marks it), everything else not.
-
-    The spans come from transformers' own renderer (``render_jinja_template``, what
-    ``apply_chat_template`` calls), and its text is checked to equal ``apply_chat_template``'s. The k-th
-    block is the k-th assistant turn for per-turn training flags. EOS, with `add_eos`: the EOS token the
-    template writes right after a block joins the block (trained, as with every template each trained turn
-    ends in a trained EOS); a block followed by no EOS gets one appended by tokenization. Without
-    `add_eos`, exactly the blocks are trained."""
-    try:
-        from transformers.utils.chat_template_utils import render_jinja_template
-    except ImportError:  # pragma: no cover - an older transformers
-        raise TemplateError("{% generation %} blocks need transformers' render_jinja_template, missing in this version",
-                            hint="upgrade transformers, or remove the {% generation %} blocks") from None
-
-    hf, trained = _to_hf(messages)
-    source = chat_template or tokenizer.get_chat_template(None, tools)
-    try:
-        with _time_limit(CHAT_TEMPLATE_SECONDS):
-            texts, spans = render_jinja_template(conversations=[hf], tools=tools, chat_template=source,
-                                                 return_assistant_tokens_mask=True, add_generation_prompt=False,
-                                                 **tokenizer.special_tokens_map)
-    except Exception as e:  # noqa: BLE001 - whatever the template's own code raises
-        raise _chat_template_error(e, "chat template") from None
-    text, spans = texts[0], [(a, b) for a, b in spans[0] if b > a]
-    if text != _apply_template(tokenizer, hf, add_generation_prompt=False, tools=tools, chat_template=chat_template):
-        raise TemplateError("the chat template renders differently with {% generation %} tracking",
-                            hint="report this with the template; or remove the {% generation %} blocks")
-    turns = [t for m, t in zip(hf, trained) if m["role"] == "assistant"]
-    if len(spans) > len(turns):
-        raise TemplateError(f"the chat template's {{% generation %}} blocks ({len(spans)}) are more than the row's "
-                            f"{len(turns)} assistant turn(s): text that is not the assistant's would be trained",
-                            hint="put {% generation %} ... {% endgeneration %} around the assistant's text only")
-    said = [m["content"].strip() for m in hf if m["role"] == "assistant" and isinstance(m.get("content"), str)]
-    others = [m["content"].strip() for m in hf if m["role"] != "assistant" and isinstance(m.get("content"), str)
-              and m["content"].strip()]
-    if spans and len(said) == len(turns) and all(said):
-        for a, b in spans:  # a block with no assistant text but another turn's: it marks the wrong turn (a
-            # template may rewrite an assistant turn, e.g. drop its reasoning: a block holding neither is left be)
-            if not any(c in text[a:b] for c in said) and any(c in text[a:b] for c in others):
-                raise TemplateError(f"a {{% generation %}} block holds no assistant turn's text (it holds "
-                                    f"{text[a:b][:60]!r}): it would train text that is not the assistant's",
-                                    hint="put {% generation %} ... {% endgeneration %} around the assistant's text")
-    flagged = any("weight" in m for m in messages if m["role"] in ("assistant", "tool_call"))
-    if flagged and len(spans) != len(turns):
-        raise TemplateError(f"the chat template's {{% generation %}} blocks ({len(spans)}) do not match the row's "
-                            f"{len(turns)} assistant turns, so per-turn training flags cannot be applied",
-                            hint="wrap each assistant turn's text in exactly one {% generation %} block")
-    eos = getattr(tokenizer, "eos_token", None)
-    segments: list[Segment] = []
-    done = 0
-    for k, (a, b) in enumerate(spans):
-        if a < done:
-            raise TemplateError("the chat template's {% generation %} blocks overlap",
-                                hint="close each {% generation %} block before the next one opens")
-        if add_eos and eos and text.startswith(eos, b):
-            b += len(eos)
-        segments.append(Segment(text[done:a], False))
-        segments.append(Segment(text[a:b], turns[k] if flagged else True))
-        done = b
-    segments.append(Segment(text[done:], False))
-    return [s for s in segments if s.text]
-
-
 # --------------------------------------------------------------------------- loading and static checks
-
-
-_BLOCK_TAG = re.compile(r"\{%-?\s*block\b")
-
-
-def is_hf_chat_template(source: str) -> bool:
-    """A template file in Hugging Face's chat template form (a loop over ``messages``, no tunespec blocks):
-    used as the model's chat template would be (``template: tokenizer``), ``{% generation %}`` blocks included."""
-    return _BLOCK_TAG.search(source) is None and re.search(r"\bmessages\b", source) is not None
-
-
-class _GenerationBlocks(jinja2.ext.Extension):
-    """Parses ``{% generation %}...{% endgeneration %}`` (transformers' chat template tag), for syntax checks."""
-
-    tags = {"generation"}
-
-    def parse(self, parser):
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return nodes.Scope(body).set_lineno(lineno)
-
-
-def check_chat_template(source: str, label: str) -> None:
-    """A Hugging Face chat template's syntax (``{% generation %}`` blocks included), as a TemplateError with
-    its line: ``{% generation %}`` without ``{% endgeneration %}``, an unclosed ``{{``, ..."""
-    env = jinja2.Environment(extensions=[_GenerationBlocks, "jinja2.ext.loopcontrols"])
-    try:
-        env.parse(source)
-    except jinja2.TemplateSyntaxError as e:
-        raise TemplateError(Problem(f"chat template syntax error: {e.message}", file=label, line=e.lineno,
-                                    hint="close every {% generation %} with {% endgeneration %} and check the "
-                                    "{{ }} / {% %} pairs")) from None
 
 
 def _read_template_file(path: Path, label: str) -> str:
@@ -714,7 +342,7 @@ def load_template(
     if file is not None and is_hf_chat_template(source):
         check_chat_template(source, label)
         return Template(name=label, kind=TOKENIZER, source=source, stop=stop, system=system)
-    env = _env()
+    env = sandbox_environment()
     try:
         ast = env.parse(source, name=label)
         compiled = env.from_string(source)

@@ -33,7 +33,7 @@ import json
 from collections import Counter
 from dataclasses import replace
 
-from .records import Record, openai_tools
+from ..records import NotOpenAI, Record, openai_calls, openai_tools
 
 MODES = ("auto", "system", "drop")
 
@@ -109,8 +109,6 @@ def renders_calls(template, record: Record, fmt: str, tokenizer) -> bool:
     """Whether the model's chat template renders the row's assistant ``tool_calls`` (OpenAI schema, as TRL
     gives them): its text holds each call's name and differs from the text with the calls left out (an
     same messages without ``tool_calls``: a template that ignores them renders both alike)."""
-    from .records import NotOpenAI, openai_calls
-
     try:
         names = [c["function"]["name"] for m in record.messages if m["role"] == "tool_call"
                  for c in openai_calls(m["content"])]

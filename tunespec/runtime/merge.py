@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..atomic import check_replaceable, install, temp_dir
 from ..errors import BuildError, ModelError, Problem
-from ..models import resolve
+from ..model_resolver import resolve
 from ..spec.adapter import MERGEABLE_SPECS, PrefixTuningSpec, PromptTuningSpec
 from .added_token_embeddings import extend_embeddings
 from .build_reader import Build

@@ -6,7 +6,7 @@ import contextlib
 from pathlib import Path
 
 from ..errors import BuildError, ModelError, Problem
-from ..models import ModelRef, resolve
+from ..model_resolver import ModelRef, resolve
 from ..spec.adapter import IA3Spec, LoraSpec, PrefixTuningSpec, PromptTuningSpec, is_peft
 from ..spec.root import Spec
 from ..spec.training import checkpointing_on

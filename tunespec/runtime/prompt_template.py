@@ -50,7 +50,7 @@ def load_build_template(build: Build):
     """The build's template, loaded from the build's copy of its source (``template.jinja``; for
     ``template: tokenizer`` from the spec, the chat template being the build's tokenizer's), and checked
     against the manifest's sha256."""
-    from ..compiler.formats import FORMATS
+    from ..format_table import FORMATS
     from ..compiler.templates import load_template
 
     data = build.spec.data
@@ -110,7 +110,7 @@ class Renderer:
 
     @property
     def field_names(self) -> tuple[str, ...]:
-        from ..compiler.formats import FORMATS
+        from ..format_table import FORMATS
 
         return FORMATS[self.fmt].text_fields
 
@@ -144,7 +144,7 @@ class Renderer:
 
     def render_fields(self, fields: dict[str, str]) -> str:
         """A fields template's prompt block for these fields (chat templates: the fields as one user turn)."""
-        from ..compiler.records import Record
+        from ..records import Record
 
         record = Record(id="generate", source="generate#0", fields=fields)
         if self.is_chat:
@@ -168,7 +168,7 @@ class Renderer:
     def render_chat(self, history: list[dict[str, str]]) -> str:
         """The conversation so far (ending with a user turn) up to the next assistant turn, as training rendered
         it: earlier assistant turns followed by EOS when tokenization appended one."""
-        from ..compiler.records import Record
+        from ..records import Record
 
         messages = list(history)
         if self.system is not None:

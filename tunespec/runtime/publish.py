@@ -36,9 +36,8 @@ from ..spec.rules import HUB_BUILDERS
 from .build_reader import Build
 from .train_metrics import METRICS, read_metrics
 from ..build_layout import LOCK, STAMP
+from ..packaged_models import PACKAGED_HUB_IDS
 
-PACKAGED_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-"""The hub repository each packaged model was converted from (its GGUF file is a quantized copy)."""
 LEFT_OUT = {STAMP, "README.md", ".tunespec"}  # tunespec's stamps and marker; peft's generated card (ours replaces it)
 MARKER = "<!-- written by tunespec publish -->"
 ROUGE_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")

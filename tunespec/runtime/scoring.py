@@ -120,8 +120,8 @@ def score_build(build: Build, *, embeddings: bool = False, log=print) -> list[di
 def score_spec(loaded, output: Path, *, embeddings: bool = False, log=print) -> dict:
     """Compile `loaded` without its IFD and k-center selection, score its train rows (with ``embeddings``, or
     when the spec sets data.selection.kcenter, each row's embedding too), write `output`. The header."""
-    from ..compiler.build import compile_build
-    from ..models import ModelRef
+    from ..compiler.build_writer import compile_build
+    from ..model_resolver import ModelRef
     from ..spec.loader import load_spec
 
     from ..compiler.sources import sources_inputs

@@ -6,11 +6,9 @@ from typing import Literal, get_args
 
 from pydantic import Field
 
+from ..format_table import FormatName
 from .base import ROWS_MAX, SEED_MAX, TOKENS_MAX, Section
 
-FormatName = Literal[
-    "alpaca", "summarization", "qa", "input_output", "text", "prompt_completion", "sharegpt", "messages"
-]
 SplitName = Literal["train", "validation", "test"]
 
 

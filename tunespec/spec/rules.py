@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from ..errors import Problem
+from ..format_table import CHAT_FORMATS, FORMATS_WITHOUT_REFERENCE
 from .adapter import FullSpec, IA3Spec, LoraSpec, PrefixTuningSpec, PromptTuningSpec
 from .launch import DeepSpeedLaunch, FsdpLaunch
 from .root import Spec
@@ -16,9 +17,6 @@ from .root import Spec
 Rule = Callable[[Spec], Iterator[Problem]]
 RULES: list[Rule] = []
 
-# Formats whose rows have no reference answer (nothing for ROUGE to compare against).
-FORMATS_WITHOUT_REFERENCE = {"text"}
-CHAT_FORMATS = {"sharegpt", "messages"}
 HUB_BUILDERS = {"json", "csv", "parquet", "text", "arrow"}  # datasets' packaged builders: data_files are local
 
 

@@ -13,14 +13,13 @@ key in the manifest and returns at once.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import dataclasses
 import json
 import os
-import platform
+import re
 import shutil
 import sys
 import time
-import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,30 +27,42 @@ from typing import Callable
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, micro_batches
 from .. import build_layout as layout
 from ..atomic import clean_stale, install, refuse_overlap, temp_dir
 from ..errors import BuildError, DataError, Problem, TemplateError, TunespecError
-from ..models import PACKAGED, ModelRef, model_pins, resolve, sha256_file
+from ..format_table import FORMATS
+from ..hashing import sha256_bytes, sha256_file
+from ..model_resolver import ModelRef, model_pins, resolve
+from ..records import Record, openai_messages, openai_tools
 from ..spec.loader import LoadedSpec
-from ..spec.resolve import ignored_by_template
 from ..spec.render import to_yaml
-from .. import micro_batches
+from ..spec.resolve import ignored_by_template
 from ..verify import seal_lock
 from . import benchmarks as bench
-from .formats import FORMATS
+from .added_tokens import extend_vocabulary
+from .chat_templates import check_chat_template
+from .deepcheck import check_saved_modules
+from .flops import estimate_compute
+from .launch_files import write_launch_files
+from .memory import check_budget, estimate_memory
 from .model_cache import load_for_compile
-from .records import Record, openai_messages, openai_tools
+from .pinned_versions import pinned_versions
 from .references import check_reference_fields, short_of_references
 from .selection import Scores, read_scores, select
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_names, sources_inputs
-from .templates import Template, chat_generation_prompt, check_chat_template, load_template
-from .tools import IGNORED, DROPPED, manifest_tools, place_calls, place_tools
-from .tokenize import (RENDER_REASONS, context_length, first_doubled, manifest_prefix, special_prefix,
-                       tokenize_examples)
+from .spec_template import template_label, template_of
+from .templates import Template, chat_generation_prompt
+from .tokenization import (
+    RENDER_REASONS,
+    context_length,
+    first_doubled,
+    manifest_prefix,
+    special_prefix,
+    tokenize_examples,
+)
+from .tools import DROPPED, IGNORED, manifest_tools, place_calls, place_tools
 
-FORMAT_VERSION = layout.FORMAT_VERSION
-RUNTIME_DIRS = layout.RUNTIME_DIRS
 Log = Callable[[str], None]
 
 
@@ -63,45 +74,8 @@ class BuildResult:
     messages: list[str] = field(default_factory=list)
 
 
-def _sha_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def template_of(loaded: LoadedSpec) -> Template:
-    """The spec's template, checked against the fields every source's format provides."""
-    data = loaded.spec.data
-    t = data.template
-    formats = {s.format or data.format for s in data.sources}
-    field_formats = [f for f in formats if FORMATS[f].kind == "fields"]
-    fields: set[str] | None = None
-    answers: set[str] = set()
-    if field_formats:
-        fields = set.intersection(*[set(FORMATS[f].text_fields) for f in field_formats])
-        answers = {FORMATS[f].reference for f in field_formats if FORMATS[f].reference} | {"output"}
-        answers -= {x for f in field_formats for x in FORMATS[f].text_fields if x != FORMATS[f].reference}
-    if t is None:
-        defaults = {FORMATS[f].template for f in formats}
-        if len(defaults) > 1:
-            raise DataError(Problem(f"the sources' formats have different default templates ({', '.join(sorted(defaults))})",
-                                    path="data.template", hint="name one template, e.g. chatml or tokenizer"))
-        return load_template(name=defaults.pop(), fields=fields, answers=answers)
-    if isinstance(t, str):
-        return load_template(name=t, fields=fields, answers=answers)
-    shown = os.path.relpath(t.file) if t.file else None
-    return load_template(name=t.name, file=t.file, prompt=t.prompt, completion=t.completion, stop=t.stop,
-                         system=t.system, fields=fields, shown=shown, answers=answers)
-
-
-def template_label(loaded: LoadedSpec, template: Template) -> str:
-    """The template's name as the build records it: a file template by its portable path."""
-    t = loaded.spec.data.template
-    if template.source and not isinstance(t, str) and t is not None and t.file:
-        return layout.portable_path(loaded, "data.template.file", t.file)
-    return template.name
 
 
 def input_key(loaded: LoadedSpec, template: Template, sources: list[list[dict]], scores_sha: str | None = None,
@@ -111,7 +85,7 @@ def input_key(loaded: LoadedSpec, template: Template, sources: list[list[dict]],
     Paths enter it in their portable form (build_layout): the same files in another checkout, or compiled
     into another output directory, give the same key."""
     payload = {
-        "format_version": FORMAT_VERSION,
+        "format_version": layout.FORMAT_VERSION,
         "tunespec": __version__,
         "spec": layout.portable_spec(loaded),
         "sources": layout.portable_inputs(loaded, sources),
@@ -123,11 +97,11 @@ def input_key(loaded: LoadedSpec, template: Template, sources: list[list[dict]],
         payload["kcenter_scores"] = kcenter_sha
     if benchmarks:  # evaluation.benchmarks: the task files' and their data's hashes (compiler/benchmarks.py)
         payload["benchmarks"] = benchmarks
-    return _sha_bytes(json.dumps(payload, sort_keys=True).encode("utf-8"))
+    return sha256_bytes(json.dumps(payload, sort_keys=True).encode("utf-8"))
 
 
 def _runtime_outputs(path: Path) -> list[str]:
-    return [d for d in RUNTIME_DIRS if (path / d).exists()]
+    return [d for d in layout.RUNTIME_DIRS if (path / d).exists()]
 
 
 def _check_target(path: Path, key: str, force: bool) -> dict | None:
@@ -205,34 +179,12 @@ def _model_label(ref: ModelRef, portable: dict) -> str:
     return (portable.get("model") or {}).get("path") or ref.label if ref.path else ref.label
 
 
-# packages whose version can change a byte of a build or of what is trained from it
-PINNED_PACKAGES = ("torch", "transformers", "tokenizers", "jinja2", "numpy", "safetensors", "huggingface_hub", "gguf",
-                   "sentencepiece", "peft", "datasets", "accelerate", "bitsandbytes", "trl")
-
-
-def _versions(model_package: str | None = None) -> dict:
-    """The versions the lock pins: tunespec, python, PINNED_PACKAGES (null: not installed) and the package a
-    ``model.packaged`` model comes from."""
-    from importlib.metadata import PackageNotFoundError, packages_distributions, version
-
-    out = {"tunespec": __version__, "python": platform.python_version()}
-    names = list(PINNED_PACKAGES)
-    if model_package:
-        names += packages_distributions().get(model_package, [model_package])
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def chat_template_sha(tokenizer) -> str:
     """sha256 of the tokenizer's chat template (templates by name: of their JSON, keys sorted); of "" without one."""
     chat = getattr(tokenizer, "chat_template", None)
     if isinstance(chat, dict):
         chat = json.dumps(chat, sort_keys=True, ensure_ascii=False)
-    return _sha_bytes((chat or "").encode("utf-8"))
+    return sha256_bytes((chat or "").encode("utf-8"))
 
 
 def compile_build(
@@ -293,8 +245,6 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
     plain = template.kind != "tokenizer" and not (getattr(spec.model, "added_tokens", None)
                                                   or getattr(spec.model, "added_special_tokens", None))
     tokenizer, config = load_for_compile(ref, model_dir, plain=plain)
-    from .deepcheck import check_saved_modules
-
     check_saved_modules(spec, ref, model_dir)  # names peft would skip silently
     custom_code = _custom_code_problem(config, ref)
     if template.kind == "tokenizer" and not template.source and isinstance(getattr(tokenizer, "chat_template", None), str):
@@ -304,8 +254,6 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
             raise BuildError(Problem("apply_chat_template needs the tokenizer's chat template, and it has none",
                                      path=f"evaluation.benchmarks.{b.index}.apply_chat_template",
                                      hint="set apply_chat_template: false, or use a model whose tokenizer has one"))
-    from .vocabulary import extend_vocabulary
-
     vocab, vocab_warnings = extend_vocabulary(loaded, tokenizer, config, template)  # model.added_tokens; template markers
     ctx = context_length(config)
     max_length = data.tokenization.max_length or ctx or 2048
@@ -423,8 +371,6 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
                                                 hint="fix the dropped rows listed above, or check the sources' split names")])
         if data.strict and problems:
             raise DataError(problems)
-        from .memory import check_budget, estimate_memory
-
         train_lengths = np.diff(np.load(tmp / layout.token_file("train", "offsets")))
         batching = micro_batches.resolve(spec, config, max_length=max_length, train_tokens=int(train_lengths.sum()))
         per_epoch = micro_batches.per_epoch(batching, train_lengths, spec.training.seed)
@@ -436,8 +382,6 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
         memory = estimate_memory(spec, vocab.sized_config(config) if vocab else config, seq_len=seq_len,
                                  trained_fraction=split_stats["train"]["trained_fraction"], micro_batch_rows=rows)
         check_budget(memory, spec.launch.gpu_memory_gib)
-        from .flops import estimate_compute
-
         compute = estimate_compute(spec, config, lengths=train_lengths, batches_per_epoch=per_epoch,
                                    loss_tokens=split_stats["train"]["trained_tokens"], max_length=max_length)
         step_micro = spec.training.gradient_accumulation_steps * spec.launch.num_processes * spec.launch.num_machines
@@ -452,17 +396,15 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
         tokenizer.save_pretrained(tmp / layout.TOKENIZER_DIR)
         if template.source:  # the runtime renders new prompts from this copy, never from the original file
             (tmp / layout.TEMPLATE).write_bytes(template.source.encode("utf-8"))
-        from .launch import write_launch_files
-
         write_launch_files(spec, tmp)
         bench_manifest, bench_lock = bench.install_files(benches, tmp, loaded, lm_eval_version)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         file_hashes = {f: sha256_file(tmp / f) for f in files}
         # `template: tokenizer`: the template is the model's chat template (its own hash, not the empty source's)
         template_sha = template.sha256 if template.source else chat_template_sha(tokenizer)
-        tokenizer_sha = _sha_bytes(b"".join(bytes.fromhex(file_hashes[f]) for f in files if f.startswith("tokenizer/")))
+        tokenizer_sha = sha256_bytes(b"".join(bytes.fromhex(file_hashes[f]) for f in files if f.startswith("tokenizer/")))
         manifest = {
-            "format_version": FORMAT_VERSION,
+            "format_version": layout.FORMAT_VERSION,
             "input_key": key,
             "name": spec.name,
             "max_length": max_length,
@@ -489,7 +431,7 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
         sdir = layout.spec_dir(loaded)
         portable = layout.portable_spec(loaded)
         lock = layout.Lock(
-            tunespec_lock=FORMAT_VERSION,
+            tunespec_lock=layout.FORMAT_VERSION,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             reproduce="tunespec rerun BUILD/lock.yaml -o NEW_BUILD",
             spec_file=layout.portable_path(loaded, "spec_file", str(Path(loaded.file).resolve())),
@@ -514,11 +456,11 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
                           "trust_remote_code": ref.trust_remote_code, **model_pins(ref, model_dir)},
             },
             vocabulary=vocab.to_dict() if vocab else None,
-            versions={**_versions(PACKAGED[ref.packaged][0] if ref.packaged in PACKAGED else None),
+            versions={**pinned_versions(ref.packaged),
                       **({"lm_eval": lm_eval_version} if benches else {})},
-            manifest_sha256=_sha_bytes((tmp / layout.MANIFEST).read_bytes()),
+            manifest_sha256=sha256_bytes((tmp / layout.MANIFEST).read_bytes()),
             hints=layout.Hints(spec_dir=str(sdir), build=str(out.resolve()), command=command, model_dir=str(model_dir),
-                               spec_dir_from_build=layout._posix(os.path.relpath(sdir, out.resolve()))),
+                               spec_dir_from_build=layout.posix_path(os.path.relpath(sdir, out.resolve()))),
         ).to_data()
         if lock["vocabulary"] is None:
             del lock["vocabulary"]
@@ -611,8 +553,6 @@ def _special_text_problem(splits: dict[str, list[Record]], tokenizer, by_name) -
     """Rows whose data (not the template's text) holds the text of one of the tokenizer's special tokens
     (``</s>``, ``<|im_start|>``): it tokenizes as that control token, as TRL and ``apply_chat_template`` would
     tokenize it. The rows are kept (the data may mean it: a chat log with markup) and counted, the first located."""
-    import re
-
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or getattr(backend, "encode_special_tokens", False):  # split_special_tokens: plain text
         return []

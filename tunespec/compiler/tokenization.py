@@ -19,8 +19,9 @@ from typing import Iterable
 
 import numpy as np
 
+from ..constants import IGNORE_INDEX
 from ..errors import ModelError
-from .templates import Segment
+from .segments import Segment
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Tokenized:
 
     def labels(self, i: int) -> np.ndarray:
         ids, trained = self.row(i)
-        return np.where(trained.astype(bool), ids, -100)
+        return np.where(trained.astype(bool), ids, IGNORE_INDEX)
 
 
 def special_prefix(tokenizer) -> list[int]:

@@ -30,8 +30,10 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import ModelError, Problem, SpecError, TemplateError
-from .templates import (CHAT_TEMPLATE_SECONDS, Template, TemplateTimeout, _chat_template_error, _time_limit,
-                        library_dir)
+from ..spec.adapter import FullSpec, LoraSpec
+from .chat_templates import CHAT_TEMPLATE_SECONDS, TemplateTimeout, chat_template_error, time_limit
+from .spec_locations import locate_in_spec
+from .templates import Template, library_dir
 
 SPECIAL_MARKER = re.compile(r"<\|[^|<>\s]{1,40}\|>")
 TAG = re.compile(r"</?[A-Za-z_][^<>\s]{0,40}>")  # a stop marker shaped like a tag: <end_of_turn>, </s>
@@ -192,10 +194,10 @@ def _chat_template_probe(tokenizer, chat_template: str | None = None, label: str
     for messages in conversations:
         try:
             kwargs = {"chat_template": chat_template} if chat_template else {}
-            with _time_limit(CHAT_TEMPLATE_SECONDS):  # as every rendering of a chat template (templates.py)
+            with time_limit(CHAT_TEMPLATE_SECONDS):  # as every rendering of a chat template (templates.py)
                 return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
         except TemplateTimeout as e:
-            error = _chat_template_error(e, "chat template" if chat_template else "model's chat template")
+            error = chat_template_error(e, "chat template" if chat_template else "model's chat template")
             raise TemplateError([dataclasses.replace(p, file=label) for p in error.problems]) from None
         except Exception:  # a template that refuses a system turn, or any other role: try the next
             continue
@@ -252,7 +254,6 @@ def marker_problems(template: Template, tokenizer, spec=None) -> list[Problem]:
 
 def adapter_problems(spec, vocab: Vocabulary | None) -> list[Problem]:
     """Added tokens get embedding rows to train: only LoRA (beside the adapter) and full fine-tuning train them."""
-    from ..spec.adapter import FullSpec, LoraSpec
 
     if vocab is None or not vocab.added or isinstance(spec.adapter, (LoraSpec, FullSpec)):
         return []
@@ -277,13 +278,11 @@ def extend_vocabulary(loaded, tokenizer, config, template: Template) -> tuple[Vo
     Returns the record (None when the spec adds nothing) and the located warnings; raises ``SpecError``
     listing every marker the vocabulary lacks and a method that cannot train the new rows.
     """
-    from .deepcheck import _locate
-
     try:
         vocab = add_tokens(loaded.spec, tokenizer, config)
     except ModelError as e:
-        raise ModelError([_locate(loaded, p) for p in e.problems]) from None
+        raise ModelError([locate_in_spec(loaded, p) for p in e.problems]) from None
     problems = marker_problems(template, tokenizer, loaded.spec) + adapter_problems(loaded.spec, vocab)
     if problems:
-        raise SpecError([_locate(loaded, p) for p in problems])
-    return vocab, [_locate(loaded, p) for p in unchanged_warnings(vocab)]
+        raise SpecError([locate_in_spec(loaded, p) for p in problems])
+    return vocab, [locate_in_spec(loaded, p) for p in unchanged_warnings(vocab)]

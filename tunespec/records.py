@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-ROLES = ("system", "user", "assistant", "tool_call", "tool")
-
 
 @dataclass(frozen=True)
 class Record:

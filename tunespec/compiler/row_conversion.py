@@ -1,19 +1,5 @@
-"""Dataset formats, and the conversion of their rows into canonical ``Record``s.
-
-Formats (``FORMATS``):
-
-====================  ======  ==============================================  ===================
-name                  kind    columns (required; *optional*)                  reference answer
-====================  ======  ==============================================  ===================
-``alpaca``            fields  instruction, *input*, output, *history*         output
-``summarization``     fields  dialogue, summary, *topic*                      summary
-``qa``                fields  question, answer                                answer
-``input_output``      fields  input, output                                   output
-``text``              fields  text                                            (none)
-``prompt_completion`` fields  prompt, completion                              completion
-``sharegpt``          chat    conversations, *system*, *tools*                last assistant turn
-``messages``          chat    messages, *tools*                               last assistant turn
-====================  ======  ==============================================  ===================
+"""The conversion of a dataset format's rows into canonical ``Record``s (the formats themselves are
+``tunespec/format_table.py``'s).
 
 Rows and records
 ----------------
@@ -88,83 +74,13 @@ or video part drops the row (``"image content part (only text is trained)"``).
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
 
-from tunespec.compiler.records import NotOpenAI, Record, openai_calls
-from tunespec.errors import DataError, Problem
-
-TAG_KEYS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag", "tool_call_tag", "tool_tag")
-
-
-@dataclass(frozen=True)
-class FormatInfo:
-    """What a format's rows look like, and how a spec uses it by default."""
-
-    name: str
-    kind: str  # "fields" (named text fields) or "chat" (a conversation)
-    required: tuple[str, ...]  # required columns
-    optional: tuple[str, ...]  # optional columns
-    reference: str | None  # field holding the reference answer (ROUGE); None: text, or chat (last assistant turn)
-    template: str  # default prompt template name
-    tags: tuple[tuple[str, str | None], ...] = ()  # chat: default role/content keys and role names
-
-    @property
-    def text_fields(self) -> tuple[str, ...]:
-        """The keys of ``Record.fields`` for this format (empty for chat formats)."""
-        if self.kind != "fields":
-            return ()
-        return tuple(c for c in self.required + self.optional if c != "history")
-
-    @property
-    def map_keys(self) -> tuple[str, ...]:
-        """The keys a ``column_map`` may use for this format."""
-        return self.required + self.optional + (TAG_KEYS if self.kind == "chat" else ())
-
-
-_SHAREGPT_TAGS = (
-    ("role_tag", "from"),
-    ("content_tag", "value"),
-    ("user_tag", "human"),
-    ("assistant_tag", "gpt"),
-    ("system_tag", "system"),
-    ("tool_call_tag", "function_call"),
-    ("tool_tag", "observation"),
-)
-_MESSAGES_TAGS = (
-    ("role_tag", "role"),
-    ("content_tag", "content"),
-    ("user_tag", "user"),
-    ("assistant_tag", "assistant"),
-    ("system_tag", "system"),
-    ("tool_call_tag", None),  # OpenAI tool calls come from an assistant message's ``tool_calls``
-    ("tool_tag", "tool"),
-)
-
-FORMATS: dict[str, FormatInfo] = {
-    f.name: f
-    for f in (
-        FormatInfo("alpaca", "fields", ("instruction", "output"), ("input", "history"), "output", "alpaca"),
-        FormatInfo("summarization", "fields", ("dialogue", "summary"), ("topic",), "summary", "instruct_output_end"),
-        FormatInfo("qa", "fields", ("question", "answer"), (), "answer", "question_answer"),
-        FormatInfo("input_output", "fields", ("input", "output"), (), "output", "input_output"),
-        FormatInfo("text", "fields", ("text",), (), None, "text"),
-        FormatInfo("prompt_completion", "fields", ("prompt", "completion"), (), "completion", "prompt_completion"),
-        FormatInfo("sharegpt", "chat", ("conversations",), ("system", "tools"), None, "tokenizer", _SHAREGPT_TAGS),
-        FormatInfo("messages", "chat", ("messages",), ("tools",), None, "tokenizer", _MESSAGES_TAGS),
-    )
-}
-
-
-def get_format(name: str) -> FormatInfo:
-    """The ``FormatInfo`` of a format name; an unknown name is a ``DataError`` with a did-you-mean."""
-    info = FORMATS.get(name)
-    if info is None:
-        raise DataError(Problem(f"unknown data format {name!r}", path="format", hint=_did_you_mean(name, FORMATS)))
-    return info
+from ..errors import DataError, Problem
+from ..format_table import FORMATS, TAG_KEYS, FormatInfo, column_map_problems, did_you_mean, get_format
+from ..records import NotOpenAI, Record, openai_calls
 
 
 def join_instruction(instruction: str, input_text: str) -> str:
@@ -304,14 +220,14 @@ class RowConverter:
                 Problem(
                     f"id column {self.id_column!r} is in no row",
                     path="id_column",
-                    hint=_did_you_mean(self.id_column, present, what="the rows have columns"),
+                    hint=did_you_mean(self.id_column, present, what="the rows have columns"),
                 )
             )
         if problems:
             raise DataError(problems)
 
     def _absent_column_problem(self, name: str, column: str, present: list[str]) -> Problem:
-        hint = _did_you_mean(column, present, what="the rows have columns")
+        hint = did_you_mean(column, present, what="the rows have columns")
         fits = [f for f, info in FORMATS.items() if f != self.info.name and all(c in present for c in info.required)]
         if fits and name not in self.mapped:
             hint += f"; the columns fit format {' or '.join(repr(f) for f in fits)}"
@@ -655,27 +571,3 @@ def _check_column_map(info: FormatInfo, column_map: dict) -> None:
     problems = column_map_problems(info, column_map)
     if problems:
         raise DataError(problems)
-
-
-def column_map_problems(info: FormatInfo, column_map: dict) -> list[Problem]:
-    """What is wrong with a column_map for this format (paths ``column_map.KEY``); run at validate time too."""
-    problems = []
-    for key, value in column_map.items():
-        if key not in info.map_keys:
-            hint = _did_you_mean(str(key), info.map_keys, what=f"format {info.name!r} has")
-            hint += "; column_map maps a field of the format to a column of the data: {field: column}"
-            problems.append(
-                Problem(f"{key!r} is not a field of format {info.name!r}", path=f"column_map.{key}", hint=hint)
-            )
-        elif not isinstance(value, str) or not value:
-            problems.append(Problem(f"must be a column name (got {value!r})", path=f"column_map.{key}",
-                                    hint="write the data's column name, e.g. {summary: abstract}"))
-    return problems
-
-
-def _did_you_mean(word: str, choices, *, what: str = "choose from") -> str:
-    """``"did you mean 'x'? choose from: a, b, c"`` (the did-you-mean part only when something is close)."""
-    choices = [str(c) for c in choices]
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
-    listed = ", ".join(choices[:20]) + (", …" if len(choices) > 20 else "")
-    return (f"did you mean {close[0]!r}? " if close else "") + f"{what}: {listed}"
