@@ -250,7 +250,6 @@ def run_tunespec(args, packing: bool, quantized: bool = False, extra: list[str] 
 
 def profiled(fn, path: str):
     """Run `fn` under torch.profiler and write the top kernels by GPU time to `path` (TS_PROFILE=path)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

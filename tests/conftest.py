@@ -9,9 +9,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
 import helpers
+import pytest
 
 
 @pytest.fixture(autouse=True)

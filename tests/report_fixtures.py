@@ -9,9 +9,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 import helpers
+import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 # without the background-networking flags Chromium keeps calling home (a closed network fills with retries)

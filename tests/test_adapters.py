@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from helpers import TrainingStopped, load_tensors, max_tensor_diff, reset_accelerate, train_in_process
 
 pytestmark = pytest.mark.usefixtures("tunespec_env")

@@ -13,9 +13,8 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-
 import helpers
+import pytest
 
 pytest.importorskip("lm_eval")
 

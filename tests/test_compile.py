@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from compile_fixtures import (
-    cli,
     SPECS_DATA,
     build_tokenizer,
     check_build,
+    cli,
     compile_spec,
     load_split,
     smollm2,
@@ -33,6 +32,7 @@ from compile_fixtures import (
     write_jsonl,
     write_spec,
 )
+
 from tunespec.build_layout import FORMAT_VERSION
 from tunespec.compiler.build_writer import compile_build
 from tunespec.errors import BuildError, DataError

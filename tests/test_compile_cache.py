@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from compile_fixtures import SHARED, SPECS_DATA, compile_spec, smollm2, tiny, tiny_model_path, write_spec
 
 QA = SPECS_DATA / "qa_sample.jsonl"
@@ -76,8 +75,8 @@ def texts() -> list[str]:
 
 @pytest.mark.parametrize("which", ["tiny", "smollm2"])
 def test_the_cached_tokenizer_encodes_exactly_like_transformers(which, cache):
-    from tunespec.compiler.tokenization import encode_texts, special_prefix
     from tunespec.compiler.model_cache import CachedTokenizer, load_for_compile
+    from tunespec.compiler.tokenization import encode_texts, special_prefix
     from tunespec.model_resolver import ModelRef, load_tokenizer, resolve
 
     model = tiny() if which == "tiny" else smollm2()

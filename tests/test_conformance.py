@@ -26,8 +26,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from compile_fixtures import SHARED, compile_spec, load_split, shared, smollm2, write_jsonl, write_spec
+from compile_fixtures import compile_spec, load_split, shared, smollm2, write_jsonl, write_spec
 from families import llama3_dir, mistral_dir, mistral_tokenizer_file, reference_llama3, reference_mistral
 
 SYSTEM = "You write one-sentence summaries of dialogues."

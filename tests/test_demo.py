@@ -8,9 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
-import pytest
-
 import helpers
+import pytest
 from helpers import DATA
 from report_fixtures import artifacts_dir, browser_page, trained_and_evaluated
 

@@ -34,9 +34,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
 import helpers
+import pytest
 from helpers import Run, launch_cmd, load_tensors, max_tensor_diff, read_metrics, tunespec_cmd
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tunespec_env")]

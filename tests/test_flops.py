@@ -10,9 +10,9 @@ import typing
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import minimal_spec
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from helpers import minimal_spec
 from tunespec.compiler.flops import GPUS, MFU_BY_SIZE, estimate_compute
 from tunespec.spec import Spec
 from tunespec.spec.launch import GpuName

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from tunespec.compiler.files import read_rows
 from tunespec.compiler.row_conversion import chat_problem, convert_rows, drop_summary
-from tunespec.format_table import FORMATS, get_format
 from tunespec.errors import DataError
+from tunespec.format_table import FORMATS, get_format
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -11,14 +11,11 @@ import json
 import os
 import select
 import subprocess
-import sys
 import time
-from pathlib import Path
-
-import pytest
-from click.testing import CliRunner
 
 import helpers
+import pytest
+from click.testing import CliRunner
 from helpers import DATA, tunespec_cmd
 
 pytestmark = pytest.mark.usefixtures("tunespec_env")

@@ -17,9 +17,16 @@ import json
 from pathlib import Path
 
 import pytest
+from compile_fixtures import (
+    build_tokenizer,
+    compile_spec,
+    load_split,
+    shared,
+    smollm2_with_chat_template,
+    write_jsonl,
+    write_spec,
+)
 
-from compile_fixtures import (build_tokenizer, compile_spec, load_split, shared, smollm2_with_chat_template,
-                              write_jsonl, write_spec)
 from tunespec.errors import TemplateError
 
 # EOS (<|im_end|>) inside the block, as TRL's training templates write it

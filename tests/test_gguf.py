@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from compile_fixtures import smollm2
+
 from tunespec import model_resolver as models
 
 

@@ -7,10 +7,10 @@ import json
 import math
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
-import helpers
 from tunespec.compiler.kcenter import kcenter_greedy
 from tunespec.errors import DataError, SpecError
 

@@ -32,9 +32,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import helpers
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -405,12 +405,12 @@ def test_the_70b_fsdp_qlora_example_fits_its_cards_and_compiles_to_what_accelera
     compiled (the tiny model and local rows in place of the gated hub ones) it gives accelerate an FSDP2 launch of
     8 processes and the runtime a 4-bit config whose storage dtype FSDP can shard."""
     import torch
+    from helpers import DATA
     from transformers import LlamaConfig
 
     from tunespec.compiler.memory import estimate_memory
     from tunespec.runtime.modeling import quantization_config
     from tunespec.spec.loader import load_spec
-    from helpers import DATA, compile_spec
 
     example = Path(__file__).resolve().parents[1] / "specs" / "llama3-70b-qlora-fsdp.yaml"
     spec = load_spec(example).spec

@@ -14,9 +14,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from compile_fixtures import SPECS_DATA, cli, compile_spec, tiny_model_path
 from ruamel.yaml import YAML
 
-from compile_fixtures import SPECS_DATA, cli, compile_spec, tiny_model_path
 from tunespec import build_layout as layout
 
 TEMPLATE = "{% block prompt %}Q: {{ question }}\nA:{% endblock %}{% block completion %} {{ answer }}{% endblock %}"

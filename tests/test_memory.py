@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import minimal_spec
 from peft import LoraConfig, get_peft_model
 from transformers import (
     GPTNeoXConfig,
@@ -16,7 +17,6 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from helpers import minimal_spec
 from tunespec.compiler.architecture import architecture_of, count_parameters
 from tunespec.compiler.memory import GIB, MemoryEstimate, check_budget, estimate_memory, layer_activation_bytes
 from tunespec.compiler.trainable_parameters import count_lora_parameters

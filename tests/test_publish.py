@@ -13,11 +13,10 @@ import os
 import shutil
 from pathlib import Path
 
+import helpers
 import pytest
 import yaml
 from click.testing import CliRunner
-
-import helpers
 
 pytestmark = pytest.mark.usefixtures("tunespec_env")
 

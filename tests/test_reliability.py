@@ -35,11 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-from ruamel.yaml import YAML
-
 import helpers
+import pytest
 from helpers import invoke_in_process
+from ruamel.yaml import YAML
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "tests" / "bad_inputs"
@@ -598,7 +597,9 @@ def test_compile_killed_at_random_moments_leaves_a_whole_build_or_none(tmp_path,
     ref_files = assert_whole_build(tmp_path / "ref")["files"]
     shutil.copytree(tmp_path / "ref", replaced)  # an existing build of `spec`, to be replaced by `other`
 
-    write = lambda: f"open|/.{{}}.tmp-|{rng.randint(2, 14)}|after"  # die opening a random one of ~16 files
+    def write() -> str:  # die opening a random one of ~16 files
+        return f"open|/.{{}}.tmp-|{rng.randint(2, 14)}|after"
+
     chains = {
         fresh: [
             (spec, [], write().format("fresh"), {"absent"}),
@@ -815,10 +816,10 @@ def test_convert_to_a_full_or_read_only_disk_is_a_clean_error(full_disk, read_on
             target.mkdir()
             real = os.open
 
-            def failing(path, *a, _target=target, _code=code, **k):
+            def failing(path, *a, _target=target, _code=code, _real=real, **k):
                 if str(_target) in os.fspath(path):
                     raise OSError(_code, os.strerror(_code), path)
-                return real(path, *a, **k)
+                return _real(path, *a, **k)
 
             monkeypatch.setattr(os, "open", failing)
         ran = run_in_process(["convert", big, "--from", "alpaca", "--to", "messages", "-o", target / "out.jsonl"])
@@ -868,9 +869,9 @@ SANDBOX_ESCAPES = [
 
 @pytest.mark.parametrize("source", SANDBOX_ESCAPES)
 def test_templates_refuse_sandbox_escapes(source):
-    from tunespec.records import Record
     from tunespec.compiler.templates import load_template
     from tunespec.errors import TemplateError
+    from tunespec.records import Record
 
     record = Record(id="r", source="s#0", fields={"instruction": "Say hi.", "input": "", "output": "hi"})
     with pytest.raises(TemplateError) as e:

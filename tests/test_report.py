@@ -8,9 +8,8 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
 import helpers
+import pytest
 from report_fixtures import artifacts_dir, browser_page, copy_build, trained_and_evaluated, with_varied_scores
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tunespec_env")]

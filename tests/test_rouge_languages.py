@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from compile_fixtures import shared
 from rouge_score import rouge_scorer
 
-from compile_fixtures import shared
 from tunespec.errors import ScoreError
 from tunespec.runtime import rouge
 from tunespec.runtime.scorefiles import score_files

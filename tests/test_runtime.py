@@ -20,10 +20,9 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import helpers
 import numpy as np
 import pytest
-
-import helpers
 from helpers import Run, launch_cmd, load_tensors, max_tensor_diff, read_metrics, run_to_end, tunespec_cmd
 
 pytestmark = pytest.mark.usefixtures("tunespec_env")
@@ -219,11 +218,10 @@ def test_packed_rows_do_not_attend_to_each_other(attn, tiny_model_dir, tiny_buil
     import torch
     from transformers import AutoModelForCausalLM
 
+    from tunespec.runtime import varlen
     from tunespec.runtime.batching import collate_packed
     from tunespec.runtime.build_reader import Build
     from tunespec.runtime.modeling import prepare_for_training
-
-    from tunespec.runtime import varlen
 
     varlen.register()
     build = Build(tiny_build_template)

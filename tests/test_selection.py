@@ -6,13 +6,13 @@ import json
 import random
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
-import helpers
-from tunespec.records import Record
 from tunespec.compiler.selection import select, shingles, signature
 from tunespec.errors import DataError
+from tunespec.records import Record
 from tunespec.spec.data import SelectionSpec
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dialogsum" / "dev.jsonl"

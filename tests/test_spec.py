@@ -35,8 +35,8 @@ from pathlib import Path
 import pydantic
 import pytest
 from click.testing import CliRunner
-
 from helpers import invoke_in_process
+
 from tunespec.cli import main
 from tunespec.errors import SpecError
 from tunespec.spec.loader import load_spec

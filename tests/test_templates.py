@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from compile_fixtures import (
     SPECS_DATA,
     check_build,
@@ -28,6 +27,7 @@ from compile_fixtures import (
     write_jsonl,
     write_spec,
 )
+
 from tunespec.errors import TemplateError
 
 FIELD_TEMPLATES = ["alpaca", "phi2_instruct", "llama2_inst", "question_answer", "chatml", "tokenizer"]

@@ -11,10 +11,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from compile_fixtures import (build_tokenizer, check_build, compile_spec, load_split, shared, smollm2,
-                              smollm2_with_chat_template, write_spec)
+from compile_fixtures import (
+    build_tokenizer,
+    check_build,
+    compile_spec,
+    load_split,
+    shared,
+    smollm2,
+    smollm2_with_chat_template,
+    write_spec,
+)
 
 GLAIVE = "sharegpt/glaive_toolcall_en_demo.json"
 

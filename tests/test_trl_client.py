@@ -23,8 +23,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from compile_fixtures import build_tokenizer, compile_spec, load_split, shared, smollm2, smollm2_with_chat_template, write_jsonl, write_spec
+from compile_fixtures import (
+    build_tokenizer,
+    compile_spec,
+    load_split,
+    shared,
+    smollm2,
+    smollm2_with_chat_template,
+    write_jsonl,
+    write_spec,
+)
 from families import LLAMA3_CHAT_TEMPLATE, llama3_dir, mistral_dir
 
 pytest.importorskip("trl", reason="the TRL client test needs trl (pip install '.[test]')")

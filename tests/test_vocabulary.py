@@ -15,11 +15,10 @@ import json
 import shutil
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-import helpers
 from helpers import TrainingStopped, load_tensors, max_tensor_diff, reset_accelerate, train_in_process
 
 pytestmark = pytest.mark.usefixtures("tunespec_env")
@@ -421,9 +420,9 @@ def test_untied_lm_head_rows_are_trained(kind, tmp_path, tiny_model_dir, compile
 
 def test_memory_estimate_counts_the_rows_peft_trains(build_from, tiny_model_dir):
     """The compile's trainable count equals what peft trains on the extended model (tied head: one row each)."""
+    from tunespec.runtime.added_token_embeddings import extend_embeddings
     from tunespec.runtime.build_reader import Build
     from tunespec.runtime.modeling import load_base_model, prepare_for_training
-    from tunespec.runtime.added_token_embeddings import extend_embeddings
 
     # padded batches: every position's logits (padding-free ones scale with each build's trained fraction)
     plain = build_from(**{**{k: v for k, v in FAST.items() if k != "model.added_special_tokens"},

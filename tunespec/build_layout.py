@@ -224,10 +224,11 @@ def locate_inputs(spec: dict[str, Any], bases: list[Path]) -> tuple[dict[str, An
     return doc, found, absolute, missing
 
 
-def search_bases(lock: dict, lock_path: Path, root: Path | None) -> list[Path]:
+def search_bases(lock: dict[str, Any], lock_path: Path, root: Path | None) -> list[Path]:
     """Where the lock's relative paths are looked for, in order: --root, the spec directory as seen from the
     lock (a moved or copied checkout that holds the build), the spec directory on the compiling machine."""
-    hints = lock.get("hints") if isinstance(lock.get("hints"), dict) else {}
+    given = lock.get("hints")
+    hints: dict[str, Any] = given if isinstance(given, dict) else {}
     bases: list[Path] = []
     if root is not None:
         bases.append(Path(root).expanduser())

@@ -36,8 +36,9 @@ BOOTSTRAP_ITERS = 100000  # lm-eval's default: standard errors of metrics that a
 def require(where: str = "evaluation.benchmarks") -> str:
     """lm-eval's version; a BuildError saying which extra to install when it is missing."""
     try:
-        import lm_eval  # noqa: F401
         from importlib.metadata import version
+
+        import lm_eval  # noqa: F401
 
         return version("lm_eval")
     except ImportError:

@@ -12,9 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from .build_layout import STAMP
 from .errors import BuildError, Problem
 from .spec.adapter import MERGEABLE_SPECS, is_peft
-from .build_layout import STAMP
 
 
 def _stamp(path: Path) -> dict | None:

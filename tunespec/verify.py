@@ -20,8 +20,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from .errors import BuildError, Problem
 from .cache import cache_root, save_cache_json
+from .errors import BuildError, Problem
 
 SEAL = "lock_sha256: "
 RECOMPILE = "recompile: tunespec compile SPEC -o BUILD --force"

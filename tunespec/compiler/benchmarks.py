@@ -180,7 +180,7 @@ def install_files(items: list[BenchInput], tmp: Path, loaded, version: str | Non
                 placed[str(f)] = f"{BENCH_DIR}/{d.name}/data/{target}"
                 record["data"].append({"file": placed[str(f)], "sha256": sha})
 
-            def relocate(v):
+            def relocate(v, placed=placed):
                 if isinstance(v, dict):
                     return {k: relocate(x) for k, x in v.items()}
                 if isinstance(v, list):

@@ -237,9 +237,8 @@ def _precision(spec: Spec, gpu: Gpu) -> tuple[str, list[str]]:
 
 
 def _mfu(spec: Spec, total_params: int) -> tuple[float, str]:
-    for at_least, mfu in MFU_BY_SIZE:
-        if total_params >= at_least:
-            break
+    # the first size class the model reaches (the table ends with a class of 0 parameters)
+    at_least, mfu = next((size, m) for size, m in MFU_BY_SIZE if total_params >= size)
     if at_least:
         reason = f"model of {_millions(total_params)} parameters, at least {_millions(at_least)}"
     else:

@@ -205,7 +205,7 @@ def row_changes(old_build: Path, new_build: Path, splits: list[str]) -> list[str
     removed = [k for k in old if k not in new]
     added = [k for k in new if k not in old]
     changed, moved = [], []
-    for k, (split, i, a, la) in old.items():
+    for k, (split, _i, a, la) in old.items():
         if k not in new:
             continue
         nsplit, j, b, lb = new[k]

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-from ..errors import BuildError, ModelError, Problem
 from ..build_layout import MANIFEST
+from ..errors import BuildError, ModelError, Problem
 from ..spec.adapter import is_peft
 
 PAD_TO = 64

@@ -89,7 +89,7 @@ def check(checkpoint: Path) -> str | None:
 
 def newest_intact(train_dir: Path, log=print) -> Path | None:
     """The newest checkpoint that passes ``check``; each newer one that fails is reported and skipped."""
-    for step, path in reversed(list_checkpoints(train_dir)):
+    for _step, path in reversed(list_checkpoints(train_dir)):
         problem = check(path)
         if problem is None:
             return path

@@ -20,10 +20,10 @@ import math
 import time
 from dataclasses import dataclass
 
-from ..build_layout import STAMP
-from ..micro_batches import DEFAULT_ROWS
 from ..atomic import check_replaceable, install, temp_dir
+from ..build_layout import STAMP
 from ..errors import BuildError, Problem
+from ..micro_batches import DEFAULT_ROWS
 from ..progress import Progress
 from ..spec.adapter import is_peft
 from . import benchmarks as bench

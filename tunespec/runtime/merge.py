@@ -12,16 +12,14 @@ base+adapter on a few training rows and the largest logit difference printed.
 
 from __future__ import annotations
 
-
-
 from ..atomic import check_replaceable, install, temp_dir
+from ..build_layout import STAMP, stamp_text
 from ..errors import BuildError, ModelError, Problem
 from ..model_resolver import resolve
 from ..spec.adapter import MERGEABLE_SPECS, PrefixTuningSpec, PromptTuningSpec
 from .added_token_embeddings import extend_embeddings
 from .build_reader import Build
 from .modeling import load_base_model, loading, pick_dtype
-from ..build_layout import STAMP, stamp_text
 
 DTYPES = ("float32", "bfloat16", "float16")
 

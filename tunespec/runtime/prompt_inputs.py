@@ -124,7 +124,7 @@ def _read_file(path: Path, renderer: Renderer) -> list[PromptInput]:
         if not line.strip():
             continue
 
-        def bad(message: str, hint: str, column: int | None = None) -> TunespecError:
+        def bad(message: str, hint: str, column: int | None = None, number: int = number) -> TunespecError:
             return TunespecError(Problem(message, file=str(path), line=number, column=column, hint=hint))
 
         try:

@@ -20,7 +20,6 @@ from ..build_layout import MANIFEST
 from ..errors import BuildError, Problem, TunespecError
 from .build_reader import Build
 
-
 # The field a plain prompt text fills, per fields format.
 MAIN_FIELD = {
     "summarization": "dialogue",
@@ -50,8 +49,8 @@ def load_build_template(build: Build):
     """The build's template, loaded from the build's copy of its source (``template.jinja``; for
     ``template: tokenizer`` from the spec, the chat template being the build's tokenizer's), and checked
     against the manifest's sha256."""
-    from ..format_table import FORMATS
     from ..compiler.templates import load_template
+    from ..format_table import FORMATS
 
     data = build.spec.data
     t = data.template

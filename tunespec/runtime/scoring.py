@@ -121,10 +121,9 @@ def score_spec(loaded, output: Path, *, embeddings: bool = False, log=print) -> 
     """Compile `loaded` without its IFD and k-center selection, score its train rows (with ``embeddings``, or
     when the spec sets data.selection.kcenter, each row's embedding too), write `output`. The header."""
     from ..compiler.build_writer import compile_build
+    from ..compiler.sources import sources_inputs
     from ..model_resolver import ModelRef
     from ..spec.loader import load_spec
-
-    from ..compiler.sources import sources_inputs
 
     output = Path(output)
     data_files = [Path(f["file"]) for i in sources_inputs(loaded.spec.data.sources) for e in i

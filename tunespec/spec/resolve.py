@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ..errors import Problem
+from ..format_table import CHAT_FORMATS
 from .base import Section
 from .root import Spec
-from .rules import CHAT_FORMATS
 
 if TYPE_CHECKING:
     from ..compiler.templates import Template

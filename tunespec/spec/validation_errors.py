@@ -173,7 +173,7 @@ def validation_problems(errors: list[ErrorDetails], origins: Origins, root: str,
         step = group[0][2][0]
         value = value_at(doc, at)
 
-        def fits(member: Any) -> bool:  # the member whose shape the value has
+        def fits(member: Any, value: Any = value) -> bool:  # the member whose shape the value has
             m = strip_annotated(member)
             if isinstance(value, dict):
                 return is_model(m) or typing.get_origin(m) is dict
