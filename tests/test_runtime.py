@@ -757,12 +757,12 @@ def test_generation_reports_the_time_left_and_counts_every_token_step(trained, m
 
 
 def test_cut_strips_at_the_stop_marker():
-    from tunespec.runtime.evaluate import _cut
+    from tunespec.runtime.evaluate import cut_at_stop
 
-    assert _cut(" A summary.\n### End\n### Instruct: more", "### End") == "A summary."
-    assert _cut("no marker here ", "### End") == "no marker here"
-    assert _cut("### End", "### End") == ""
-    assert _cut(" text ### End", None) == "text ### End"
+    assert cut_at_stop(" A summary.\n### End\n### Instruct: more", "### End") == "A summary."
+    assert cut_at_stop("no marker here ", "### End") == "no marker here"
+    assert cut_at_stop("### End", "### End") == ""
+    assert cut_at_stop(" text ### End", None) == "text ### End"
 
 
 def test_generate_stops_at_eos_and_stop_marker(tiny_build):

@@ -59,7 +59,7 @@ def _shipped(build: Build, log) -> tuple[str, dict | None]:
     return "merged", stamp
 
 
-def _cut(text: str, stop: str | None) -> str:
+def cut_at_stop(text: str, stop: str | None) -> str:
     if stop and stop in text:
         text = text[: text.index(stop)]
     return text.strip()
@@ -137,7 +137,7 @@ def generate(model, tokenizer, build: Build, prompts: list[str], *, log=print, l
                     break
                 keep.append(t)
             new_tokens += len(keep)
-            out[i] = _cut(tokenizer.decode(keep, skip_special_tokens=True), build.stop)
+            out[i] = cut_at_stop(tokenizer.decode(keep, skip_special_tokens=True), build.stop)
         progress.write(f"  generated {min(start + ev.batch_size, len(order))}/{len(order)}")
     progress.close()
     return Generated(out, time.perf_counter() - t0, new_tokens)
