@@ -45,14 +45,15 @@ case $PART in
         python3 -m tunespec.cli run specs/quickstart.yaml -o /tmp/qs-build --set model.packaged=null \
         --set model.path="$GGUF_DIR" --set model.gguf_file="$(basename "$GGUF")"
       echo "quickstart rc=$? wall_s=$(( $(date +%s) - start ))" ) > "$OUT/quickstart.log" 2>&1 &
-    q --workload dialogsum --data "$DATA/dev.jsonl" --runs ts-defaults,ts-packing,trl --parallel 2 \
+    q --workload dialogsum --data "$DATA/dev.jsonl" --runs ${DS_RUNS:-ts-defaults,trl} --parallel 2 \
       --out "$OUT/quality-dialogsum.json" > "$OUT/quality-dialogsum.log" 2>&1 &
     q --workload alpaca --data "$DATA/alpaca_en_demo.json" --runs ts-defaults,trl --parallel 1 \
       --out "$OUT/quality-alpaca.json" > "$OUT/quality-alpaca.log" 2>&1 &
     q --workload glaive --data "$DATA/glaive_toolcall_en_demo.json" --runs ts-defaults,trl --parallel 1 \
       --out "$OUT/quality-glaive.json" > "$OUT/quality-glaive.log" 2>&1 &
     taskset -c "$GPU_CPUS" python3 benchmarks/selection.py --gguf-dir "$GGUF_DIR" --data "$DATA/dev.jsonl" \
-      --runs all,ifd,kcenter,random0 --parallel 4 --out "$OUT/selection-dialogsum.json" > "$OUT/selection.log" 2>&1 &
+      --runs ${SEL_RUNS:-all,ifd,kcenter,random0} --parallel 4 --out "$OUT/selection-dialogsum.json" \
+      > "$OUT/selection.log" 2>&1 &
     wait
     tail -n 5 "$OUT"/quality-*.log "$OUT/selection.log"; tail -n 25 "$OUT/quickstart.log" ;;
   selection)
