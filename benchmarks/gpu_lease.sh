@@ -22,7 +22,7 @@ LAST=$(( $(nproc) - 1 ))
 GPU_CPUS="0-$(( LAST - 2 ))"  # the GPU runs keep off the two cores the quickstart is timed on
 # the GGUF converted once, before runs in parallel read the cache
 taskset -c "$GPU_CPUS" python3 -c "from tunespec.model_resolver import ModelRef, resolve; resolve(ModelRef(path='$GGUF_DIR', gguf_file='$(basename "$GGUF")'))"
-q() { taskset -c "$GPU_CPUS" python3 benchmarks/quality_defaults.py --gguf-dir "$GGUF_DIR" --work /tmp/q "$@"; }
+q() { taskset -c "$GPU_CPUS" python3 benchmarks/quality_defaults.py --gguf-dir "$GGUF_DIR" --work /tmp/q --converted "$@"; }
 case $PART in
   quality)
     ( start=$(date +%s)
@@ -47,9 +47,9 @@ case $PART in
       echo "quickstart rc=$? wall_s=$(( $(date +%s) - start ))" ) > "$OUT/quickstart.log" 2>&1 &
     q --workload dialogsum --data "$DATA/dev.jsonl" --runs ${DS_RUNS:-ts-defaults,trl} --parallel 2 \
       --out "$OUT/quality-dialogsum.json" > "$OUT/quality-dialogsum.log" 2>&1 &
-    q --workload alpaca --data "$DATA/alpaca_en_demo.json" --runs ts-defaults,trl --parallel 1 \
+    q --workload alpaca --data "$DATA/alpaca_en_demo.json" --runs ts-defaults,trl --parallel 2 \
       --out "$OUT/quality-alpaca.json" > "$OUT/quality-alpaca.log" 2>&1 &
-    q --workload glaive --data "$DATA/glaive_toolcall_en_demo.json" --runs ts-defaults,trl --parallel 1 \
+    q --workload glaive --data "$DATA/glaive_toolcall_en_demo.json" --runs ts-defaults,trl --parallel 2 \
       --out "$OUT/quality-glaive.json" > "$OUT/quality-glaive.log" 2>&1 &
     taskset -c "$GPU_CPUS" python3 benchmarks/selection.py --gguf-dir "$GGUF_DIR" --data "$DATA/dev.jsonl" \
       --runs ${SEL_RUNS:-all,ifd,kcenter,random0} --parallel 4 --out "$OUT/selection-dialogsum.json" \

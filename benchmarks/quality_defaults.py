@@ -164,6 +164,8 @@ def main() -> None:
     ap.add_argument("--runs", default=",".join(RUNS))
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--work", type=Path, default=Path("/tmp/quality"))
+    ap.add_argument("--converted", action="store_true",
+                    help="The GGUF is converted in the cache already: start every run at once.")
     ap.add_argument("--trl-child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.trl_child:
@@ -182,10 +184,10 @@ def main() -> None:
             return name, {"error": str(e)}
 
     names = args.runs.split(",")
-    # the first run alone: it converts the GGUF into the shared cache the others then read
-    results = dict([one(names[0])])
+    # the first run alone (unless --converted): it converts the GGUF into the shared cache the others then read
+    results = {} if args.converted else dict([one(names[0])])
     with ThreadPoolExecutor(args.parallel) as pool:
-        for name, r in pool.map(one, names[1:]):
+        for name, r in pool.map(one, names[len(results):]):
             results[name] = r
             if args.out:  # after every run: a call cut short keeps what finished
                 args.out.write_text(json.dumps(results, indent=2) + "\n")
