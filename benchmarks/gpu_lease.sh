@@ -47,8 +47,8 @@ case $PART in
       echo "quickstart rc=$? wall_s=$(( $(date +%s) - start ))" ) > "$OUT/quickstart.log" 2>&1 &
     q --workload dialogsum --data "$DATA/dev.jsonl" --runs ${DS_RUNS:-ts-defaults,trl} --parallel 2 \
       --out "$OUT/quality-dialogsum.json" > "$OUT/quality-dialogsum.log" 2>&1 &
-    q --workload alpaca --data "$DATA/alpaca_en_demo.json" --runs ts-defaults,trl --parallel 2 \
-      --out "$OUT/quality-alpaca.json" > "$OUT/quality-alpaca.log" 2>&1 &
+    [ -n "${NO_ALPACA:-}" ] || q --workload alpaca --data "$DATA/alpaca_en_demo.json" --runs ts-defaults,trl \
+      --parallel 2 --out "$OUT/quality-alpaca.json" > "$OUT/quality-alpaca.log" 2>&1 &
     q --workload glaive --data "$DATA/glaive_toolcall_en_demo.json" --runs ts-defaults,trl --parallel 2 \
       --out "$OUT/quality-glaive.json" > "$OUT/quality-glaive.log" 2>&1 &
     taskset -c "$GPU_CPUS" python3 benchmarks/selection.py --gguf-dir "$GGUF_DIR" --data "$DATA/dev.jsonl" \
