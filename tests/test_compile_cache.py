@@ -76,8 +76,9 @@ def texts() -> list[str]:
 @pytest.mark.parametrize("which", ["tiny", "smollm2"])
 def test_the_cached_tokenizer_encodes_exactly_like_transformers(which, cache):
     from tunespec.compiler.model_cache import CachedTokenizer, load_for_compile
-    from tunespec.compiler.tokenization import encode_texts, special_prefix
+    from tunespec.compiler.tokenization import encode_texts
     from tunespec.model_resolver import ModelRef, load_tokenizer, resolve
+    from tunespec.special_prefix import special_prefix
 
     model = tiny() if which == "tiny" else smollm2()
     ref = ModelRef(path=model.get("path"), packaged=model.get("packaged"))

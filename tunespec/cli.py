@@ -299,7 +299,7 @@ def train(build: Path, restart: bool) -> None:
 @user_errors
 def merge(build: Path, dtype: str | None) -> None:
     """Merge the trained LoRA adapter into the base model (BUILD/merged)."""
-    from .runtime.build_reader import Build
+    from .build_reader import Build
     from .runtime.merge import merge as run_merge
 
     run_merge(Build(build), dtype=dtype, log=lambda s: click.echo(s, err=True))
@@ -314,7 +314,7 @@ def merge(build: Path, dtype: str | None) -> None:
 @user_errors
 def evaluate(build: Path, which: str | None, split: str | None, limit: int | None, multi_ref: str | None) -> None:
     """Generate on a split and score ROUGE (and eval loss); base vs fine-tuned side by side."""
-    from .runtime.build_reader import Build
+    from .build_reader import Build
     from .runtime.evaluate import evaluate as run_eval
 
     b = Build(build)
@@ -338,7 +338,7 @@ def evaluate(build: Path, which: str | None, split: str | None, limit: int | Non
 @user_errors
 def publish(build: Path, to_folder: Path | None, dry_run: bool, repo_id: str | None, what: str | None) -> None:
     """Write the folder a Hugging Face model repository gets (weights, tokenizer, model card) and upload it."""
-    from .runtime.build_reader import Build
+    from .build_reader import Build
     from .runtime.publish import publish as run_publish
 
     result = run_publish(Build(build), to_folder=to_folder, dry_run=dry_run, repo_id=repo_id, what=what,

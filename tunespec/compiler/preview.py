@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from .. import build_layout as layout
+from ..build_reader import Build
 from ..constants import IGNORE_INDEX
 from ..errors import BuildError, Problem
 from ..spec.loader import load_spec
@@ -28,8 +29,6 @@ OPEN, CLOSE = "[[", "]]"
 
 
 def _load_row(build: Path, split: str, index: int):
-    from ..runtime.build_reader import Build
-
     b = Build(build)  # checks every file against the manifest's sha256s, and the token files' contents
     manifest = b.manifest
     splits = manifest.get("splits") or {}

@@ -468,7 +468,7 @@ def rerun_training(old_build: Path, new_build: Path, log: Log, tolerance: float 
     """Train the new build (``tunespec train``, in-process) and compare it with the old build's training: the
     loss curve step by step (CURVE_KEYS of train/metrics.jsonl) and the final adapter (or merged model for a
     full fine-tune) tensor by tensor. `tolerance`: 0 is exact (the CPU); otherwise relative, for GPUs."""
-    from ..runtime.build_reader import Build
+    from ..build_reader import Build
     from ..runtime.train import train
 
     old_curve = _curve(old_build)

@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..build_layout import MANIFEST
+from ..build_reader import Build
 from ..errors import BuildError, Problem, TunespecError
-from .build_reader import Build
 
 # The field a plain prompt text fills, per fields format.
 MAIN_FIELD = {

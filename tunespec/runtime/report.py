@@ -33,9 +33,9 @@ import numpy as np
 from .. import __version__
 from .. import build_layout as layout
 from ..atomic import recover, write_text
+from ..build_reader import Build
 from ..errors import BuildError, Problem
 from ..spec.adapter import is_peft
-from .build_reader import Build
 from .train_metrics import read_metrics
 
 PAGE_DIR = Path(__file__).with_name("report_page")

@@ -30,11 +30,11 @@ import tempfile
 from pathlib import Path
 
 from ..atomic import refuse_overlap, write_text
+from ..build_reader import Build
 from ..compiler.selection import SCORES_KIND
 from ..constants import IGNORE_INDEX
 from ..progress import Progress
 from .batching import collate_padded
-from .build_reader import Build
 from .modeling import load_variant, model_device, use_bf16
 
 BATCH_ROWS = 16
