@@ -208,7 +208,7 @@ def rerun(lock: Path, output: Path, root: Path | None, retrain: bool, tolerance:
 
     Exit 0: reproduced (every file identical); 1: not reproduced (the differences are listed);
     2: bad input (no lock, an input not found, a build of another format)."""
-    from .compiler.rerun import rerun_lock
+    from .rerun_training import rerun_lock
 
     ok = rerun_lock(lock, output, log=lambda s: click.echo(s, err=True), root=root, train=retrain, tolerance=tolerance)
     click.echo(str(output))
