@@ -231,7 +231,7 @@ def test_an_unwritable_cache_only_costs_speed(tmp_path, monkeypatch):
 
 
 def _rows(n: int):
-    from tunespec.compiler.segments import Segment
+    from tunespec.templating.segments import Segment
 
     sample = texts()
     return [[Segment(sample[i % len(sample)] + f" #{i % 7}", False), Segment(sample[(3 * i) % len(sample)], True)]

@@ -869,9 +869,9 @@ SANDBOX_ESCAPES = [
 
 @pytest.mark.parametrize("source", SANDBOX_ESCAPES)
 def test_templates_refuse_sandbox_escapes(source):
-    from tunespec.compiler.templates import load_template
     from tunespec.errors import TemplateError
     from tunespec.records import Record
+    from tunespec.templating.templates import load_template
 
     record = Record(id="r", source="s#0", fields={"instruction": "Say hi.", "input": "", "output": "hi"})
     with pytest.raises(TemplateError) as e:

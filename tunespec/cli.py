@@ -438,7 +438,7 @@ def demo(build: Path, which: str | None, host: str, port: int | None, share: boo
 @main.command()
 def templates() -> None:
     """List the template library."""
-    from .compiler.templates import TOKENIZER, library_dir, library_names
+    from .templating.templates import TOKENIZER, library_dir, library_names
 
     for name in library_names():
         if name == TOKENIZER:

@@ -40,10 +40,11 @@ from ..spec.loader import LoadedSpec
 from ..spec.render import to_yaml
 from ..spec.resolve import ignored_by_template
 from ..special_prefix import manifest_prefix, special_prefix
+from ..templating.chat_templates import check_chat_template
+from ..templating.templates import Template, chat_generation_prompt
 from ..verify import seal_lock
 from . import benchmarks as bench
 from .added_tokens import extend_vocabulary
-from .chat_templates import check_chat_template
 from .deepcheck import check_saved_modules
 from .flops import estimate_compute
 from .launch_files import write_launch_files
@@ -54,7 +55,6 @@ from .references import check_reference_fields, short_of_references
 from .selection import Scores, read_scores, select
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_names, sources_inputs
 from .spec_template import template_label, template_of
-from .templates import Template, chat_generation_prompt
 from .tokenization import (
     RENDER_REASONS,
     context_length,

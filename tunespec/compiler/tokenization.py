@@ -22,7 +22,7 @@ import numpy as np
 from ..constants import IGNORE_INDEX
 from ..errors import ModelError
 from ..special_prefix import special_prefix, with_prefix
-from .segments import Segment
+from ..templating.segments import Segment
 
 
 @dataclass
