@@ -46,6 +46,17 @@ class TokenSet:
         return self.ids[a:b], self.trained[a:b]
 
 
+def trained_spans(ids: list[int], trained: list[bool]) -> list[tuple[bool, list[int]]]:
+    """The row's ids in runs of equal mask: [(trained, ids), ...] (the preview's and the HTML report's view)."""
+    out: list[tuple[bool, list[int]]] = []
+    for t, m in zip(ids, trained):
+        if out and out[-1][0] == m:
+            out[-1][1].append(t)
+        else:
+            out.append((m, [t]))
+    return out
+
+
 class Build:
     def __init__(self, path: str | Path, *, verify: bool = True):
         """Read and check the build: the manifest's shape, the lock's seal, every listed file's sha256.

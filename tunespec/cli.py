@@ -241,7 +241,7 @@ def preview(target: Path, split: str, index: int, as_json: bool, overrides: tupl
 @user_errors
 def score_data(spec: Path, output: Path, embeddings: bool, overrides: tuple[str, ...]) -> None:
     """Score each train row of SPEC by its instruction-following difficulty (IFD), with the spec's model."""
-    from .runtime.scoring import score_spec
+    from .score_data import score_spec
     from .spec.loader import load_spec
 
     score_spec(load_spec(spec, overrides), output, embeddings=embeddings, log=lambda s: click.echo(s, err=True))
