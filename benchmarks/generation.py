@@ -56,7 +56,7 @@ def main() -> None:
 
     import torch
 
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.evaluate import generate
     from tunespec.runtime.modeling import load_variant
 

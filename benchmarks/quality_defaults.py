@@ -133,7 +133,7 @@ def trl_child(build: Path, out: Path) -> None:
     from trl import SFTConfig, SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(build / "tokenizer")
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
 
     b = Build(build)
     from tunespec.model_resolver import resolve

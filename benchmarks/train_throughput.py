@@ -218,8 +218,8 @@ def run_trl(args, packing: bool, quantized: bool = False, liger: bool = False) -
 def run_tunespec(args, packing: bool, quantized: bool = False, extra: list[str] = ()) -> dict:
     import torch
 
+    from tunespec.build_reader import Build
     from tunespec.compiler.build_writer import compile_build
-    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.train import Trainer
     from tunespec.spec.loader import load_spec
 

@@ -314,7 +314,7 @@ class TrainingStopped(Exception):
 
 def train_in_process(build: Path, *, stop_before: int | None = None) -> list[str]:
     """Train in-process; with `stop_before`, raise as step `stop_before` is logged (the previous step is saved)."""
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.train import Trainer
 
     logs: list[str] = []

@@ -30,7 +30,7 @@ def trained_and_evaluated(root: Path, model_dir: Path, cache: Path, overrides: d
         mp.setenv("TOKENIZERS_PARALLELISM", "false")
         build = helpers.compiled_once(root, model_dir, cache, {**TRAINED, **(overrides or {})})
         helpers.train_in_process(build)
-        from tunespec.runtime.build_reader import Build
+        from tunespec.build_reader import Build
         from tunespec.runtime.evaluate import evaluate
 
         evaluate(Build(build), log=lambda s: None)

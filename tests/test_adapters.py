@@ -45,7 +45,7 @@ def _fresh_accelerate_state():
 def _row(build: Path):
     import torch
 
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
 
     tokens = Build(build).tokens("train")
     return torch.as_tensor(tokens.row(0)[0][:64].astype("int64"))[None]
@@ -53,8 +53,8 @@ def _row(build: Path):
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_trains_resumes_evaluates_and_merges(name, build_from):
+    from tunespec.build_reader import Build
     from tunespec.cli import main
-    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.evaluate import evaluate
 
     overrides = {**FAST, "adapter": METHODS[name]}
@@ -120,7 +120,7 @@ def _check_merged_matches(build: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.modeling import load_base_model
 
     b = Build(build)

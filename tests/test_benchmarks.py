@@ -131,7 +131,7 @@ def test_compile_pins_the_tasks_and_copies_what_the_runtime_reads(bench_build, t
 
 
 def test_evaluate_a_model_matches_lm_eval_on_its_own(bench_build, tiny_model_dir, tmp_path):
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.evaluate import evaluate
 
     build, _ = bench_build
@@ -153,7 +153,7 @@ def test_evaluate_a_model_matches_lm_eval_on_its_own(bench_build, tiny_model_dir
 @pytest.mark.slow
 def test_base_and_tuned_with_delta_match_lm_eval(tmp_path, make_spec, tunespec_env, tiny_model_dir):
     """`evaluate` without --model: base and base + adapter, each equal to lm-eval's own (its peft loading)."""
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.evaluate import evaluate
 
     spec = make_spec(tmp_path, **FAST, **{"evaluation.benchmarks": [{"task": "tunespec_sample_mc", "limit": 20}],

@@ -76,8 +76,9 @@ def texts() -> list[str]:
 @pytest.mark.parametrize("which", ["tiny", "smollm2"])
 def test_the_cached_tokenizer_encodes_exactly_like_transformers(which, cache):
     from tunespec.compiler.model_cache import CachedTokenizer, load_for_compile
-    from tunespec.compiler.tokenization import encode_texts, special_prefix
+    from tunespec.compiler.tokenization import encode_texts
     from tunespec.model_resolver import ModelRef, load_tokenizer, resolve
+    from tunespec.special_prefix import special_prefix
 
     model = tiny() if which == "tiny" else smollm2()
     ref = ModelRef(path=model.get("path"), packaged=model.get("packaged"))
@@ -230,7 +231,7 @@ def test_an_unwritable_cache_only_costs_speed(tmp_path, monkeypatch):
 
 
 def _rows(n: int):
-    from tunespec.compiler.segments import Segment
+    from tunespec.templating.segments import Segment
 
     sample = texts()
     return [[Segment(sample[i % len(sample)] + f" #{i % 7}", False), Segment(sample[(3 * i) % len(sample)], True)]

@@ -72,7 +72,7 @@ def _data(kind: str, root: Path, template, max_length: int) -> dict:
 def _compiled(root: Path, model: dict, kind: str, template="tokenizer", max_length: int = 16384):
     """Compile `kind` rows for `model`; the families' tiny configs allow 32768 positions (Mistral v1's
     SentencePiece needs ~12k tokens for the longest glaive chat, which is code)."""
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
 
     spec = write_spec(root, data=_data(kind, root, template, max_length), model=model)
     build = compile_spec(spec, root / "build").path
@@ -198,7 +198,7 @@ def test_llama2_inst_equals_metas_chat_completion(kind, tmp_path):
     spec = write_spec(tmp_path, model={"path": str(mistral_dir("v1"))},
                       data={"format": "summarization", "template": template, "sources": [{"path": str(path)}],
                             "tokenization": {"max_length": 16384}})
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
 
     build = compile_spec(spec, tmp_path / "build").path
     _, rows, toks = load_split(build, "train")
@@ -228,7 +228,7 @@ def test_phi2_instruct_equals_the_model_cards_format(tmp_path):
     path.write_text(json.dumps(rows_in, ensure_ascii=False), encoding="utf-8")
     spec = write_spec(tmp_path, model=smollm2(), data={"format": "alpaca", "template": "phi2_instruct",
                                                         "sources": [{"path": str(path)}]})
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
 
     build = compile_spec(spec, tmp_path / "build").path
     _, rows, toks = load_split(build, "train")

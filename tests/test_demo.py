@@ -38,7 +38,7 @@ def test_stream_ends_with_the_builds_own_completion(trained):
     sides = load_sides(trained, None, log=lambda s: None)
     assert [s.name for s in sides] == ["tuned (adapter)", "base"]
     prompt = sides[0].prompt([], dialogue(), lambda s: None)
-    built = {r["id"]: r for r in __import__("tunespec.runtime.build_reader", fromlist=["Build"]).Build(trained).rows("test")}
+    built = {r["id"]: r for r in __import__("tunespec.build_reader", fromlist=["Build"]).Build(trained).rows("test")}
     assert prompt == next(iter(built.values()))["prompt"]  # rendered exactly as the compiler rendered the row
     for side in sides:
         parts = list(stream(side.session, prompt))

@@ -39,13 +39,13 @@ from ruamel.yaml import YAML
 from tunespec.compiler.convert import CONVERT_FORMATS, convert_row
 from tunespec.compiler.files import read_table
 from tunespec.compiler.row_conversion import Dropped, RowConverter, convert_rows
-from tunespec.compiler.templates import load_template
 from tunespec.errors import TunespecError
 from tunespec.format_table import FORMATS, TAG_KEYS
 from tunespec.records import Record
 from tunespec.runtime.rouge import score_pairs
 from tunespec.runtime.scorefiles import load_predictions, load_references, score_files
 from tunespec.spec.loader import load_spec
+from tunespec.templating.templates import load_template
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = REPO / "specs"

@@ -155,7 +155,7 @@ def test_generate_missing_build(tmp_path):
 @pytest.mark.parametrize("template", ["chatml", "tokenizer"])
 def test_chat_rendering_matches_the_build(build_from, template):
     """A conversation rendered for generation equals the build's own eval_prompt for the same messages."""
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.session import make_renderer
 
     build = Build(build_from(**{

@@ -257,8 +257,8 @@ def test_score_data_writes_the_models_mean_pooled_state_and_compile_reads_it(tmp
     import torch
     from click.testing import CliRunner
 
+    from tunespec.build_reader import Build
     from tunespec.cli import main
-    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.modeling import load_variant
 
     spec = make_spec(tmp_path, **{"data.sources.0.limit": 10,

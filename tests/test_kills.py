@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 ZYGOTE = r'''
 import json, os, sys
 import tunespec.cli, tunespec.runtime.train, tunespec.runtime.merge, tunespec.runtime.evaluate
-import tunespec.runtime.publish, tunespec.runtime.build_reader
+import tunespec.runtime.publish, tunespec.build_reader
 import torch, transformers, peft, accelerate, safetensors.torch
 import matplotlib
 matplotlib.use("Agg")
@@ -192,7 +192,7 @@ def sealed(d: Path) -> set[str]:
 
 def output_ok(build: Path, name: str) -> dict:
     """BUILD/<name> whole: the runtime's reader accepts it, and every file its seal lists checks out here."""
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
 
     stamp = Build(build).output(name)
     sealed(build / name)
@@ -541,8 +541,8 @@ def test_every_reader_refuses_a_damaged_output(zygote, merged_old, tmp_path):
 def test_a_damaged_build_of_the_same_spec_is_never_up_to_date(fresh, tmp_path, tunespec_env):
     """compile over its own build with a token file changed: rebuilt (was: "up to date", so the runtime's
     "recompile ... --force" could never repair it); with runtime outputs there, only --force replaces it."""
+    from tunespec.build_reader import Build
     from tunespec.errors import BuildError
-    from tunespec.runtime.build_reader import Build
 
     b = tmp_path / "build"
     shutil.copytree(fresh, b)

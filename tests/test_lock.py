@@ -393,7 +393,7 @@ def test_adapter_comparison_names_a_changed_tensor_and_ignores_the_base_models_p
     import numpy as np
     from safetensors.numpy import save_file
 
-    from tunespec.compiler.rerun import adapter_differences
+    from tunespec.rerun_training import adapter_differences
 
     old, new = tmp_path / "old", tmp_path / "new"
     for d, base in ((old, "/machine-a/model"), (new, "/machine-b/model")):

@@ -34,7 +34,7 @@ def _reset_accelerate():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir, _session_cache) -> Path:
     """A LoRA build with output.push_to_hub, trained 4 steps and evaluated (base and tuned ROUGE); returns its root."""
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.evaluate import evaluate
     from tunespec.runtime.train import Trainer
 
@@ -105,7 +105,7 @@ def _card(folder: Path) -> tuple[dict, str]:
 
 def _tokenizer_files(build: Path, tmp_path: Path) -> set[str]:
     """The files the build's tokenizer saves (what the folder must carry), written independently."""
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
 
     out = tmp_path / "tokenizer-files"
     Build(build).load_tokenizer().save_pretrained(out)
@@ -122,7 +122,7 @@ def _logits(model, ids):
 def _row(build: Path):
     import torch
 
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
 
     return torch.as_tensor(Build(build).tokens("test").row(0)[0][:64].astype("int64"))[None]
 
@@ -135,7 +135,7 @@ def test_adapter_folder_has_exactly_the_files_and_loads_back(build, tmp_path, ti
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.publish import publish
 
     out = tmp_path / "out"
@@ -169,7 +169,7 @@ def test_adapter_folder_has_exactly_the_files_and_loads_back(build, tmp_path, ti
 
 
 def test_model_card(build, tmp_path):
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.publish import MARKER, publish
 
     # a tiny random model scores ROUGE 0 everywhere: give the scores distinct values (F1 apart from P and R), so
@@ -231,7 +231,7 @@ def test_model_card(build, tmp_path):
 
 
 def test_card_leaves_out_an_evaluation_of_an_earlier_training(build, tmp_path):
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.publish import write_folder
 
     stamp = build / "adapter" / "tunespec.json"
@@ -247,7 +247,7 @@ def test_card_leaves_out_an_evaluation_of_an_earlier_training(build, tmp_path):
 
 def test_hub_base_and_datasets_fill_the_card_and_adapter_config(build, tmp_path):
     """A base from the hub: base_model in the front matter, and adapter_config.json names it instead of a path."""
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.publish import write_folder
 
     def to_hub(spec):

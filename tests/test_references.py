@@ -59,8 +59,8 @@ def test_misspelled_reference_field_is_a_spec_error_with_its_position(tmp_path):
 
 
 def test_evaluation_scores_against_all_three_references(tmp_path, monkeypatch):
+    from tunespec.build_reader import Build
     from tunespec.runtime import evaluate as ev
-    from tunespec.runtime.build_reader import Build
 
     result = compile_spec(_spec(tmp_path), tmp_path / "build")
     rows = _rows()

@@ -109,7 +109,7 @@ def assert_whole_build(path: Path) -> dict:
     lock = YAML(typ="safe", pure=True).load((path / "lock.yaml").read_text(encoding="utf-8"))
     assert lock["manifest_sha256"] == sha256(path / "manifest.json"), f"{path}: the lock names another manifest"
     assert lock["input_key"] == manifest["input_key"]
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
 
     Build(path).tokens("train")
     return manifest
@@ -869,9 +869,9 @@ SANDBOX_ESCAPES = [
 
 @pytest.mark.parametrize("source", SANDBOX_ESCAPES)
 def test_templates_refuse_sandbox_escapes(source):
-    from tunespec.compiler.templates import load_template
     from tunespec.errors import TemplateError
     from tunespec.records import Record
+    from tunespec.templating.templates import load_template
 
     record = Record(id="r", source="s#0", fields={"instruction": "Say hi.", "input": "", "output": "hi"})
     with pytest.raises(TemplateError) as e:
@@ -928,8 +928,8 @@ def test_yaml_tags_never_run_code(tmp_path, monkeypatch):
     lock.parent.mkdir()
     lock.write_text('spec: !!python/object/apply:os.system ["touch tunespec-yaml-pwned3"]\n')
     (lock.parent / "manifest.json").write_text("{}")
+    from tunespec.build_reader import Build
     from tunespec.errors import BuildError
-    from tunespec.runtime.build_reader import Build
 
     with pytest.raises(BuildError):
         Build(lock.parent)

@@ -44,7 +44,7 @@ def jsonl(path: Path) -> list[dict]:
 
 
 def test_report_holds_the_builds_own_numbers(evaluated, tmp_path):
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
 
     build = copy_build(evaluated, tmp_path / "build")
     code, out, err = cli("report", build)

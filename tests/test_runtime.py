@@ -39,7 +39,7 @@ def _fresh_accelerate_state():
 
 
 def train_inprocess(build: Path, *, restart: bool = False) -> tuple[dict, list[str]]:
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.train import Trainer
 
     logs: list[str] = []
@@ -59,7 +59,7 @@ def env_context(cache: Path):
 
 def token_set(lengths, *, seed: int = 0, eos: int = 2):
     """A TokenSet whose rows end in `eos`, with the second half of every row trained (EOS included)."""
-    from tunespec.runtime.build_reader import TokenSet
+    from tunespec.build_reader import TokenSet
 
     rng = np.random.default_rng(seed)
     ids, trained, offsets = [], [], [0]
@@ -218,9 +218,9 @@ def test_packed_rows_do_not_attend_to_each_other(attn, tiny_model_dir, tiny_buil
     import torch
     from transformers import AutoModelForCausalLM
 
+    from tunespec.build_reader import Build
     from tunespec.runtime import varlen
     from tunespec.runtime.batching import collate_packed
-    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.modeling import prepare_for_training
 
     varlen.register()
@@ -262,9 +262,9 @@ def test_trained_loss_gradients_equal_the_full_logits_loss(tiny_model_dir, tiny_
     import torch
     from transformers import AutoModelForCausalLM
 
+    from tunespec.build_reader import Build
     from tunespec.runtime import varlen
     from tunespec.runtime.batching import collate_packed
-    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.modeling import prepare_for_training
 
     varlen.register()
@@ -303,8 +303,8 @@ def test_gradient_accumulation_matches_one_big_batch(build_from):
     """accum 2 x micro 2 == accum 1 x micro 4 on the same rows (SGD, lr 1, no clipping: weights = -gradient)."""
     import torch
 
+    from tunespec.build_reader import Build
     from tunespec.runtime.batching import collate_padded
-    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.train import Trainer
 
     big = build_from(**SGD_ONE_STEP, **{"training.micro_batch_size": 4, "training.gradient_accumulation_steps": 1})
@@ -407,7 +407,7 @@ def check_merge(build: Path, base_dir: Path, workdir: Path) -> float:
     report = json.loads((build / "merged" / "tunespec.json").read_text())
     assert report["max_logit_diff"] < 1e-4
 
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
 
     ids, _ = Build(build).tokens("test").row(0)
     x = torch.as_tensor(ids.astype(np.int64))[None]
@@ -448,7 +448,7 @@ def test_sigkill_resume_is_exact_then_merge(fp32_runs, tmp_path, tiny_model_dir)
 def test_4bit_sigkill_resume_is_exact_then_merge(tmp_path, make_spec, tiny_model_dir):
     import torch
 
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.modeling import load_base_model
 
     overrides = {"quantization": {"load_in_4bit": True, "compute_dtype": "float32"}, "training.bf16": False,
@@ -487,8 +487,8 @@ def test_4bit_base_keeps_bf16_weights_and_upcasts_fp16_ones(tmp_path, make_spec,
     weights does not count. The memory estimate assumes the same."""
     import torch
 
+    from tunespec.build_reader import Build
     from tunespec.compiler.memory import precision_of
-    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.modeling import load_base_model, prepare_for_training
 
     build = tmp_path / "build"
@@ -679,7 +679,7 @@ def test_empty_train_split_is_a_clean_error(tiny_build, build_from):
 
 
 def test_evaluate_writes_rouge_and_predictions(trained, tmp_path):
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.evaluate import evaluate
 
     build = tmp_path / "build"
@@ -705,7 +705,7 @@ def test_evaluate_scores_the_merged_model_where_one_is_current(trained, tmp_path
     agrees with base+adapter, measured at the merge), base+adapter before a merge or after training again."""
     import os
 
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.evaluate import evaluate
     from tunespec.runtime.merge import merge
 
@@ -729,9 +729,9 @@ def test_evaluate_scores_the_merged_model_where_one_is_current(trained, tmp_path
 def test_generation_reports_the_time_left_and_counts_every_token_step(trained, monkeypatch):
     """evaluate's generation moves its progress once per new token and makes up the steps a batch that stopped
     early (at EOS) did not take, so the bar ends full; off a terminal it writes a line with the time left."""
+    from tunespec.build_reader import Build
     from tunespec.progress import Progress
     from tunespec.runtime import evaluate as ev_mod
-    from tunespec.runtime.build_reader import Build
 
     build = Build(trained)
     seen: list[Progress] = []
@@ -769,7 +769,7 @@ def test_generate_stops_at_eos_and_stop_marker(tiny_build):
     """generate() cuts the text at the template's stop marker and the tokens at EOS (a scripted model)."""
     import torch
 
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.evaluate import generate
 
     build = Build(tiny_build)
@@ -809,8 +809,8 @@ def test_full_finetune_writes_a_loadable_model(build_from, tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from tunespec.build_reader import Build
     from tunespec.errors import BuildError
-    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.merge import merge
 
     build = build_from(**{"adapter": {"method": "none"}, "training.max_steps": 3, "training.save_steps": 3})

@@ -152,8 +152,8 @@ def test_score_data_equals_the_models_own_loss_with_and_without_the_prompt(tmp_p
     import torch
     from click.testing import CliRunner
 
+    from tunespec.build_reader import Build
     from tunespec.cli import main
-    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.modeling import load_variant
 
     spec = make_spec(tmp_path, **{"data.sources.0.limit": 12})

@@ -154,7 +154,7 @@ def test_compile_adds_tokens_records_them_and_tokenizes_each_as_one_id(make_spec
 
 
 def test_token_already_in_the_vocabulary_is_a_located_warning(make_spec, compile, tmp_path):
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
 
     spec = make_spec(tmp_path, **{"model.added_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     result = compile(spec, tmp_path / "build")
@@ -279,7 +279,7 @@ def test_lora_trains_the_new_rows_resumes_merges_and_reloads(build_from, tiny_mo
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.evaluate import evaluate
 
     whole = build_from(**FAST)
@@ -343,7 +343,7 @@ def test_full_finetune_trains_the_new_rows(build_from, tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
 
     build = build_from(**{**FAST, "training.max_steps": 2, "adapter": {"method": "none"}})
     vocab = Build(build).vocabulary
@@ -388,7 +388,7 @@ def test_untied_lm_head_rows_are_trained(kind, tmp_path, tiny_model_dir, compile
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
 
     model_dir = _untied_model(tiny_model_dir, tmp_path / "model", kind)
     spec = helpers.write_spec(tmp_path / "spec.yaml", model_dir, {**FAST, "training.max_steps": 2})
@@ -420,8 +420,8 @@ def test_untied_lm_head_rows_are_trained(kind, tmp_path, tiny_model_dir, compile
 
 def test_memory_estimate_counts_the_rows_peft_trains(build_from, tiny_model_dir):
     """The compile's trainable count equals what peft trains on the extended model (tied head: one row each)."""
+    from tunespec.build_reader import Build
     from tunespec.runtime.added_token_embeddings import extend_embeddings
-    from tunespec.runtime.build_reader import Build
     from tunespec.runtime.modeling import load_base_model, prepare_for_training
 
     # padded batches: every position's logits (padding-free ones scale with each build's trained fraction)
@@ -444,7 +444,7 @@ def test_generate_sees_the_added_tokens(build_from):
     """`tunespec generate` renders with the build's template and tokenizer: the markers are single ids."""
     import io
 
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
     from tunespec.runtime.generate import run_generate
     from tunespec.runtime.session import make_renderer
 
@@ -466,7 +466,7 @@ def test_quantized_base_with_added_tokens_trains_and_merges(build_from):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tunespec.runtime.build_reader import Build
+    from tunespec.build_reader import Build
 
     build = build_from(**{**FAST, "training.max_steps": 2, "quantization.load_in_4bit": True,
                           "quantization.compute_dtype": "float32"})

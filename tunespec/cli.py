@@ -208,7 +208,7 @@ def rerun(lock: Path, output: Path, root: Path | None, retrain: bool, tolerance:
 
     Exit 0: reproduced (every file identical); 1: not reproduced (the differences are listed);
     2: bad input (no lock, an input not found, a build of another format)."""
-    from .compiler.rerun import rerun_lock
+    from .rerun_training import rerun_lock
 
     ok = rerun_lock(lock, output, log=lambda s: click.echo(s, err=True), root=root, train=retrain, tolerance=tolerance)
     click.echo(str(output))
@@ -241,7 +241,7 @@ def preview(target: Path, split: str, index: int, as_json: bool, overrides: tupl
 @user_errors
 def score_data(spec: Path, output: Path, embeddings: bool, overrides: tuple[str, ...]) -> None:
     """Score each train row of SPEC by its instruction-following difficulty (IFD), with the spec's model."""
-    from .runtime.scoring import score_spec
+    from .score_data import score_spec
     from .spec.loader import load_spec
 
     score_spec(load_spec(spec, overrides), output, embeddings=embeddings, log=lambda s: click.echo(s, err=True))
@@ -299,7 +299,7 @@ def train(build: Path, restart: bool) -> None:
 @user_errors
 def merge(build: Path, dtype: str | None) -> None:
     """Merge the trained LoRA adapter into the base model (BUILD/merged)."""
-    from .runtime.build_reader import Build
+    from .build_reader import Build
     from .runtime.merge import merge as run_merge
 
     run_merge(Build(build), dtype=dtype, log=lambda s: click.echo(s, err=True))
@@ -314,7 +314,7 @@ def merge(build: Path, dtype: str | None) -> None:
 @user_errors
 def evaluate(build: Path, which: str | None, split: str | None, limit: int | None, multi_ref: str | None) -> None:
     """Generate on a split and score ROUGE (and eval loss); base vs fine-tuned side by side."""
-    from .runtime.build_reader import Build
+    from .build_reader import Build
     from .runtime.evaluate import evaluate as run_eval
 
     b = Build(build)
@@ -338,7 +338,7 @@ def evaluate(build: Path, which: str | None, split: str | None, limit: int | Non
 @user_errors
 def publish(build: Path, to_folder: Path | None, dry_run: bool, repo_id: str | None, what: str | None) -> None:
     """Write the folder a Hugging Face model repository gets (weights, tokenizer, model card) and upload it."""
-    from .runtime.build_reader import Build
+    from .build_reader import Build
     from .runtime.publish import publish as run_publish
 
     result = run_publish(Build(build), to_folder=to_folder, dry_run=dry_run, repo_id=repo_id, what=what,
@@ -438,7 +438,7 @@ def demo(build: Path, which: str | None, host: str, port: int | None, share: boo
 @main.command()
 def templates() -> None:
     """List the template library."""
-    from .compiler.templates import TOKENIZER, library_dir, library_names
+    from .templating.templates import TOKENIZER, library_dir, library_names
 
     for name in library_names():
         if name == TOKENIZER:

@@ -60,7 +60,7 @@ def run_all(spec_path: Path, output: Path | None, overrides: tuple[str, ...], *,
         log("  " + line)
     timings["compile"] = time.perf_counter() - t
 
-    from .runtime.build_reader import Build
+    from .build_reader import Build
 
     build = Build(out)
     has_adapter = is_peft(build.spec.adapter)  # any peft method (BUILD/adapter), not a full fine-tune

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 
 from ..errors import ModelError, Problem, SpecError, TemplateError
 from ..spec.adapter import FullSpec, LoraSpec
-from .chat_templates import CHAT_TEMPLATE_SECONDS, TemplateTimeout, chat_template_error, time_limit
+from ..templating.chat_templates import CHAT_TEMPLATE_SECONDS, TemplateTimeout, chat_template_error, time_limit
+from ..templating.templates import Template, library_dir
 from .spec_locations import locate_in_spec
-from .templates import Template, library_dir
 
 SPECIAL_MARKER = re.compile(r"<\|[^|<>\s]{1,40}\|>")
 TAG = re.compile(r"</?[A-Za-z_][^<>\s]{0,40}>")  # a stop marker shaped like a tag: <end_of_turn>, </s>

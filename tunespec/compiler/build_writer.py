@@ -30,6 +30,7 @@ import numpy as np
 from .. import __version__, micro_batches
 from .. import build_layout as layout
 from ..atomic import clean_stale, install, refuse_overlap, temp_dir
+from ..build_reader import Build
 from ..errors import BuildError, DataError, Problem, TemplateError, TunespecError
 from ..format_table import FORMATS
 from ..hashing import sha256_bytes, sha256_file
@@ -38,10 +39,12 @@ from ..records import Record, openai_messages, openai_tools
 from ..spec.loader import LoadedSpec
 from ..spec.render import to_yaml
 from ..spec.resolve import ignored_by_template
+from ..special_prefix import manifest_prefix, special_prefix
+from ..templating.chat_templates import check_chat_template
+from ..templating.templates import Template, chat_generation_prompt
 from ..verify import seal_lock
 from . import benchmarks as bench
 from .added_tokens import extend_vocabulary
-from .chat_templates import check_chat_template
 from .deepcheck import check_saved_modules
 from .flops import estimate_compute
 from .launch_files import write_launch_files
@@ -52,13 +55,10 @@ from .references import check_reference_fields, short_of_references
 from .selection import Scores, read_scores, select
 from .sources import SPLITS, Drops, drop_problems, form_splits, load_source, source_names, sources_inputs
 from .spec_template import template_label, template_of
-from .templates import Template, chat_generation_prompt
 from .tokenization import (
     RENDER_REASONS,
     context_length,
     first_doubled,
-    manifest_prefix,
-    special_prefix,
     tokenize_examples,
 )
 from .tools import DROPPED, IGNORED, manifest_tools, place_calls, place_tools
@@ -119,8 +119,6 @@ def _check_target(path: Path, key: str, force: bool) -> dict | None:
         manifest = {}
     outputs = _runtime_outputs(path)
     if manifest.get("input_key") == key:
-        from ..runtime.build_reader import Build
-
         try:
             Build(path)  # the runtime's reader: the lock's seal, the manifest's hash, every file's sha256
             return manifest
@@ -312,7 +310,7 @@ def _compile(loaded: LoadedSpec, out: Path, *, force: bool, log: Log, command: s
         (tmp / layout.DATA_DIR).mkdir()
         (tmp / layout.TOKENS_DIR).mkdir()
         split_stats: dict[str, dict] = {}
-        prefixed = 0  # rows that got the special prefix put before them (tokenize.manifest_prefix)
+        prefixed = 0  # rows that got the special prefix put before them (special_prefix.manifest_prefix)
         short_refs: dict[str, int] = {}  # rows per split with fewer references than evaluation.reference_fields
         tool_counts: Counter = Counter()  # rows kept with tool definitions, by what happened to them (tools.py)
         call_counts: Counter = Counter()  # rows kept with tool calls, by how the model's chat template renders them

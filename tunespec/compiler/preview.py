@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from .. import build_layout as layout
+from ..build_reader import Build, trained_spans
 from ..constants import IGNORE_INDEX
 from ..errors import BuildError, Problem
 from ..spec.loader import load_spec
@@ -28,8 +29,6 @@ OPEN, CLOSE = "[[", "]]"
 
 
 def _load_row(build: Path, split: str, index: int):
-    from ..runtime.build_reader import Build
-
     b = Build(build)  # checks every file against the manifest's sha256s, and the token files' contents
     manifest = b.manifest
     splits = manifest.get("splits") or {}
@@ -57,17 +56,6 @@ def _load_row(build: Path, split: str, index: int):
         raise BuildError(Problem(f"data/{split}.jsonl has {count} rows, the manifest says {n}", file=str(build),
                                  hint=RECOMPILE))
     return b, manifest, row, ids, trained, index, n
-
-
-def trained_spans(ids: list[int], trained: list[bool]) -> list[tuple[bool, list[int]]]:
-    """The row's ids in runs of equal mask: [(trained, ids), ...] (the preview's and the HTML report's view)."""
-    out: list[tuple[bool, list[int]]] = []
-    for t, m in zip(ids, trained):
-        if out and out[-1][0] == m:
-            out[-1][1].append(t)
-        else:
-            out.append((m, [t]))
-    return out
 
 
 def render_row(build: Path, *, split: str = "train", index: int = 0, as_json: bool = False, color: bool = False) -> str:

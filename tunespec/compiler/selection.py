@@ -12,7 +12,7 @@
   (tests/test_selection.py holds the signatures equal to datasketch's). Candidates come from 16 bands of 8
   rows (pairs at Jaccard 0.85 share a band with probability 0.994); a candidate is a duplicate when the
   share of equal signature values is at least ``near_threshold``.
-* **IFD** (``ifd: {file, keep}``): the scores file of ``tunespec score-data`` (runtime/scoring.py) gives each
+* **IFD** (``ifd: {file, keep}``): the scores file of ``tunespec score-data`` (score_data.py) gives each
   train row's instruction-following difficulty, the answer's mean loss after its prompt over its mean loss
   alone (Li et al., 2024, "From Quantity to Quality"). Of the rows left by the filters above, those at 1 or
   above go (the prompt does not help the model predict the answer), and of the rest the ``keep`` share of

@@ -9,7 +9,7 @@ from .. import build_layout as layout
 from ..errors import DataError, Problem
 from ..format_table import FORMATS
 from ..spec.loader import LoadedSpec
-from .templates import Template, load_template
+from ..templating.templates import Template, load_template
 
 
 def template_of(loaded: LoadedSpec) -> Template:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..build_reader import TokenSet
 from ..constants import IGNORE_INDEX
 from ..micro_batches import MicroBatching, pack
-from .build_reader import TokenSet
 
 PAD_MULTIPLE = 8
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from ruamel.yaml import YAML
 
 from .. import harness
+from ..build_reader import Build
 from ..errors import BuildError, Problem
-from .build_reader import Build
 
 
 def _absolute(build: Build, files):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from ..atomic import check_replaceable, install, temp_dir
 from ..build_layout import STAMP
+from ..build_reader import Build
 from ..errors import BuildError, Problem
 from ..micro_batches import DEFAULT_ROWS
 from ..progress import Progress
@@ -29,7 +30,6 @@ from ..spec.adapter import is_peft
 from . import benchmarks as bench
 from . import rouge
 from .batching import collate_padded, trained_tokens
-from .build_reader import Build
 from .modeling import load_variant, model_device, use_bf16
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from ..atomic import check_replaceable, install, temp_dir
 from ..build_layout import STAMP, stamp_text
+from ..build_reader import Build
 from ..errors import BuildError, ModelError, Problem
 from ..model_resolver import resolve
 from ..spec.adapter import MERGEABLE_SPECS, PrefixTuningSpec, PromptTuningSpec
 from .added_token_embeddings import extend_embeddings
-from .build_reader import Build
 from .modeling import load_base_model, loading, pick_dtype
 
 DTYPES = ("float32", "bfloat16", "float16")

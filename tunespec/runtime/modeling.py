@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from ..build_reader import Build
 from ..errors import BuildError, ModelError, Problem
 from ..model_resolver import ModelRef, resolve
 from ..spec.adapter import IA3Spec, LoraSpec, PrefixTuningSpec, PromptTuningSpec, is_peft
 from ..spec.root import Spec
 from ..spec.training import checkpointing_on
 from .added_token_embeddings import extend_embeddings, token_training
-from .build_reader import Build
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 

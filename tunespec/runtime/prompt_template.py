@@ -17,8 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..build_layout import MANIFEST
+from ..build_reader import Build
 from ..errors import BuildError, Problem, TunespecError
-from .build_reader import Build
+from ..format_table import FORMATS
+from ..templating.templates import chat_generation_prompt, load_template
 
 # The field a plain prompt text fills, per fields format.
 MAIN_FIELD = {
@@ -49,9 +51,6 @@ def load_build_template(build: Build):
     """The build's template, loaded from the build's copy of its source (``template.jinja``; for
     ``template: tokenizer`` from the spec, the chat template being the build's tokenizer's), and checked
     against the manifest's sha256."""
-    from ..compiler.templates import load_template
-    from ..format_table import FORMATS
-
     data = build.spec.data
     t = data.template
     formats = {s.format or data.format for s in data.sources}
@@ -178,6 +177,4 @@ class Renderer:
         record = Record(id="chat", source="chat#0", messages=messages)
         add_eos = self.build.spec.data.tokenization.add_eos
         segments = self.template.render(record, self.fmt, self.tokenizer, add_eos=add_eos)
-        from ..compiler.templates import chat_generation_prompt
-
         return chat_generation_prompt(segments, getattr(self.tokenizer, "eos_token", None), add_eos)

@@ -29,13 +29,13 @@ from pathlib import Path
 from ..atomic import MARKER as ATOMIC_MARKER
 from ..atomic import install, is_tunespec_made, mark, marker_files, refuse_overlap, temp_dir, write_text
 from ..build_layout import LOCK, STAMP
+from ..build_reader import Build
 from ..errors import BuildError, Problem
 from ..packaged_models import PACKAGED_HUB_IDS
 from ..spec.adapter import FullSpec, IA3Spec, LoraSpec, PrefixTuningSpec, PromptTuningSpec, is_peft
 from ..spec.output import HUB_REPO_ID
 from ..spec.render import to_yaml
 from ..spec.rules import HUB_BUILDERS
-from .build_reader import Build
 from .train_metrics import METRICS, read_metrics
 
 LEFT_OUT = {STAMP, "README.md", ".tunespec"}  # tunespec's stamps and marker; peft's generated card (ours replaces it)

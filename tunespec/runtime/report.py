@@ -33,9 +33,9 @@ import numpy as np
 from .. import __version__
 from .. import build_layout as layout
 from ..atomic import recover, write_text
+from ..build_reader import Build, trained_spans
 from ..errors import BuildError, Problem
 from ..spec.adapter import is_peft
-from .build_reader import Build
 from .train_metrics import read_metrics
 
 PAGE_DIR = Path(__file__).with_name("report_page")
@@ -155,8 +155,6 @@ def _first_rows(build: Build, split: str, n: int) -> list[dict]:
 
 def _data(build: Build) -> dict:
     """Rows per split, drops by reason, token lengths, the trained fraction and the loss mask of a few rows."""
-    from ..compiler.preview import trained_spans
-
     splits = {}
     for name, stats in build.splits.items():
         tokens = build.tokens(name)

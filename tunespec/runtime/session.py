@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..build_reader import Build
 from ..errors import BuildError, Problem
-from .build_reader import Build
 from .evaluate import generate
 from .modeling import load_variant
 from .prompt_template import Renderer, build_format, load_build_template

@@ -47,6 +47,7 @@ import click
 from .. import micro_batches, padding_free
 from ..atomic import check_replaceable, install, remove_dir, temp_dir
 from ..build_layout import LOCK, MANIFEST, STAMP, stamp_text
+from ..build_reader import Build, TokenSet
 from ..errors import BuildError, Problem, TunespecError
 from ..micro_batches import DEFAULT_ROWS
 from ..progress import Progress, duration
@@ -55,7 +56,6 @@ from . import checkpoint as ckpt
 from . import varlen
 from .added_token_embeddings import adapter_save_kwargs, extend_embeddings
 from .batching import collate_packed, collate_padded, count_positions, epoch_batches, trained_tokens
-from .build_reader import Build, TokenSet
 from .modeling import load_base_model, prepare_for_training, use_bf16
 from .optimizer import make_optimizer, make_scheduler
 from .plan import Plan

@@ -24,7 +24,7 @@ from .base import Section
 from .root import Spec
 
 if TYPE_CHECKING:
-    from ..compiler.templates import Template
+    from ..templating.templates import Template
 
 # What the training loop computes when it evaluates (runtime/train.py: Trainer.evaluate_loss), and which way is
 # better. `tunespec evaluate` scores ROUGE after training; nothing else is computed during it.
@@ -119,7 +119,7 @@ def _errors(spec: Spec) -> Iterator[Problem]:
     t_spec = spec.data.template
     name = t_spec if isinstance(t_spec, str) else getattr(t_spec, "name", None)
     if name is not None:
-        from ..compiler.templates import unknown_template_problem
+        from ..templating.templates import unknown_template_problem
 
         unknown = unknown_template_problem(name, "data.template" if isinstance(t_spec, str) else "data.template.name")
         if unknown is not None:
@@ -208,7 +208,7 @@ def _column_maps(spec: Spec) -> Iterator[Problem]:
 
 
 def ignored_by_template(spec: Spec, template: Template) -> list[Problem]:
-    """Template settings the loaded template (compiler/templates.Template) never reads: warnings, as above."""
+    """Template settings the loaded template (templating/templates.Template) never reads: warnings, as above."""
     t = spec.data.template
     out = []
     if getattr(t, "system", None) and template.kind == "fields" and template.reads is not None \

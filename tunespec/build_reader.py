@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 from ruamel.yaml import YAML
 
-from .. import build_layout as layout
-from ..atomic import recover
-from ..errors import BuildError, Problem
-from ..model_resolver import ModelRef
-from ..spec.adapter import is_peft
-from ..spec.root import Spec
-from ..verify import RECOMPILE, check_lock_seal, check_manifest, verify_files, verify_output
+from . import build_layout as layout
+from .atomic import recover
+from .errors import BuildError, Problem
+from .model_resolver import ModelRef
+from .spec.adapter import is_peft
+from .spec.root import Spec
+from .special_prefix import with_prefix
+from .verify import RECOMPILE, check_lock_seal, check_manifest, verify_files, verify_output
 
 
 @dataclass
@@ -43,6 +44,17 @@ class TokenSet:
     def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         return self.ids[a:b], self.trained[a:b]
+
+
+def trained_spans(ids: list[int], trained: list[bool]) -> list[tuple[bool, list[int]]]:
+    """The row's ids in runs of equal mask: [(trained, ids), ...] (the preview's and the HTML report's view)."""
+    out: list[tuple[bool, list[int]]] = []
+    for t, m in zip(ids, trained):
+        if out and out[-1][0] == m:
+            out[-1][1].append(t)
+        else:
+            out.append((m, [t]))
+    return out
 
 
 class Build:
@@ -97,9 +109,7 @@ class Build:
     def resolved_spec(self) -> dict:
         """The lock's spec with its relative paths (the base model's directory, mainly) found again: relative
         to the spec directory as seen from the build, else where the build was compiled."""
-        from ..build_layout import search_bases
-
-        return layout.locate_inputs(self.lock["spec"], search_bases(self.lock, self.path / layout.LOCK, None))[0]
+        return layout.locate_inputs(self.lock["spec"], layout.search_bases(self.lock, self.path / layout.LOCK, None))[0]
 
     @property
     def record(self) -> layout.Manifest:
@@ -218,8 +228,6 @@ class Build:
         """The ids generation is given for each prompt: its text without special tokens, with the special
         prefix put before it exactly as the compiler put it before the rows (``with_prefix`` under the
         manifest's ``prefix_rule``; builds without one always got the prefix)."""
-        from ..compiler.tokenization import with_prefix
-
         if not prompts:
             return []
         prefix, rule = self.prefix_ids, self.manifest.get("prefix_rule")
