@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BuildError, Problem
+from .hashing import sha256_bytes
 
 PACKAGED_DIR = Path(__file__).resolve().parent / "tasks"
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")  # datasets' builders that read data_files
@@ -86,10 +87,6 @@ def packaged(name: str) -> Path | None:
 
 def packaged_names() -> list[str]:
     return sorted(p.stem for p in PACKAGED_DIR.glob("*.yaml"))
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # --------------------------------------------------------------------------- local task files

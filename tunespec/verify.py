@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .cache import cache_root, save_cache_json
 from .errors import BuildError, Problem
+from .hashing import sha256_file
 
 SEAL = "lock_sha256: "
 RECOMPILE = "recompile: tunespec compile SPEC -o BUILD --force"
@@ -29,11 +30,7 @@ RECOMPILE = "recompile: tunespec compile SPEC -o BUILD --force"
 
 def hash_file(path: Path, chunk: int = 1 << 22) -> str:
     """sha256 of a file (the one place verification hashes: tests count calls to it)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path, chunk)
 
 
 # ---------------------------------------------------------------------------------------------- the lock seal

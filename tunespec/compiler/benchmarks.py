@@ -25,7 +25,7 @@ from typing import Any
 from .. import build_layout as layout
 from .. import harness
 from ..errors import BuildError, Problem
-from ..hashing import sha256_file
+from ..hashing import sha256_bytes, sha256_file
 
 BENCH_DIR = "benchmarks"
 
@@ -76,7 +76,7 @@ def read_inputs(benchmarks) -> tuple[list[BenchInput], str | None]:
             item.config = harness.read_task_file(path, item.where)
             item.name = item.config["task"]
             item.data_files = harness.data_files_of(item.config, path, item.where)
-            item.config_sha256 = harness.sha256_bytes(path.read_bytes())
+            item.config_sha256 = sha256_bytes(path.read_bytes())
             item.data = [(Path(f), sha256_file(Path(f))) for f in _flat(item.data_files)]
         if item.name in names:
             raise BuildError(Problem(f"the task `{item.name}` is benchmarked twice (also at {names[item.name]})",
