@@ -135,7 +135,7 @@ def trainable_of(spec: Spec, arch: Architecture) -> Trainable:
 
 
 def added_token_rows(trainable: Trainable, spec: Spec, arch: Architecture) -> Trainable:
-    """LoRA also trains the rows of ``model.added_tokens`` / ``added_special_tokens`` (runtime/vocabulary.py).
+    """LoRA also trains the rows of ``model.added_tokens`` / ``added_special_tokens`` (runtime/added_token_embeddings.py).
 
     One row per token in the input embedding and, when not tied, in the LM head (an upper bound: a token
     already in the vocabulary adds nothing); an untied LM head with a bias is trained whole instead.
