@@ -8,6 +8,8 @@ on a CPU these tests run the same launch files a GPU machine does:
   (same rows per optimizer step, loss normalised over all processes' tokens, clipping active);
 * SIGKILL of every process after step N, then resume: the same weights as uninterrupted (with LoRA
   dropout on, so each process's RNG state must be restored);
+* SIGKILL of one worker mid-run while the other goes on: torchrun ends the group, nothing newer than the
+  last complete checkpoint is taken for one, and the rerun resumes to the uninterrupted result;
 * two "machines" on localhost (two ``launch.sh`` with ``TUNESPEC_MACHINE_RANK`` 0 and 1) form one
   2-process group and train what the 2-process run does;
 * FSDP2 over gloo: accelerate applies FSDP only on GPUs (on a CPU it runs MULTI_CPU and ignores the
@@ -272,6 +274,52 @@ def test_sigkill_of_every_process_then_resume_is_exact(tmp_path, tiny_model_dir)
 
     resumed = launch(build, tmp_path / "resumed")
     assert resumed.stderr.count("resuming from checkpoint-4") == 1
+    assert_same_steps(read_metrics(build), read_metrics(reference), tol=1e-6)
+    assert_adapter_close(build, reference, tol=1e-6)
+
+
+def _rank_of(pid: int) -> str | None:
+    """The RANK torchrun gave a worker (from its environment); None for the launcher or a gone process."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next((e[5:].decode() for e in env if e.startswith(b"RANK=")), None)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker's rank in /proc")
+def test_sigkill_of_one_worker_ends_the_group_and_resume_is_exact(tmp_path, tiny_model_dir):
+    """One rank dies mid-run (SIGKILL, as the OOM killer does it) while the other goes on: torchrun ends the
+    group, the launch exits non-zero, no newer checkpoint than the last complete one is taken for one, and the
+    rerun resumes from it to the uninterrupted run's result (LoRA dropout on: both ranks' RNG states restored)."""
+    overrides = {**COMMON, "adapter.dropout": 0.1, "launch": ddp()}
+    untrained = compile_build(tmp_path / "untrained", tiny_model_dir, overrides)
+    reference = tmp_path / "reference"
+    shutil.copytree(untrained, reference)
+    launch(reference, tmp_path / "reference-run")
+
+    build = tmp_path / "build"
+    shutil.copytree(untrained, build)
+    run = GroupRun(launch_cmd(build), tmp_path / "killed", pause_at="step 5/")
+    run.wait_paused()
+    rank1 = [pid for pid in run.pids() if _rank_of(pid) == "1"]
+    assert len(rank1) == 1, [(pid, _rank_of(pid)) for pid in run.pids()]
+    os.kill(rank1[0], signal.SIGKILL)
+    (tmp_path / "killed" / "release").write_text("")  # rank 0 goes on into step 6 without its peer
+    try:
+        rc = run.wait(180)
+    finally:
+        if run.proc.poll() is None:
+            run.kill_all()
+    assert rc != 0, run.stderr[-4000:]
+    assert "Traceback" not in run.stderr.split("step 5/")[0]  # nothing went wrong before the kill
+    from tunespec.runtime.checkpoint import newest_intact
+
+    assert newest_intact(build / "train", log=lambda s: None) == build / "train" / "checkpoint-4"
+    assert not (build / "adapter").exists()
+
+    resumed = launch(build, tmp_path / "resumed")
+    assert resumed.stderr.count("resuming from checkpoint-4") == 1, resumed.stderr[-3000:]
     assert_same_steps(read_metrics(build), read_metrics(reference), tol=1e-6)
     assert_adapter_close(build, reference, tol=1e-6)
 
