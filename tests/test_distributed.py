@@ -249,18 +249,24 @@ def test_resume_refuses_another_number_of_processes(runs, tmp_path):
 # --------------------------------------------------------------------------- SIGKILL and resume
 
 
-def test_sigkill_of_every_process_then_resume_is_exact(tmp_path, tiny_model_dir):
-    """LoRA dropout on: each process draws its own random numbers, so each one's RNG state must come back."""
+def _reference_and_a_run_paused_at_step_5(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, Path, GroupRun]:
+    """Two copies of one 2-process build (LoRA dropout on, so each process draws its own random numbers): the
+    first trained uninterrupted, the second launched and paused as its main process prints step 5."""
     overrides = {**COMMON, "adapter.dropout": 0.1, "launch": ddp()}
     untrained = compile_build(tmp_path / "untrained", tiny_model_dir, overrides)
     reference = tmp_path / "reference"
     shutil.copytree(untrained, reference)
     launch(reference, tmp_path / "reference-run")
-
     build = tmp_path / "build"
     shutil.copytree(untrained, build)
     run = GroupRun(launch_cmd(build), tmp_path / "killed", pause_at="step 5/")
     run.wait_paused()
+    return reference, build, run
+
+
+def test_sigkill_of_every_process_then_resume_is_exact(tmp_path, tiny_model_dir):
+    """LoRA dropout on: each process draws its own random numbers, so each one's RNG state must come back."""
+    reference, build, run = _reference_and_a_run_paused_at_step_5(tmp_path, tiny_model_dir)
     assert len(run.pids()) == 3, "the launcher and two workers"
     run.kill_all()
     from tunespec.runtime.checkpoint import latest_checkpoint
@@ -292,16 +298,7 @@ def test_sigkill_of_one_worker_ends_the_group_and_resume_is_exact(tmp_path, tiny
     """One rank dies mid-run (SIGKILL, as the OOM killer does it) while the other goes on: torchrun ends the
     group, the launch exits non-zero, no newer checkpoint than the last complete one is taken for one, and the
     rerun resumes from it to the uninterrupted run's result (LoRA dropout on: both ranks' RNG states restored)."""
-    overrides = {**COMMON, "adapter.dropout": 0.1, "launch": ddp()}
-    untrained = compile_build(tmp_path / "untrained", tiny_model_dir, overrides)
-    reference = tmp_path / "reference"
-    shutil.copytree(untrained, reference)
-    launch(reference, tmp_path / "reference-run")
-
-    build = tmp_path / "build"
-    shutil.copytree(untrained, build)
-    run = GroupRun(launch_cmd(build), tmp_path / "killed", pause_at="step 5/")
-    run.wait_paused()
+    reference, build, run = _reference_and_a_run_paused_at_step_5(tmp_path, tiny_model_dir)
     rank1 = [pid for pid in run.pids() if _rank_of(pid) == "1"]
     assert len(rank1) == 1, [(pid, _rank_of(pid)) for pid in run.pids()]
     os.kill(rank1[0], signal.SIGKILL)
