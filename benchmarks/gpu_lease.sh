@@ -23,34 +23,30 @@ GPU_CPUS="0-$(( LAST - 2 ))"  # the GPU runs keep off the two cores the quicksta
 # the GGUF converted once, before runs in parallel read the cache
 taskset -c "$GPU_CPUS" python3 -c "from tunespec.model_resolver import ModelRef, resolve; resolve(ModelRef(path='$GGUF_DIR', gguf_file='$(basename "$GGUF")'))"
 q() { taskset -c "$GPU_CPUS" python3 benchmarks/quality_defaults.py --gguf-dir "$GGUF_DIR" --work /tmp/q --converted "$@"; }
+# one workload: NAME DATA-FILE RUNS PARALLEL, JSON and log to $OUT
+workload() { q --workload "$1" --data "$DATA/$2" --runs "$3" --parallel "$4" --out "$OUT/quality-$1.json" > "$OUT/quality-$1.log" 2>&1; }
+# the quickstart on the two cores the GPU runs keep off, CUDA hidden, an empty cache; its wall time to the log
+quickstart_timed() {
+  local start=$(date +%s)
+  CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 TUNESPEC_CACHE=/tmp/qs-cache taskset -c "$(( LAST - 1 )),$LAST" \
+    python3 -m tunespec.cli run specs/quickstart.yaml -o /tmp/qs-build --set model.packaged=null \
+    --set model.path="$GGUF_DIR" --set model.gguf_file="$(basename "$GGUF")" > "$OUT/quickstart.log" 2>&1
+  echo "quickstart rc=$? wall_s=$(( $(date +%s) - start ))" >> "$OUT/quickstart.log"
+}
 case $PART in
   quality)
-    ( start=$(date +%s)
-      CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 TUNESPEC_CACHE=/tmp/qs-cache taskset -c "$(( LAST - 1 )),$LAST" \
-        python3 -m tunespec.cli run specs/quickstart.yaml -o /tmp/qs-build --set model.packaged=null \
-        --set model.path="$GGUF_DIR" --set model.gguf_file="$(basename "$GGUF")"
-      echo "quickstart rc=$? wall_s=$(( $(date +%s) - start ))" ) > "$OUT/quickstart.log" 2>&1 &
-    q --workload dialogsum --data "$DATA/dev.jsonl" --runs ts-defaults,ts-packing,trl,ts-defaults-seed1 --parallel 3 \
-      --out "$OUT/quality-dialogsum.json" > "$OUT/quality-dialogsum.log" 2>&1 &
-    q --workload alpaca --data "$DATA/alpaca_en_demo.json" --runs ts-defaults,ts-packing,trl --parallel 2 \
-      --out "$OUT/quality-alpaca.json" > "$OUT/quality-alpaca.log" 2>&1 &
-    q --workload glaive --data "$DATA/glaive_toolcall_en_demo.json" --runs ts-defaults,ts-packing,trl --parallel 2 \
-      --out "$OUT/quality-glaive.json" > "$OUT/quality-glaive.log" 2>&1 &
+    quickstart_timed &
+    workload dialogsum dev.jsonl ts-defaults,ts-packing,trl,ts-defaults-seed1 3 &
+    workload alpaca alpaca_en_demo.json ts-defaults,ts-packing,trl 2 &
+    workload glaive glaive_toolcall_en_demo.json ts-defaults,ts-packing,trl 2 &
     wait
     cp /tmp/qs-build/eval/rouge.json "$OUT/quickstart-rouge.json" 2>/dev/null
     tail -n 5 "$OUT"/quality-*.log; tail -n 25 "$OUT/quickstart.log" ;;
   all)  # quality and selection at once, fewer runs each: for a lease with time for one long call
-    ( start=$(date +%s)
-      CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 TUNESPEC_CACHE=/tmp/qs-cache taskset -c "$(( LAST - 1 )),$LAST" \
-        python3 -m tunespec.cli run specs/quickstart.yaml -o /tmp/qs-build --set model.packaged=null \
-        --set model.path="$GGUF_DIR" --set model.gguf_file="$(basename "$GGUF")"
-      echo "quickstart rc=$? wall_s=$(( $(date +%s) - start ))" ) > "$OUT/quickstart.log" 2>&1 &
-    q --workload dialogsum --data "$DATA/dev.jsonl" --runs ${DS_RUNS:-ts-defaults,trl} --parallel 2 \
-      --out "$OUT/quality-dialogsum.json" > "$OUT/quality-dialogsum.log" 2>&1 &
-    [ -n "${NO_ALPACA:-}" ] || q --workload alpaca --data "$DATA/alpaca_en_demo.json" --runs ts-defaults,trl \
-      --parallel 2 --out "$OUT/quality-alpaca.json" > "$OUT/quality-alpaca.log" 2>&1 &
-    q --workload glaive --data "$DATA/glaive_toolcall_en_demo.json" --runs ts-defaults,trl --parallel 2 \
-      --out "$OUT/quality-glaive.json" > "$OUT/quality-glaive.log" 2>&1 &
+    quickstart_timed &
+    workload dialogsum dev.jsonl "${DS_RUNS:-ts-defaults,trl}" 2 &
+    [ -n "${NO_ALPACA:-}" ] || workload alpaca alpaca_en_demo.json ts-defaults,trl 2 &
+    workload glaive glaive_toolcall_en_demo.json ts-defaults,trl 2 &
     taskset -c "$GPU_CPUS" python3 benchmarks/selection.py --gguf-dir "$GGUF_DIR" --data "$DATA/dev.jsonl" \
       --runs ${SEL_RUNS:-all,ifd,kcenter,random0} --parallel 4 --out "$OUT/selection-dialogsum.json" \
       > "$OUT/selection.log" 2>&1 &

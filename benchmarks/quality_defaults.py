@@ -99,7 +99,8 @@ def run_tunespec(name: str, sets: list[str], args, work: Path, env: dict) -> dic
     metrics = [json.loads(line) for line in (build / "train" / "metrics.jsonl").read_text().splitlines()]
     peak = [m["peak_memory_gib"] for m in metrics if "peak_memory_gib" in m]
     return {"sets": sets, "batching": manifest["batching"], "steps": max(m["step"] for m in metrics),
-            "train_tokens": manifest["splits"]["train"]["tokens"], "train_seconds": round(train_s, 1),
+            "train_rows": manifest["splits"]["train"]["rows"], "train_tokens": manifest["splits"]["train"]["tokens"],
+            "dropped": manifest["dropped"], "train_seconds": round(train_s, 1),
             "peak_memory_gib": max(peak) if peak else None,
             "rouge": json.loads((build / "eval" / "rouge.json").read_text())}
 
