@@ -4,24 +4,27 @@
 #                                             # glaive (eval loss), real weights; and the quickstart on 2 of
 #                                             # the host's CPU cores with the GPU hidden (its CPU has AVX512-BF16)
 #   bash benchmarks/gpu_lease.sh selection    # benchmarks/selection.py on DialogSum
-#   bash benchmarks/gpu_lease.sh throughput   # train_throughput.py, one system at a time: 135M and 8B shapes
+#   bash benchmarks/gpu_lease.sh throughput   # train_throughput.py, one system at a time: 135M, 1B, 8B, 8B QLoRA
+#                                             # (SHAPES= picks some; Unsloth's wheels at /tmp/site-uns)
 #   bash benchmarks/gpu_lease.sh all          # quality and selection at once, fewer runs (one call's time)
 # Expects: the wheels installed (PYTHONPATH=/tmp/site:$PWD), the GGUF joined at $GGUF_DIR, ../shared/data's
 # files at $DATA (dev.jsonl, alpaca_en_demo.json, glaive_toolcall_en_demo.json). Writes JSON and logs to $OUT.
 set -uo pipefail
 PART=${1:?usage: gpu_lease.sh quality|selection|throughput|all}
 OUT=${OUT:-/tmp/out}; DATA=${DATA:-$PWD/.gpu/data}; GGUF_DIR=${GGUF_DIR:-/tmp/gguf}
-GGUF=$(ls "$GGUF_DIR"/*.gguf | head -1)
+GGUF=$(ls "$GGUF_DIR"/*.gguf 2>/dev/null | head -1)
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TUNESPEC_CACHE=${TUNESPEC_CACHE:-/tmp/tscache}
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   lscpu | grep -E 'Model name|^CPU\(s\)'; grep -o -w -E 'avx512_bf16|amx_bf16' /proc/cpuinfo | sort | uniq -c
   python3 -c "import torch, transformers, peft, accelerate, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'trl', trl.__version__)"
+  python3 -c "from importlib.metadata import version as v; print(*(f'{p} {v(p)}' for p in ('bitsandbytes', 'liger-kernel')))"
+  PYTHONPATH=/tmp/site-uns python3 -c "from importlib.metadata import version as v; print('for unsloth:', *(f'{p} {v(p)}' for p in ('unsloth', 'unsloth_zoo', 'trl', 'datasets')))"
   date -u +%Y-%m-%dT%H:%M:%SZ; } > "$OUT/gpu-$PART.txt" 2>&1
 LAST=$(( $(nproc) - 1 ))
 GPU_CPUS="0-$(( LAST - 2 ))"  # the GPU runs keep off the two cores the quickstart is timed on
-# the GGUF converted once, before runs in parallel read the cache
-taskset -c "$GPU_CPUS" python3 -c "from tunespec.model_resolver import ModelRef, resolve; resolve(ModelRef(path='$GGUF_DIR', gguf_file='$(basename "$GGUF")'))"
+# the GGUF converted once, before runs in parallel read the cache (the throughput part has random weights)
+[ "$PART" = throughput ] || taskset -c "$GPU_CPUS" python3 -c "from tunespec.model_resolver import ModelRef, resolve; resolve(ModelRef(path='$GGUF_DIR', gguf_file='$(basename "$GGUF")'))"
 q() { taskset -c "$GPU_CPUS" python3 benchmarks/quality_defaults.py --gguf-dir "$GGUF_DIR" --work /tmp/q --converted "$@"; }
 # one workload: NAME DATA-FILE RUNS PARALLEL, JSON and log to $OUT
 workload() { q --workload "$1" --data "$DATA/$2" --runs "$3" --parallel "$4" --out "$OUT/quality-$1.json" > "$OUT/quality-$1.log" 2>&1; }
@@ -56,12 +59,20 @@ case $PART in
     taskset -c "$GPU_CPUS" python3 benchmarks/selection.py --gguf-dir "$GGUF_DIR" --data "$DATA/dev.jsonl" \
       --parallel 5 --out "$OUT/selection-dialogsum.json" > "$OUT/selection.log" 2>&1
     tail -n 8 "$OUT/selection.log" ;;
-  throughput)
-    T=(python3 benchmarks/train_throughput.py --data "$DATA/dev.jsonl" --model-dir "$GGUF_DIR" --timeout 200)
-    "${T[@]}" --steps 20 --systems trl,trl_packing,trl_liger_packing,tunespec_defaults,tunespec_packing \
-      --out "$OUT/throughput-135m.json" > "$OUT/throughput-135m.log" 2>&1
-    "${T[@]}" --steps 12 --shape 8b --systems trl_packing,trl_liger_packing,tunespec_packing \
-      --out "$OUT/throughput-8b.json" > "$OUT/throughput-8b.log" 2>&1
+  throughput*)  # train_throughput.py, one system at a time, on DialogSum dev x 10 (so the defaults take the
+    # full 16k-token budget); SHAPES="135m 1b 8b 8b-qlora" picks the workloads (all by default)
+    T=(python3 benchmarks/train_throughput.py --data "$DATA/dev.jsonl" --model-dir "$DATA/../smol-config"
+       --repeat 10 --steps "${STEPS:-10}" --timeout "${TIMEOUT:-240}")
+    LORA=${LORA_SYSTEMS:-seed_lora,trl_packing,trl_liger_packing,unsloth_packing,tunespec_defaults}
+    QLORA=${QLORA_SYSTEMS:-seed_qlora,trl_qlora_packing,trl_liger_qlora_packing,unsloth_qlora_packing,tunespec_qlora_defaults}
+    for s in ${SHAPES:-135m 1b 8b 8b-qlora}; do
+      case $s in
+        135m) args=(--random-weights --systems "$LORA") ;;
+        1b|8b) args=(--shape "$s" --systems "$LORA") ;;
+        8b-qlora) args=(--shape 8b --systems "$QLORA") ;;
+      esac
+      UNSLOTH_SITE=/tmp/site-uns "${T[@]}" "${args[@]}" --out "$OUT/throughput-$s.json" > "$OUT/throughput-$s.log" 2>&1
+    done
     tail -n 8 "$OUT"/throughput-*.log ;;
   *) echo "unknown part $PART" >&2; exit 2 ;;
 esac

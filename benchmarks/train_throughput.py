@@ -15,6 +15,12 @@ number of optimizer steps per system. Each system runs in its own process (clean
   TRL's own defaults otherwise (gradient checkpointing on), with and without `packing=True`.
 * trl_liger / trl_liger_packing: the same with `use_liger_kernel=True` (liger-kernel's Triton kernels).
 * trl_qlora_packing: the same as trl_packing on a 4-bit NF4 double-quant base.
+* unsloth / unsloth_packing / unsloth_qlora_packing: Unsloth as its notebooks run it:
+  `FastLanguageModel.from_pretrained` (bf16, or `load_in_4bit=True`) and `FastLanguageModel.get_peft_model`
+  (r 16, alpha 32 on the seven projections, dropout 0 as Unsloth recommends for its fast path, its
+  `use_gradient_checkpointing="unsloth"`), then the same TRL `SFTTrainer` and `SFTConfig` as the trl rows.
+  Unsloth pins trl <= 1.15 and datasets < 5: with `UNSLOTH_SITE=DIR` these systems' processes put DIR (a
+  `pip install --target` of Unsloth's wheels) first on PYTHONPATH.
 * tunespec / tunespec_packing: compiled from `benchmarks/specs/dialogsum-dev-lora.yaml` with the same
   template and its defaults (padding-free micro-batches of 16 rows, logits only at trained positions,
   torch.compile of the decoder layers, gradient checkpointing: auto = on with a GPU), and with
@@ -22,6 +28,11 @@ number of optimizer steps per system. Each system runs in its own process (clean
   latter from `dialogsum-dev-qlora.yaml` (torch.compile: auto = off with a 4-bit base).
   `--set KEY=VALUE` changes the tunespec spec (e.g. training.gradient_checkpointing=false).
 * TS_PROFILE=PATH writes each system's torch.profiler table (top kernels by GPU time) to PATH-SYSTEM.txt.
+
+`--repeat K` trains on DialogSum dev repeated K times (rows of copy k > 0 tagged `(copy k)`, their ids
+(`fname`) `-copyk`, so no two are equal): the peers read their first 400 rows either way, and tunespec's defaults size micro-batches by the
+train split (`micro_batches.py`: at least 64 an epoch), so only above ~1.05M train tokens (K = 10) do they
+take the full 16k-token budget that a dataset of the size people train would get.
 
 Reported per system: real (non-pad) tokens/s and padded positions/s over the timed steps (after 3
 warm-up steps), peak GPU memory (`max_memory_allocated`), the train loss averaged over the last 5
@@ -47,16 +58,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {
     # Llama-3.2-1B-like shape with SmolLM2's vocabulary (the tokenizer is SmolLM2's)
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, tie_word_embeddings=True),
+               num_key_value_heads=8, head_dim=64, tie_word_embeddings=True),
     # Llama-3-8B's shape (32 layers, hidden 4096, GQA with 8 KV heads, vocabulary 128,256); the tokenizer
     # is still SmolLM2's, whose ids all lie inside that vocabulary
     "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0,
-               max_position_embeddings=8192),
+               num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False,
+               rope_parameters={"rope_theta": 500000.0, "rope_type": "default"}, max_position_embeddings=8192),
 }
 
 
-def rows(path: Path, n: int = 400) -> list[dict]:
+def rows(path: Path, n: int | None = 400) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f][:n]
 
@@ -71,28 +82,54 @@ def model_dir(args) -> str:
     return str(args.model_dir)
 
 
+def random_config(args):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir(args))
+    for k, v in SHAPES.get(args.shape, {}).items():
+        setattr(config, k, v)
+    return config
+
+
+def random_checkpoint(args) -> str:
+    """A saved copy of the random-weight model (with the tokenizer), for loaders that read a checkpoint (a
+    4-bit load, Unsloth): made once per shape on the GPU and reused by later systems' processes."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(f"/tmp/bench-random-{args.shape}")
+    if (path / "complete").exists():
+        return str(path)
+    torch.manual_seed(0)
+    with torch.device("cuda"):  # an 8B model's random init on the CPU takes minutes
+        model = AutoModelForCausalLM.from_config(random_config(args), dtype=torch.bfloat16)
+    model.save_pretrained(path)
+    del model
+    torch.cuda.empty_cache()
+    for f in Path(model_dir(args)).iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(f, path / f.name)
+    (path / "complete").touch()
+    return str(path)
+
+
+def random_weights(args) -> bool:
+    return args.random_weights or args.shape != "smollm2"
+
+
 def load_model(args, quantized: bool):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    src = model_dir(args)
     qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                             bnb_4bit_compute_dtype=torch.bfloat16) if quantized else None
-    if args.random_weights or args.shape != "smollm2":
-        config = AutoConfig.from_pretrained(src)
-        for k, v in SHAPES.get(args.shape, {}).items():
-            setattr(config, k, v)
+    if random_weights(args) and not quantized:
         torch.manual_seed(0)
-        if not quantized:  # initialised on the GPU: an 8B model's random init on the CPU takes minutes
-            with torch.device("cuda"):
-                return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        if quantized:
-            tmp = Path("/tmp/bench-random-model")
-            model.save_pretrained(tmp)
-            return AutoModelForCausalLM.from_pretrained(tmp, quantization_config=qc, dtype=torch.bfloat16,
-                                                        device_map={"": 0})
-        return model.to("cuda")
+        with torch.device("cuda"):  # initialised on the GPU: an 8B model's random init on the CPU takes minutes
+            return AutoModelForCausalLM.from_config(random_config(args), dtype=torch.bfloat16)
+    src = random_checkpoint(args) if random_weights(args) else model_dir(args)
     return AutoModelForCausalLM.from_pretrained(src, quantization_config=qc, dtype=torch.bfloat16,
                                                 device_map={"": 0})
 
@@ -215,6 +252,33 @@ def run_trl(args, packing: bool, quantized: bool = False, liger: bool = False) -
     return meter.result(trainer.model)
 
 
+def run_unsloth(args, packing: bool, quantized: bool = False) -> dict:
+    from unsloth import FastLanguageModel  # first: it patches transformers and TRL on import
+
+    # isort: split
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    src = random_checkpoint(args) if random_weights(args) else model_dir(args)
+    model, tok = FastLanguageModel.from_pretrained(model_name=src, max_seq_length=1024, dtype=torch.bfloat16,
+                                                   load_in_4bit=quantized, local_files_only=True)
+    model = FastLanguageModel.get_peft_model(
+        model, r=16, lora_alpha=32, lora_dropout=0, bias="none", use_gradient_checkpointing="unsloth",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        random_state=0)
+    data = Dataset.from_list([{"prompt": PROMPT.format(**r), "completion": COMPLETION.format(**r)} for r in rows(args.data)])
+    meter = Meter()
+    cfg = SFTConfig(output_dir="/tmp/bench-unsloth", per_device_train_batch_size=16, max_steps=args.steps,
+                    learning_rate=2e-4, logging_steps=1, bf16=True, report_to=[], save_strategy="no", packing=packing,
+                    max_length=1024, warmup_steps=1)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, callbacks=[hf_callback(meter)])
+    trainer.data_collator = counting(trainer.data_collator, meter)
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    return meter.result(trainer.model)
+
+
 def run_tunespec(args, packing: bool, quantized: bool = False, extra: list[str] = ()) -> dict:
     import torch
 
@@ -240,7 +304,7 @@ def run_tunespec(args, packing: bool, quantized: bool = False, extra: list[str] 
             meter.step_end()
 
     hooks = {"on_batch": meter.batch, "on_metrics": on_metrics}
-    if args.random_weights or args.shape != "smollm2":
+    if random_weights(args):
         hooks["load_model"] = lambda spec, **kw: load_model(args, quantized)
     trainer = Trainer(Build(out), restart=True, log=lambda s: None, **hooks)
     torch.cuda.reset_peak_memory_stats()
@@ -292,8 +356,38 @@ SYSTEMS = {
     "tunespec_16k": lambda a: run_tunespec(a, False, extra=["training.micro_batch_size=null",
                                                             "training.micro_batch_tokens=16384"]),
     "trl_qlora_packing": lambda a: run_trl(a, True, quantized=True),
+    "trl_liger_qlora_packing": lambda a: run_trl(a, True, quantized=True, liger=True),
     "tunespec_qlora_packing": lambda a: run_tunespec(a, True, quantized=True),
+    # tunespec's defaults (micro_batch_tokens auto) on a 4-bit base
+    "tunespec_qlora_defaults": lambda a: run_tunespec(a, False, quantized=True, extra=["training.micro_batch_size=null"]),
+    "unsloth": lambda a: run_unsloth(a, False),
+    "unsloth_packing": lambda a: run_unsloth(a, True),
+    "unsloth_qlora_packing": lambda a: run_unsloth(a, True, quantized=True),
 }
+
+
+def repeated(path: Path, k: int) -> Path:
+    """`path`'s rows `k` times over, each copy's dialogues tagged so that no two rows are equal."""
+    out = Path(f"/tmp/bench-data-x{k}.jsonl")
+    lines = []
+    for copy in range(k):
+        for r in rows(path, n=None):
+            if copy:
+                r = {**r, "dialogue": f"{r['dialogue']} (copy {copy})"}
+                for key in ("id", "fname"):  # DialogSum's row id is its fname
+                    if key in r:
+                        r[key] = f"{r[key]}-copy{copy}"
+            lines.append(json.dumps(r, ensure_ascii=False))
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def child_env(system: str) -> dict:
+    """The environment of one system's process: Unsloth's own site directory first for its systems."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "UNSLOTH_DISABLE_STATISTICS": "1"}
+    if system.startswith("unsloth") and env.get("UNSLOTH_SITE"):
+        env["PYTHONPATH"] = os.pathsep.join([env["UNSLOTH_SITE"], env.get("PYTHONPATH", "")])
+    return env
 
 
 def main() -> None:
@@ -304,6 +398,7 @@ def main() -> None:
     ap.add_argument("--shape", default="smollm2", choices=["smollm2", *SHAPES])
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--repeat", type=int, default=1, help="Train on the data repeated this many times (see above).")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="Extra spec settings for the tunespec systems (repeatable), e.g. training.micro_batch_size=32.")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
@@ -320,18 +415,19 @@ def main() -> None:
         return
     import torch
 
+    if args.repeat > 1:
+        args.data = repeated(args.data, args.repeat)
     peak = matmul_peak()
     results = {"device": torch.cuda.get_device_name(), "bf16_matmul_peak_tflops": round(peak / 1e12, 1),
-               "shape": args.shape, "weights": "random" if args.random_weights or args.shape != "smollm2" else "real",
-               "steps": args.steps, "systems": {}}
+               "shape": args.shape, "weights": "random" if random_weights(args) else "real",
+               "steps": args.steps, "data": str(args.data), "systems": {}}
     for name in args.systems.split(","):
         cmd = [sys.executable, __file__, "--system", name, "--data", str(args.data), "--model-dir", str(args.model_dir),
                "--shape", args.shape, "--steps", str(args.steps)] + (["--random-weights"] if args.random_weights else [])
         cmd += [f"--set={kv}" for kv in args.set]
         t = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                  timeout=args.timeout)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(name), timeout=args.timeout)
         except subprocess.TimeoutExpired:
             results["systems"][name] = {"error": f"timed out after {args.timeout} s"}
             continue
