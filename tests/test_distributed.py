@@ -446,6 +446,7 @@ def test_sigkill_of_one_worker_ends_the_group_and_resume_is_exact(tmp_path, tiny
             run.kill_all()
     assert rc != 0, run.stderr[-4000:]
     assert "Traceback" not in run.stderr.split("step 5/")[0]  # nothing went wrong before the kill
+    assert "ChildFailedError" in run.stderr, "a real failure is reported (tunespec.runtime.launcher lets it through)"
     from tunespec.runtime.checkpoint import newest_intact
 
     assert newest_intact(build / "train", log=lambda s: None) == build / "train" / "checkpoint-4"
@@ -569,6 +570,57 @@ def test_plan_gives_the_same_rows_per_step_for_the_same_global_batch():
         assert len(rows(2, 2, step)) == 4
     assert Plan(7, 2, 0, 2, 10).ends_epoch(2) and not Plan(7, 2, 0, 2, 10).ends_epoch(1)
     assert Plan(8, 2, 1, 1, 10).epochs_done(4) == 1.0
+
+
+def test_the_checkpoint_batch_per_step_check(tmp_path):
+    """Which checkpoints resume on this run's processes x accumulation (Trainer._check_batch_per_step)."""
+    from tunespec.errors import BuildError
+    from tunespec.runtime.plan import Plan
+    from tunespec.runtime.train import Trainer
+    from tunespec.spec import Spec
+
+    def check(saved_world: int, saved_accum: int, world: int, accum: int, *, sharded: bool = False) -> str | None:
+        spec = Spec.model_validate({"name": "t", "model": {"packaged": "smollm2-135m-instruct"},
+                                    "data": {"format": "alpaca", "sources": [{"path": "/x.jsonl"}]},
+                                    "launch": {"topology": "multi_gpu", "num_processes": world}})
+        trainer = Trainer.__new__(Trainer)
+        trainer.spec = spec
+        trainer.acc = SimpleNamespace(num_processes=world)
+        trainer.plan = Plan(batches_per_epoch=10, world=world, rank=0, accum=accum, total_steps=5)
+        ck = tmp_path / f"checkpoint-{saved_world}-{saved_accum}-{sharded}"
+        (ck / "accelerate" if sharded else ck).mkdir(parents=True, exist_ok=True)
+        try:
+            trainer._check_batch_per_step(ck, {"world_size": saved_world, "accumulation": saved_accum})
+        except BuildError as e:
+            return e.render()
+        return None
+
+    assert check(2, 1, 1, 2) is None and check(1, 4, 4, 1) is None and check(2, 2, 2, 2) is None
+    assert check(2, 2, 2, 2, sharded=True) is None
+    msg = check(4, 1, 3, 1)
+    assert "trained 4 micro-batch(es) per optimizer step (4 process(es) x accumulation 1), this run trains 3" in msg
+    assert "4 micro-batches a step cannot be split over 3 process(es)" in msg and "--restart" in msg
+    assert "training.gradient_accumulation_steps: 3 on 2 process(es)" in check(3, 2, 2, 2)
+    msg = check(2, 1, 1, 2, sharded=True)
+    assert "holds sharded (FSDP/DeepSpeed) state of 2 process(es), this run has 1" in msg
+    # older checkpoints have no "accumulation": their spec's
+    from tunespec.runtime.checkpoint import saved_accumulation
+
+    assert saved_accumulation({"spec": {"training": {"gradient_accumulation_steps": 3}}}, 1) == 3
+    assert saved_accumulation({"accumulation": 2, "spec": {}}, 1) == 2
+
+
+def test_the_launcher_tells_a_clean_stop_from_a_failure():
+    """tunespec.runtime.launcher: every failed worker exited 130 or 143 (the same one) = a clean stop."""
+    from tunespec.runtime.checkpoint import derived_seed
+    from tunespec.runtime.launcher import clean_stop_code
+
+    assert clean_stop_code([143, 143]) == 143 and clean_stop_code([130]) == 130
+    assert clean_stop_code([143, 1]) is None, "a real failure beside a stop reports"
+    assert clean_stop_code([-15]) is None, "a worker killed by SIGTERM (no checkpoint of its own) reports"
+    assert clean_stop_code([143, 130]) is None and clean_stop_code([]) is None
+    assert derived_seed(42, 4, 1) == derived_seed(42, 4, 1) != derived_seed(42, 4, 2) != derived_seed(42, 5, 1)
+    assert 0 <= derived_seed(42, 4, 1) < 2**32
 
 
 def test_topology_warnings():
