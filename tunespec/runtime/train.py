@@ -307,6 +307,10 @@ class Trainer:
         saved = saved_world * saved_accum
         world, accum = self.acc.num_processes, self.plan.accum
         if saved_world != world and (latest / "accelerate").is_dir():
+            # accelerate's load_state reads FSDP's model and optimizer through torch.distributed.checkpoint, which
+            # can reshard, but it restores random_states_<rank>.pkl only where that file exists (silently), and
+            # DeepSpeed's ZeRO partitions belong to the world that wrote them; neither is tested here (FSDP on a
+            # CPU needs 2 gloo processes on each side, DeepSpeed a GPU), so it stays refused
             raise BuildError(Problem(
                 f"{latest.name} holds sharded (FSDP/DeepSpeed) state of {saved_world} process(es), this run has "
                 f"{world}; tunespec resumes sharded state on the number of processes that wrote it only",
@@ -403,6 +407,8 @@ class Trainer:
 
                 set_seed(ckpt.derived_seed(self.spec.training.seed, int(state["step"]), rank))
         self.best = state.get("best")
+        if self.best:  # train/ may have moved (another build, for another number of processes)
+            self.best["path"] = str(train_dir / Path(self.best["path"]).name)
         self.resumed_metrics = dict(state.get("metrics") or {})
         return int(state["step"])
 
