@@ -330,7 +330,8 @@ def test_resume_on_two_processes_from_one(runs, tmp_path):
     assert list(rows) == [5, 6]
     assert {**{s: r for s, r in runs.one_rows.items() if s <= 4}, **rows} == runs.one_rows  # none twice, none skipped
     assert_same_steps(read_metrics(build), read_metrics(runs.one))
-    assert_adapter_close(build, runs.one, tol=1e-5)
+    # 1e-6: fp32 sums in another order (2 processes' all-reduce vs 1 process's accumulation) differ by ~3e-8
+    assert_adapter_close(build, runs.one, tol=1e-6)
     state = json.loads((build / "train" / "checkpoint-6" / "state.json").read_text())
     assert (state["world_size"], state["accumulation"]) == (2, 1)
 
@@ -373,7 +374,7 @@ def test_sigterm_of_the_workers_stops_quietly_and_resumes_on_one_process(runs, t
     assert (list(rows), list(later)) == ([1, 2, 3], [4, 5, 6])
     assert {**rows, **later} == runs.one_rows  # no row twice, none skipped
     assert_same_steps(read_metrics(one), read_metrics(runs.one))
-    assert_adapter_close(one, runs.one, tol=1e-5)
+    assert_adapter_close(one, runs.one, tol=1e-6)  # measured ~3e-8 (reduction order), as 1 x 2 vs 2 x 1 is
 
 
 def ckpt_steps(build: Path) -> list[int]:
