@@ -18,7 +18,9 @@ on a CPU these tests run the same launch files a GPU machine does:
   what DDP trains, stop on SIGTERM (sent to every process, as Slurm does) with a sharded checkpoint
   written by both processes, resume from it and save a complete adapter;
 * DeepSpeed (only where deepspeed imports): the same, with ZeRO-2 and accumulation 2;
-* a checkpoint refuses to resume with another number of processes.
+* a checkpoint resumes on another number of processes (2 -> 1 after a SIGTERM of the workers, 1 -> 2) when
+  processes x accumulation stays the same, training the uninterrupted run's rows per step and weights, and
+  refuses when it does not; a clean SIGTERM stop of the workers ends the launch with 143 and no traceback.
 
 Every run is fp32 (``training.bf16: false``) with LoRA dropout off unless said otherwise, so the
 runs can be compared to 1e-5.
@@ -84,6 +86,35 @@ HOOK = helpers.PAUSE_HOOK + '''
 _pids = os.environ.get("TUNESPEC_TEST_PID_DIR")
 if _pids:
     open(os.path.join(_pids, str(os.getpid())), "w").close()
+
+# Which rows each optimizer step trains, as the collators see them: Plan.position names the step of the
+# micro-batch collated next; every process appends {"step", "rows"} lines to rows/<pid>.jsonl.
+if _pids:
+    import json as _json
+
+    import tunespec.runtime.batching as _batching
+    import tunespec.runtime.plan as _plan
+
+    _rows_file = os.path.join(os.path.dirname(_pids), "rows", f"{os.getpid()}.jsonl")
+    _current = {}
+    _position = _plan.Plan.position
+
+    def _recording_position(self, step, k):
+        _current["step"] = step
+        return _position(self, step, k)
+
+    def _recording(collate):
+        def collate_and_record(tokens, rows, *args):
+            if "step" in _current:
+                os.makedirs(os.path.dirname(_rows_file), exist_ok=True)
+                with open(_rows_file, "a") as f:
+                    f.write(_json.dumps({"step": _current.pop("step") + 1, "rows": [int(r) for r in rows]}) + "\\n")
+            return collate(tokens, rows, *args)
+        return collate_and_record
+
+    _plan.Plan.position = _recording_position
+    _batching.collate_packed = _recording(_batching.collate_packed)
+    _batching.collate_padded = _recording(_batching.collate_padded)
 
 if os.environ.get("TUNESPEC_TEST_CPU_FSDP") or os.environ.get("TUNESPEC_TEST_CPU_DEEPSPEED"):
     import accelerate.state as _state
@@ -182,6 +213,18 @@ def assert_adapter_close(build: Path, reference: Path, tol: float = 1e-5) -> flo
     return diff
 
 
+def rows_per_step(*workdirs: Path) -> dict[int, list[int]]:
+    """Step -> the train rows it trained (sorted, repeats kept), over every process of the runs in `workdirs` (a
+    run and its resume), as HOOK recorded them at the collators."""
+    steps: dict[int, list[int]] = {}
+    for workdir in workdirs:
+        for f in sorted((workdir / "rows").glob("*.jsonl")):
+            for line in f.read_text().splitlines():
+                record = json.loads(line)
+                steps.setdefault(record["step"], []).extend(record["rows"])
+    return {step: sorted(rows) for step, rows in sorted(steps.items())}
+
+
 # --------------------------------------------------------------------------- reference runs
 
 
@@ -195,12 +238,13 @@ def runs(tmp_path_factory, tiny_model_dir, _session_cache):
         root = tmp_path_factory.mktemp("distributed")
         one = compile_build(root / "one", tiny_model_dir, {**COMMON, "training.gradient_accumulation_steps": 2})
         two = compile_build(root / "two", tiny_model_dir, {**COMMON, "launch": ddp()})
-        single = Run(tunespec_cmd("train", one), root / "one-run")
+        single = GroupRun(tunespec_cmd("train", one), root / "one-run")
         assert single.wait(240) == 0, single.stderr[-6000:]
         pair = launch(two, root / "two-run")
     finally:
         mp.undo()
-    return SimpleNamespace(root=root, one=one, two=two, two_stderr=pair.stderr)
+    return SimpleNamespace(root=root, one=one, two=two, two_stderr=pair.stderr,
+                           one_rows=rows_per_step(root / "one-run"), two_rows=rows_per_step(root / "two-run"))
 
 
 def test_two_processes_train_what_one_process_with_accumulation_trains(runs):
@@ -233,17 +277,110 @@ def test_checkpoints_are_written_once_with_every_process_rng(runs):
     assert [m["step"] for m in read_metrics(runs.two)] == list(range(1, STEPS + 1)), "one metrics line per step"
 
 
-def test_resume_refuses_another_number_of_processes(runs, tmp_path):
+def test_both_runs_train_every_row_once_an_epoch(runs):
+    """The oracle of the resume tests below: the recorded rows, the same for 1 x 2 and 2 x 1 micro-batches."""
+    assert runs.one_rows == runs.two_rows
+    assert list(runs.one_rows) == list(range(1, STEPS + 1))
+    trained = [r for rows in runs.one_rows.values() for r in rows]
+    assert len(trained) == STEPS * 2 * 2 == len(set(trained)), "6 steps x 2 micro-batches x 2 rows, all different"
+
+
+def _untrained_copy(build: Path, to: Path) -> Path:
+    shutil.copytree(build, to)
+    shutil.rmtree(to / "train")
+    shutil.rmtree(to / "adapter")
+    return to
+
+
+def _move_train_dir(src: Path, dst: Path, *, drop: tuple[str, ...] = ()) -> None:
+    """What a user does to resume on another number of processes: moves train/ into the other build."""
+    shutil.copytree(src / "train", dst / "train")
+    for name in drop:
+        shutil.rmtree(dst / "train" / name)
+
+
+def test_resume_refuses_another_batch_per_step(runs, tmp_path):
+    """The 2-process build on 1 process: its accumulation (1, per process) would make 1 micro-batch a step."""
     build = tmp_path / "build"
     shutil.copytree(runs.two, build)
     shutil.rmtree(build / "adapter")
     shutil.rmtree(build / "train" / "checkpoint-6")
     run = Run(tunespec_cmd("train", build), tmp_path / "one-process")
     assert run.wait(120) == 2, run.stderr[-3000:]
-    assert "checkpoint-4 was written by 2 process(es), this run has 1" in run.stderr
-    assert "bash BUILD/launch.sh" in run.stderr
-    assert "warning: the spec launches 2 process(es), this run has 1" in run.stderr
+    err = run.stderr
+    assert "Traceback" not in err
+    assert "checkpoint-4 trained 2 micro-batch(es) per optimizer step (2 process(es) x accumulation 1), " \
+           "this run trains 1 (1 x 1)" in err, err[-3000:]
+    assert str(build / "train" / "checkpoint-4") in err
+    assert "bash BUILD/launch.sh" in err and "training.gradient_accumulation_steps: 2 on 1 process(es)" in err
+    assert "warning: the spec launches 2 process(es), this run has 1" in err
     assert (build / "train" / "checkpoint-4").is_dir() and not (build / "adapter").exists()
+
+
+def test_resume_on_two_processes_from_one(runs, tmp_path):
+    """checkpoint-4 of 1 process x accumulation 2, resumed by 2 processes x accumulation 1: the same 2 micro-batches
+    a step. Steps 5-6 train the uninterrupted run's rows and reach its adapter; rank 1, which the checkpoint has no
+    random state for, draws from a derived seed (LoRA dropout off: no draw changes a number here)."""
+    build = _untrained_copy(runs.two, tmp_path / "build")
+    _move_train_dir(runs.one, build, drop=("checkpoint-6",))
+    resumed = launch(build, tmp_path / "resumed")
+    assert resumed.stderr.count("resuming from checkpoint-4 (written by 1 process(es), resumed on 2; "
+                                "process(es) 1..1 draw from seeds derived from") == 1, resumed.stderr[-3000:]
+    rows = rows_per_step(tmp_path / "resumed")
+    assert list(rows) == [5, 6]
+    assert {**{s: r for s, r in runs.one_rows.items() if s <= 4}, **rows} == runs.one_rows  # none twice, none skipped
+    assert_same_steps(read_metrics(build), read_metrics(runs.one))
+    # 1e-6: fp32 sums in another order (2 processes' all-reduce vs 1 process's accumulation) differ by ~3e-8
+    assert_adapter_close(build, runs.one, tol=1e-6)
+    state = json.loads((build / "train" / "checkpoint-6" / "state.json").read_text())
+    assert (state["world_size"], state["accumulation"]) == (2, 1)
+
+
+# --------------------------------------------------------------------------- a clean SIGTERM stop
+
+
+def test_sigterm_of_the_workers_stops_quietly_and_resumes_on_one_process(runs, tmp_path):
+    """SIGTERM to the two workers only (as a signal that reaches them before the launcher, or a `kill` of them):
+    each saves and exits 143; the launch exits 143 too, with no traceback (``tunespec.runtime.launcher``; torch
+    elastic would report a ChildFailedError). Then checkpoint-3 resumes on 1 process x accumulation 2 (a build of
+    that spec with this train/) to the uninterrupted runs' rows, metrics and adapter."""
+    build = _untrained_copy(runs.two, tmp_path / "two")
+    run = GroupRun(launch_cmd(build), tmp_path / "term", pause_at="step 3/")
+    run.wait_paused()
+    workers = [pid for pid in run.pids() if _rank_of(pid) is not None]
+    assert len(workers) == 2, [(pid, _rank_of(pid)) for pid in run.pids()]
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    run.release()
+    try:
+        rc = run.wait(120)
+    finally:
+        if run.proc.poll() is None:
+            run.kill_all()
+    err = run.stderr
+    assert rc == 143, err[-4000:]
+    assert f"SIGTERM: saved checkpoint-3; resume with: bash {build / 'launch.sh'}" in err
+    assert "Traceback" not in err and "ChildFailedError" not in err and "exitcode" not in err, err[-4000:]
+    assert ckpt_steps(build) == [2, 3]
+
+    one = _untrained_copy(runs.one, tmp_path / "one")
+    _move_train_dir(build, one)
+    resumed = GroupRun(tunespec_cmd("train", one), tmp_path / "resumed")
+    assert resumed.wait(240) == 0, resumed.stderr[-4000:]
+    assert resumed.stderr.count("resuming from checkpoint-3 (written by 2 process(es), resumed on 1; the random "
+                                "states of process(es) 1..1 are not used)") == 1, resumed.stderr[-3000:]
+    rows = rows_per_step(tmp_path / "term")
+    later = rows_per_step(tmp_path / "resumed")
+    assert (list(rows), list(later)) == ([1, 2, 3], [4, 5, 6])
+    assert {**rows, **later} == runs.one_rows  # no row twice, none skipped
+    assert_same_steps(read_metrics(one), read_metrics(runs.one))
+    assert_adapter_close(one, runs.one, tol=1e-6)  # measured ~3e-8 (reduction order), as 1 x 2 vs 2 x 1 is
+
+
+def ckpt_steps(build: Path) -> list[int]:
+    from tunespec.runtime.checkpoint import list_checkpoints
+
+    return [step for step, _ in list_checkpoints(build / "train")]
 
 
 # --------------------------------------------------------------------------- SIGKILL and resume
@@ -310,6 +447,7 @@ def test_sigkill_of_one_worker_ends_the_group_and_resume_is_exact(tmp_path, tiny
             run.kill_all()
     assert rc != 0, run.stderr[-4000:]
     assert "Traceback" not in run.stderr.split("step 5/")[0]  # nothing went wrong before the kill
+    assert "ChildFailedError" in run.stderr, "a real failure is reported (tunespec.runtime.launcher lets it through)"
     from tunespec.runtime.checkpoint import newest_intact
 
     assert newest_intact(build / "train", log=lambda s: None) == build / "train" / "checkpoint-4"
@@ -433,6 +571,57 @@ def test_plan_gives_the_same_rows_per_step_for_the_same_global_batch():
         assert len(rows(2, 2, step)) == 4
     assert Plan(7, 2, 0, 2, 10).ends_epoch(2) and not Plan(7, 2, 0, 2, 10).ends_epoch(1)
     assert Plan(8, 2, 1, 1, 10).epochs_done(4) == 1.0
+
+
+def test_the_checkpoint_batch_per_step_check(tmp_path):
+    """Which checkpoints resume on this run's processes x accumulation (Trainer._check_batch_per_step)."""
+    from tunespec.errors import BuildError
+    from tunespec.runtime.plan import Plan
+    from tunespec.runtime.train import Trainer
+    from tunespec.spec import Spec
+
+    def check(saved_world: int, saved_accum: int, world: int, accum: int, *, sharded: bool = False) -> str | None:
+        spec = Spec.model_validate({"name": "t", "model": {"packaged": "smollm2-135m-instruct"},
+                                    "data": {"format": "alpaca", "sources": [{"path": "/x.jsonl"}]},
+                                    "launch": {"topology": "multi_gpu", "num_processes": world}})
+        trainer = Trainer.__new__(Trainer)
+        trainer.spec = spec
+        trainer.acc = SimpleNamespace(num_processes=world)
+        trainer.plan = Plan(batches_per_epoch=10, world=world, rank=0, accum=accum, total_steps=5)
+        ck = tmp_path / f"checkpoint-{saved_world}-{saved_accum}-{sharded}"
+        (ck / "accelerate" if sharded else ck).mkdir(parents=True, exist_ok=True)
+        try:
+            trainer._check_batch_per_step(ck, {"world_size": saved_world, "accumulation": saved_accum})
+        except BuildError as e:
+            return e.render()
+        return None
+
+    assert check(2, 1, 1, 2) is None and check(1, 4, 4, 1) is None and check(2, 2, 2, 2) is None
+    assert check(2, 2, 2, 2, sharded=True) is None
+    msg = check(4, 1, 3, 1)
+    assert "trained 4 micro-batch(es) per optimizer step (4 process(es) x accumulation 1), this run trains 3" in msg
+    assert "4 micro-batches a step cannot be split over 3 process(es)" in msg and "--restart" in msg
+    assert "training.gradient_accumulation_steps: 3 on 2 process(es)" in check(3, 2, 2, 2)
+    msg = check(2, 1, 1, 2, sharded=True)
+    assert "holds sharded (FSDP/DeepSpeed) state of 2 process(es), this run has 1" in msg
+    # older checkpoints have no "accumulation": their spec's
+    from tunespec.runtime.checkpoint import saved_accumulation
+
+    assert saved_accumulation({"spec": {"training": {"gradient_accumulation_steps": 3}}}, 1) == 3
+    assert saved_accumulation({"accumulation": 2, "spec": {}}, 1) == 2
+
+
+def test_the_launcher_tells_a_clean_stop_from_a_failure():
+    """tunespec.runtime.launcher: every failed worker exited 130 or 143 (the same one) = a clean stop."""
+    from tunespec.runtime.checkpoint import derived_seed
+    from tunespec.runtime.launcher import clean_stop_code
+
+    assert clean_stop_code([143, 143]) == 143 and clean_stop_code([130]) == 130
+    assert clean_stop_code([143, 1]) is None, "a real failure beside a stop reports"
+    assert clean_stop_code([-15]) is None, "a worker killed by SIGTERM (no checkpoint of its own) reports"
+    assert clean_stop_code([143, 130]) is None and clean_stop_code([]) is None
+    assert derived_seed(42, 4, 1) == derived_seed(42, 4, 1) != derived_seed(42, 4, 2) != derived_seed(42, 5, 1)
+    assert 0 <= derived_seed(42, 4, 1) < 2**32
 
 
 def test_topology_warnings():

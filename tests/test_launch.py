@@ -317,14 +317,15 @@ def test_launch_sh_finds_moved_build(tmp_path):
     build, _ = write(tmp_path, TOPOLOGIES["deepspeed2"])
     moved = tmp_path / "moved here"
     shutil.move(str(build), str(moved))
-    bin_dir = _fake_bin(tmp_path, "accelerate", 'printf "%s\\n" "$@"\n')
+    bin_dir = _fake_bin(tmp_path, "python3", 'printf "%s\\n" "$@"\n')
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
     out = subprocess.run(
         ["bash", str(moved / "launch.sh"), "--extra", "x y"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
     ).stdout.splitlines()
     real = str(moved.resolve())
     assert out == [
-        "launch",
+        "-m",
+        "tunespec.runtime.launcher",
         "--config_file",
         f"{real}/accelerate.yaml",
         "--deepspeed_config_file",
@@ -339,7 +340,7 @@ def test_launch_sh_finds_moved_build(tmp_path):
 
 def test_launch_sh_machine_rank_override(tmp_path):
     build, _ = write(tmp_path, TOPOLOGIES["two_machines"])
-    bin_dir = _fake_bin(tmp_path, "accelerate", 'printf "%s\\n" "$@"\n')
+    bin_dir = _fake_bin(tmp_path, "python3", 'printf "%s\\n" "$@"\n')
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", TUNESPEC_MACHINE_RANK="0")
     out = subprocess.run(["bash", str(build / "launch.sh")], env=env, capture_output=True, text=True, check=True)
     assert "--machine_rank\n0\n" in out.stdout
@@ -354,7 +355,7 @@ def test_launch_slurm_with_fake_slurm(tmp_path):
         f'else printf "   Command={build}/launch.slurm\\n   WorkDir=/\\n"; fi\n',
     )
     _fake_bin(tmp_path, "srun", 'SLURM_NODEID=1 exec "${@:3}"\n')  # drop srun's own two options
-    bin_dir = _fake_bin(tmp_path, "accelerate", 'printf "%s\\n" "$@"\n')
+    bin_dir = _fake_bin(tmp_path, "python3", 'printf "%s\\n" "$@"\n')
     env = dict(
         os.environ,
         PATH=f"{bin_dir}:{os.environ['PATH']}",
@@ -367,7 +368,8 @@ def test_launch_slurm_with_fake_slurm(tmp_path):
     ).stdout.splitlines()
     real = str(build.resolve())
     assert out == [
-        "launch",
+        "-m",
+        "tunespec.runtime.launcher",
         "--config_file",
         f"{real}/accelerate.yaml",
         "--num_machines",

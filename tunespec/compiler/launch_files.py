@@ -78,6 +78,10 @@ Stopping several processes.
     group (``kill -- -PGID``, Ctrl-C) reaches the launcher only; it passes SIGTERM/SIGINT on to the
     workers, which finish the step, save and exit, and SIGKILLs those left after 30 s. SIGKILL of
     the launcher alone leaves the workers running: kill them too (Slurm kills the whole job).
+    The scripts run ``accelerate launch`` through ``tunespec.runtime.launcher`` (``python3`` on
+    PATH must be the environment tunespec is installed in): when the workers get the signal and
+    stop cleanly (each saved and exited 130/143) the launch exits with that code, where
+    ``accelerate launch`` would print torch elastic's ChildFailedError traceback and exit 1.
 
 Running on several machines
 ---------------------------
@@ -113,6 +117,8 @@ from ..spec import Spec
 from ..spec.launch import DeepSpeedLaunch, FsdpLaunch
 
 RUNTIME_MODULE = "tunespec.runtime.train"
+# `accelerate launch` whose clean stop (every worker saved and exited 130/143) exits quietly with that code
+LAUNCHER = "python3 -m tunespec.runtime.launcher"
 ACCELERATE_CONFIG = "accelerate.yaml"
 DEEPSPEED_CONFIG = "deepspeed.json"
 LAUNCH_SCRIPT = "launch.sh"
@@ -284,7 +290,7 @@ def launch_script(spec: Spec) -> str:
             'if [[ -n "${TUNESPEC_MACHINE_RANK:-}" ]]; then ARGS+=(--machine_rank "$TUNESPEC_MACHINE_RANK"); fi',
             'if [[ -n "${TUNESPEC_MAIN_PROCESS_IP:-}" ]]; then ARGS+=(--main_process_ip "$TUNESPEC_MAIN_PROCESS_IP"); fi',
         ]
-    lines.append(f'exec accelerate launch "${{ARGS[@]}}" -m {RUNTIME_MODULE} "$BUILD" "$@"')
+    lines.append(f'exec {LAUNCHER} "${{ARGS[@]}}" -m {RUNTIME_MODULE} "$BUILD" "$@"')
     return "\n".join(lines) + "\n"
 
 
@@ -318,7 +324,7 @@ def slurm_script(spec: Spec) -> str:
             f"GPUS_PER_NODE={gpus}",
             "export BUILD MAIN_IP MAIN_PORT GPUS_PER_NODE",
             "srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '"
-            f'exec accelerate launch --config_file "$BUILD/{ACCELERATE_CONFIG}"{_deepspeed_flag(spec)}'
+            f'exec {LAUNCHER} --config_file "$BUILD/{ACCELERATE_CONFIG}"{_deepspeed_flag(spec)}'
             ' --num_machines "$SLURM_NNODES" --num_processes "$((SLURM_NNODES * GPUS_PER_NODE))"'
             ' --machine_rank "$SLURM_NODEID" --main_process_ip "$MAIN_IP" --main_process_port "$MAIN_PORT"'
             f' -m {RUNTIME_MODULE} "$BUILD" "$@"\' _ "$@"',

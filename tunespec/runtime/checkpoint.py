@@ -8,8 +8,9 @@ always complete; anything else (a killed write) is ignored and cleaned up. Each 
 * ``optimizer.pt``, ``scheduler.pt``: their state dicts
 * ``rng.pt``: the Python, NumPy and torch (CPU and CUDA) random states of every process,
   ``{"processes": [state of process 0, ...]}`` (checkpoints of older versions hold one state)
-* ``state.json``: step, metrics, the number of processes (``world_size``), and the build's input key
-  and spec (for the resume check)
+* ``state.json``: step, metrics, the number of processes (``world_size``) and the accumulation
+  (``accumulation``; older checkpoints: the spec's), and the build's input key and spec (for the
+  resume check)
 
 With several processes the main process writes these files (weights and optimizer state are the
 same on every process; it gathers the RNG states). Under FSDP and DeepSpeed every process writes its
@@ -21,6 +22,7 @@ directory is complete. ``clean_partial`` removes both kinds of temporary directo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -148,6 +150,12 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def derived_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of process `rank` when it resumes from a checkpoint of `step` that has no RNG state for it (written
+    by fewer processes): the first 4 bytes of sha256("tunespec-rng:<seed>:<step>:<rank>"), big-endian."""
+    return int.from_bytes(hashlib.sha256(f"tunespec-rng:{seed}:{step}:{rank}".encode()).digest()[:4], "big")
+
+
 def write_checkpoint(train_dir: Path, step: int, write_files, state: dict) -> Path:
     """Atomically create train/checkpoint-<step>: `write_files(tmp_dir)` writes the payload."""
     train_dir.mkdir(parents=True, exist_ok=True)
@@ -195,6 +203,23 @@ RESUME_NEUTRAL = (
     "training.save_total_limit", "training.save_strategy", "training.report_to", "training.eval_",
     "launch.gpu_memory_gib", "launch.gpu", "launch.main_process_", "launch.machine_rank",
 )
+
+
+# Fields that may change together between a checkpoint and its resume as long as processes x accumulation (the
+# micro-batches of a step) stays the same: train.Trainer._check_batch_per_step checks that.
+RESIZE = ("launch.topology", "launch.num_processes", "launch.num_machines", "training.gradient_accumulation_steps")
+
+
+def saved_world(state: dict, default: int) -> int:
+    """The number of processes that wrote a checkpoint (its state.json)."""
+    return int(state.get("world_size", default))
+
+
+def saved_accumulation(state: dict, default: int) -> int:
+    """A checkpoint's gradient accumulation: state.json's, else (older checkpoints) its spec's."""
+    if "accumulation" in state:
+        return int(state["accumulation"])
+    return int(((state.get("spec") or {}).get("training") or {}).get("gradient_accumulation_steps", default))
 
 
 def _flatten(d, prefix=""):

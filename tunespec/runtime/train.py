@@ -14,7 +14,10 @@ Run directly (``python -m tunespec.runtime.train BUILD``) or under ``accelerate 
   parallelism give the same gradient as one big batch;
 * checkpoints are atomic (``checkpoint.write_checkpoint``) and hold optimizer, scheduler and RNG
   state (the RNG state of every process); a resumed run continues at the exact data position and
-  gives the same weights; it must run on as many processes as the run that wrote the checkpoint;
+  gives the same weights. It may run on another number of processes when processes x accumulation
+  (micro-batches per step) stays the checkpoint's (``_check_batch_per_step``; the accumulation is the
+  spec's, per process, so that takes a spec with another ``gradient_accumulation_steps``); a process
+  the checkpoint did not have seeds its random numbers with ``checkpoint.derived_seed``;
 * SIGINT/SIGTERM finish the current step, save a checkpoint and exit with the resume command
   (``stop_signal``; with several processes, every process stops after the same step).
 
@@ -257,6 +260,7 @@ class Trainer:
             "total_steps": self.plan.total_steps,
             "input_key": self.build.input_key,
             "world_size": self.acc.num_processes,
+            "accumulation": self.plan.accum,
             "spec": self.build.spec_data,
             "metrics": metrics,
             "best": self.best,
@@ -294,6 +298,49 @@ class Trainer:
         """Whether checkpoints hold accelerate's per-process state (FSDP, DeepSpeed) instead of our files."""
         return self.acc.distributed_type.value in ("FSDP", "DEEPSPEED")
 
+    def _check_batch_per_step(self, latest: Path, state: dict) -> None:
+        """A checkpoint resumes on any number of processes whose micro-batches per optimizer step (processes x
+        accumulation, ``Plan.per_step``) are the checkpoint's: then step s trains the same stream positions
+        (``plan.Plan``), and the optimizer and scheduler states (the same on every process) carry over."""
+        saved_world = ckpt.saved_world(state, self.acc.num_processes)
+        saved_accum = ckpt.saved_accumulation(state, self.plan.accum)
+        saved = saved_world * saved_accum
+        world, accum = self.acc.num_processes, self.plan.accum
+        if saved_world != world and (latest / "accelerate").is_dir():
+            # accelerate's load_state reads FSDP's model and optimizer through torch.distributed.checkpoint, which
+            # can reshard, but it restores random_states_<rank>.pkl only where that file exists (silently), and
+            # DeepSpeed's ZeRO partitions belong to the world that wrote them; neither is tested here (FSDP on a
+            # CPU needs 2 gloo processes on each side, DeepSpeed a GPU), so it stays refused
+            raise BuildError(Problem(
+                f"{latest.name} holds sharded (FSDP/DeepSpeed) state of {saved_world} process(es), this run has "
+                f"{world}; tunespec resumes sharded state on the number of processes that wrote it only",
+                file=str(latest), hint=f"resume on {saved_world} process(es) ({self._launch_hint(saved_world)}), "
+                "or start over with --restart"))
+        if saved == self.plan.per_step:
+            return
+        fits = (f"training.gradient_accumulation_steps: {saved // world} on {world} process(es)"
+                if saved % world == 0 else f"{saved} micro-batches a step cannot be split over {world} process(es)")
+        raise BuildError(Problem(
+            f"{latest.name} trained {saved} micro-batch(es) per optimizer step ({saved_world} process(es) x "
+            f"accumulation {saved_accum}), this run trains {self.plan.per_step} ({world} x {accum}): the batch "
+            "and the data order would change", file=str(latest),
+            hint=f"resume on {saved_world} process(es) ({self._launch_hint(saved_world)}); or keep {saved} per "
+            f"step ({fits}): compile that spec to a new directory and move this build's train/ into it; "
+            "or start over with --restart"))
+
+    def _launch_hint(self, world: int) -> str:
+        ln = self.spec.launch
+        if world == 1:
+            return "tunespec train BUILD"
+        return "bash BUILD/launch.sh" if world == ln.num_processes * ln.num_machines else "a launch.sh for that many"
+
+    def _resize_rng_note(self, saved_world: int) -> str:
+        world = self.acc.num_processes
+        if world < saved_world:
+            return f"the random states of process(es) {world}..{saved_world - 1} are not used"
+        return (f"process(es) {saved_world}..{world - 1} draw from seeds derived from training.seed, "
+                "the step and the process index")
+
     def resume(self) -> int:
         """Restore the newest complete checkpoint; returns the step to continue from (0 for a fresh run)."""
         import torch
@@ -324,19 +371,18 @@ class Trainer:
             return 0
         state = ckpt.read_state(latest)
         if state.get("input_key") != self.build.input_key:
-            diffs = ckpt.spec_differences(state.get("spec", {}), self.build.spec_data)
+            # processes and accumulation may change together (checked next: the batch per step must not)
+            diffs = [d for d in ckpt.spec_differences(state.get("spec", {}), self.build.spec_data)
+                     if not d.startswith(ckpt.RESIZE)]
             if diffs or not state.get("spec"):
                 raise BuildError(Problem(
                     f"{latest.name} was trained from a different build; changed: {', '.join(diffs[:12]) or 'the data'}",
                     file=str(latest), hint=f"restore the old spec/data, or start over: tunespec train {self.build.path} --restart"))
-        saved_world = state.get("world_size", self.acc.num_processes)
-        if saved_world != self.acc.num_processes:
-            raise BuildError(Problem(
-                f"{latest.name} was written by {saved_world} process(es), this run has {self.acc.num_processes}; "
-                "the data order depends on the number of processes", file=str(latest),
-                hint=f"resume with the same launch ({'bash BUILD/launch.sh' if saved_world > 1 else 'tunespec train BUILD'}), "
-                "or start over with --restart"))
-        self.log(f"resuming from {latest.name}")
+        self._check_batch_per_step(latest, state)
+        saved_world = ckpt.saved_world(state, self.acc.num_processes)
+        self.log(f"resuming from {latest.name}" + ("" if saved_world == self.acc.num_processes else
+                 f" (written by {saved_world} process(es), resumed on {self.acc.num_processes}; "
+                 f"{self._resize_rng_note(saved_world)})"))
         if (latest / "accelerate").is_dir():
             if not self._sharded():
                 raise BuildError(Problem(
@@ -352,8 +398,17 @@ class Trainer:
             self.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
             self.scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=True))
             rng = torch.load(latest / "rng.pt", weights_only=True)
-            ckpt.set_rng_state(rng["processes"][self.acc.process_index] if "processes" in rng else rng)
+            saved = rng["processes"] if "processes" in rng else [rng]
+            rank = self.acc.process_index
+            if rank < len(saved):
+                ckpt.set_rng_state(saved[rank])
+            else:  # a process the checkpoint did not have (a resume on more processes)
+                from accelerate.utils import set_seed
+
+                set_seed(ckpt.derived_seed(self.spec.training.seed, int(state["step"]), rank))
         self.best = state.get("best")
+        if self.best:  # train/ may have moved (another build, for another number of processes)
+            self.best["path"] = str(train_dir / Path(self.best["path"]).name)
         self.resumed_metrics = dict(state.get("metrics") or {})
         return int(state["step"])
 
