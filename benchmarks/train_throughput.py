@@ -150,9 +150,12 @@ class Meter:
         self.t0 = None
         self.losses: list[float] = []
         self.curve: list[tuple[int, float]] = []  # (real tokens seen, loss of that step)
+        self.first_batch: dict = {}  # the first batch's tensor shapes (how each system forms its micro-batches)
 
     def batch(self, batch: dict) -> None:
         ids = batch["input_ids"]
+        if not self.first_batch:
+            self.first_batch = {k: list(v.shape) for k, v in batch.items() if hasattr(v, "shape")}
         mask = batch.get("attention_mask")
         real = int(mask.sum()) if mask is not None else ids.numel()
         self.seen += real
@@ -179,7 +182,7 @@ class Meter:
                 "padding_fraction": round(1 - self.real / max(1, self.padded), 4),
                 "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
                 "final_loss": round(sum(self.losses[-5:]) / max(1, len(self.losses[-5:])), 4), "params": n,
-                "tokens_seen": self.seen, "loss_curve": self.curve}
+                "tokens_seen": self.seen, "first_batch": self.first_batch, "loss_curve": self.curve}
 
 
 def hf_callback(meter: Meter):
