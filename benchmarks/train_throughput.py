@@ -151,6 +151,22 @@ class Meter:
         self.losses: list[float] = []
         self.curve: list[tuple[int, float]] = []  # (real tokens seen, loss of that step)
         self.first_batch: dict = {}  # the first batch's tensor shapes (how each system forms its micro-batches)
+        self.forward_positions = 0  # input positions the model's training forwards took, after the warm-up
+        self.forwards = 0
+
+    def watch(self, model):
+        """Count the input positions of every training forward at the input embedding (`model` returned).
+
+        The collator counts what was collated, and a data loader may read ahead of the steps: this count is
+        what the timed steps trained (the embedding runs once per forward; checkpointing recomputes only the
+        decoder layers)."""
+        def count(module, inputs, output):
+            if module.training and self.step >= WARMUP:
+                self.forward_positions += inputs[0].numel()
+                self.forwards += 1
+
+        model.get_input_embeddings().register_forward_hook(count)
+        return model
 
     def batch(self, batch: dict) -> None:
         ids = batch["input_ids"]
@@ -176,10 +192,14 @@ class Meter:
 
         torch.cuda.synchronize()
         elapsed = time.perf_counter() - self.t0
-        n = sum(p.numel() for p in model.parameters())
+        # a 4-bit weight's numel() counts its packed bytes; its quant_state has the real shape
+        n = sum(p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
+                for p in model.parameters())
         return {"timed_steps": self.step - WARMUP, "seconds": round(elapsed, 3),
                 "real_tokens_per_s": round(self.real / elapsed, 1), "positions_per_s": round(self.padded / elapsed, 1),
                 "padding_fraction": round(1 - self.real / max(1, self.padded), 4),
+                "forward_positions_per_s": round(self.forward_positions / elapsed, 1),
+                "forwards_per_step": round(self.forwards / max(1, self.step - WARMUP), 2),
                 "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
                 "final_loss": round(sum(self.losses[-5:]) / max(1, len(self.losses[-5:])), 4), "params": n,
                 "tokens_seen": self.seen, "first_batch": self.first_batch, "loss_curve": self.curve}
@@ -228,6 +248,7 @@ def run_seed(args, quantized: bool) -> dict:
     targs = TrainingArguments(output_dir="/tmp/bench-seed", per_device_train_batch_size=2, gradient_accumulation_steps=5,
                               max_steps=args.steps, learning_rate=2e-4, optim="paged_adamw_8bit", logging_steps=1,
                               gradient_checkpointing=True, bf16=True, report_to=[], save_strategy="no", warmup_steps=1)
+    meter.watch(model)
     collator = counting(DataCollatorForLanguageModeling(tok, mlm=False), meter)
     torch.cuda.reset_peak_memory_stats()
     Trainer(model=model, args=targs, train_dataset=data, data_collator=collator, callbacks=[hf_callback(meter)]).train()
@@ -250,6 +271,7 @@ def run_trl(args, packing: bool, quantized: bool = False, liger: bool = False) -
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, peft_config=lora(),
                          callbacks=[hf_callback(meter)])
     trainer.data_collator = counting(trainer.data_collator, meter)
+    meter.watch(trainer.model)
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
     return meter.result(trainer.model)
@@ -277,6 +299,7 @@ def run_unsloth(args, packing: bool, quantized: bool = False) -> dict:
                     max_length=1024, warmup_steps=1)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, callbacks=[hf_callback(meter)])
     trainer.data_collator = counting(trainer.data_collator, meter)
+    meter.watch(trainer.model)
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
     return meter.result(trainer.model)
@@ -308,7 +331,7 @@ def run_tunespec(args, packing: bool, quantized: bool = False, extra: list[str] 
 
     hooks = {"on_batch": meter.batch, "on_metrics": on_metrics}
     if random_weights(args):
-        hooks["load_model"] = lambda spec, **kw: load_model(args, quantized)
+        hooks["load_model"] = lambda spec, **kw: meter.watch(load_model(args, quantized))
     trainer = Trainer(Build(out), restart=True, log=lambda s: None, **hooks)
     torch.cuda.reset_peak_memory_stats()
     trainer.run()
