@@ -1,6 +1,12 @@
 """Markdown tables from `train_throughput.py` result files (the training section of BENCHMARKS.md).
 
-    python benchmarks/throughput_table.py RESULT.json [RESULT.json ...]
+    python benchmarks/throughput_table.py [--params N] RESULT.json [RESULT.json ...]
+    python benchmarks/throughput_table.py --summary NAME=RESULT.json [NAME=RESULT.json ...]
+
+`--params N` recomputes MFU with N parameters (results written before train_throughput.py counted a 4-bit
+model's parameters by their real shapes: numel() counts the packed bytes). `--summary` gives one row per
+workload: each system's tokens/s and peak memory, and tunespec's defaults against the fastest peer (the
+issue's target: >= 1.3x its tokens/s at <= its peak memory).
 
 Systems from several files are merged in the order given (a later file's system replaces an earlier
 one of the same name: a re-run after a fix). Loss at equal tokens, for TRL and tunespec run alike (both
@@ -22,7 +28,18 @@ LABELS = {
     "tunespec": "tunespec defaults (micro batch 16 rows)",
     "tunespec_packing": "tunespec defaults + packing (16 bins of 1,024)",
     "tunespec_qlora_packing": "tunespec defaults + packing, QLoRA",
+    "trl_liger": "TRL SFTTrainer + Liger kernels, batch 16",
+    "trl_liger_packing": "TRL SFTTrainer + Liger kernels, batch 16, packing",
+    "trl_liger_qlora_packing": "TRL SFTTrainer + Liger kernels, QLoRA, batch 16, packing",
+    "unsloth": "Unsloth (FastLanguageModel + TRL SFTTrainer), batch 16",
+    "unsloth_packing": "Unsloth (FastLanguageModel + TRL SFTTrainer), batch 16, packing",
+    "unsloth_qlora_packing": "Unsloth, QLoRA, batch 16, packing",
+    "tunespec_defaults": "tunespec defaults (no training section: 16k-token padding-free micro-batches)",
+    "tunespec_qlora_defaults": "tunespec defaults, QLoRA",
 }
+PEERS = ("trl_packing", "trl_liger_packing", "unsloth_packing", "trl_qlora_packing", "trl_liger_qlora_packing",
+         "unsloth_qlora_packing")
+OURS = ("tunespec_defaults", "tunespec_qlora_defaults")
 
 
 def loss_at(curve: list, tokens: int) -> float | None:
@@ -30,10 +47,15 @@ def loss_at(curve: list, tokens: int) -> float | None:
     return round(sum(window) / len(window), 3) if window else None
 
 
-def table(results: list[dict]) -> str:
+def table(results: list[dict], params: int | None = None) -> str:
     systems: dict[str, dict] = {}
     for r in results:
         systems.update(r["systems"])
+    if params:
+        for r in results:
+            for v in r["systems"].values():
+                if "real_tokens_per_s" in v:
+                    v["mfu_6N"] = 6 * params * v["real_tokens_per_s"] / (r["bf16_matmul_peak_tflops"] * 1e12)
     lines = ["| system | real tokens/s | positions/s | padding | peak memory | MFU (6N) | tokens seen | final loss |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, v in systems.items():
@@ -57,5 +79,41 @@ def table(results: list[dict]) -> str:
 PAIRS = [("trl", "tunespec"), ("trl_packing", "tunespec_packing"), ("trl_qlora_packing", "tunespec_qlora_packing")]
 
 
+FAMILIES = [("seed recipe", ("seed_lora", "seed_qlora")), ("TRL, packing", ("trl_packing", "trl_qlora_packing")),
+            ("TRL + Liger, packing", ("trl_liger_packing", "trl_liger_qlora_packing")),
+            ("Unsloth, packing", ("unsloth_packing", "unsloth_qlora_packing")),
+            ("tunespec defaults", OURS)]
+
+
+def summary(named: list[tuple[str, dict]]) -> str:
+    lines = ["| workload | " + " | ".join(f for f, _ in FAMILIES) + " | tunespec / fastest peer |",
+             "| --- | " + " | ".join("---:" for _ in FAMILIES) + " | --- |"]
+    for workload, r in named:
+        sy = {k: v for k, v in r["systems"].items() if "real_tokens_per_s" in v}
+        cells = []
+        for _, members in FAMILIES:
+            n = next((m for m in members if m in sy), None)
+            cells.append(f"{sy[n]['real_tokens_per_s']:,.0f} / {sy[n]['peak_memory_gib']:.2f} GiB" if n else "")
+        peers = [n for n in PEERS if n in sy]
+        ours = next((n for n in OURS if n in sy), None)
+        verdict = ""
+        if peers and ours:
+            best = max(peers, key=lambda n: sy[n]["real_tokens_per_s"])
+            speed = sy[ours]["real_tokens_per_s"] / sy[best]["real_tokens_per_s"]
+            memory = sy[ours]["peak_memory_gib"] - sy[best]["peak_memory_gib"]
+            met = speed >= 1.3 and memory <= 0
+            family = next(f for f, members in FAMILIES if best in members)
+            verdict = f"{speed:.2f}x {family}, {memory:+.2f} GiB: {'met' if met else 'not met'}"
+        lines.append(f"| {workload} | " + " | ".join(cells) + f" | {verdict} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(table([json.load(open(p)) for p in sys.argv[1:]]))
+    argv = sys.argv[1:]
+    if argv and argv[0] == "--summary":
+        print(summary([(a.split("=", 1)[0], json.load(open(a.split("=", 1)[1]))) for a in argv[1:]]))
+    else:
+        n = None
+        if argv and argv[0] == "--params":
+            n, argv = int(argv[1]), argv[2:]
+        print(table([json.load(open(p)) for p in argv], n))
