@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_lease.sh selection    # benchmarks/selection.py on DialogSum
 #   bash benchmarks/gpu_lease.sh throughput   # train_throughput.py, one system at a time: 135M, 1B, 8B, 8B QLoRA
 #                                             # (SHAPES= picks some; Unsloth's wheels at /tmp/site-uns)
+#   bash benchmarks/gpu_lease.sh profile      # torch.profiler tables: RUNS="8b:tunespec_defaults 8b-qlora:..."
 #   bash benchmarks/gpu_lease.sh all          # quality and selection at once, fewer runs (one call's time)
 # Expects: the wheels installed (PYTHONPATH=/tmp/site:$PWD), the GGUF joined at $GGUF_DIR, ../shared/data's
 # files at $DATA (dev.jsonl, alpaca_en_demo.json, glaive_toolcall_en_demo.json). Writes JSON and logs to $OUT.
@@ -24,7 +25,7 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TUNESPEC_CACHE=${TUNESPEC_CACHE:-/tmp
 LAST=$(( $(nproc) - 1 ))
 GPU_CPUS="0-$(( LAST - 2 ))"  # the GPU runs keep off the two cores the quickstart is timed on
 # the GGUF converted once, before runs in parallel read the cache (the throughput part has random weights)
-[ "$PART" = throughput ] || taskset -c "$GPU_CPUS" python3 -c "from tunespec.model_resolver import ModelRef, resolve; resolve(ModelRef(path='$GGUF_DIR', gguf_file='$(basename "$GGUF")'))"
+[ "$PART" = throughput ] || [ "$PART" = profile ] || taskset -c "$GPU_CPUS" python3 -c "from tunespec.model_resolver import ModelRef, resolve; resolve(ModelRef(path='$GGUF_DIR', gguf_file='$(basename "$GGUF")'))"
 q() { taskset -c "$GPU_CPUS" python3 benchmarks/quality_defaults.py --gguf-dir "$GGUF_DIR" --work /tmp/q --converted "$@"; }
 # one workload: NAME DATA-FILE RUNS PARALLEL, JSON and log to $OUT
 workload() { q --workload "$1" --data "$DATA/$2" --runs "$3" --parallel "$4" --out "$OUT/quality-$1.json" > "$OUT/quality-$1.log" 2>&1; }
@@ -74,5 +75,14 @@ case $PART in
       UNSLOTH_SITE=/tmp/site-uns "${T[@]}" "${args[@]}" --out "$OUT/throughput-$s.json" > "$OUT/throughput-$s.log" 2>&1
     done
     tail -n 8 "$OUT"/throughput-*.log ;;
+  profile)  # torch.profiler tables of single systems: RUNS="SHAPE:SYSTEM ..." (SHAPE as in throughput)
+    for run in ${RUNS:-8b:tunespec_defaults 8b-qlora:tunespec_qlora_defaults}; do
+      s=${run%%:*}; sys=${run#*:}; shape=(--shape "${s%-qlora}"); [ "$s" = 135m ] && shape=(--random-weights)
+      UNSLOTH_SITE=/tmp/site-uns TS_PROFILE="$OUT/profile-$s" python3 benchmarks/train_throughput.py \
+        --data "$DATA/dev.jsonl" --model-dir "$DATA/../smol-config" --repeat 10 --steps "${STEPS:-6}" \
+        --timeout "${TIMEOUT:-400}" "${shape[@]}" --systems "$sys" --out "$OUT/profile-$s-$sys.json" \
+        > "$OUT/profile-$s-$sys.log" 2>&1
+    done
+    tail -n 4 "$OUT"/profile-*.log ;;
   *) echo "unknown part $PART" >&2; exit 2 ;;
 esac

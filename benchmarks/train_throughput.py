@@ -27,7 +27,8 @@ number of optimizer steps per system. Each system runs in its own process (clean
   `training.packing: true` (16 bins of up to 1,024 tokens, as TRL packs). tunespec_qlora_packing: the
   latter from `dialogsum-dev-qlora.yaml` (torch.compile: auto = off with a 4-bit base).
   `--set KEY=VALUE` changes the tunespec spec (e.g. training.gradient_checkpointing=false).
-* TS_PROFILE=PATH writes each system's torch.profiler table (top kernels by GPU time) to PATH-SYSTEM.txt.
+* TS_PROFILE=PATH writes each system's torch.profiler table (top kernels by GPU time, over 2 optimizer steps
+  after the warm-up and one more step) to PATH-SYSTEM.txt; the timed figures then include the profiler's cost.
 
 `--repeat K` trains on DialogSum dev repeated K times (rows of copy k > 0 tagged `(copy k)`, their ids
 (`fname`) `-copyk`, so no two are equal): the peers read their first 400 rows either way, and tunespec's defaults size micro-batches by the
@@ -183,6 +184,8 @@ class Meter:
         import torch
 
         self.step += 1
+        if PROFILER is not None:
+            PROFILER.step()
         if self.step == WARMUP:
             torch.cuda.synchronize()
             self.t0 = time.perf_counter()
@@ -338,14 +341,23 @@ def run_tunespec(args, packing: bool, quantized: bool = False, extra: list[str] 
     return meter.result(trainer.model)
 
 
-def profiled(fn, path: str):
-    """Run `fn` under torch.profiler and write the top kernels by GPU time to `path` (TS_PROFILE=path)."""
-    from torch.profiler import ProfilerActivity, profile
+PROFILER = None  # the running torch.profiler (TS_PROFILE): Meter.step_end steps its schedule
+PROFILED_STEPS = 2
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+
+def profiled(fn, path: str):
+    """Run `fn` with torch.profiler recording optimizer steps WARMUP + 2 .. WARMUP + 1 + PROFILED_STEPS (after
+    the compile and one more step), and write the top kernels by GPU time to `path` (TS_PROFILE=path)."""
+    global PROFILER
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                 schedule=schedule(wait=WARMUP, warmup=1, active=PROFILED_STEPS, repeat=1)) as prof:
+        PROFILER = prof
         result = fn()
+    PROFILER = None
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
-    Path(path).write_text(table)
+    Path(path).write_text(f"{PROFILED_STEPS} optimizer steps (after {WARMUP + 1})\n{table}")
     return result
 
 
