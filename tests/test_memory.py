@@ -147,14 +147,19 @@ def test_activations_and_logits_scale_with_tokens():
 
 
 def test_padding_free_logits_only_where_trained():
-    """Padding-free (the default): logits of the trained positions and their gradient (2 + 2 B), plus one
-    fp32 cross-entropy chunk (12 B per element)."""
+    """Padding-free (the default), the LM head fused with the loss: one chunk of 682 positions (128 MiB of
+    fp32 logits at a 49,152 vocabulary) at a time, 16 B per element (bf16 logits and gradient, fp32 copy,
+    log-softmax and gradient). Unfused (FSDP: the head is sharded): logits of the trained positions and their
+    gradient (2 + 2 B), plus one fp32 cross-entropy chunk (12 B per element)."""
     from tunespec.padding_free import CE_CHUNK
 
-    e = estimate_memory(make_spec(), smollm2(), seq_len=1024, trained_fraction=0.25)
     trained = 8 * 1024 * 0.25
-    assert e.logits == round(trained * 49152 * 4 + min(trained, CE_CHUNK) * 49152 * 12)
-    assert e.logits < estimate(training={"padding_free": False}).logits / 3
+    e = estimate_memory(make_spec(), smollm2(), seq_len=1024, trained_fraction=0.25)
+    assert e.logits == 682 * 49152 * 16
+    unfused = estimate_memory(make_spec(launch={"topology": "fsdp", "num_processes": 2}), smollm2(), seq_len=1024,
+                              trained_fraction=0.25)
+    assert unfused.logits == round(trained * 49152 * 4 + min(trained, CE_CHUNK) * 49152 * 12)
+    assert e.logits < unfused.logits < estimate(training={"padding_free": False}).logits / 3
     prompt = estimate_memory(make_spec(adapter={"method": "prompt_tuning"}), smollm2(), seq_len=1024,
                              trained_fraction=0.25)
     assert prompt.logits == 8 * 1024 * 49152 * 14, "prompt tuning trains padded batches: every logit"

@@ -289,6 +289,96 @@ def test_trained_loss_gradients_equal_the_full_logits_loss(tiny_model_dir, tiny_
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4), name
 
 
+def test_fused_head_gives_the_full_logits_loss_and_gradients(tiny_model_dir, tiny_build_template):
+    """The LM head fused with the cross-entropy, in chunks smaller than the trained positions: the loss and
+    every LoRA gradient of the model's own full-logits loss (HF's cross-entropy; fp32, so to 1e-6)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunespec.build_reader import Build
+    from tunespec.runtime import varlen
+    from tunespec.runtime.batching import collate_packed
+    from tunespec.runtime.fused_head import FusedHead
+    from tunespec.runtime.modeling import prepare_for_training
+
+    varlen.register()
+    build = Build(tiny_build_template)
+    batch = collate_packed(build.tokens("train"), [0, 1, 2, 3])
+    n_items = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()))
+    assert n_items > 5 * 2, "several chunks"
+    results = []
+    for attn, fused in (("sdpa", False), (varlen.ATTENTION, True)):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attn)
+        model = prepare_for_training(model, build.spec)
+        model.eval()  # no dropout: the two forwards see the same activations
+        if fused:
+            head = FusedHead(model, chunk=5)
+            loss = varlen.trained_loss(model, batch, n_items, head=head)
+            assert head.ok and head.difference == 0.0
+            assert head.hidden is None, "the recorded hidden states are let go after the loss"
+        else:
+            loss = model(**batch, num_items_in_batch=n_items).loss
+        loss.backward()
+        results.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (reference, ref_grads), (fused_loss, grads) = results
+    assert abs(reference - fused_loss) < 1e-6
+    assert ref_grads.keys() == grads.keys() and grads
+    for name in grads:
+        assert torch.allclose(ref_grads[name], grads[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_fused_head_check_refuses_a_model_that_transforms_its_logits(tiny_model_dir, tiny_build_template):
+    """A forward whose logits are not head(hidden) (here: halved after the head, as a logit scale would) fails the
+    first-batch check; the hook is removed and the loss is the model's own."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunespec.build_reader import Build
+    from tunespec.runtime import varlen
+    from tunespec.runtime.batching import collate_packed
+    from tunespec.runtime.fused_head import FusedHead
+
+    varlen.register()
+    build = Build(tiny_build_template)
+    batch = collate_packed(build.tokens("train"), [0, 1])
+    n_items = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=varlen.ATTENTION)
+    forward = model.forward
+
+    def scaled(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        out.logits = out.logits * 0.5
+        return out
+
+    model.forward = scaled
+    head = FusedHead(model, chunk=5)
+    with torch.no_grad():
+        loss = varlen.trained_loss(model, batch, n_items, head=head)
+        expected = varlen.trained_loss(model, batch, n_items)
+    assert head.ok is False and head.difference > 0.1
+    assert float(loss) == float(expected)
+    assert not model.get_output_embeddings()._forward_pre_hooks, "the hook is removed"
+
+
+def test_fused_head_is_left_out_where_it_cannot_hold():
+    from types import SimpleNamespace
+
+    from tunespec.padding_free import fused_head_why_not, head_chunk
+
+    spec = SimpleNamespace(training=SimpleNamespace(packing=False, padding_free="auto"),
+                           adapter=SimpleNamespace(method="lora"), launch=SimpleNamespace(topology="single"))
+    assert fused_head_why_not(spec, SimpleNamespace()) is None
+    assert "final_logit_softcapping" in fused_head_why_not(spec, SimpleNamespace(final_logit_softcapping=30.0))
+    assert "logits_scaling" in fused_head_why_not(spec, SimpleNamespace(logits_scaling=8.0))
+    assert fused_head_why_not(spec, SimpleNamespace(logit_scale=1.0)) is None, "a scale of 1 changes nothing"
+    spec.launch.topology = "fsdp"
+    assert "fsdp" in fused_head_why_not(spec, SimpleNamespace())
+    # 128 MiB of fp32 logits a chunk
+    assert head_chunk(49152) == 2**27 // (4 * 49152) == 682 and head_chunk(128256) == 261
+    assert head_chunk(10**7) == 128
+
+
 # =========================================================================== 3. loss normalisation
 
 SGD_ONE_STEP = {

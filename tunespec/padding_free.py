@@ -6,6 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 CE_CHUNK = 4096  # trained positions per cross-entropy chunk (4096 x 49k vocabulary x 4 B = 0.8 GB in fp32)
+HEAD_CHUNK_BYTES = 2**27  # the fused head's fp32 logits per chunk (runtime/fused_head.py): 128 MiB
+# config attributes of models that transform their logits after the head (soft-capping, scaling): unfused there
+POST_HEAD = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 def why_not(config: Any, adapter_method: str) -> str | None:
@@ -27,3 +30,22 @@ def logits_where_trained(spec: Any, config: Any) -> bool:
     if not (t.packing or t.padding_free is not False):
         return False
     return why_not(config, getattr(spec.adapter, "method", "none")) is None
+
+
+def head_chunk(vocab_size: int) -> int:
+    """Trained positions per chunk of the fused LM head and cross-entropy: HEAD_CHUNK_BYTES of fp32 logits,
+    at least 128 (682 at a 49k vocabulary, 261 at 128k)."""
+    return max(128, HEAD_CHUNK_BYTES // (4 * vocab_size))
+
+
+def fused_head_why_not(spec: Any, config: Any) -> str | None:
+    """Why the LM head is not fused with the cross-entropy (``runtime/fused_head.py``), or None when it is:
+    it needs logits only where trained, a topology that does not shard the head, and logits = head(hidden)."""
+    if not logits_where_trained(spec, config):
+        return "logits are not taken only where trained"
+    if spec.launch.topology in ("fsdp", "deepspeed"):
+        return f"{spec.launch.topology} gathers the head's weight only inside the model's forward"
+    for name in POST_HEAD:
+        if getattr(config, name, None) not in (None, 1, 1.0):
+            return f"the model applies {name} to its logits after the head"
+    return None

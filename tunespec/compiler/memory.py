@@ -66,7 +66,10 @@ logits
     log-softmax the loss keeps (4 B), and during its backward the incoming and outgoing fp32
     gradients (4 + 4 B). Padding-free batches compute logits only at trained positions: those
     logits and their gradient (2a each) are held, and the fp32 cross-entropy takes one chunk of
-    CE_CHUNK positions at a time (12 B per element).
+    CE_CHUNK positions at a time (12 B per element). Where the LM head is fused with the loss
+    (``padding_free.fused_head_why_not``: not under FSDP/DeepSpeed, no logit transform after the head),
+    only one chunk of ``head_chunk(V)`` positions exists at a time: its logits and their gradient (a each),
+    the fp32 copy, the log-softmax and the fp32 gradient (4 B each).
 overhead
     A fixed ``CUDA_OVERHEAD_BYTES``.
 
@@ -81,7 +84,7 @@ from typing import Any
 
 from ..errors import Problem, SpecError
 from ..micro_batches import DEFAULT_ROWS
-from ..padding_free import CE_CHUNK, logits_where_trained
+from ..padding_free import CE_CHUNK, fused_head_why_not, head_chunk, logits_where_trained
 from ..spec import Spec
 from ..spec.adapter import FullSpec, LoraSpec
 from ..spec.launch import DeepSpeedLaunch, FsdpLaunch, MultiGpuLaunch
@@ -465,7 +468,11 @@ def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: 
         activations = tokens * (arch.num_layers * arch.hidden_size * prec.residual + per_layer)
     else:
         activations = tokens * arch.num_layers * per_layer
-    if logits_where_trained(spec, config):
+    if logits_where_trained(spec, config) and fused_head_why_not(spec, config) is None:
+        # the head and the fp32 cross-entropy one chunk at a time, recomputed in backward (runtime/fused_head.py)
+        trained = tokens * min(1.0, trained_fraction)
+        logits = min(trained, head_chunk(arch.vocab_size)) * arch.vocab_size * (12 + 2 * prec.a)
+    elif logits_where_trained(spec, config):
         # logits of the trained positions only (held with their gradient), fp32 cross-entropy one chunk at a time
         trained = tokens * min(1.0, trained_fraction)
         logits = trained * arch.vocab_size * 2 * prec.a + min(trained, CE_CHUNK) * arch.vocab_size * 12

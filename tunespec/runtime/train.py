@@ -59,6 +59,7 @@ from . import checkpoint as ckpt
 from . import varlen
 from .added_token_embeddings import adapter_save_kwargs, extend_embeddings
 from .batching import collate_packed, collate_padded, count_positions, epoch_batches, trained_tokens
+from .fused_head import FusedHead
 from .modeling import load_base_model, prepare_for_training, use_bf16
 from .optimizer import make_optimizer, make_scheduler
 from .plan import Plan
@@ -136,6 +137,10 @@ class Trainer:
         extend_embeddings(model, self.build)  # model.added_tokens: the new rows start as the mean row
         model = prepare_for_training(model, self.spec, vocabulary=self.build.vocabulary)
         self.compiled = self._torch_compile(model)
+        self.head = None  # the LM head fused with the loss (fused_head.py), where the model and topology allow
+        output = model.get_output_embeddings()
+        if self.trained_logits and output is not None and padding_free.fused_head_why_not(self.spec, model.config) is None:
+            self.head = FusedHead(model, padding_free.head_chunk(output.weight.shape[0]))
         if not any(p.requires_grad for p in model.parameters()):
             raise BuildError("nothing to train: the model has no trainable parameters", hint="check adapter settings")
         optimizer = make_optimizer(self.spec, [p for p in model.parameters() if p.requires_grad])
@@ -240,7 +245,13 @@ class Trainer:
     def _loss(self, batch: dict, n_items):
         """The micro-batch's loss: summed token cross-entropy over `n_items` (the step's trained tokens)."""
         if self.trained_logits:
-            return varlen.trained_loss(self.model, batch, n_items)
+            loss = varlen.trained_loss(self.model, batch, n_items, head=self.head)
+            if self.head is not None and not self.head.ok:
+                self.log(f"notice: this model's logits are not its LM head's output (they differ by "
+                         f"{self.head.difference:.3g} at the first trained positions): the head and the loss "
+                         "are not fused, the trained positions' logits are held whole")
+                self.head = None
+            return loss
         return self.model(**batch, num_items_in_batch=n_items).loss
 
     # ------------------------------------------------------------------ checkpoints
@@ -487,7 +498,9 @@ class Trainer:
         self.log(f"training {plan.total_steps} steps × {plan.accum} {self.batching.describe()} "
                  f"on {self.acc.num_processes} process(es), {self.acc.device}; "
                  f"{len(self.train_set)} train rows in {plan.batches_per_epoch} micro-batches an epoch; "
-                 + (f"padding-free ({self.attention} attention, logits only where trained)" if self.trained_logits
+                 + (f"padding-free ({self.attention} attention, logits only where trained"
+                    + (f", LM head fused with the loss in chunks of {self.head.chunk:,}" if self.head else "") + ")"
+                    if self.trained_logits
                     else "padding-free" if self.flat else "padded batches")
                  + (f"; {self.compiled} layers compiled" if self.compiled else ""))
 

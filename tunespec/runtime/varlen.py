@@ -11,6 +11,8 @@ inside each row, and logits computed only where a token is trained.
   only (``logits_to_keep`` with their indices) and takes the cross-entropy in fp32 chunk by chunk,
   each chunk recomputed in the backward pass, so neither the full logits nor an fp32 copy of them is
   ever held. A summarisation row trains on ~10-30% of its tokens: the LM head's work shrinks with it.
+  Where the model allows (``padding_free.fused_head_why_not``), the head itself runs chunk by chunk inside
+  the loss (``fused_head.py``): not even the trained positions' logits are held whole.
 """
 
 from __future__ import annotations
@@ -105,11 +107,13 @@ def _chunk_ce(logits, targets):
     return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
 
 
-def trained_loss(model, batch: dict, n_items):
+def trained_loss(model, batch: dict, n_items, head=None):
     """Summed cross-entropy over the trained tokens of one padding-free batch, divided by `n_items`.
 
     `batch` holds ``input_ids``, ``labels`` and ``position_ids`` of shape [1, T] and the ``cu_seq_lens``
     keywords; the label of a row's first token is ``IGNORE_INDEX``, so no row is predicted from the one before it.
+    `head`: a ``fused_head.FusedHead`` of `model`, which takes the logits and the loss chunk by chunk (once its
+    first-batch check has shown that it gives the model's own logits).
     """
     from torch.utils.checkpoint import checkpoint
 
@@ -117,6 +121,12 @@ def trained_loss(model, batch: dict, n_items):
     targets = labels[1:]
     keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if head is not None and head.usable(model, inputs, keep):
+        with head.capturing():
+            model(**inputs, logits_to_keep=keep, use_cache=False)
+        if keep.numel() == 0:
+            return head.head(head.hidden).sum() * 0.0  # keeps every parameter in the graph (DDP expects it)
+        return head.loss(targets[keep]) / n_items
     out = model(**inputs, logits_to_keep=keep, use_cache=False)
     logits = out.logits[0]
     if keep.numel() == 0:

@@ -1,0 +1,108 @@
+"""The LM head fused with the cross-entropy, chunk by chunk: the logits are never held whole (``FusedHead``).
+
+``varlen.trained_loss`` asks the model only for the trained positions' logits. Unfused, those [K, V] logits
+and their gradient stay on the GPU through the backward pass, and the fp32 cross-entropy of each chunk comes
+on top: 12 bytes per logit element for K = 2,300 trained positions of a 16k-token micro-batch is 3.5 GB at a
+128k vocabulary. Fused, the model's forward runs with a pre-hook on its output embedding (the LM head). The
+hook keeps the head's input, the final hidden states at the trained positions [1, K, h], and hands the head
+an empty slice, so the forward computes no logits. The loss then takes ``chunk`` positions at a time. Each
+chunk's logits (the head on its hidden states, in fp32) and cross-entropy run inside one checkpoint and are
+computed again in the backward pass. The peak is one chunk's fp32 logits and their gradient (chunk x V x 8
+bytes, ``padding_free.head_chunk``). The cost is the head's matmul once more in backward (about 0.3% of an
+8B step's FLOPs).
+
+This holds only where the model's logits are exactly ``head(hidden)``. A model that scales or soft-caps its
+logits after the head (the config attributes ``padding_free.POST_HEAD``) is left unfused at compile time.
+A forward that does anything else is caught by ``check``. On the first micro-batch the hook records the head's
+input and lets the head run, and the model's own logits are compared with the head applied to what was
+recorded: one forward, so dropout draws the same masks for both, on a copy of the random state.
+
+Not under FSDP or DeepSpeed: there the head's weight is gathered only inside the wrapped forward.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+
+class FusedHead:
+    """A pre-hook on ``model``'s output embedding that records its input (and, while ``capturing``, empties it)."""
+
+    def __init__(self, model, chunk: int):
+        self.head = model.get_output_embeddings()
+        self.chunk = chunk
+        self.hidden = None  # the head's input from the last forward run under `capturing` or `recording`
+        self._mode = None  # None (pass through), "capture" (record, empty the slice) or "record" (record only)
+        self.handle = self.head.register_forward_pre_hook(self._pre)
+
+    def _pre(self, module, args):
+        if self._mode is None:
+            return None
+        hidden, *rest = args
+        self.hidden = hidden
+        if self._mode == "record":
+            return None
+        return (hidden[..., :0, :], *rest)
+
+    @contextmanager
+    def _in(self, mode: str):
+        self._mode = mode
+        try:
+            yield self
+        finally:
+            self._mode = None
+
+    def capturing(self):
+        """Within: the model's forward records the head's input and computes no logits."""
+        return self._in("capture")
+
+    TOLERANCE = 1e-3  # the same matmul on the same input gives the same logits: any real difference is a transform
+
+    ok: bool | None = None  # None until `usable` ran its check
+    difference = 0.0
+
+    def usable(self, model, inputs: dict, keep) -> bool:
+        """Whether the fused head gives this model's logits: `check` on the first call (the hook is removed when
+        it does not), the answer remembered."""
+        if self.ok is None:
+            self.difference = self.check(model, inputs, keep)
+            self.ok = self.difference <= self.TOLERANCE
+            if not self.ok:
+                self.remove()
+        return self.ok
+
+    def check(self, model, inputs: dict, keep) -> float:
+        """The largest difference between the model's logits at the first 8 kept positions and the head applied
+        to its recorded input (0 where the model's logits are head(hidden)); runs one forward without gradients,
+        on a copy of the random state (its dropout draws no numbers from the run's: a resumed run checks on
+        another step than the run it continues, and must train alike)."""
+        import torch
+
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), self._in("record"):
+            logits = model(**inputs, logits_to_keep=keep[:8], use_cache=False).logits
+        fused = self.head(self.hidden)
+        self.hidden = None
+        return float((fused.float() - logits.float()).abs().max()) if logits.numel() else 0.0
+
+    def loss(self, targets):
+        """Summed fp32 cross-entropy of the recorded hidden states [1, K, h] against `targets` [K], chunk by chunk,
+        each chunk's logits computed again in the backward pass."""
+        from torch.utils.checkpoint import checkpoint
+
+        hidden, self.hidden = self.hidden[0], None
+        total = None
+        for a in range(0, hidden.shape[0], self.chunk):
+            ce = checkpoint(_head_ce, self.head, hidden[a : a + self.chunk], targets[a : a + self.chunk],
+                            use_reentrant=False)
+            total = ce if total is None else total + ce
+        return total
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def _head_ce(head, hidden, targets):
+    import torch
+
+    return torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
