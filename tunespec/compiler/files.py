@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError, Problem
+from ..json_types import json_type
 
 _SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 _FMT_ALIASES = {"json": "json", "jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv", "parquet": "parquet"}
@@ -249,23 +250,6 @@ def _unparsable(path: Path, exc: Exception, line: int) -> DataError:
     return DataError(Problem(message, file=str(path), line=line, hint=hint))
 
 
-def _type_name(value: object) -> str:
-    """The JSON name of a parsed value's type, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
 def _parse_json_array(path: Path, text: str) -> tuple[list[dict], list[int]]:
     """Parse a JSON array of objects element by element, noting the line each element starts on.
 
@@ -296,7 +280,7 @@ def _parse_json_array(path: Path, text: str) -> tuple[list[dict], list[int]]:
             if not isinstance(value, dict):
                 raise DataError(
                     Problem(
-                        f"array element is a JSON {_type_name(value)}, not an object",
+                        f"array element is a JSON {json_type(value)}, not an object",
                         file=str(path),
                         line=line,
                         path=f"row {len(rows)}",
@@ -348,7 +332,7 @@ def _raise_not_array(path: Path, text: str, pos: int, decoder: json.JSONDecoder)
             )
     raise DataError(
         Problem(
-            f"the file holds a JSON {_type_name(value)}, not an array of rows",
+            f"the file holds a JSON {json_type(value)}, not an array of rows",
             file=str(path),
             line=text.count("\n", 0, pos) + 1,
             column=pos - (text.rfind("\n", 0, pos) + 1) + 1,
@@ -381,7 +365,7 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], list[int]]:
                 hint = "this looks like a JSON array: name the file .json or set the format to json"
             raise DataError(
                 Problem(
-                    f"line is a JSON {_type_name(value)}, not an object",
+                    f"line is a JSON {json_type(value)}, not an object",
                     file=str(path),
                     line=number,
                     path=f"row {len(rows)}",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from tunespec.errors import Problem, ScoreError
+from tunespec.json_types import a_json_type
 from tunespec.runtime.rouge import MultiRef, score_pairs
 
 MAX_PROBLEMS = 20  # problems reported per file before giving up
@@ -46,21 +47,6 @@ class _Keyed(Generic[T]):
 
     values: dict[str, T]
     lines: dict[str, int]
-
-
-def _json_kind(value: object) -> str:
-    """The JSON name of a value's type, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def _raise(problems: list[Problem]) -> None:
@@ -112,7 +98,7 @@ def _parse_line(raw: bytes, name: str, number: int) -> dict | Problem | None:
         return Problem(what, file=name, line=number, hint="each line must hold one plain JSON object")
     if not isinstance(obj, dict):
         return Problem(
-            f"expected a JSON object, got {_json_kind(obj)}", file=name, line=number,
+            f"expected a JSON object, got {a_json_type(obj)}", file=name, line=number,
             hint="each line must hold exactly one JSON object, like {\"id\": ..., ...}",
         )
     return obj
@@ -142,7 +128,7 @@ def _row_id(row: dict) -> str:
         raise _RowProblem("missing field 'id'", hint="give every row an \"id\" (string or integer)")
     value = row["id"]
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise _RowProblem(f"'id' is {_json_kind(value)}", hint="use a string or an integer id")
+        raise _RowProblem(f"'id' is {a_json_type(value)}", hint="use a string or an integer id")
     if isinstance(value, str) and not value.strip():
         raise _RowProblem("'id' is empty", hint="use a non-empty string or an integer id")
     return str(value)
@@ -184,7 +170,7 @@ def _extract_prediction(row: dict) -> str:
     value = row["prediction"]
     if not isinstance(value, str):
         raise _RowProblem(
-            f"'prediction' is {_json_kind(value)}, not a string",
+            f"'prediction' is {a_json_type(value)}, not a string",
             hint="write the generated text as a JSON string (use \"\" for no output)",
         )
     return value
@@ -197,7 +183,7 @@ def _strings(value: object, field_name: str) -> list[str]:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
     raise _RowProblem(
-        f"'{field_name}' is {_json_kind(value)}; expected a string or an array of strings",
+        f"'{field_name}' is {a_json_type(value)}; expected a string or an array of strings",
         hint=f"write \"{field_name}\": \"...\" or \"{field_name}\": [\"...\", \"...\"]",
     )
 
@@ -222,7 +208,7 @@ def _extract_default_references(row: dict) -> list[str]:
         value = row["reference"]
         if not isinstance(value, str):
             raise _RowProblem(
-                f"'reference' is {_json_kind(value)}, not a string",
+                f"'reference' is {a_json_type(value)}, not a string",
                 hint="use \"reference\": \"...\", or \"references\": [...] for several",
             )
         return [value]
