@@ -65,7 +65,7 @@ from .optimizer import make_optimizer, make_scheduler
 from .plan import Plan
 from .plots import plot_loss
 from .stop_signal import EXIT_CODES, StopRequest, agreed_stop, signal_name
-from .torch_compile import compile_layers
+from .torch_compile import compile_layers, decoder_layers
 from .train_metrics import METRICS, MetricWriters, StepWindow, truncate_metrics
 
 
@@ -95,6 +95,7 @@ class Trainer:
         self.writers: MetricWriters | None = None
         self.progress: Progress | None = None
         self._plain_log = None
+        self.offload = None  # an ActivationOffload when training.activation_offload runs (setup)
 
     def run(self) -> dict:
         """Set up, resume, train to the last step and save the final model; returns the last step's metrics."""
@@ -137,6 +138,7 @@ class Trainer:
         extend_embeddings(model, self.build)  # model.added_tokens: the new rows start as the mean row
         model = prepare_for_training(model, self.spec, vocabulary=self.build.vocabulary)
         self.compiled = self._torch_compile(model)
+        self.offload = self._activation_offload(model)  # after compiling: it wraps the compiled layers
         self.head = None  # the LM head fused with the loss (fused_head.py), where the model and topology allow
         output = model.get_output_embeddings()
         if self.trained_logits and output is not None and padding_free.fused_head_why_not(self.spec, model.config) is None:
@@ -228,6 +230,26 @@ class Trainer:
             want = (torch.cuda.is_available() and self.spec.launch.topology in ("single", "multi_gpu")
                     and not self.spec.quantization.load_in_8bit)
         return compile_layers(model) if want else 0
+
+    def _activation_offload(self, model):
+        """The checkpointed layers' saved inputs to pinned CPU memory where the spec says so (None: not here)."""
+        import torch
+
+        from ..spec.training import offload_ignored, offload_on
+
+        on_gpu = torch.cuda.is_available()
+        if self.spec.training.activation_offload is True and (why := offload_ignored(self.spec, on_gpu=on_gpu)):
+            self.log(f"warning: training.activation_offload is ignored: {why}")
+        if not offload_on(self.spec, on_gpu=on_gpu):
+            return None
+        from .activation_offload import ActivationOffload
+
+        offload = ActivationOffload()
+        if not offload.install(decoder_layers(model)):
+            self.log("warning: training.activation_offload is ignored: the model marks no decoder layers "
+                     "(transformers' GradientCheckpointingLayer)")
+            return None
+        return offload
 
     def _batches(self, epoch: int) -> list[list[int]]:
         t = self.spec.training
@@ -502,7 +524,8 @@ class Trainer:
                     + (f", LM head fused with the loss in chunks of {self.head.chunk:,}" if self.head else "") + ")"
                     if self.trained_logits
                     else "padding-free" if self.flat else "padded batches")
-                 + (f"; {self.compiled} layers compiled" if self.compiled else ""))
+                 + (f"; {self.compiled} layers compiled" if self.compiled else "")
+                 + ("; the checkpointed layers' inputs offloaded to CPU memory" if self.offload else ""))
 
     def train(self, start: int, stop: StopRequest) -> tuple[int, dict]:
         """Optimizer steps from `start` to the plan's last; returns (the last step, its metrics). Logs, evaluates,
@@ -525,6 +548,9 @@ class Trainer:
             step_loss, grad_norm = self._optimizer_step(micro, n_global)
             step += 1
             self.progress.advance()
+            if step == start + 1 and self.offload is not None and not self.offload.packed_tensors:
+                self.log("warning: training.activation_offload moved nothing in the first step: the checkpointed "
+                         f"layers saved no input of {self.offload.min_bytes} bytes or more on the GPU")
             stats = torch.cat([step_loss.reshape(1), torch.tensor(positions, dtype=torch.float64).to(self.acc.device)])
             stats = self.acc.reduce(stats, reduction="sum").tolist()
             step_loss = float(stats[0])

@@ -22,6 +22,7 @@ from ..errors import Problem
 from ..format_table import CHAT_FORMATS
 from .base import Section
 from .root import Spec
+from .training import offload_ignored
 
 if TYPE_CHECKING:
     from ..templating.templates import Template
@@ -153,6 +154,12 @@ def _ignored(spec: Spec) -> Iterator[Problem]:
     if t.warmup_steps > 0:
         yield from off(t, "warmup_ratio", "training", f"warmup_steps ({t.warmup_steps}) overrides it",
                        "remove warmup_ratio, or set warmup_steps: 0")
+    if t.activation_offload is True:
+        why = offload_ignored(spec, on_gpu=True)  # the CPU case is the runtime's to report
+        if why is not None:
+            yield from off(t, "activation_offload", "training", why,
+                           "remove activation_offload (it applies to single-GPU and DDP training with gradient "
+                           "checkpointing on)")
     if not e.do_sample:
         for key in ("temperature", "top_p", "seed"):
             yield from off(e, key, "evaluation", "do_sample is false (decoding is greedy or beam search)",

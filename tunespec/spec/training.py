@@ -48,6 +48,14 @@ class TrainingSpec(Section):
         "micro-batches' activations dominate its memory; it costs 27-40% of the tokens/s, BENCHMARKS.md), off on the CPU and "
         "for prefix tuning.",
     )
+    activation_offload: bool | Literal["auto"] = Field(
+        "auto",
+        description="Keep the gradient-checkpointed decoder layers' saved inputs (layers x tokens x hidden, 4 GiB "
+        "at 8B and 16k tokens) in pinned CPU memory instead of GPU memory, copied out and back on a side CUDA "
+        "stream (tunespec/runtime/activation_offload.py); true = on when gradient checkpointing is on, for "
+        "single-GPU and DDP training on a GPU, and reported as ignored elsewhere; auto = off (off until measured "
+        "on a GPU).",
+    )
     torch_compile: bool | Literal["auto"] = Field(
         "auto",
         description="Compile the decoder layers with torch.compile (fewer, fused kernels; the first steps take "
@@ -93,3 +101,20 @@ def checkpointing_on(spec: Spec, *, on_gpu: bool) -> bool:
     if value == "auto":
         return on_gpu and getattr(spec.adapter, "method", None) != "prefix_tuning"
     return bool(value)
+
+
+def offload_ignored(spec: Spec, *, on_gpu: bool) -> str | None:
+    """Why ``activation_offload: true`` does nothing in this run (None: it runs). `on_gpu` as for checkpointing_on."""
+    if not on_gpu:
+        return "training runs on the CPU: there is no GPU memory to free"
+    if spec.launch.topology in ("fsdp", "deepspeed"):
+        return f"launch.topology is {spec.launch.topology}: it is implemented for single-GPU and DDP training only"
+    if not checkpointing_on(spec, on_gpu=True):
+        return "gradient checkpointing is off: it offloads the inputs the checkpointed layers keep"
+    return None
+
+
+def offload_on(spec: Spec, *, on_gpu: bool) -> bool:
+    """Whether the checkpointed layers' saved inputs go to CPU memory: the spec says true and nothing rules it out
+    (``offload_ignored``); `auto` is off until it has been measured on a GPU."""
+    return spec.training.activation_offload is True and offload_ignored(spec, on_gpu=on_gpu) is None
