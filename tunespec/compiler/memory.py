@@ -60,7 +60,9 @@ activations
     (r x a). An 8-bit base keeps its linears' inputs too.
     Times micro_batch x seq_len x layers. With gradient checkpointing each layer keeps only its
     input (h x the residual stream's bytes) and one layer's activations exist while it is
-    recomputed.
+    recomputed. With ``training.activation_offload`` those inputs are in pinned CPU memory
+    (``cpu_offload``) and two are on the GPU at once: the recomputed layer's and the next one's,
+    copied back ahead of time (runtime/activation_offload.py).
 logits
     micro_batch x seq_len x V x (a + 12): the logits (a bytes, held through the backward), the fp32
     log-softmax the loss keeps (4 B), and during its backward the incoming and outgoing fp32
@@ -88,7 +90,7 @@ from ..padding_free import CE_CHUNK, fused_head_why_not, head_chunk, logits_wher
 from ..spec import Spec
 from ..spec.adapter import FullSpec, LoraSpec
 from ..spec.launch import DeepSpeedLaunch, FsdpLaunch, MultiGpuLaunch
-from ..spec.training import checkpointing_on
+from ..spec.training import checkpointing_on, offload_ignored, offload_on
 from .architecture import Architecture, Linear, architecture_of
 from .trainable_parameters import Trainable, matches_target, saved_module, trainable_of
 
@@ -464,8 +466,13 @@ def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: 
     tokens = rows * seq_len
     per_layer = layer_activation_bytes(spec, arch, seq_len)
     checkpointing = checkpointing_on(spec, on_gpu=True) or (isinstance(ln, FsdpLaunch) and ln.activation_checkpointing)
-    if checkpointing:
-        activations = tokens * (arch.num_layers * arch.hidden_size * prec.residual + per_layer)
+    layer_inputs = tokens * arch.num_layers * arch.hidden_size * prec.residual  # what checkpointing keeps
+    if offload_on(spec, on_gpu=True):
+        cpu += layer_inputs
+        activations = tokens * (2 * arch.hidden_size * prec.residual + per_layer)
+        notes.append("activation_offload: the checkpointed layers' inputs are counted in CPU memory (pinned)")
+    elif checkpointing:
+        activations = layer_inputs + tokens * per_layer
     else:
         activations = tokens * arch.num_layers * per_layer
     if logits_where_trained(spec, config) and fused_head_why_not(spec, config) is None:
@@ -516,7 +523,10 @@ def _advice(spec: Spec, checkpointing: bool) -> dict[str, tuple[str, ...]]:
             "and raise gradient_accumulation_steps to keep the batch"
         )
     shorter = "lower data.tokenization.max_length"
-    activations = [smaller_batch, None if checkpointing else "set training.gradient_checkpointing: true", shorter]
+    offload = (checkpointing and t.activation_offload is not True and offload_ignored(spec, on_gpu=True) is None
+               and "set training.activation_offload: true (the checkpointed layers' inputs in CPU memory)")
+    activations = [smaller_batch, None if checkpointing else "set training.gradient_checkpointing: true",
+                   offload or None, shorter]
     logits = [smaller_batch, shorter]
     weights = [
         "set quantization.load_in_4bit: true (QLoRA)" if lora and not q.load_in_4bit else None,
