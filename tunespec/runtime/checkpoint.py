@@ -197,9 +197,11 @@ def prune(train_dir: Path, keep: int | None, best: Path | None) -> None:
             remove_dir(path)  # renamed away first: never a partial checkpoint under its real name
 
 
-# Fields that may change between a checkpoint and its resume: they do not change the training math.
+# Fields that may change between a checkpoint and its resume: they do not change the training math
+# (activation_offload copies the saved layer inputs bit for bit, and checkpoints from before it lack it).
 RESUME_NEUTRAL = (
     "description", "evaluation.", "output.", "training.logging_steps", "training.save_steps",
+    "training.activation_offload",
     "training.save_total_limit", "training.save_strategy", "training.report_to", "training.eval_",
     "launch.gpu_memory_gib", "launch.gpu", "launch.main_process_", "launch.machine_rank",
 )
