@@ -258,21 +258,23 @@ def run_seed(args, quantized: bool) -> dict:
     return meter.result(model)
 
 
-def run_trl(args, packing: bool, quantized: bool = False, liger: bool = False) -> dict:
-    import torch
+def sft_setup(args, packing: bool, output_dir: str, liger: bool = False):
+    """What the TRL-based systems share: DialogSum as prompt/completion rows, the SFTConfig (batch 16, lr 2e-4,
+    bf16, max length 1024, `packing`), and a Meter. Imports TRL here: Unsloth's runner imports unsloth first."""
     from datasets import Dataset
-    from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
-    tok = AutoTokenizer.from_pretrained(model_dir(args))
     data = Dataset.from_list([{"prompt": PROMPT.format(**r), "completion": COMPLETION.format(**r)} for r in rows(args.data)])
-    model = load_model(args, quantized)
-    meter = Meter()
-    cfg = SFTConfig(output_dir="/tmp/bench-trl", per_device_train_batch_size=16, max_steps=args.steps, learning_rate=2e-4,
+    cfg = SFTConfig(output_dir=output_dir, per_device_train_batch_size=16, max_steps=args.steps, learning_rate=2e-4,
                     logging_steps=1, bf16=True, report_to=[], save_strategy="no", packing=packing, max_length=1024,
                     warmup_steps=1, use_liger_kernel=liger)
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, peft_config=lora(),
-                         callbacks=[hf_callback(meter)])
+    return data, cfg, Meter()
+
+
+def train_measured(trainer, meter: Meter) -> dict:
+    """Train an SFTTrainer with `meter` counting its collated batches and its forwards, from a reset peak."""
+    import torch
+
     trainer.data_collator = counting(trainer.data_collator, meter)
     meter.watch(trainer.model)
     torch.cuda.reset_peak_memory_stats()
@@ -280,13 +282,24 @@ def run_trl(args, packing: bool, quantized: bool = False, liger: bool = False) -
     return meter.result(trainer.model)
 
 
+def run_trl(args, packing: bool, quantized: bool = False, liger: bool = False) -> dict:
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(model_dir(args))
+    data, cfg, meter = sft_setup(args, packing, "/tmp/bench-trl", liger=liger)
+    model = load_model(args, quantized)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, peft_config=lora(),
+                         callbacks=[hf_callback(meter)])
+    return train_measured(trainer, meter)
+
+
 def run_unsloth(args, packing: bool, quantized: bool = False) -> dict:
     from unsloth import FastLanguageModel  # first: it patches transformers and TRL on import
 
     # isort: split
     import torch
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     src = random_checkpoint(args) if random_weights(args) else model_dir(args)
     model, tok = FastLanguageModel.from_pretrained(model_name=src, max_seq_length=1024, dtype=torch.bfloat16,
@@ -295,17 +308,9 @@ def run_unsloth(args, packing: bool, quantized: bool = False) -> dict:
         model, r=16, lora_alpha=32, lora_dropout=0, bias="none", use_gradient_checkpointing="unsloth",
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         random_state=0)
-    data = Dataset.from_list([{"prompt": PROMPT.format(**r), "completion": COMPLETION.format(**r)} for r in rows(args.data)])
-    meter = Meter()
-    cfg = SFTConfig(output_dir="/tmp/bench-unsloth", per_device_train_batch_size=16, max_steps=args.steps,
-                    learning_rate=2e-4, logging_steps=1, bf16=True, report_to=[], save_strategy="no", packing=packing,
-                    max_length=1024, warmup_steps=1)
+    data, cfg, meter = sft_setup(args, packing, "/tmp/bench-unsloth")
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, callbacks=[hf_callback(meter)])
-    trainer.data_collator = counting(trainer.data_collator, meter)
-    meter.watch(trainer.model)
-    torch.cuda.reset_peak_memory_stats()
-    trainer.train()
-    return meter.result(trainer.model)
+    return train_measured(trainer, meter)
 
 
 def run_tunespec(args, packing: bool, quantized: bool = False, extra: list[str] = ()) -> dict:
