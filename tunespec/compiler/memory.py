@@ -475,14 +475,14 @@ def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: 
         activations = layer_inputs + tokens * per_layer
     else:
         activations = tokens * arch.num_layers * per_layer
-    if logits_where_trained(spec, config) and fused_head_why_not(spec, config) is None:
-        # the head and the fp32 cross-entropy one chunk at a time, recomputed in backward (runtime/fused_head.py)
+    if logits_where_trained(spec, config):
         trained = tokens * min(1.0, trained_fraction)
-        logits = min(trained, head_chunk(arch.vocab_size)) * arch.vocab_size * (12 + 2 * prec.a)
-    elif logits_where_trained(spec, config):
-        # logits of the trained positions only (held with their gradient), fp32 cross-entropy one chunk at a time
-        trained = tokens * min(1.0, trained_fraction)
-        logits = trained * arch.vocab_size * 2 * prec.a + min(trained, CE_CHUNK) * arch.vocab_size * 12
+        if fused_head_why_not(spec, config) is None:
+            # the head and the fp32 cross-entropy one chunk at a time, recomputed in backward (runtime/fused_head.py)
+            logits = min(trained, head_chunk(arch.vocab_size)) * arch.vocab_size * (12 + 2 * prec.a)
+        else:
+            # logits of the trained positions (held with their gradient), fp32 cross-entropy one chunk at a time
+            logits = trained * arch.vocab_size * 2 * prec.a + min(trained, CE_CHUNK) * arch.vocab_size * 12
     else:  # measured: 14.0 B per logit element with bf16 autocast
         logits = tokens * arch.vocab_size * (prec.a + 12)
 
