@@ -60,6 +60,47 @@ def test_offload_gives_the_same_loss_and_gradients_and_moves_exactly_the_layer_i
         assert torch.equal(g, grads_off[name]), name
 
 
+class CallCheckpointingLayer(torch.nn.Module):
+    """A layer laid out as transformers <= 5.17's GradientCheckpointingLayer (the GPU image has 5.17): its class's
+    ``__call__`` checkpoints ``nn.Module.__call__`` through the instance's ``_gradient_checkpointing_func``."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(HIDDEN, 4 * HIDDEN), torch.nn.Linear(4 * HIDDEN, HIDDEN)
+        self._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+
+    def __call__(self, *args, **kwargs):
+        return self._gradient_checkpointing_func(functools.partial(super().__call__, **kwargs), *args)
+
+    def forward(self, x):
+        return x + self.down(torch.tanh(self.up(x)))
+
+
+def test_layers_that_checkpoint_their_call_move_their_input_only():
+    """Where the checkpoint wraps the layer's whole call, the hooks go around the checkpoint function: inside it they
+    would take each of the layer's saved activations (4 a layer here), not its input (1)."""
+    def run(offload=None):
+        torch.manual_seed(0)
+        layers = torch.nn.ModuleList(CallCheckpointingLayer() for _ in range(LAYERS))
+        if offload is not None:
+            assert offload.install(list(layers)) == LAYERS
+        x = torch.randn(ROWS, SEQ, HIDDEN, requires_grad=True)
+        h = x
+        for layer in layers:
+            h = layer(h)
+        loss = h.square().sum()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in layers.parameters()] + [x.grad.clone()]
+
+    loss, grads = run()
+    offload = ActivationOffload(devices=("cpu",), min_bytes=0)
+    loss_off, grads_off = run(offload)
+    assert offload.packed_tensors == LAYERS
+    assert offload.packed_bytes == LAYERS * ROWS * SEQ * HIDDEN * 4
+    assert torch.equal(loss, loss_off)
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_off, strict=True))
+
+
 def test_the_backward_reads_the_moved_copies():
     """A copy that came back wrong changes the gradients: the recompute reads what the hooks return."""
 

@@ -85,13 +85,24 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
         self._last: weakref.ref | None = None  # the most recently packed tensor
 
     def install(self, layers: list) -> int:
-        """Enter these hooks around every call of each of `layers` (the decoder layers, compiled or not; call it
-        after ``torch_compile.compile_layers``, which replaces what this wraps); returns how many."""
+        """Enter these hooks around every call of each of `layers` (the decoder layers, compiled or not), outside
+        their checkpoint; call it after ``torch_compile.compile_layers``, which replaces what this wraps. Returns
+        how many layers.
+
+        Where the checkpoint is depends on the transformers version. transformers <= 5.17 overrides the layer
+        class's ``__call__`` to checkpoint ``nn.Module.__call__`` (hooks, compiled call and all): there the
+        layer's ``_gradient_checkpointing_func`` (set by ``gradient_checkpointing_enable``, called eagerly
+        before the compiled region) is what this wraps. Later versions checkpoint ``forward`` inside
+        ``nn.Module.__call__``: there ``_compiled_call_impl`` (run by ``nn.Module.__call__`` when set, as
+        ``Module.compile`` sets it) is the layer's one eager entry point outside the checkpoint. Hooks entered
+        inside a checkpoint would take every activation the layer saves, not its input.
+        """
         for layer in layers:
-            # nn.Module.__call__ runs _compiled_call_impl when it is set (Module.compile sets it): the one eager
-            # entry point of a layer, compiled or not, outside the checkpoint
-            inner = layer._compiled_call_impl or layer._call_impl
-            layer._compiled_call_impl = functools.partial(self._call, inner)
+            if type(layer).__call__ is not torch.nn.Module.__call__ and hasattr(layer, "_gradient_checkpointing_func"):
+                layer._gradient_checkpointing_func = functools.partial(self._call, layer._gradient_checkpointing_func)
+            else:
+                inner = layer._compiled_call_impl or layer._call_impl
+                layer._compiled_call_impl = functools.partial(self._call, inner)
         return len(layers)
 
     def _call(self, inner, *args, **kwargs):
