@@ -23,6 +23,7 @@ Not under FSDP or DeepSpeed: there the head's weight is gathered only inside the
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 
 
 class FusedHead:
@@ -88,15 +89,10 @@ class FusedHead:
     def loss(self, targets):
         """Summed fp32 cross-entropy of the recorded hidden states [1, K, h] against `targets` [K], chunk by chunk,
         each chunk's logits computed again in the backward pass."""
-        from torch.utils.checkpoint import checkpoint
+        from .varlen import chunked_sum
 
         hidden, self.hidden = self.hidden[0], None
-        total = None
-        for a in range(0, hidden.shape[0], self.chunk):
-            ce = checkpoint(_head_ce, self.head, hidden[a : a + self.chunk], targets[a : a + self.chunk],
-                            use_reentrant=False)
-            total = ce if total is None else total + ce
-        return total
+        return chunked_sum(partial(_head_ce, self.head), self.chunk, hidden, targets)
 
     def remove(self) -> None:
         self.handle.remove()

@@ -115,8 +115,6 @@ def trained_loss(model, batch: dict, n_items, head=None):
     `head`: a ``fused_head.FusedHead`` of `model`, which takes the logits and the loss chunk by chunk (once its
     first-batch check has shown that it gives the model's own logits).
     """
-    from torch.utils.checkpoint import checkpoint
-
     labels = batch["labels"][0]
     targets = labels[1:]
     keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
@@ -131,12 +129,18 @@ def trained_loss(model, batch: dict, n_items, head=None):
     logits = out.logits[0]
     if keep.numel() == 0:
         return logits.sum() * 0.0  # keeps every parameter in the graph (DDP expects it)
-    targets = targets[keep]
+    return chunked_sum(_chunk_ce, _chunk_size(), logits, targets[keep]) / n_items
+
+
+def chunked_sum(fn, chunk: int, *tensors):
+    """The sum of `fn` over `chunk` rows of `tensors` at a time (all sliced alike along dim 0); a chunk whose first
+    tensor needs gradients runs in a checkpoint, so that its intermediates are computed again in the backward pass
+    and never held for all chunks at once."""
+    from torch.utils.checkpoint import checkpoint
+
     total = None
-    chunk = _chunk_size()
-    for a in range(0, keep.numel(), chunk):
-        part = logits[a : a + chunk]
-        t = targets[a : a + chunk]
-        ce = checkpoint(_chunk_ce, part, t, use_reentrant=False) if part.requires_grad else _chunk_ce(part, t)
-        total = ce if total is None else total + ce
-    return total / n_items
+    for a in range(0, tensors[0].shape[0], chunk):
+        parts = [t[a : a + chunk] for t in tensors]
+        part = checkpoint(fn, *parts, use_reentrant=False) if parts[0].requires_grad else fn(*parts)
+        total = part if total is None else total + part
+    return total
