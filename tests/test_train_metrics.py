@@ -2,6 +2,7 @@
 record, and the stop request's signal handling: hand-computed expectations, no model."""
 
 import json
+import os
 import signal
 
 import pytest
@@ -65,3 +66,19 @@ def test_stop_request_sets_the_signal_ignores_a_quick_repeat_and_restores_the_ha
         with pytest.raises(KeyboardInterrupt):  # a second stop later: give up at once
             stop(signal.SIGINT, None)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_worker_holds_off_stop_signals_until_it_exits():
+    """After the stop is saved (several processes): SIGINT/SIGTERM are ignored from then on and the block's end
+    restores nothing, so torch elastic's SIGTERM to the workers still shutting down cannot end them by the signal."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with StopRequest() as stop:
+            stop(signal.SIGTERM, None)
+            stop.hold_until_exit()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: this process goes on
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)

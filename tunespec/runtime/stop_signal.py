@@ -33,6 +33,16 @@ class StopRequest:
         self.signal = signum
         self.at = time.monotonic()
 
+    def hold_until_exit(self) -> None:
+        """On the way out after a stop was saved, in a worker of several processes: further SIGINT/SIGTERM are
+        ignored to the end of the process, and the block's end restores no handler. Once the first worker has
+        exited, torch elastic sends SIGTERM to the others, still shutting down (their checkpoint is already
+        complete: every process saved it together); the default handler would end them by the signal, and the
+        launch would report a failure for a clean stop. SIGKILL (elastic's after its timeout) still ends them."""
+        for s in SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        self._old = {}
+
     def __enter__(self) -> StopRequest:
         self._old = {s: signal.signal(s, self) for s in SIGNALS}
         return self

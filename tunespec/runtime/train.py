@@ -659,6 +659,8 @@ class Trainer:
         again = (f"tunespec train {self.build.path}" if self.acc.num_processes == 1
                  else f"bash {self.build.path / 'launch.sh'}")
         self.log(f"{signal_name(stop_signal)}: saved {path.name}; resume with: {again}")
+        if self.acc.num_processes > 1:
+            stop.hold_until_exit()
         raise SystemExit(EXIT_CODES[stop_signal])
 
     def _track_best(self, step: int, metrics: dict) -> None:
