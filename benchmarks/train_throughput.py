@@ -27,6 +27,7 @@ number of optimizer steps per system. Each system runs in its own process (clean
   `training.packing: true` (16 bins of up to 1,024 tokens, as TRL packs). tunespec_qlora_packing: the
   latter from `dialogsum-dev-qlora.yaml` (torch.compile: auto = off with a 4-bit base).
   `--set KEY=VALUE` changes the tunespec spec (e.g. training.gradient_checkpointing=false).
+* TS_CHILD_LOGS=DIR keeps each system's stdout and stderr in DIR/SHAPE-SYSTEM.log.
 * TS_PROFILE=PATH writes each system's torch.profiler table (top kernels by GPU time, over 2 optimizer steps
   after the warm-up and one more step) to PATH-SYSTEM.txt; the timed figures then include the profiler's cost.
 
@@ -479,6 +480,8 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             results["systems"][name] = {"error": f"timed out after {args.timeout} s"}
             continue
+        if os.environ.get("TS_CHILD_LOGS"):  # each system's own output (e.g. TORCH_LOGS=recompiles) kept
+            Path(os.environ["TS_CHILD_LOGS"], f"{args.shape}-{name}.log").write_text(proc.stdout + proc.stderr)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
             results["systems"][name] = {"error": (proc.stderr or proc.stdout)[-1500:]}
