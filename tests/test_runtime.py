@@ -361,6 +361,59 @@ def test_fused_head_check_refuses_a_model_that_transforms_its_logits(tiny_model_
     assert not model.get_output_embeddings()._forward_pre_hooks, "the hook is removed"
 
 
+def test_eval_loss_is_transformers_own_loss_with_the_head_fused(tiny_model_dir, tiny_build_template):
+    """evaluate.eval_loss runs the LM head at the trained positions only once the first batch confirmed it gives the
+    model's own logits: the mean loss per trained token equals transformers' causal-LM loss over padded batches (its
+    own shift and fp32 cross-entropy, summed), for a plain and a PEFT-wrapped model; a model that halves its logits
+    after the head keeps its own logits (the check fails, the hook is gone) and its own loss."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunespec.build_reader import Build
+    from tunespec.runtime.batching import collate_padded
+    from tunespec.runtime.evaluate import eval_loss
+    from tunespec.runtime.modeling import prepare_for_training
+
+    build = Build(tiny_build_template)
+    tokens = build.tokens("train")
+    n = len(tokens)
+    bs = build.spec.training.eval_batch_size or build.spec.training.micro_batch_size or 8
+    assert n > bs, "several batches: the later ones take the fused path"
+
+    def hf_loss(model):  # transformers' causal-LM loss (shift, fp32 cross-entropy) on the logits the model returns
+        from transformers.loss.loss_utils import ForCausalLMLoss
+
+        total = count = 0
+        with torch.no_grad():
+            for start in range(0, n, bs):
+                batch = collate_padded(tokens, list(range(start, min(n, start + bs))), build.pad_token_id)
+                k = int((batch["labels"][:, 1:] != -100).sum())
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                total += float(ForCausalLMLoss(logits, batch["labels"], logits.shape[-1],
+                                               num_items_in_batch=torch.tensor(k))) * k
+                count += k
+        return total / count
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    peft = prepare_for_training(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), build.spec)
+    for m in (model, peft):
+        expected = hf_loss(m)
+        got = eval_loss(m, build, "train", None)
+        assert abs(got - expected) < 1e-5 * expected, (got, expected)
+        assert not m.get_output_embeddings()._forward_pre_hooks, "the hook is removed after the loss"
+
+    forward = model.forward
+
+    def scaled(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        out.logits = out.logits * 0.5
+        return out
+
+    model.forward = scaled
+    assert abs(eval_loss(model, build, "train", None) - hf_loss(model)) < 1e-5 * hf_loss(model)
+
+
 def test_fused_head_is_left_out_where_it_cannot_hold():
     from types import SimpleNamespace
 

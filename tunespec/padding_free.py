@@ -45,6 +45,11 @@ def fused_head_why_not(spec: Any, config: Any) -> str | None:
         return "logits are not taken only where trained"
     if spec.launch.topology in ("fsdp", "deepspeed"):
         return f"{spec.launch.topology} gathers the head's weight only inside the model's forward"
+    return post_head_transform(config)
+
+
+def post_head_transform(config: Any) -> str | None:
+    """Why the model's logits are not just head(hidden) (a POST_HEAD attribute set), or None."""
     for name in POST_HEAD:
         if getattr(config, name, None) not in (None, 1, 1.0):
             return f"the model applies {name} to its logits after the head"

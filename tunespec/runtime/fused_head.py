@@ -62,14 +62,24 @@ class FusedHead:
     ok: bool | None = None  # None until `usable` ran its check
     difference = 0.0
 
+    def recording(self):
+        """Within: the model's forward records the head's input and computes its logits as usual."""
+        return self._in("record")
+
     def usable(self, model, inputs: dict, keep) -> bool:
         """Whether the fused head gives this model's logits: `check` on the first call (the hook is removed when
         it does not), the answer remembered."""
         if self.ok is None:
-            self.difference = self.check(model, inputs, keep)
-            self.ok = self.difference <= self.TOLERANCE
-            if not self.ok:
-                self.remove()
+            self.judge(self.check(model, inputs, keep))
+        return self.ok
+
+    def judge(self, difference: float) -> bool:
+        """Remember whether a `difference` between the head on recorded input and the model's own logits is
+        none (within TOLERANCE); the hook is removed when it is not."""
+        self.difference = difference
+        self.ok = difference <= self.TOLERANCE
+        if not self.ok:
+            self.remove()
         return self.ok
 
     def check(self, model, inputs: dict, keep) -> float:
@@ -82,9 +92,12 @@ class FusedHead:
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices), torch.no_grad(), self._in("record"):
             logits = model(**inputs, logits_to_keep=keep[:8], use_cache=False).logits
-        fused = self.head(self.hidden)
-        self.hidden = None
-        return float((fused.float() - logits.float()).abs().max()) if logits.numel() else 0.0
+        hidden, self.hidden = self.hidden, None
+        return self.difference_from(logits, hidden)
+
+    def difference_from(self, logits, hidden) -> float:
+        """The largest difference between `logits` and the head applied to `hidden` (the same positions)."""
+        return float((self.head(hidden).float() - logits.float()).abs().max()) if logits.numel() else 0.0
 
     def loss(self, targets):
         """Summed fp32 cross-entropy of the recorded hidden states [1, K, h] against `targets` [K], chunk by chunk,
