@@ -365,7 +365,8 @@ def test_eval_loss_is_transformers_own_loss_with_the_head_fused(tiny_model_dir, 
     """evaluate.eval_loss runs the LM head at the trained positions only once the first batch confirmed it gives the
     model's own logits: the mean loss per trained token equals transformers' causal-LM loss over padded batches (its
     own shift and fp32 cross-entropy, summed), for a plain and a PEFT-wrapped model; a model that halves its logits
-    after the head keeps its own logits (the check fails, the hook is gone) and its own loss."""
+    after the head keeps its own loss (the check fails, the hook is gone).
+    The prompt-tuning case (virtual tokens: logits longer than the input) is test_adapters' evaluate run."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -411,7 +412,15 @@ def test_eval_loss_is_transformers_own_loss_with_the_head_fused(tiny_model_dir, 
         return out
 
     model.forward = scaled
-    assert abs(eval_loss(model, build, "train", None) - hf_loss(model)) < 1e-5 * hf_loss(model)
+    own = 0.0  # the model's own loss (out.loss), what eval_loss gives once the head is refused
+    with torch.no_grad():
+        for start in range(0, n, bs):
+            batch = collate_padded(tokens, list(range(start, min(n, start + bs))), build.pad_token_id)
+            k = int((batch["labels"][:, 1:] != -100).sum())
+            own += float(model(**batch, num_items_in_batch=torch.tensor(k)).loss) * k
+    own /= int(sum((collate_padded(tokens, [i], build.pad_token_id)["labels"][:, 1:] != -100).sum() for i in range(n)))
+    assert abs(eval_loss(model, build, "train", None) - own) < 1e-6 * own
+    assert not model.get_output_embeddings()._forward_pre_hooks
 
 
 def test_fused_head_is_left_out_where_it_cannot_hold():

@@ -15,6 +15,7 @@ Outputs, in ``BUILD/eval/``: ``predictions.jsonl``, ``rouge.json`` and ``report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -189,30 +190,32 @@ def _fused_head(model):
 
 
 def summed_loss(model, batch: dict, head=None) -> float:
-    """Summed fp32 cross-entropy of one padded batch's trained tokens (the label of position i + 1 predicted at i,
-    as transformers' causal-LM loss shifts them). `head`: a FusedHead; until it has been confirmed the model's
-    own logits are computed and compared with it, after that only the head's chunks at the trained positions."""
+    """Summed cross-entropy of one padded batch's trained tokens. `head`: a FusedHead; once confirmed, only its
+    chunks at the trained positions (the label of position i + 1 predicted at i); until then, and without one, the
+    model's own loss (transformers' shift and fp32 cross-entropy; PEFT's for virtual tokens), the first batch's
+    logits compared with the head on its recorded input. Logits of another length than the input (prompt tuning's
+    virtual tokens) refuse the head."""
     import torch
 
     from ..constants import IGNORE_INDEX
 
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
     targets = batch["labels"][:, 1:]
     where = targets != IGNORE_INDEX
+    k = int(where.sum())
     if head is not None and head.ok:
         with head.capturing():
-            model(**inputs, use_cache=False)
+            model(**{key: v for key, v in batch.items() if key != "labels"}, use_cache=False)
         head.hidden = head.hidden[:, :-1][where][None]  # [1, K, h]
         return float(head.loss(targets[where]))
-    if head is None or head.ok is False:  # no head, or one the first batch refused (its hook removed)
-        logits = model(**inputs, use_cache=False).logits
-    else:
-        with head.recording():
-            logits = model(**inputs, use_cache=False).logits
-        hidden, head.hidden = head.hidden[:, :-1][where], None
-        head.judge(head.difference_from(logits[:, :-1][where][:8], hidden[:8]))
-    picked = logits[:, :-1][where].float()
-    return float(torch.nn.functional.cross_entropy(picked, targets[where], reduction="sum"))
+    checking = head is not None and head.ok is None
+    with head.recording() if checking else contextlib.nullcontext():
+        out = model(**batch, num_items_in_batch=torch.tensor(max(k, 1), device=batch["labels"].device))
+    if checking:
+        hidden, head.hidden = head.hidden, None
+        same = hidden is not None and out.logits.shape[:2] == batch["input_ids"].shape == hidden.shape[:2]
+        head.judge(head.difference_from(out.logits[:, :-1][where][:8], hidden[:, :-1][where][:8])
+                   if same else float("inf"))
+    return float(out.loss) * k
 
 
 def evaluate(build: Build, *, model: str | None = None, split: str | None = None, limit: int | None = None,
