@@ -328,6 +328,18 @@ def test_fused_head_gives_the_full_logits_loss_and_gradients(tiny_model_dir, tin
         assert torch.allclose(ref_grads[name], grads[name], atol=1e-6, rtol=1e-4), name
 
 
+def halve_logits_after_the_head(model) -> None:
+    """Make `model`'s forward return its logits halved (as a logit scale would): they are no longer head(hidden)."""
+    forward = model.forward
+
+    def scaled(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        out.logits = out.logits * 0.5
+        return out
+
+    model.forward = scaled
+
+
 def test_fused_head_check_refuses_a_model_that_transforms_its_logits(tiny_model_dir, tiny_build_template):
     """A forward whose logits are not head(hidden) (here: halved after the head, as a logit scale would) fails the
     first-batch check; the hook is removed and the loss is the model's own."""
@@ -344,14 +356,7 @@ def test_fused_head_check_refuses_a_model_that_transforms_its_logits(tiny_model_
     batch = collate_packed(build.tokens("train"), [0, 1])
     n_items = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()))
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=varlen.ATTENTION)
-    forward = model.forward
-
-    def scaled(*args, **kwargs):
-        out = forward(*args, **kwargs)
-        out.logits = out.logits * 0.5
-        return out
-
-    model.forward = scaled
+    halve_logits_after_the_head(model)
     head = FusedHead(model, chunk=5)
     with torch.no_grad():
         loss = varlen.trained_loss(model, batch, n_items, head=head)
@@ -381,19 +386,24 @@ def test_eval_loss_is_transformers_own_loss_with_the_head_fused(tiny_model_dir, 
     bs = build.spec.training.eval_batch_size or build.spec.training.micro_batch_size or 8
     assert n > bs, "several batches: the later ones take the fused path"
 
-    def hf_loss(model):  # transformers' causal-LM loss (shift, fp32 cross-entropy) on the logits the model returns
-        from transformers.loss.loss_utils import ForCausalLMLoss
-
+    def mean_loss(summed) -> float:  # mean per trained token over the padded batches eval_loss forms
         total = count = 0
         with torch.no_grad():
             for start in range(0, n, bs):
                 batch = collate_padded(tokens, list(range(start, min(n, start + bs))), build.pad_token_id)
                 k = int((batch["labels"][:, 1:] != -100).sum())
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                total += float(ForCausalLMLoss(logits, batch["labels"], logits.shape[-1],
-                                               num_items_in_batch=torch.tensor(k))) * k
+                total += summed(batch, k)
                 count += k
         return total / count
+
+    def hf_loss(model):  # transformers' causal-LM loss (shift, fp32 cross-entropy) on the logits the model returns
+        from transformers.loss.loss_utils import ForCausalLMLoss
+
+        def summed(batch, k):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return float(ForCausalLMLoss(logits, batch["labels"], logits.shape[-1], num_items_in_batch=torch.tensor(k))) * k
+
+        return mean_loss(summed)
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -404,21 +414,9 @@ def test_eval_loss_is_transformers_own_loss_with_the_head_fused(tiny_model_dir, 
         assert abs(got - expected) < 1e-5 * expected, (got, expected)
         assert not m.get_output_embeddings()._forward_pre_hooks, "the hook is removed after the loss"
 
-    forward = model.forward
-
-    def scaled(*args, **kwargs):
-        out = forward(*args, **kwargs)
-        out.logits = out.logits * 0.5
-        return out
-
-    model.forward = scaled
-    own = 0.0  # the model's own loss (out.loss), what eval_loss gives once the head is refused
-    with torch.no_grad():
-        for start in range(0, n, bs):
-            batch = collate_padded(tokens, list(range(start, min(n, start + bs))), build.pad_token_id)
-            k = int((batch["labels"][:, 1:] != -100).sum())
-            own += float(model(**batch, num_items_in_batch=torch.tensor(k)).loss) * k
-    own /= int(sum((collate_padded(tokens, [i], build.pad_token_id)["labels"][:, 1:] != -100).sum() for i in range(n)))
+    halve_logits_after_the_head(model)
+    # the model's own loss (out.loss), what eval_loss gives once the head is refused
+    own = mean_loss(lambda batch, k: float(model(**batch, num_items_in_batch=torch.tensor(k)).loss) * k)
     assert abs(eval_loss(model, build, "train", None) - own) < 1e-6 * own
     assert not model.get_output_embeddings()._forward_pre_hooks
 

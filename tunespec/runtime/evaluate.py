@@ -169,9 +169,8 @@ def eval_loss(model, build: Build, split: str, limit: int | None) -> float | Non
             for start in range(0, n, bs):
                 batch = collate_padded(tokens, list(range(start, min(n, start + bs))), pad)
                 batch = {k: v.to(device) for k, v in batch.items()}
-                k = trained_tokens(batch)
                 total += summed_loss(model, batch, head)
-                count += k
+                count += trained_tokens(batch)
     finally:
         if head is not None:
             head.remove()
@@ -201,17 +200,16 @@ def summed_loss(model, batch: dict, head=None) -> float:
 
     targets = batch["labels"][:, 1:]
     where = targets != IGNORE_INDEX
-    k = int(where.sum())
     if head is not None and head.ok:
         with head.capturing():
             model(**{key: v for key, v in batch.items() if key != "labels"}, use_cache=False)
-        head.hidden = head.hidden[:, :-1][where][None]  # [1, K, h]
-        return float(head.loss(targets[where]))
+        return float(head.loss(targets[where], hidden=head.take()[:, :-1][where]))
+    k = trained_tokens(batch)
     checking = head is not None and head.ok is None
     with head.recording() if checking else contextlib.nullcontext():
         out = model(**batch, num_items_in_batch=torch.tensor(max(k, 1), device=batch["labels"].device))
     if checking:
-        hidden, head.hidden = head.hidden, None
+        hidden = head.take()
         same = hidden is not None and out.logits.shape[:2] == batch["input_ids"].shape == hidden.shape[:2]
         head.judge(head.difference_from(out.logits[:, :-1][where][:8], hidden[:, :-1][where][:8])
                    if same else float("inf"))

@@ -90,21 +90,25 @@ class FusedHead:
         import torch
 
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), self._in("record"):
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), self.recording():
             logits = model(**inputs, logits_to_keep=keep[:8], use_cache=False).logits
+        return self.difference_from(logits, self.take())
+
+    def take(self):
+        """The head's input recorded by the last forward (None if none ran), let go of here."""
         hidden, self.hidden = self.hidden, None
-        return self.difference_from(logits, hidden)
+        return hidden
 
     def difference_from(self, logits, hidden) -> float:
         """The largest difference between `logits` and the head applied to `hidden` (the same positions)."""
         return float((self.head(hidden).float() - logits.float()).abs().max()) if logits.numel() else 0.0
 
-    def loss(self, targets):
-        """Summed fp32 cross-entropy of the recorded hidden states [1, K, h] against `targets` [K], chunk by chunk,
-        each chunk's logits computed again in the backward pass."""
+    def loss(self, targets, hidden=None):
+        """Summed fp32 cross-entropy of `hidden` [K, h] (default: the recorded hidden states [1, K, h], taken)
+        against `targets` [K], chunk by chunk, each chunk's logits computed again in the backward pass."""
         from .varlen import chunked_sum
 
-        hidden, self.hidden = self.hidden[0], None
+        hidden = self.take()[0] if hidden is None else hidden
         return chunked_sum(partial(_head_ce, self.head), self.chunk, hidden, targets)
 
     def remove(self) -> None:
