@@ -26,10 +26,11 @@ Synchronisation, with S the compute stream (current when a hook runs) and C one 
   the one after it, and at most two layers' inputs are on the GPU at once.
 
 What is moved: a saved tensor that requires grad and is no parameter, on a selected device, of at least
-``min_bytes``. An eager checkpointed layer saves its input only; a compiled one (``torch_compile``, where the
-checkpoint becomes part of the layer's graph) also saves what its backward reads besides: the parameters, the
-rotary cos/sin (the same tensors for every layer), masks and offsets, none of which requires grad or all of
-which are parameters, and which stay on the GPU.
+``min_bytes``, not empty. A checkpointed layer saves its input only, where the checkpoint wraps the layer's
+compiled call or the layer is eager (transformers <= 5.17, whose layer class checkpoints ``nn.Module.__call__``).
+Where the compiled graph holds the checkpoint (``torch_compile`` on later transformers) the layer also saves
+what its backward reads besides: the parameters, the rotary cos/sin (the same tensors for every layer), masks
+and offsets, none of which requires grad or all of which are parameters, and which stay on the GPU.
 
 Values are copied bit for bit: training with and without offloading computes the same loss and gradients.
 The host never reads a pinned buffer; nothing blocks the host. As for any saved-tensor hook, modifying a
@@ -112,9 +113,12 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
     # ------------------------------------------------------------------ the hooks
 
     def _wanted(self, tensor: torch.Tensor) -> bool:
-        """An activation (it requires grad, it is no parameter) on a selected device, of at least min_bytes."""
+        """An activation (it requires grad, it is no parameter) on a selected device, of at least min_bytes and not
+        empty (torch <= 2.11's checkpoint saves a 0-element dummy beside each layer's input: moving it frees
+        nothing)."""
+        size = tensor.numel() * tensor.element_size()
         return (tensor.requires_grad and not isinstance(tensor, torch.nn.Parameter)
-                and tensor.device.type in self.devices and tensor.numel() * tensor.element_size() >= self.min_bytes)
+                and tensor.device.type in self.devices and size > 0 and size >= self.min_bytes)
 
     def _pack(self, tensor: torch.Tensor):
         if not self._wanted(tensor):
