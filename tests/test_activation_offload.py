@@ -207,6 +207,7 @@ def test_a_resume_may_switch_it():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU case: with a GPU this would train on it")
 def test_training_on_the_cpu_says_it_is_ignored(build_from):
     build = build_from(**{"training.max_steps": 1, "training.bf16": False, "data.sources.0.limit": 8,
                           "training.gradient_checkpointing": True, "training.activation_offload": True})

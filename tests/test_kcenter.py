@@ -259,7 +259,7 @@ def test_score_data_writes_the_models_mean_pooled_state_and_compile_reads_it(tmp
 
     from tunespec.build_reader import Build
     from tunespec.cli import main
-    from tunespec.runtime.modeling import load_variant
+    from tunespec.runtime.modeling import load_variant, use_bf16
 
     spec = make_spec(tmp_path, **{"data.sources.0.limit": 10,
                                   "data.selection": {"kcenter": {"file": "scores.jsonl", "keep": 4}}})
@@ -273,11 +273,12 @@ def test_score_data_writes_the_models_mean_pooled_state_and_compile_reads_it(tmp
     build = Build(tmp_path / "all")
     assert header["input_key"] == build.input_key
     model, _ = load_variant(build, "base")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(build.spec))
     tokens = build.tokens("train")
     for i, row in enumerate(rows):
         ids, _ = tokens.row(i)
-        with torch.no_grad():
-            h = model.model(input_ids=torch.tensor(ids[None].astype(np.int64))).last_hidden_state[0].mean(0)
+        with torch.no_grad(), autocast:  # at score-data's precision (bf16 where `auto` finds a bf16 CPU)
+            h = model.model(input_ids=torch.tensor(ids[None].astype(np.int64))).last_hidden_state[0].float().mean(0)
         assert row["id"] == build.rows("train")[i]["id"]
         assert row["embedding"] == pytest.approx((h / h.norm()).tolist(), abs=2e-5)
     result = helpers.compile_spec(spec, tmp_path / "build")

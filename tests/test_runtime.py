@@ -378,7 +378,7 @@ def test_eval_loss_is_transformers_own_loss_with_the_head_fused(tiny_model_dir, 
     from tunespec.build_reader import Build
     from tunespec.runtime.batching import collate_padded
     from tunespec.runtime.evaluate import eval_loss
-    from tunespec.runtime.modeling import prepare_for_training
+    from tunespec.runtime.modeling import prepare_for_training, use_bf16
 
     build = Build(tiny_build_template)
     tokens = build.tokens("train")
@@ -386,9 +386,12 @@ def test_eval_loss_is_transformers_own_loss_with_the_head_fused(tiny_model_dir, 
     bs = build.spec.training.eval_batch_size or build.spec.training.micro_batch_size or 8
     assert n > bs, "several batches: the later ones take the fused path"
 
+    # under the precision eval_loss runs at (bf16 autocast where the spec's `auto` finds a bf16 CPU)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(build.spec))
+
     def mean_loss(summed) -> float:  # mean per trained token over the padded batches eval_loss forms
         total = count = 0
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             for start in range(0, n, bs):
                 batch = collate_padded(tokens, list(range(start, min(n, start + bs))), build.pad_token_id)
                 k = int((batch["labels"][:, 1:] != -100).sum())

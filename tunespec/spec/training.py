@@ -40,7 +40,7 @@ class TrainingSpec(Section):
     optimizer: Optimizer = Field(
         "adamw_torch", description="8bit and paged variants use bitsandbytes (CUDA); adafactor saves optimizer memory."
     )
-    bf16: bool | Literal["auto"] = Field("auto", description="bfloat16 autocast; auto = on where the GPU supports it.")
+    bf16: bool | Literal["auto"] = Field("auto", description="bfloat16 autocast; auto = on where bf16 is fast: a GPU that supports it, or a CPU with AVX512-BF16 or AMX.")
     fp16: bool = Field(False, description="float16 autocast with loss scaling.")
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto",
