@@ -41,6 +41,7 @@ LABELS = {
     "tunespec_defaults": "tunespec defaults (no training section: 16k-token padding-free micro-batches)",
     "tunespec_qlora_defaults": "tunespec defaults, QLoRA",
     "tunespec_offload": "tunespec defaults + activation_offload",
+    "tunespec_no_offload": "tunespec defaults, activation_offload: false",
     "tunespec_qlora_offload": "tunespec defaults + activation_offload, QLoRA",
 }
 PEERS = ("trl_packing", "trl_liger_packing", "unsloth_packing", "trl_qlora_packing", "trl_liger_qlora_packing",

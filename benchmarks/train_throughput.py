@@ -404,9 +404,12 @@ SYSTEMS = {
     "tunespec_qlora_packing": lambda a: run_tunespec(a, True, quantized=True),
     # tunespec's defaults (micro_batch_tokens auto) on a 4-bit base
     "tunespec_qlora_defaults": lambda a: run_tunespec(a, False, quantized=True, extra=["training.micro_batch_size=null"]),
-    # the defaults with the checkpointed layers' inputs in pinned CPU memory (training.activation_offload)
+    # the defaults with the checkpointed layers' inputs in pinned CPU memory (training.activation_offload; auto
+    # turns it on at hidden size >= 4096 on an unquantized base, so at 8B LoRA this is the defaults) and without
     "tunespec_offload": lambda a: run_tunespec(a, False, extra=["training.micro_batch_size=null",
                                                                 "training.activation_offload=true"]),
+    "tunespec_no_offload": lambda a: run_tunespec(a, False, extra=["training.micro_batch_size=null",
+                                                                   "training.activation_offload=false"]),
     "tunespec_qlora_offload": lambda a: run_tunespec(a, False, quantized=True, extra=[
         "training.micro_batch_size=null", "training.activation_offload=true"]),
     "unsloth": lambda a: run_unsloth(a, False),

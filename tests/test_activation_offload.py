@@ -183,7 +183,15 @@ def test_when_the_option_is_ignored():
     on = {"gradient_checkpointing": True, "activation_offload": True}
     assert offload_on(minimal_spec(training=on), on_gpu=True)
     assert offload_on(minimal_spec(training=on, launch={"topology": "multi_gpu", "num_processes": 2}), on_gpu=True)
-    assert not offload_on(minimal_spec(training={"activation_offload": "auto"}), on_gpu=True), "auto: off for now"
+    auto = minimal_spec(training={"activation_offload": "auto"})
+    assert not offload_on(auto, on_gpu=True), "auto without a hidden size: off"
+    assert not offload_on(auto, on_gpu=True, hidden_size=2048), "auto below 8B-class: off (not measured)"
+    assert offload_on(auto, on_gpu=True, hidden_size=4096), "auto at 8B-class: on (measured)"
+    assert not offload_on(auto, on_gpu=False, hidden_size=4096), "nor on the CPU"
+    assert not offload_on(minimal_spec(training={"activation_offload": "auto"}, quantization={"load_in_4bit": True}),
+                          on_gpu=True, hidden_size=4096), "auto on a 4-bit base: off (not measured)"
+    assert not offload_on(minimal_spec(training={"activation_offload": False}), on_gpu=True, hidden_size=8192)
+    assert offload_on(minimal_spec(training=on), on_gpu=True, hidden_size=64), "true: at any size"
     assert "on the CPU" in offload_ignored(minimal_spec(training=on), on_gpu=False)
     assert "gradient checkpointing is off" in offload_ignored(
         minimal_spec(training={**on, "gradient_checkpointing": False}), on_gpu=True)

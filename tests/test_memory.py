@@ -151,7 +151,18 @@ def test_activation_offload_moves_the_layer_inputs_to_cpu():
     assert any("activation_offload" in n for n in off.notes)
     assert any("activation_offload" in a for a in ckpt.advice["activations"])
     assert not any("activation_offload" in a for a in off.advice["activations"])
-    # ignored (and so not estimated) without checkpointing and under FSDP; `auto` is off
+    # auto: on at an 8B-class hidden size (4096) on an unquantized base, counted as true is
+    wide = LlamaConfig(**{**SMOLLM2_135M, "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
+                          "num_hidden_layers": 2})
+    auto = estimate_memory(make_spec(training={"gradient_checkpointing": True}), wide, seq_len=1024)
+    true = estimate_memory(make_spec(training={"gradient_checkpointing": True, "activation_offload": True}), wide,
+                           seq_len=1024)
+    assert auto.cpu_offload == true.cpu_offload == 8 * 1024 * 2 * 4096 * 2 and auto.activations == true.activations
+    assert not any("activation_offload" in a for a in auto.advice["activations"]), "no advice to set what is on"
+    q4 = estimate_memory(make_spec(training={"gradient_checkpointing": True}, quantization={"load_in_4bit": True}),
+                         wide, seq_len=1024)
+    assert q4.cpu_offload == 0 and any("activation_offload" in a for a in q4.advice["activations"])
+    # ignored (and so not estimated) without checkpointing and under FSDP; `auto` is off below hidden 4096
     for ignored in (estimate(training={"gradient_checkpointing": False, "activation_offload": True}),
                     estimate(training={"activation_offload": True},
                              launch={"topology": "fsdp", "num_processes": 2, "activation_checkpointing": True}),

@@ -467,7 +467,8 @@ def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: 
     per_layer = layer_activation_bytes(spec, arch, seq_len)
     checkpointing = checkpointing_on(spec, on_gpu=True) or (isinstance(ln, FsdpLaunch) and ln.activation_checkpointing)
     layer_inputs = tokens * arch.num_layers * arch.hidden_size * prec.residual  # what checkpointing keeps
-    if offload_on(spec, on_gpu=True):
+    offloaded = offload_on(spec, on_gpu=True, hidden_size=arch.hidden_size)
+    if offloaded:
         cpu += layer_inputs
         activations = tokens * (2 * arch.hidden_size * prec.residual + per_layer)
         notes.append("activation_offload: the checkpointed layers' inputs are counted in CPU memory (pinned)")
@@ -500,14 +501,14 @@ def estimate_memory(spec: Spec, config: Any, *, seq_len: int, trainable_params: 
         seq_len=seq_len,
         micro_batch_size=rows,
         notes=tuple(notes),
-        advice=_advice(spec, checkpointing),
+        advice=_advice(spec, checkpointing, offloaded),
     )
 
 
 # --------------------------------------------------------------------------- the budget
 
 
-def _advice(spec: Spec, checkpointing: bool) -> dict[str, tuple[str, ...]]:
+def _advice(spec: Spec, checkpointing: bool, offloaded: bool) -> dict[str, tuple[str, ...]]:
     """For each component, the spec changes that shrink it (only those not already made)."""
     t, ln, q = spec.training, spec.launch, spec.quantization
     lora = isinstance(spec.adapter, LoraSpec)
@@ -523,7 +524,7 @@ def _advice(spec: Spec, checkpointing: bool) -> dict[str, tuple[str, ...]]:
             "and raise gradient_accumulation_steps to keep the batch"
         )
     shorter = "lower data.tokenization.max_length"
-    offload = (checkpointing and t.activation_offload is not True and offload_ignored(spec, on_gpu=True) is None
+    offload = (checkpointing and not offloaded and offload_ignored(spec, on_gpu=True) is None
                and "set training.activation_offload: true (the checkpointed layers' inputs in CPU memory)")
     activations = [smaller_batch, None if checkpointing else "set training.gradient_checkpointing: true",
                    offload or None, shorter]

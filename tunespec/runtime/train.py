@@ -240,8 +240,12 @@ class Trainer:
         on_gpu = torch.cuda.is_available()
         if self.spec.training.activation_offload is True and (why := offload_ignored(self.spec, on_gpu=on_gpu)):
             self.log(f"warning: training.activation_offload is ignored: {why}")
-        if not offload_on(self.spec, on_gpu=on_gpu):
+        hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+        if not offload_on(self.spec, on_gpu=on_gpu, hidden_size=hidden):
             return None
+        if self.spec.training.activation_offload == "auto":
+            self.log(f"activation_offload (auto): on, hidden size {hidden}: the checkpointed layers' inputs go to "
+                     "pinned CPU memory (training.activation_offload: false keeps them on the GPU)")
         from .activation_offload import ActivationOffload
 
         offload = ActivationOffload()
