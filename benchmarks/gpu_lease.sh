@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_lease.sh throughput   # train_throughput.py, one system at a time: 135M, 1B, 8B, 8B QLoRA
 #                                             # (SHAPES= picks some; Unsloth's wheels at /tmp/site-uns)
 #   bash benchmarks/gpu_lease.sh profile      # torch.profiler tables: RUNS="8b:tunespec_defaults 8b-qlora:..."
+#   bash benchmarks/gpu_lease.sh memory       # what is alive at the peak, by allocating line: RUNS as for profile
 #   bash benchmarks/gpu_lease.sh all          # quality and selection at once, fewer runs (one call's time)
 # Expects: the wheels installed (PYTHONPATH=/tmp/site:$PWD), the GGUF joined at $GGUF_DIR, ../shared/data's
 # files at $DATA (dev.jsonl, alpaca_en_demo.json, glaive_toolcall_en_demo.json). Writes JSON and logs to $OUT.
@@ -84,5 +85,14 @@ case $PART in
         > "$OUT/profile-$s-$sys.log" 2>&1
     done
     tail -n 4 "$OUT"/profile-*.log ;;
+  memory)  # what is alive at each system's peak, by allocating line (memory_peak.py): RUNS as for profile
+    for run in ${RUNS:-8b:tunespec_defaults 8b:unsloth_packing}; do
+      s=${run%%:*}; sys=${run#*:}; shape=(--shape "${s%-qlora}"); [ "$s" = 135m ] && shape=(--random-weights)
+      UNSLOTH_SITE=/tmp/site-uns TS_MEMORY="$OUT/memory-$s" python3 benchmarks/train_throughput.py \
+        --data "$DATA/dev.jsonl" --model-dir "$DATA/../smol-config" --repeat 10 --steps "${STEPS:-5}" \
+        --timeout "${TIMEOUT:-300}" "${shape[@]}" --systems "$sys" --out "$OUT/memory-$s-$sys-run.json" \
+        > "$OUT/memory-$s-$sys.log" 2>&1
+    done
+    head -c 1500 "$OUT"/memory-*-*.json ;;
   *) echo "unknown part $PART" >&2; exit 2 ;;
 esac

@@ -28,6 +28,9 @@ number of optimizer steps per system. Each system runs in its own process (clean
   latter from `dialogsum-dev-qlora.yaml` (torch.compile: auto = off with a 4-bit base).
   `--set KEY=VALUE` changes the tunespec spec (e.g. training.gradient_checkpointing=false).
 * TS_CHILD_LOGS=DIR keeps each system's stdout and stderr in DIR/SHAPE-SYSTEM.log.
+* TS_MEMORY=PATH records the CUDA allocator's history and writes what was alive at each system's peak memory,
+  by allocating line, to PATH-SYSTEM.json (`benchmarks/memory_peak.py`); the timed figures then include the
+  recording's cost.
 * TS_PROFILE=PATH writes each system's torch.profiler table (top kernels by GPU time, over 2 optimizer steps
   after the warm-up and one more step) to PATH-SYSTEM.txt; the timed figures then include the profiler's cost.
 
@@ -367,6 +370,27 @@ def profiled(fn, path: str):
     return result
 
 
+def memory_traced(fn, path: str):
+    """Run `fn` with the CUDA allocator's history recorded (Python stacks), and write to `path` what was alive at
+    the peak, by allocating line (`memory_peak.summarize`; TS_MEMORY=path). The snapshot stays in /tmp."""
+    import pickle
+
+    import torch
+    from memory_peak import summarize
+
+    baseline = torch.cuda.memory_allocated()
+    torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
+    result = fn()
+    snapshot = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    with open(f"/tmp/{Path(path).stem}.pickle", "wb") as f:
+        pickle.dump(snapshot, f)
+    summary = summarize(snapshot, baseline=baseline, top=25)
+    summary["max_memory_allocated_gib"] = result.get("peak_memory_gib")
+    Path(path).write_text(json.dumps(summary, indent=2) + "\n")
+    return result
+
+
 def matmul_peak() -> float:
     import torch
 
@@ -461,6 +485,8 @@ def main() -> None:
     if args.system:  # child process: one system
         if os.environ.get("TS_PROFILE"):
             result = profiled(lambda: SYSTEMS[args.system](args), f"{os.environ['TS_PROFILE']}-{args.system}.txt")
+        elif os.environ.get("TS_MEMORY"):
+            result = memory_traced(lambda: SYSTEMS[args.system](args), f"{os.environ['TS_MEMORY']}-{args.system}.json")
         else:
             result = SYSTEMS[args.system](args)
         print("RESULT " + json.dumps(result), flush=True)
