@@ -12,6 +12,7 @@ from ..spec.adapter import IA3Spec, LoraSpec, PrefixTuningSpec, PromptTuningSpec
 from ..spec.root import Spec
 from ..spec.training import checkpointing_on
 from .added_token_embeddings import extend_embeddings, token_training
+from .lora_autocast import pass_inputs_under_autocast
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -228,6 +229,8 @@ def prepare_for_training(model, spec: Spec, vocabulary: dict | None = None):
                     if isinstance(a, IA3Spec) else "use adapter.method: lora")
             raise ModelError(Problem(f"{name} does not fit this model: {e}".split("\n")[0], path=path,
                                      hint=hint)) from None
+        if isinstance(a, LoraSpec):
+            pass_inputs_under_autocast(model)
     return model
 
 
