@@ -57,7 +57,10 @@ activations
     more I-sized tensors;
     LoRA: each adapted linear keeps its input cast for the adapter (in x a; in x 4 without
     autocast), its dropout mask (in x 1 byte, when dropout > 0) and the rank-r intermediate
-    (r x a). An 8-bit base keeps its linears' inputs too.
+    (r x a). An 8-bit base keeps its linears' inputs too. (Under autocast the runtime now passes a
+    16-bit input to the adapter as it is, ``runtime/lora_autocast.py``: without dropout, linears that
+    share an input share what they keep, so this counts up to ~16% of a layer's activations too many,
+    measured on the CPU; not yet re-measured on a GPU, and an overcount errs on the side of "does not fit".)
     Times micro_batch x seq_len x layers. With gradient checkpointing each layer keeps only its
     input (h x the residual stream's bytes) and one layer's activations exist while it is
     recomputed. With ``training.activation_offload`` those inputs are in pinned CPU memory
