@@ -1,6 +1,6 @@
 """Bytes autograd saves for the backward of one decoder layer, per token, by kind (no GPU needed).
 
-    python benchmarks/layer_saved_bytes.py [--shape 8b] [--tokens 256] [--dropout 0.05]
+    python benchmarks/layer_saved_bytes.py [--shape 8b] [--tokens 256] [--dropout 0.05] [--compiled]
 
 One Llama-3-8B-shaped decoder layer (hidden 4096, MLP 14336, 32 heads and 8 KV heads of 128; a 512-token
 vocabulary, the head is not counted) in bf16 with peft's fp32 LoRA r16 on every linear layer, eager, under bf16
@@ -8,6 +8,10 @@ autocast on the CPU: what a checkpointed layer holds while it is recomputed in t
 tensors are seen through saved-tensor hooks around the layer and counted once per storage; the parameters
 (and views of them) are left out. Printed with peft's input cast (its default) and with
 ``runtime/lora_autocast.py``'s pass-through, and whether loss and gradients agree bit for bit.
+
+``--compiled`` compiles the layer as the runtime does (``Module.compile``, dynamic shapes) with AOTAutograd and
+the min-cut partitioner inductor uses, which decides what the compiled layer saves (recomputing cheap
+pointwise ops in the backward instead), but with eager kernels: no code is generated.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ SHAPES = {"8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_he
                      head_dim=128)}
 
 
-def measure(shape: str, tokens: int, dropout: float, passthrough: bool):
+def measure(shape: str, tokens: int, dropout: float, passthrough: bool, compiled: bool = False):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -34,6 +38,14 @@ def measure(shape: str, tokens: int, dropout: float, passthrough: bool):
     if passthrough:
         pass_inputs_under_autocast(model)
     layer = model.base_model.model.model.layers[0]
+    if compiled:
+        from torch._dynamo.backends.common import aot_autograd
+        from torch._functorch.partitioners import min_cut_rematerialization_partition
+        from functorch.compile import make_boxed_func
+
+        eager = lambda gm, _: make_boxed_func(gm)  # noqa: E731
+        layer.compile(backend=aot_autograd(fw_compiler=eager, bw_compiler=eager,
+                                           partition_fn=min_cut_rematerialization_partition), dynamic=True)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, tuple] = {}
 
@@ -70,10 +82,11 @@ def main() -> None:
     ap.add_argument("--shape", default="8b", choices=list(SHAPES))
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--dropout", type=float, default=0.05)
+    ap.add_argument("--compiled", action="store_true")
     args = ap.parse_args()
     results = {}
     for name, passthrough in (("peft's cast", False), ("pass-through", True)):
-        loss, grads, kinds = measure(args.shape, args.tokens, args.dropout, passthrough)
+        loss, grads, kinds = measure(args.shape, args.tokens, args.dropout, passthrough, args.compiled)
         total = sum(kinds.values())
         results[name] = (loss, grads)
         print(f"{name}: {total:,.0f} B per token and layer = {total * 16384 / 2**30:.2f} GiB at 16k tokens")

@@ -344,7 +344,8 @@ def run_tunespec(args, packing: bool, quantized: bool = False, extra: list[str] 
     hooks = {"on_batch": meter.batch, "on_metrics": on_metrics}
     if random_weights(args):
         hooks["load_model"] = lambda spec, **kw: meter.watch(load_model(args, quantized))
-    trainer = Trainer(Build(out), restart=True, log=lambda s: None, **hooks)
+    # tunespec's own log lines to stdout (kept by TS_CHILD_LOGS): what ran (LM head fused, layers compiled, offload)
+    trainer = Trainer(Build(out), restart=True, log=lambda s: print(s, flush=True), **hooks)
     torch.cuda.reset_peak_memory_stats()
     trainer.run()
     return meter.result(trainer.model)
