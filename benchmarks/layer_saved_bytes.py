@@ -39,9 +39,9 @@ def measure(shape: str, tokens: int, dropout: float, passthrough: bool, compiled
         pass_inputs_under_autocast(model)
     layer = model.base_model.model.model.layers[0]
     if compiled:
+        from functorch.compile import make_boxed_func
         from torch._dynamo.backends.common import aot_autograd
         from torch._functorch.partitioners import min_cut_rematerialization_partition
-        from functorch.compile import make_boxed_func
 
         eager = lambda gm, _: make_boxed_func(gm)  # noqa: E731
         layer.compile(backend=aot_autograd(fw_compiler=eager, bw_compiler=eager,
