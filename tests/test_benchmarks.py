@@ -200,6 +200,8 @@ def _one_error(err: str) -> str:
      "the task's data file data/gone.jsonl does not exist"),
     ("yaml syntax", LOCAL_TASK.replace("test_split: test", "test_split: [test"), "task.yaml:7:", "is not valid YAML"),
     ("!function", LOCAL_TASK + "process_docs: !function utils.process\n", "task.yaml:13:", "uses `!function`"),
+    ("standard tag misfit", LOCAL_TASK.replace("gold", "!!int gold", 1), "task.yaml:10:16: ",
+     "is not valid YAML: YAML tag `!!int` cannot be applied to the value 'gold'"),
     ("include", "include: _default.yaml\n" + LOCAL_TASK, "task.yaml:1: ", "includes another YAML"),
     ("bad output_type", LOCAL_TASK.replace("multiple_choice", "multiple_choise"), "task.yaml: evaluation.benchmarks.0.file: ",
      "lm-eval cannot load the task `colours_local`: ValueError: Got invalid output_type 'multiple_choise'"),

@@ -27,6 +27,7 @@ from typing import Any
 
 from .errors import BuildError, Problem
 from .hashing import sha256_bytes
+from .spec.yaml_positions import CONSTRUCTOR_ERRORS, tag_problem
 
 PACKAGED_DIR = Path(__file__).resolve().parent / "tasks"
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")  # datasets' builders that read data_files
@@ -116,6 +117,10 @@ def read_task_file(path: Path, where: str) -> dict:
                                  file=str(path), line=mark.line + 1 if mark else None,
                                  column=mark.column + 1 if mark else None, path=where,
                                  hint=carry if tag else "fix the YAML syntax")) from None
+    except CONSTRUCTOR_ERRORS as e:
+        found = tag_problem(text, str(path), e)
+        raise BuildError(Problem(f"is not valid YAML: {found.message}", file=str(path), line=found.line,
+                                 column=found.column, path=where, hint=found.hint)) from None
     if not isinstance(cfg, dict):
         raise BuildError(Problem("is not an lm-evaluation-harness task config (a YAML mapping with a `task` key)",
                                  file=str(path), path=where, hint="see the sample: " + str(PACKAGED_DIR)))

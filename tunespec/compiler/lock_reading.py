@@ -9,7 +9,7 @@ from .. import build_layout as layout
 from ..errors import BuildError, Problem
 from ..spec.loader import LoadedSpec
 from ..spec.root import Spec
-from ..spec.yaml_positions import plain_scalar
+from ..spec.yaml_positions import CONSTRUCTOR_ERRORS, plain_scalar, tag_problem
 
 
 def _plain(node):
@@ -71,6 +71,10 @@ def read_lock(lock_path: Path) -> tuple[dict, object, Path]:
                                  hint="the lock was edited or truncated; recompile the build")) from None
     except YAMLError as e:
         raise BuildError(Problem(f"the lock file is not valid YAML: {e}", file=shown, hint="recompile the build")) from None
+    except CONSTRUCTOR_ERRORS as e:
+        found = tag_problem(text, shown, e)
+        raise BuildError(Problem(f"the lock file is not valid YAML: {found.message}", file=shown, line=found.line,
+                                 column=found.column, hint="the lock was edited; recompile the build")) from None
     lock = _plain(doc)
     if not isinstance(lock, dict) or "tunespec_lock" not in lock:
         raise BuildError(Problem("not a tunespec lock file (no `tunespec_lock` key)", file=shown, line=1, column=1,

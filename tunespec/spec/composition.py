@@ -13,7 +13,15 @@ from ruamel.yaml.error import YAMLError
 
 from ..errors import Problem, SpecError
 from .origins import Loc, Origin, Origins, dotted, shown_path
-from .yaml_positions import YamlSource, read_yaml, round_trip_yaml, to_plain, value_kind
+from .yaml_positions import (
+    CONSTRUCTOR_ERRORS,
+    YamlSource,
+    read_yaml,
+    round_trip_yaml,
+    tag_problem,
+    to_plain,
+    value_kind,
+)
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +113,9 @@ def _parse_set(arg: str) -> tuple[list[str], Any]:
         value = round_trip_yaml().load(text)
     except YAMLError:
         value = text
+    except CONSTRUCTOR_ERRORS as e:
+        found = tag_problem(text, where, e)
+        raise SpecError(Problem(found.message, file=where, path=key, hint=found.hint)) from None
     src = YamlSource(text, where)
     value = to_plain(value, (), src)
     if src.problems:

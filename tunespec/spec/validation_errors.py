@@ -30,7 +30,7 @@ from .schema_lookup import (
     value_at,
     walk_error_loc,
 )
-from .yaml_positions import scalar_text
+from .yaml_positions import CONSTRUCTOR_ERRORS, scalar_text
 
 MEMBER_LABELS = {"lora": "LoRA", "none": "full fine-tune", "single": "single-process", "multi_gpu": "multi-GPU",
                  "fsdp": "FSDP", "deepspeed": "DeepSpeed"}
@@ -67,7 +67,7 @@ def _yaml_number(text: str) -> int | float | None:
     """The number `text` is when written without quotes, else None (`ten`, `1_000`, `inf` stay text)."""
     try:
         value = YAML(typ="safe", pure=True).load(text)
-    except YAMLError:
+    except (YAMLError, *CONSTRUCTOR_ERRORS):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None

@@ -309,6 +309,46 @@ def _yaml_problem(e: MarkedYAMLError, text: str, shown: str) -> Problem:
                    hint=hint)
 
 
+CONSTRUCTOR_ERRORS = (KeyError, ValueError, TypeError, AttributeError, IndexError)
+"""What ruamel's constructors raise, instead of a YAMLError, for a standard tag on a value it does not fit
+(`!!bool maybe`, `!!int` with no value, `!!set 3`): every reader of user YAML catches these too."""
+
+
+def tag_problem(text: str, shown: str, error: Exception) -> Problem:
+    """Where a file's YAML failed to construct outside ruamel's own errors: the first explicit tag whose value,
+    read alone, fails the same way (the file's first tag where none does)."""
+    from ruamel.yaml.tokens import ScalarToken, TagToken
+
+    hint = "remove the tag and write the value as plain YAML"
+    try:
+        tokens = list(round_trip_yaml().scan(text))
+    except YAMLError:
+        tokens = []
+    tags = [(t, tokens[i + 1] if i + 1 < len(tokens) else None) for i, t in enumerate(tokens) if isinstance(t, TagToken)]
+    for tag, after in tags:
+        name = "".join(tag.value)
+        value = after.value if isinstance(after, ScalarToken) else ""
+        try:
+            round_trip_yaml().load(f"{name} {_quoted(value)}" if value else name)
+        except YAMLError:
+            continue
+        except Exception:  # noqa: BLE001 - the same failure, reproduced on this tag alone
+            what = f"the value {value!r}" if value else "an empty value"
+            return Problem(f"YAML tag `{name}` cannot be applied to {what}", file=shown,
+                           line=tag.start_mark.line + 1, column=tag.start_mark.column + 1, hint=hint)
+    if tags:
+        tag = tags[0][0]
+        return Problem(f"YAML tag `{''.join(tag.value)}` cannot be applied here ({type(error).__name__})", file=shown,
+                       line=tag.start_mark.line + 1, column=tag.start_mark.column + 1, hint=hint)
+    return Problem(f"malformed YAML: the reader failed ({type(error).__name__}: {error})", file=shown,
+                   hint="fix the YAML syntax")
+
+
+def _quoted(value: str) -> str:
+    """`value` as a YAML double-quoted scalar (a tag's plain value, read again alone)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def read_yaml(path: Path, shown: str) -> tuple[dict[str, Any], Origins, list[Problem]]:
     """A spec file as plain data, with positions; problems that still let the rest be checked are returned."""
     try:
@@ -339,6 +379,8 @@ def read_yaml(path: Path, shown: str) -> tuple[dict[str, Any], Origins, list[Pro
         raise SpecError(_yaml_problem(e, text, shown)) from None
     except YAMLError as e:
         raise SpecError(Problem(f"malformed YAML: {e}", file=shown, hint="fix the YAML syntax")) from None
+    except CONSTRUCTOR_ERRORS as e:
+        raise SpecError(tag_problem(text, shown, e)) from None
     if node is None:  # only `---`, `~` or `null`
         raise SpecError(empty)
     if not isinstance(node, CommentedMap):
