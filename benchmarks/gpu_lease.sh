@@ -38,6 +38,18 @@ quickstart_timed() {
     --set model.path="$GGUF_DIR" --set model.gguf_file="$(basename "$GGUF")" > "$OUT/quickstart.log" 2>&1
   echo "quickstart rc=$? wall_s=$(( $(date +%s) - start ))" >> "$OUT/quickstart.log"
 }
+# one train_throughput.py process per RUNS entry ("SHAPE:SYSTEM", SHAPE as in throughput) with VAR=$OUT/PREFIX-SHAPE
+# in its environment (TS_PROFILE, TS_MEMORY): single_runs VAR PREFIX STEPS TIMEOUT DEFAULT_RUNS
+single_runs() {
+  local var=$1 prefix=$2 run s sys shape
+  for run in ${RUNS:-$5}; do
+    s=${run%%:*}; sys=${run#*:}; shape=(--shape "${s%-qlora}"); [ "$s" = 135m ] && shape=(--random-weights)
+    env UNSLOTH_SITE=/tmp/site-uns "$var=$OUT/$prefix-$s" python3 benchmarks/train_throughput.py \
+      --data "$DATA/dev.jsonl" --model-dir "$DATA/../smol-config" --repeat 10 --steps "${STEPS:-$3}" \
+      --timeout "${TIMEOUT:-$4}" "${shape[@]}" --systems "$sys" --out "$OUT/$prefix-$s-$sys.json" \
+      > "$OUT/$prefix-$s-$sys.log" 2>&1
+  done
+}
 case $PART in
   quality)
     quickstart_timed &
@@ -77,22 +89,10 @@ case $PART in
     done
     tail -n 8 "$OUT"/throughput-*.log ;;
   profile)  # torch.profiler tables of single systems: RUNS="SHAPE:SYSTEM ..." (SHAPE as in throughput)
-    for run in ${RUNS:-8b:tunespec_defaults 8b-qlora:tunespec_qlora_defaults}; do
-      s=${run%%:*}; sys=${run#*:}; shape=(--shape "${s%-qlora}"); [ "$s" = 135m ] && shape=(--random-weights)
-      UNSLOTH_SITE=/tmp/site-uns TS_PROFILE="$OUT/profile-$s" python3 benchmarks/train_throughput.py \
-        --data "$DATA/dev.jsonl" --model-dir "$DATA/../smol-config" --repeat 10 --steps "${STEPS:-6}" \
-        --timeout "${TIMEOUT:-400}" "${shape[@]}" --systems "$sys" --out "$OUT/profile-$s-$sys.json" \
-        > "$OUT/profile-$s-$sys.log" 2>&1
-    done
+    single_runs TS_PROFILE profile 6 400 "8b:tunespec_defaults 8b-qlora:tunespec_qlora_defaults"
     tail -n 4 "$OUT"/profile-*.log ;;
   memory)  # what is alive at each system's peak, by allocating line (memory_peak.py): RUNS as for profile
-    for run in ${RUNS:-8b:tunespec_defaults 8b:unsloth_packing}; do
-      s=${run%%:*}; sys=${run#*:}; shape=(--shape "${s%-qlora}"); [ "$s" = 135m ] && shape=(--random-weights)
-      UNSLOTH_SITE=/tmp/site-uns TS_MEMORY="$OUT/memory-$s" python3 benchmarks/train_throughput.py \
-        --data "$DATA/dev.jsonl" --model-dir "$DATA/../smol-config" --repeat 10 --steps "${STEPS:-5}" \
-        --timeout "${TIMEOUT:-300}" "${shape[@]}" --systems "$sys" --out "$OUT/memory-$s-$sys-run.json" \
-        > "$OUT/memory-$s-$sys.log" 2>&1
-    done
-    head -c 1500 "$OUT"/memory-*-*.json ;;
+    single_runs TS_MEMORY memory 5 300 "8b:tunespec_defaults 8b:unsloth_packing"
+    head -c 1500 "$OUT"/memory-*-peak.json ;;
   *) echo "unknown part $PART" >&2; exit 2 ;;
 esac

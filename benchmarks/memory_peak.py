@@ -4,7 +4,7 @@
 
 SNAPSHOT is what ``torch.cuda.memory._dump_snapshot`` writes after
 ``torch.cuda.memory._record_memory_history(stacks="python")``; ``train_throughput.py`` records one per system
-with ``TS_MEMORY=PATH`` and writes this summary to PATH-SYSTEM.json (the snapshot itself, hundreds of MB at 8B,
+with ``TS_MEMORY=PATH`` and writes this summary to PATH-SYSTEM-peak.json (the snapshot itself, hundreds of MB at 8B,
 stays on the GPU machine).
 
 The device trace is replayed in order: an ``alloc`` makes a block live, its ``free_requested`` ends it (the

@@ -29,7 +29,7 @@ number of optimizer steps per system. Each system runs in its own process (clean
   `--set KEY=VALUE` changes the tunespec spec (e.g. training.gradient_checkpointing=false).
 * TS_CHILD_LOGS=DIR keeps each system's stdout and stderr in DIR/SHAPE-SYSTEM.log.
 * TS_MEMORY=PATH records the CUDA allocator's history and writes what was alive at each system's peak memory,
-  by allocating line, to PATH-SYSTEM.json (`benchmarks/memory_peak.py`); the timed figures then include the
+  by allocating line, to PATH-SYSTEM-peak.json (`benchmarks/memory_peak.py`); the timed figures then include the
   recording's cost.
 * TS_PROFILE=PATH writes each system's torch.profiler table (top kernels by GPU time, over 2 optimizer steps
   after the warm-up and one more step) to PATH-SYSTEM.txt; the timed figures then include the profiler's cost.
@@ -487,7 +487,8 @@ def main() -> None:
         if os.environ.get("TS_PROFILE"):
             result = profiled(lambda: SYSTEMS[args.system](args), f"{os.environ['TS_PROFILE']}-{args.system}.txt")
         elif os.environ.get("TS_MEMORY"):
-            result = memory_traced(lambda: SYSTEMS[args.system](args), f"{os.environ['TS_MEMORY']}-{args.system}.json")
+            result = memory_traced(lambda: SYSTEMS[args.system](args),
+                                   f"{os.environ['TS_MEMORY']}-{args.system}-peak.json")
         else:
             result = SYSTEMS[args.system](args)
         print("RESULT " + json.dumps(result), flush=True)
