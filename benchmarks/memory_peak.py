@@ -26,49 +26,48 @@ from collections import defaultdict
 GIB = 2**30
 
 
+def _frame(f: dict) -> str:
+    """One stack frame as file:line function (the file's last two path parts)."""
+    return f"{'/'.join(f.get('filename', '?').split('/')[-2:])}:{f.get('line', '?')} {f.get('name', '?')}"
+
+
 def _site(frames: list[dict]) -> str:
-    """The innermost frame outside torch's own files, as file:line function (the last two path parts)."""
+    """The innermost frame outside torch's own files (the innermost one where all are torch's)."""
     if not frames:
         return "(no stack)"
-    own = [f for f in frames if "/torch/" not in f.get("filename", "")]
-    f = (own or frames)[0]
-    path = "/".join(f.get("filename", "?").split("/")[-2:])
-    return f"{path}:{f.get('line', '?')} {f.get('name', '?')}"
+    return _frame(([f for f in frames if "/torch/" not in f.get("filename", "")] or frames)[0])
 
 
-def _replay(trace: list[dict], baseline: int, upto: int | None = None):
-    """Replay `trace` (to event `upto`, inclusive): yields (index, live total) after each alloc; returns the live
-    blocks {addr: (size, frames)} and the bytes still alive from before the trace."""
+def _replay(trace: list[dict], baseline: int):
+    """Replay `trace`: after each alloc yields (index, live total, live blocks {addr: (size, frames)}, bytes still
+    alive from before the trace); the blocks are one dict, updated as the replay goes on."""
     live: dict[int, tuple[int, list]] = {}
     before, total = baseline, baseline
-    for i, e in enumerate(trace if upto is None else trace[: upto + 1]):
+    for i, e in enumerate(trace):
         action, addr, size = e.get("action"), e.get("addr"), e.get("size", 0)
         if action == "alloc":
             live[addr] = (size, e.get("frames") or [])
             total += size
-            yield i, total
+            yield i, total, live, before
         elif action == "free_requested":
             if addr in live:
                 total -= live.pop(addr)[0]
             else:  # allocated before recording began
                 before -= size
                 total -= size
-    return live, before
 
 
 def summarize(snapshot: dict, *, baseline: int = 0, device: int = 0, top: int = 15) -> dict:
     """The peak of `snapshot`'s device trace and what was alive then (see the module docstring)."""
     trace = snapshot["device_traces"][device]
     peak, peak_at = baseline, -1
-    for i, total in _replay(trace, baseline):
+    for i, total, _, _ in _replay(trace, baseline):
         if total > peak:
             peak, peak_at = total, i
-    replay = _replay(trace, baseline, upto=peak_at)
-    try:
-        while True:
-            next(replay)
-    except StopIteration as done:
-        live, before = done.value
+    live: dict = {}
+    before = baseline
+    if peak_at >= 0:  # a second replay, stopped at the peak (copying the blocks at every new peak is slow)
+        _, _, live, before = next(step for step in _replay(trace, baseline) if step[0] == peak_at)
     sites: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for size, frames in live.values():
         site = sites[_site(frames)]
@@ -83,8 +82,7 @@ def summarize(snapshot: dict, *, baseline: int = 0, device: int = 0, top: int = 
         "events": len(trace),
         "reached_by": None if event is None else {
             "site": _site(event.get("frames") or []), "size_mib": round(event.get("size", 0) / 2**20, 1),
-            "stack": [f"{'/'.join(f.get('filename', '?').split('/')[-2:])}:{f.get('line')} {f.get('name')}"
-                      for f in (event.get("frames") or [])[:12]]},
+            "stack": [_frame(f) for f in (event.get("frames") or [])[:12]]},
         "sites": [{"site": k, "gib": round(v[0] / GIB, 3), "blocks": v[1]} for k, v in largest],
     }
 
