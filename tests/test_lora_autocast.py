@@ -24,6 +24,14 @@ def lora_model(dropout: float = 0.0):
     return model
 
 
+def without_peft_cast(model):
+    """peft's own switch off on every LoRA layer (the oracle)."""
+    for m in model.modules():
+        if hasattr(m, "cast_input_dtype_enabled"):
+            m.cast_input_dtype_enabled = False
+    return model
+
+
 def saved_bytes_and_grads(model, *, autocast: bool = True):
     """Bytes of the distinct non-parameter tensors autograd saves in the forward, the loss, the adapter gradients."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -46,11 +54,7 @@ def saved_bytes_and_grads(model, *, autocast: bool = True):
 
 def test_the_same_as_peft_without_its_cast_and_exact_against_peft_with_it():
     default = saved_bytes_and_grads(lora_model())
-    peft_off = lora_model()
-    for m in peft_off.modules():
-        if hasattr(m, "cast_input_dtype_enabled"):
-            m.cast_input_dtype_enabled = False
-    peft_off = saved_bytes_and_grads(peft_off)
+    peft_off = saved_bytes_and_grads(without_peft_cast(lora_model()))
     ours = lora_model()
     assert pass_inputs_under_autocast(ours) == 2 * 7, "7 linears a layer"
     ours = saved_bytes_and_grads(ours)
@@ -75,14 +79,8 @@ def test_without_autocast_peft_casts_as_before():
 
 def test_with_dropout_it_is_peft_without_its_cast():
     """With LoRA dropout the dropout runs on the 16-bit input: exactly what peft's own switch does (same draws)."""
-    def peft_off(model):
-        for m in model.modules():
-            if hasattr(m, "cast_input_dtype_enabled"):
-                m.cast_input_dtype_enabled = False
-        return model
-
     runs = []
-    for prepare in (peft_off, pass_inputs_under_autocast):
+    for prepare in (without_peft_cast, pass_inputs_under_autocast):
         model = lora_model(0.1)
         prepare(model)
         torch.manual_seed(2)
